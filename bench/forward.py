@@ -1,0 +1,81 @@
+"""Batched forward throughput of the default model (images/s at batch 1/16/64), and the
+digits CNN's first-use training time. Other benchmarks compare against these figures.
+
+    .venv/bin/python bench/forward.py [--seconds 3] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from analysis.models.loaders import default_bundle, select_device  # noqa: E402
+from bench._report import machine, write_section  # noqa: E402
+
+
+def throughput(model, batch: int, size: int, device, seconds: float) -> float:
+    x = torch.randn(batch, 3, size, size, device=device)
+    with torch.inference_mode():
+        for _ in range(2):
+            model(x)                                   # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds or n < 3:
+            model(x)
+            n += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return n * batch / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    device = select_device(args.device)
+    bundle = default_bundle(device)
+    rows = []
+    for batch in (1, 16, 64):
+        ips = throughput(bundle.model, batch, bundle.input_size, device, args.seconds)
+        rows.append((batch, ips))
+        print(f"EfficientNet-Lite0 batch {batch:3d}: {ips:8.1f} images/s")
+
+    from analysis.models.digits import DigitsTrainConfig, train_digits_cnn
+    with tempfile.TemporaryDirectory():
+        t0 = time.perf_counter()
+        _, info = train_digits_cnn(DigitsTrainConfig())
+        train_s = time.perf_counter() - t0
+    print(f"Digits CNN training: {train_s:.1f} s, held-out accuracy {info['test_accuracy']:.2%}")
+
+    table = "\n".join(f"| {b} | {ips:.1f} | {1000 / ips * b:.1f} |" for b, ips in rows)
+    body = f"""## Forward throughput (bench/forward.py)
+
+Machine: {machine()}; device `{device}`.
+
+EfficientNet-Lite0 (embedded default), 224×224 inputs, `torch.inference_mode()`:
+
+| batch | images/s | ms per batch |
+|---|---|---|
+{table}
+
+Best batched throughput: **{max(ips for _, ips in rows):.1f} images/s** (the floor that perturbation
+and scan benchmarks compare against, measured again in their own runs).
+
+Digits CNN, first-use training (15 epochs on 1,437 images, then cached): {train_s:.1f} s,
+held-out accuracy {info['test_accuracy']:.2%} on 360 images.
+"""
+    if not args.no_write:
+        write_section("forward", body)
+
+
+if __name__ == "__main__":
+    main()

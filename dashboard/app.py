@@ -1,0 +1,26 @@
+"""convlens: the Streamlit entry. ``streamlit run dashboard/app.py`` (or ``make run``).
+
+Registers only the pages that work, renders the shared sidebar once for all of them,
+then runs the selected page.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import streamlit as st
+
+from dashboard.sidebar import render_sidebar
+
+PAGES_DIR = Path(__file__).resolve().parent.parent / "pages"
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+st.set_page_config(page_title="convlens", page_icon="🔬", layout="wide")
+
+PAGES = [
+    st.Page(PAGES_DIR / "home.py", title="Model & prediction", icon="🏠", default=True, url_path="home"),
+]
+
+nav = st.navigation(PAGES)
+render_sidebar()
+nav.run()

@@ -1,0 +1,133 @@
+"""The sidebar: model, image and data set picked once for all pages."""
+from __future__ import annotations
+
+import streamlit as st
+
+from analysis.config import get_config
+from analysis.images import gallery_names, load_image
+from analysis.models.loaders import (DEFAULT_MODEL, ModelSpec, parse_class_names, read_state_dict,
+                                     select_device, torchvision_architectures, trusted_model_files)
+from analysis.store import save_upload
+
+from . import state
+from .errors import guard, report
+
+_KINDS = {
+    "default": "EfficientNet-Lite0 · ImageNet (embedded)",
+    "digits": "Digits CNN (embedded, trained here)",
+    "torchvision": "torchvision architecture",
+    "upload": "torchvision architecture + your weights",
+    "trusted": "Server model (operator's folder)",
+}
+
+
+def _try_select(spec: ModelSpec) -> bool:
+    """Load ``spec`` first; switch to it only if it loads, so a failure keeps the old model."""
+    try:
+        state._bundle(state._key(spec))
+    except Exception as exc:  # noqa: BLE001
+        report(exc, f"Could not load {spec.label()}")
+        return False
+    state.set_model_spec(spec)
+    return True
+
+
+def model_picker() -> None:
+    current = state.model_spec()
+    kinds = [k for k in _KINDS if k != "trusted" or trusted_model_files()]
+    kind = st.selectbox("Model", kinds, index=kinds.index(current.kind) if current.kind in kinds else 0,
+                        format_func=_KINDS.get, key="sb_model_kind")
+    if kind in ("default", "digits"):
+        if current.kind != kind:
+            _try_select(ModelSpec(kind=kind))
+        return
+    archs = list(torchvision_architectures())
+    if kind == "torchvision":
+        arch = st.selectbox("Architecture", archs, index=archs.index(current.arch) if current.arch in archs else archs.index("resnet18"),
+                            key="sb_arch")
+        pretrained = st.toggle("Pretrained ImageNet weights", value=True, key="sb_pretrained",
+                               help="Downloads torchvision's weights once into torch's cache; offline, use random weights.")
+        seed = 0 if pretrained else st.number_input("Random-weights seed", 0, 2**31 - 1, 0, key="sb_seed")
+        if st.button("Load model", key="sb_load_tv", width="stretch"):
+            _try_select(ModelSpec(kind="torchvision" if pretrained else "random", arch=arch, seed=int(seed)))
+    elif kind == "upload":
+        arch = st.selectbox("Architecture of the weights", archs, index=archs.index("resnet18"), key="sb_up_arch")
+        wfile = st.file_uploader("State dict (.safetensors, .pt, .pth)", type=["safetensors", "pt", "pth", "bin"],
+                                 key="sb_up_weights", help="Pickles are read with weights_only=True.")
+        cfile = st.file_uploader("Class names (optional: .txt one per line, or .json)", type=["txt", "json"],
+                                 key="sb_up_classes")
+        if st.button("Load weights", key="sb_load_up", disabled=wfile is None, width="stretch"):
+            with guard("Weights"):
+                data = wfile.getvalue()
+                read_state_dict(data, wfile.name)                  # validate before storing
+                classes = ""
+                if cfile is not None:
+                    parse_class_names(cfile.getvalue(), cfile.name)
+                    classes = save_upload(cfile.getvalue(), cfile.name)
+                _try_select(ModelSpec(kind="upload", arch=arch, weights=save_upload(data, wfile.name), classes=classes))
+    elif kind == "trusted":
+        files = trusted_model_files()
+        rel = st.selectbox("Model file", files, key="sb_trusted")
+        if st.button("Load model", key="sb_load_trusted", width="stretch"):
+            _try_select(ModelSpec(kind="trusted", weights=rel))
+    st.caption(f"Active: **{state.model_spec().label()}**")
+
+
+def image_picker() -> None:
+    src = st.radio("Image", ["Gallery", "Upload"], horizontal=True, key="sb_img_src")
+    if src == "Gallery":
+        names = gallery_names()
+        cur = state.image_ref()
+        name = st.selectbox("Sample image", names, key="sb_gallery",
+                            index=names.index(cur.ref) if cur.kind == "gallery" and cur.ref in names else 0)
+        if cur.kind != "gallery" or cur.ref != name:
+            state.set_image_ref(state.ImageRef("gallery", name, name))
+    else:
+        up = st.file_uploader("Your image", type=["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"],
+                              key="sb_img_upload")
+        if up is not None:
+            data = up.getvalue()
+            with guard(f"'{up.name}'"):
+                load_image(data, name=up.name)                      # refuse bad files before storing
+                digest = save_upload(data, up.name)
+                if state.image_ref().ref != digest:
+                    state.set_image_ref(state.ImageRef("upload", digest, up.name))
+    with guard("Image"):
+        st.image(state.current_image(), caption=state.image_ref().label, width="stretch")
+
+
+def dataset_picker() -> None:
+    folders = [str(p) for p in get_config().dataset_dirs]
+    options = ["digits"] + [f"folder:{p}" for p in folders] + ["zip"]
+    labels = {"digits": "scikit-learn digits (1,797 images)", "zip": "Upload a zip (ImageFolder layout)"}
+    choice = st.selectbox("Data set", options, key="sb_dataset",
+                          format_func=lambda o: labels.get(o, o.removeprefix("folder:")))
+    if choice == "digits":
+        if state.dataset_ref().kind != "digits":
+            state.set_dataset_ref(state.DatasetRef())
+    elif choice.startswith("folder:"):
+        path = choice.removeprefix("folder:")
+        if state.dataset_ref().ref != path:
+            state.set_dataset_ref(state.DatasetRef("folder", path, path))
+    else:
+        up = st.file_uploader("Zip: class folders of images", type=["zip"], key="sb_zip")
+        if up is not None:
+            with guard(f"'{up.name}'"):
+                digest = save_upload(up.getvalue(), up.name)
+                if state.dataset_ref().ref != digest:
+                    state.set_dataset_ref(state.DatasetRef("zip", digest, up.name))
+    with guard("Data set"):
+        s = state.current_dataset().summary()
+        st.caption(f"{s['n_images']:,} images · {s['n_classes']} classes"
+                   + (f" · {s['n_skipped']} unreadable skipped" if s["n_skipped"] else ""))
+
+
+def render_sidebar() -> None:
+    with st.sidebar:
+        st.markdown("### convlens")
+        with guard("Model"):
+            model_picker()
+        image_picker()
+        dataset_picker()
+        with guard("Device"):
+            st.caption(f"Device: `{select_device()}`")

@@ -1,0 +1,40 @@
+"""Home: the model card, the layer table, and the selected image with its top-5."""
+import pandas as pd
+import streamlit as st
+
+from analysis.predict import predict
+from dashboard import state
+from dashboard.errors import guard
+from dashboard.render import model_card_rows, topk_figure
+
+st.title("convlens — what does the network see?")
+st.caption("Pick a model, an image and a data set in the sidebar; every page uses them.")
+
+with guard("Model"):
+    bundle = state.current_bundle()
+    left, right = st.columns([2, 3])
+    with left:
+        st.subheader("Image")
+        image = state.current_image()
+        st.image(bundle.preprocess.geometry(image), caption=f"{state.image_ref().label}: the "
+                 f"{bundle.input_size}×{bundle.input_size} crop the model sees", width="stretch")
+    with right:
+        st.subheader("Prediction")
+        with guard("Prediction"):
+            pred = predict(bundle, image, k=5)
+            st.plotly_chart(topk_figure(pred), width="stretch", key="top5")
+            st.dataframe(pd.DataFrame(pred.rows()), hide_index=True, width="stretch",
+                         column_config={"probability": st.column_config.ProgressColumn(
+                             "probability", format="%.3f", min_value=0.0, max_value=1.0)})
+
+    st.subheader(f"Model card — {bundle.name}")
+    st.markdown(bundle.description)
+    st.table(pd.DataFrame(model_card_rows(bundle.card()), columns=["", "value"]).set_index(""))
+
+    with st.expander("Layers (dotted names, output shapes from one dry forward)", expanded=False):
+        with guard("Layers"):
+            infos = state.current_layers()
+            st.dataframe(pd.DataFrame([i.as_row() for i in infos]), hide_index=True, width="stretch")
+            warn = [i for i in infos if i.warnings]
+            if warn:
+                st.warning(f"{len(warn)} layers have warnings for gradient methods (see the column).")

@@ -1,0 +1,65 @@
+"""Shared fixtures. The whole suite runs offline on CPU; caches and uploads go to a
+temporary folder for the session (set before anything reads the configuration)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="convlens-test-"))
+os.environ["CONVLENS_CACHE_DIR"] = str(_SESSION_DIR / "cache")
+os.environ["CONVLENS_DATA_DIR"] = str(_SESSION_DIR / "data")
+os.environ.setdefault("CONVLENS_DEVICE", "cpu")
+
+import torch  # noqa: E402
+
+from analysis.config import set_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+OUTPUT_DIR = REPO / "test-output"
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """The embedded default model, on CPU (shared; tests must not mutate it)."""
+    from analysis.models.loaders import default_bundle
+    return default_bundle(torch.device("cpu"))
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The embedded digits CNN, trained once per session into the session cache."""
+    from analysis.models.digits import digits_bundle
+    return digits_bundle(torch.device("cpu"))
+
+
+@pytest.fixture(scope="session")
+def chelsea():
+    from analysis.images import gallery_image
+    return gallery_image("chelsea")
+
+
+@pytest.fixture(scope="session")
+def coffee():
+    from analysis.images import gallery_image
+    return gallery_image("coffee")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_config():
+    set_config(None)
+    yield
+    set_config(None)
+
+
+@pytest.fixture(scope="session")
+def output_dir() -> Path:
+    OUTPUT_DIR.mkdir(exist_ok=True)
+    return OUTPUT_DIR
