@@ -26,9 +26,11 @@ def logits(bundle: ModelBundle, images: Sequence[np.ndarray] | np.ndarray, batch
     if isinstance(images, np.ndarray) and images.ndim == 3:
         images = [images]
     out = []
-    with torch.inference_mode():
-        for s in range(0, len(images), batch_size):
-            x = bundle.inputs(list(images[s:s + batch_size]))
+    for s in range(0, len(images), batch_size):
+        x = bundle.inputs(list(images[s:s + batch_size]))
+        # Every forward on the shared model holds its lock: third-party methods (Captum)
+        # register hooks that, unlike ours, are not thread-scoped.
+        with bundle.lock, torch.inference_mode():
             out.append(bundle.model(x).float().cpu())
     return torch.cat(out).numpy()
 

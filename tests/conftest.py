@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-_SESSION_DIR = Path(tempfile.mkdtemp(prefix="convlens-test-"))
+# One folder per test session, created once even if this module were imported twice.
+if "CONVLENS_TEST_SESSION_DIR" not in os.environ:
+    os.environ["CONVLENS_TEST_SESSION_DIR"] = tempfile.mkdtemp(prefix="convlens-test-")
+_SESSION_DIR = Path(os.environ["CONVLENS_TEST_SESSION_DIR"])
 os.environ["CONVLENS_CACHE_DIR"] = str(_SESSION_DIR / "cache")
 os.environ["CONVLENS_DATA_DIR"] = str(_SESSION_DIR / "data")
 os.environ.setdefault("CONVLENS_DEVICE", "cpu")
@@ -17,8 +20,7 @@ import torch  # noqa: E402
 
 from analysis.config import set_config  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-OUTPUT_DIR = REPO / "test-output"
+from tests.paths import OUTPUT_DIR, REPO  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import pytest
 import torchvision
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import REPO
+from tests.paths import REPO
 
 APP = str(REPO / "dashboard" / "app.py")
 CATS = {"tabby", "tiger cat", "Egyptian cat"}

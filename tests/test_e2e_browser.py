@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import REPO
+from tests.paths import REPO
 
 pytestmark = pytest.mark.browser
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

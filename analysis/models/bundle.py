@@ -162,6 +162,7 @@ class ModelBundle:
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+            p.grad = None
         self.model.to(self.device)
         if not self.model_id:
             self.model_id = weights_sha256(self.model)

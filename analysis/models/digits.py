@@ -125,6 +125,7 @@ def train_digits_cnn(config: DigitsTrainConfig = DigitsTrainConfig(), progress=N
             losses.append(total / len(perm))
             if progress:
                 progress(epoch + 1, config.epochs, losses[-1])
+    opt.zero_grad(set_to_none=True)
     model.eval()
     with torch.inference_mode():
         pred = model(x[test_idx]).argmax(1)
