@@ -19,6 +19,7 @@ st.set_page_config(page_title="convlens", page_icon="🔬", layout="wide")
 
 PAGES = [
     st.Page(PAGES_DIR / "home.py", title="Model & prediction", icon="🏠", default=True, url_path="home"),
+    st.Page(PAGES_DIR / "saliency.py", title="Saliency", icon="🔥", url_path="saliency"),
 ]
 
 nav = st.navigation(PAGES)

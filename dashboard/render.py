@@ -31,3 +31,87 @@ def model_card_rows(card: dict) -> list[tuple[str, str]]:
         ("Device", card["device"]),
         ("model_id (sha256 of weights)", card["model_id"]),
     ]
+
+
+# ------------------------------------------------------------------ saliency maps
+
+import io  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+COLORMAPS = ("inferno", "viridis", "jet", "hot", "magma", "RdBu_r", "gray")
+
+
+def clip_map(m: np.ndarray, outlier_perc: float = 2.0, signed: bool = False) -> np.ndarray:
+    """Scale a map like Captum's visualiser: divide by the (100 - outlier_perc) percentile of
+    |m| and clip, giving [0, 1] (or [-1, 1] when ``signed``; else negatives become 0)."""
+    if not 0 <= outlier_perc < 100:
+        raise ValueError("outlier percentage must be in [0, 100)")
+    m = np.asarray(m, np.float64)
+    scale = np.percentile(np.abs(m), 100 - outlier_perc) if m.size else 0.0
+    if scale <= 0:
+        scale = np.abs(m).max() or 1.0
+    out = np.clip(m / scale, -1, 1)
+    return out if signed else np.clip(out, 0, 1)
+
+
+def colorize(norm: np.ndarray, cmap: str = "inferno", signed: bool = False) -> np.ndarray:
+    """[0, 1] (or [-1, 1] if signed) map -> RGB uint8 with a matplotlib colormap."""
+    import matplotlib
+    cm = matplotlib.colormaps[cmap]
+    v = (norm + 1) / 2 if signed else norm
+    return (cm(np.clip(v, 0, 1))[..., :3] * 255 + 0.5).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, heat_rgb: np.ndarray, alpha: float = 0.5, weight: np.ndarray | None = None) -> np.ndarray:
+    """Blend a coloured heatmap over the image; ``weight`` (H, W in [0, 1]) modulates alpha
+    per pixel so unimportant regions keep the photo visible."""
+    a = np.full(image.shape[:2], alpha, np.float64) if weight is None else alpha * np.clip(weight, 0, 1)
+    out = image.astype(np.float64) * (1 - a[..., None]) + heat_rgb.astype(np.float64) * a[..., None]
+    return (out + 0.5).astype(np.uint8)
+
+
+def heatmap_figure(m: np.ndarray, title: str = "", colorscale: str = "Inferno", zmid: float | None = None) -> go.Figure:
+    """Interactive heatmap with hover values (row, column, value)."""
+    fig = go.Figure(go.Heatmap(z=m[::-1], colorscale=colorscale, zmid=zmid,
+                               hovertemplate="row %{customdata}, col %{x}: %{z:.4g}<extra></extra>",
+                               customdata=np.repeat(np.arange(m.shape[0])[::-1, None], m.shape[1], 1)))
+    fig.update_layout(title=title, height=360, margin=dict(l=10, r=10, t=40, b=10),
+                      yaxis=dict(scaleanchor="x", showticklabels=False), xaxis=dict(showticklabels=False))
+    return fig
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def curves_figure(curves: dict, kind: str) -> go.Figure:
+    """Deletion or insertion curves of several methods (and the random baseline) together."""
+    fig = go.Figure()
+    for name, by_kind in curves.items():
+        c = by_kind[kind]
+        fig.add_trace(go.Scatter(x=c.fractions, y=c.scores, mode="lines", name=f"{name} (AUC {c.auc:.3f})",
+                                 line=dict(dash="dot" if name == "random" else "solid")))
+    fig.update_layout(title=f"{kind.capitalize()} curve", xaxis_title="fraction of pixels "
+                      + ("removed" if kind == "deletion" else "inserted"), yaxis_title="target probability",
+                      height=360, margin=dict(l=10, r=10, t=40, b=10), yaxis=dict(range=[0, 1.02]))
+    return fig
+
+
+def correlation_figure(layers: list[str], correlations: dict[str, list[float]]) -> go.Figure:
+    fig = go.Figure()
+    for name, vals in correlations.items():
+        fig.add_trace(go.Scatter(x=layers[:len(vals)], y=vals, mode="lines+markers", name=name))
+    fig.update_layout(title="Spearman rank correlation with the original map",
+                      xaxis_title="randomised from the top down to", yaxis=dict(range=[-0.2, 1.05]),
+                      height=360, margin=dict(l=10, r=10, t=40, b=10))
+    return fig

@@ -83,3 +83,17 @@ def test_home_shows_top5_for_default_image(browser, app_url, output_dir):
     assert "model_id" in body
     page.screenshot(path=str(output_dir / "home.png"), full_page=True)
     page.close()
+
+
+def test_saliency_page_in_browser(browser, app_url, output_dir):
+    page = open_page(browser, app_url + "/saliency")
+    page.get_by_text("Compute maps").first.wait_for(timeout=120_000)
+    page.get_by_role("button", name="Compute maps").click()
+    page.get_by_text("Trust checks").first.wait_for(timeout=120_000)
+    page.get_by_text("Vanilla gradient").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(1500)
+    body = page.inner_text("body")
+    assert "Traceback" not in body and "Grad-CAM" in body and "Guided backprop" in body
+    assert page.locator("img").count() >= 4                      # sidebar image + three maps
+    page.screenshot(path=str(output_dir / "saliency.png"), full_page=True)
+    page.close()
