@@ -15,11 +15,11 @@ from dashboard.sidebar import render_sidebar
 PAGES_DIR = Path(__file__).resolve().parent.parent / "pages"
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-st.set_page_config(page_title="convlens", page_icon="🔬", layout="wide")
+st.set_page_config(page_title="convlens", page_icon=":material/biotech:", layout="wide")
 
 PAGES = [
-    st.Page(PAGES_DIR / "home.py", title="Model & prediction", icon="🏠", default=True, url_path="home"),
-    st.Page(PAGES_DIR / "saliency.py", title="Saliency", icon="🔥", url_path="saliency"),
+    st.Page(PAGES_DIR / "home.py", title="Model & prediction", icon=":material/home:", default=True, url_path="home"),
+    st.Page(PAGES_DIR / "saliency.py", title="Saliency", icon=":material/local_fire_department:", url_path="saliency"),
 ]
 
 nav = st.navigation(PAGES)

@@ -15,13 +15,13 @@ log = logging.getLogger("convlens")
 def report(exc: BaseException, what: str = "") -> None:
     prefix = f"{what}: " if what else ""
     if isinstance(exc, ConvlensError):
-        st.error(f"{prefix}{exc}", icon="⚠️")
+        st.error(f"{prefix}{exc}")
     elif isinstance(exc, MemoryError):
-        st.error(f"{prefix}out of memory. Try a smaller image, batch or data set.", icon="⚠️")
+        st.error(f"{prefix}out of memory. Try a smaller image, batch or data set.")
     else:
         log.exception("Unexpected error%s", f" in {what}" if what else "", exc_info=exc)
         st.error(f"{prefix}unexpected error ({type(exc).__name__}: {str(exc)[:300]}). "
-                 "The app keeps working; the details are in the server log.", icon="⚠️")
+                 "The app keeps working; the details are in the server log.")
 
 
 @contextlib.contextmanager

@@ -56,7 +56,7 @@ def draw_map(a, view: str, cmap: str, alpha: float, outlier: float, key: str) ->
         shown = heat if view == "heatmap" else overlay(a.image, heat, alpha, weight=np.abs(norm))
         st.image(shown, width="stretch")
     for w in a.warnings:
-        st.warning(w, icon="⚠️")
+        st.warning(w)
     d1, d2 = st.columns(2)
     d1.download_button("PNG", png_bytes(heat), f"{a.method}_{a.target}.png", "image/png", key=f"png_{key}")
     d2.download_button(".npy", npy_bytes(a.map), f"{a.method}_{a.target}.npy", key=f"npy_{key}")
@@ -119,17 +119,21 @@ with guard("Saliency"):
         st.caption("Petsiuk et al. 2018: delete the most salient pixels first (a good map makes the "
                    "score fall fast: low AUC) or insert them into a blurred image (rises fast: high AUC). "
                    "The dotted line is a random map.")
-        a1, a2 = st.columns(2)
+        a1, a2, a3 = st.columns(3)
         steps = a1.number_input("steps", 4, 100, 24, key="sal_di_steps")
         substrate = a2.selectbox("deleted pixels become", ["blur", "zero", "mean"], key="sal_di_sub")
+        patch = a3.selectbox("delete in", [1, 4, 8, 16], key="sal_di_patch",
+                             format_func=lambda p: "single pixels" if p == 1 else f"{p}×{p} patches",
+                             help="Patches ranked by mean saliency (Samek et al. 2017) avoid the speckled "
+                                  "images that single-pixel deletion creates.")
         if st.button("Run deletion / insertion", key="sal_di_run"):
             st.session_state["sal_di"] = True
         if st.session_state.get("sal_di"):
             from analysis.trust import compare_curves
             with guard("Deletion / insertion"):
-                key = ("di", tuple(keys), steps, substrate)
+                key = ("di", tuple(keys), steps, substrate, patch)
                 curves = run_job(key, "Deletion / insertion curves", lambda prog: compare_curves(
-                    bundle, results, steps=int(steps), substrate=substrate, progress=prog))
+                    bundle, results, steps=int(steps), substrate=substrate, patch=int(patch), progress=prog))
                 f1, f2 = st.columns(2)
                 f1.plotly_chart(curves_figure(curves, "deletion"), key="del_fig", width="stretch")
                 f2.plotly_chart(curves_figure(curves, "insertion"), key="ins_fig", width="stretch")
