@@ -241,3 +241,31 @@ def test_lite0_layers_and_cheap_randomisation(lite0, chelsea):
     assert np.allclose(res.maps["gradient"][0], attribute(lite0, chelsea, 281, "gradient").map)
     assert weights_sha256(lite0.model) == before
     assert count_hooks(lite0.model) == 0 and not lite0.model.training
+
+
+# ---------------------------------------------------------------- added by the lead
+
+def test_patch_ranks_delete_whole_patches():
+    from analysis.trust import patch_ranks
+    m = np.zeros((8, 8))
+    m[4:8, 0:4] = 5.0          # bottom-left patch most salient
+    m[0, 7] = 9.0              # a single very salient pixel inside the top-right patch
+    r = patch_ranks(m, 4).reshape(8, 8)
+    assert set(r[4:8, 0:4].ravel()) == set(range(16))          # first 16 ranks: the whole patch
+    assert set(r[0:4, 4:8].ravel()) == set(range(16, 32))      # then the top-right one (mean 9/16)
+    assert np.array_equal(np.sort(r.ravel()), np.arange(64))
+    assert np.array_equal(patch_ranks(m, 1), __import__("analysis.trust", fromlist=["pixel_ranks"]).pixel_ranks(m))
+
+
+def test_adebayo_split_on_default_model(lite0, chelsea):
+    """Measured (docs/saliency.md): randomising the top of EfficientNet-Lite0 decorrelates
+    the gradient and Grad-CAM at once, while guided backprop stays almost unchanged."""
+    from analysis.trust import cascading_randomisation
+    res = cascading_randomisation(lite0, chelsea, None, ["gradient", "guided_backprop", "gradcam"],
+                                  max_steps=6, seed=0)
+    assert res.layers[:2] == ["_fc", "_blocks.13"]
+    c = res.correlations
+    assert c["guided_backprop"][0] > 0.95 and c["guided_backprop"][1] > 0.9
+    assert c["gradient"][0] < 0.5 and c["gradient"][1] < 0.5
+    assert c["gradcam"][1] < 0.5
+    assert max(c["gradient"]) < min(c["guided_backprop"][:3])
