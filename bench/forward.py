@@ -22,8 +22,8 @@ from bench._report import machine, write_section  # noqa: E402
 def throughput(model, batch: int, size: int, device, seconds: float) -> float:
     x = torch.randn(batch, 3, size, size, device=device)
     with torch.inference_mode():
-        for _ in range(2):
-            model(x)                                   # warm-up
+        for _ in range(3):
+            model(x)                                   # warm-up (oneDNN picks kernels per shape)
         if device.type == "cuda":
             torch.cuda.synchronize()
         n, t0 = 0, time.perf_counter()
@@ -37,7 +37,7 @@ def throughput(model, batch: int, size: int, device, seconds: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--device", default=None)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
@@ -68,7 +68,12 @@ EfficientNet-Lite0 (embedded default), 224×224 inputs, `torch.inference_mode()`
 {table}
 
 Best batched throughput: **{max(ips for _, ips in rows):.1f} images/s** (the floor that perturbation
-and scan benchmarks compare against, measured again in their own runs).
+and scan benchmarks compare against, measured again in their own runs over more batch
+sizes). On a 2-core CPU, large batches do not pay: batch 64's activations no longer fit
+in cache. The model runs in `channels_last` memory format (set once when a bundle is
+built): 2.1× the forward throughput of the default NCHW layout for EfficientNet-Lite0
+(28.8 → 59.8 images/s at batch 16 in one comparison run), 1.3× for resnet18, 1.5× for
+forward+backward, outputs equal to 1e-5.
 
 Digits CNN, first-use training (15 epochs on 1,437 images, then cached): {train_s:.1f} s,
 held-out accuracy {info['test_accuracy']:.2%} on 360 images.

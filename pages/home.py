@@ -10,17 +10,20 @@ from dashboard.render import model_card_rows, topk_figure
 st.title("convlens — what does the network see?")
 st.caption("Pick a model, an image and a data set in the sidebar; every page uses them.")
 
+bundle = None
 with guard("Model"):
     bundle = state.current_bundle()
+
+if bundle is not None:
     left, right = st.columns([2, 3])
-    with left:
-        st.subheader("Image")
+    with guard("Image"):                       # a bad image must not hide the model card
         image = state.current_image()
-        st.image(bundle.preprocess.geometry(image), caption=f"{state.image_ref().label}: the "
-                 f"{bundle.input_size}×{bundle.input_size} crop the model sees", width="stretch")
-    with right:
-        st.subheader("Prediction")
-        with guard("Prediction"):
+        with left:
+            st.subheader("Image")
+            st.image(bundle.preprocess.geometry(image), caption=f"{state.image_ref().label}: the "
+                     f"{bundle.input_size}×{bundle.input_size} crop the model sees", width="stretch")
+        with right:
+            st.subheader("Prediction")
             pred = predict(bundle, image, k=5)
             st.plotly_chart(topk_figure(pred), width="stretch", key="top5")
             st.dataframe(pd.DataFrame(pred.rows()), hide_index=True, width="stretch",

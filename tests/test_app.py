@@ -71,3 +71,17 @@ def test_offline_download_is_a_message_and_keeps_old_model(monkeypatch):
     msg = " ".join(e.value for e in at.error)
     assert "offline" in msg and "random weights" in msg
     assert set(top5(at)[:3]) == CATS          # the previous model is still active
+
+
+def test_corrupt_upload_is_a_message_not_a_traceback():
+    from analysis.store import save_upload
+    from dashboard.state import IMAGE_KEY, ImageRef
+    digest = save_upload(b"\xff\xd8\xff\xe0 definitely not a whole jpeg", "broken.jpg")
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.session_state["sb_img_src"] = "Upload"
+    at.session_state[IMAGE_KEY] = ImageRef("upload", digest, "broken.jpg")
+    at.run()
+    assert_clean(at)
+    msgs = " ".join(e.value for e in at.error)
+    assert "broken.jpg" in msgs and ("truncated" in msgs or "corrupt" in msgs or "not a recognised" in msgs)
+    assert any("Model card" in s.value for s in at.subheader)      # the rest of the page still works
