@@ -115,3 +115,22 @@ def correlation_figure(layers: list[str], correlations: dict[str, list[float]]) 
                       xaxis_title="randomised from the top down to", yaxis=dict(range=[-0.2, 1.05]),
                       height=360, margin=dict(l=10, r=10, t=40, b=10))
     return fig
+
+
+def image_grid(images: list[np.ndarray], cols: int, pad: int = 2, cell: int | None = None,
+               background: int = 255) -> np.ndarray:
+    """Tile RGB uint8 images (all the same size, or resized to ``cell`` with nearest
+    neighbour so small filters stay crisp) into one image with ``pad``-pixel gaps."""
+    from PIL import Image
+    if not images:
+        raise ValueError("no images to tile")
+    if cell is not None:
+        images = [np.asarray(Image.fromarray(im).resize((cell, cell), Image.NEAREST)) for im in images]
+    h, w = images[0].shape[:2]
+    rows = -(-len(images) // cols)
+    out = np.full((rows * h + (rows - 1) * pad, cols * w + (cols - 1) * pad, 3), background, np.uint8)
+    for k, im in enumerate(images):
+        r, c = divmod(k, cols)
+        im = im if im.ndim == 3 else np.repeat(im[..., None], 3, axis=2)
+        out[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = im
+    return out
