@@ -24,6 +24,9 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
     """The submodule with dotted ``name``; "" is the model itself. LayerError if absent."""
     if name == "":
         return model
+    if isinstance(model, torch.jit.ScriptModule):
+        raise LayerError("TorchScript models cannot be hooked layer by layer; only whole-model "
+                         "methods (predictions, saliency of the input) work on them.")
     try:
         return model.get_submodule(name)
     except AttributeError:

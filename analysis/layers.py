@@ -50,6 +50,13 @@ class LayerInfo:
 def layer_table(bundle: ModelBundle) -> list[LayerInfo]:
     """All named submodules in definition order, from one dry forward of a zero image."""
     model = bundle.model
+    if isinstance(model, torch.jit.ScriptModule):
+        # Hooks are not supported on ScriptModules: list the modules without shapes.
+        return [LayerInfo(name=n, type=getattr(m, "original_name", type(m).__name__), output_shape=None,
+                          parameters=sum(p.numel() for p in m.parameters()), calls=0, finish_order=-1,
+                          is_leaf=len(list(m.children())) == 0, is_conv=False,
+                          warnings=["TorchScript: no layer-level hooks"])
+                for n, m in model.named_modules() if n]
     shapes: dict[str, tuple] = {}
     calls: dict[str, int] = {}
     finished: dict[str, int] = {}
@@ -124,3 +131,19 @@ def check_layer(infos: list[LayerInfo], name: str) -> LayerInfo:
         if i.name == name:
             return i
     raise LayerError(f"The model has no layer named {name!r}.")
+
+
+def block_layers(infos: list[LayerInfo]) -> list[str]:
+    """Spatial layers at most one level deep (whole blocks such as "_blocks.10", "layer3.1",
+    "features.4"), in forward order: sensible defaults for layer pickers."""
+    cands = [i for i in infos if i.spatial and i.calls > 0 and i.name.count(".") <= 1
+             and i.output_shape[1] * i.output_shape[2] > 1]
+    return [i.name for i in sorted(cands, key=lambda i: i.finish_order)]
+
+
+def default_layer(infos: list[LayerInfo], fraction: float = 0.5) -> str:
+    """A block ``fraction`` of the way through the network (0 = first, 1 = last)."""
+    blocks = block_layers(infos) or [i.name for i in infos if i.spatial and i.calls > 0]
+    if not blocks:
+        raise LayerError("The model has no layer with a spatial feature map.")
+    return blocks[min(len(blocks) - 1, int(round(fraction * (len(blocks) - 1))))]

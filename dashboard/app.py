@@ -20,6 +20,7 @@ st.set_page_config(page_title="convlens", page_icon=":material/biotech:", layout
 PAGES = [
     st.Page(PAGES_DIR / "home.py", title="Model & prediction", icon=":material/home:", default=True, url_path="home"),
     st.Page(PAGES_DIR / "saliency.py", title="Saliency", icon=":material/local_fire_department:", url_path="saliency"),
+    st.Page(PAGES_DIR / "inside.py", title="Inside the network", icon=":material/layers:", url_path="inside"),
 ]
 
 nav = st.navigation(PAGES)

@@ -97,3 +97,19 @@ def test_saliency_page_in_browser(browser, app_url, output_dir):
     assert page.locator("img").count() >= 4                      # sidebar image + three maps
     page.screenshot(path=str(output_dir / "saliency.png"), full_page=True)
     page.close()
+
+
+def test_inside_page_in_browser(browser, app_url, output_dir):
+    page = open_page(browser, app_url + "/inside")
+    page.get_by_text("weights: 32 × 3 × 3 × 3").first.wait_for(timeout=120_000)
+    page.wait_for_timeout(1500)
+    body = page.inner_text("body")
+    assert "Traceback" not in body and "Maximally activating patches" in body
+    page.screenshot(path=str(output_dir / "inside.png"), full_page=True)
+    page.get_by_role("tab", name="Maximally activating patches").click()
+    page.get_by_role("button", name="Scan").click()
+    page.get_by_text("images scanned").first.wait_for(timeout=240_000)
+    page.wait_for_timeout(1500)
+    assert "Traceback" not in page.inner_text("body")
+    page.screenshot(path=str(output_dir / "inside_patches.png"), full_page=True)
+    page.close()

@@ -96,3 +96,14 @@ def test_hooks_are_thread_scoped():
     assert acts.calls["0"] == 1
     with torch.no_grad():
         assert torch.equal(acts["0"], m[0](mine))
+
+
+def test_torchscript_models_give_layer_errors():
+    from analysis.layers import layer_table
+    from analysis.models.bundle import ModelBundle, Preprocessing
+    sm = torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    with pytest.raises(LayerError, match="TorchScript"):
+        get_module(sm, "0")
+    b = ModelBundle(sm, Preprocessing(8, 8, (0.5,) * 3, (0.5,) * 3), [str(i) for i in range(4)], "ts", "TS", "trusted")
+    infos = layer_table(b)
+    assert [i.name for i in infos] == ["0", "1", "2"] and all(i.output_shape is None for i in infos)

@@ -63,3 +63,13 @@ def test_check_layer_and_no_spatial():
     with pytest.raises(LayerError, match="no layer named"):
         check_layer(infos, "nope")
     assert check_layer(infos, "1").output_shape == (2,)
+
+
+def test_block_layers_and_default(lite0):
+    from analysis.layers import block_layers, default_layer
+    infos = layer_table(lite0)
+    blocks = block_layers(infos)
+    assert "_blocks.10" in blocks and "_blocks.10._bn2" not in blocks
+    assert blocks.index("_blocks.0") < blocks.index("_blocks.15")
+    assert default_layer(infos, 0.0) == "_conv_stem" and default_layer(infos, 1.0) == "_relu_head"
+    assert default_layer(infos, 0.5).startswith("_blocks.")

@@ -1,0 +1,77 @@
+"""The maximally-activating-patches tab (shared by the Inside page and, later, the
+feature-visualisation page to show a channel's patches beside its visualisation)."""
+from __future__ import annotations
+
+import streamlit as st
+
+from analysis.layers import default_layer
+from analysis.models.bundle import ModelBundle
+from dashboard import state
+from dashboard.errors import guard
+from dashboard.render import png_bytes
+from dashboard.widgets import layer_picker
+
+
+@st.cache_resource(show_spinner="Building the gallery crops…")
+def _gallery_crops():
+    from analysis.patches import gallery_dataset
+    return gallery_dataset()
+
+
+def patch_dataset(bundle: ModelBundle, choice: str):
+    if choice == "gallery":
+        return _gallery_crops()
+    return state.current_dataset()
+
+
+def patches_tab(bundle: ModelBundle, infos, spatial: list[str]) -> None:
+    from analysis.patches import load_index, patch_crops, patch_grid, scan
+    st.caption("Scan a data set, keep for every channel the images whose strongest response is "
+               "highest, and show the receptive-field crop around that position.")
+    if not spatial:
+        st.info("This model has no spatial layers.")
+        return
+    with guard("Maximally activating patches"):
+        imagenet = bundle.num_classes == 1000 and bundle.preprocess.channels == 3
+        options = (["gallery", "sidebar"] if imagenet else ["sidebar", "gallery"])
+        c1, c2, c3 = st.columns([2, 2, 1])
+        choice = c1.radio("Data set", options, horizontal=True, key=f"in_p_data_{bundle.short_id}", format_func=lambda o: {
+            "gallery": "gallery photos, augmented crops", "sidebar": f"sidebar: {state.dataset_ref().label}"}[o])
+        with c2:
+            layer = layer_picker(infos, default_layer(infos, 0.6), key="in_p_layer")
+        k = c3.number_input("top-k", 1, 32, 8, key="in_p_k")
+        ds = patch_dataset(bundle, choice)
+        index = load_index(bundle, ds, layer, int(k))
+        if index is None:
+            st.info(f"No index yet for `{layer}` on {ds.name} ({len(ds):,} images). The scan indexes "
+                    "every channel of the layer in one pass and is stored on disk.")
+            go, stop = st.columns([1, 5])
+            if go.button("Scan", type="primary", key="in_p_scan"):
+                stop.button("Stop", key="in_p_stop", help="Stops the scan; nothing is saved.")
+                bar = st.progress(0.0, text="Scanning…")
+                gen = scan(bundle, ds, layer, k=int(k))
+                try:
+                    while True:
+                        p = next(gen)
+                        bar.progress(p.done / max(p.total, 1), text=f"Scanning {layer}: {p.done}/{p.total} images")
+                except StopIteration as fin:
+                    index = fin.value
+                bar.empty()
+                if index is not None:
+                    st.rerun()                       # redraw from the stored index
+            if index is None:
+                return
+        st.caption(f"`{layer}`: {index.channels} channels, {index.n_images:,} images scanned in "
+                   f"{index.seconds:.1f} s; one patch per image per channel.")
+        best = list(index.values[:, 0].argsort()[::-1])
+        chosen = st.multiselect("Channels", list(range(index.channels)), default=[int(c) for c in best[:4]],
+                                key=f"in_p_ch_{layer}", help="Default: the channels with the strongest top patch.")
+        size = st.slider("Patch display size", 32, 128, 64, 16, key="in_p_size")
+        for ch in chosen:
+            crops = patch_crops(bundle, ds, index, int(ch), display_size=size)
+            st.markdown(f"**channel {ch}**")
+            st.image([c.image for c in crops], width=size,
+                     caption=[f"{c.value:.2f} · {c.image_id}" for c in crops])
+        if chosen:
+            grid = patch_grid(bundle, ds, index, [int(c) for c in chosen], display_size=size)
+            st.download_button("Download grid (PNG)", png_bytes(grid), f"patches_{layer}.png", key="in_p_png")
