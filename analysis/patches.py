@@ -43,6 +43,7 @@ import torch
 from PIL import Image
 
 from . import diskcache
+from .batching import halve_after_oom
 from .datasets import Dataset
 from .errors import DatasetError, LayerError, LimitError, ParameterError
 from .hooks import get_module, run_truncated, truncate_after
@@ -284,11 +285,6 @@ def load_index(bundle: ModelBundle, dataset: Dataset, layer: str, k: int = 9,
         return None
 
 
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc)))
-
-
 def _layer_maxima(bundle: ModelBundle, layer: str, x: torch.Tensor):
     """Spatial max and its flat position per image and channel: (N, C) each, plus (H, W)."""
     model = bundle.model
@@ -345,11 +341,7 @@ def scan(bundle: ModelBundle, dataset: Dataset, layer: str, *, k: int = 9, batch
         try:
             v, p, hw = _layer_maxima(bundle, layer, x)
         except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
-            if not _is_oom(exc) or bs == 1:
-                raise
-            bs = max(1, bs // 2)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            bs = halve_after_oom(exc, bs)
             continue
         del x
         cand_v, cand_p = v.T, p.T                                   # (C, N)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .batching import halve_after_oom, run_batched  # noqa: F401 (run_batched re-exported)
 from .errors import ParameterError
 from .layers import check_layer, last_conv_block, layer_table
 from .models.bundle import ModelBundle
@@ -90,34 +91,6 @@ def resolve_target(bundle: ModelBundle, x: torch.Tensor, target: int | str | Non
     if not 0 <= t < bundle.num_classes:
         raise ParameterError(f"Target class {t} is out of range (the model has {bundle.num_classes} classes).")
     return t
-
-
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc)))
-
-
-def run_batched(n: int, batch: int, fn: Callable[[int, int], None], progress: Progress | None = None) -> int:
-    """Call ``fn(start, stop)`` over ``range(n)`` in chunks of ``batch``, halving the chunk
-    after an out-of-memory error. Returns the batch size that worked."""
-    if batch < 1:
-        raise ParameterError("batch size must be at least 1")
-    start = 0
-    while start < n:
-        stop = min(n, start + batch)
-        try:
-            fn(start, stop)
-        except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
-            if not _is_oom(exc) or batch == 1:
-                raise
-            batch = max(1, batch // 2)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            continue
-        start = stop
-        if progress:
-            progress(start, n)
-    return batch
 
 
 def baseline_tensor(bundle: ModelBundle, x: torch.Tensor, kind: str, blur_sigma: float = 10.0) -> torch.Tensor:
@@ -351,12 +324,8 @@ def _captum_batched(run: Callable[[int], torch.Tensor], batch: int) -> torch.Ten
     while True:
         try:
             return run(batch)
-        except Exception as exc:  # noqa: BLE001
-            if not _is_oom(exc) or batch == 1:
-                raise
-            batch = max(1, batch // 2)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+            batch = halve_after_oom(exc, batch)
 
 
 def integrated_gradients(bundle, x, target, *, steps=50, baseline="zero", batch_size=25, progress=None):
