@@ -74,7 +74,7 @@ def open_page(browser, url):
 
 def test_home_shows_top5_for_default_image(browser, app_url, output_dir):
     page = open_page(browser, app_url)
-    page.get_by_text("Egyptian cat").first.wait_for(timeout=120_000)
+    page.get_by_text("Egyptian cat").first.wait_for(timeout=240_000)
     page.get_by_text("tabby").first.wait_for(timeout=30_000)
     page.wait_for_timeout(1500)                          # let plotly finish drawing
     assert page.locator(".js-plotly-plot").count() >= 1
@@ -89,8 +89,10 @@ def test_saliency_page_in_browser(browser, app_url, output_dir):
     page = open_page(browser, app_url + "/saliency")
     page.get_by_text("Compute maps").first.wait_for(timeout=120_000)
     page.get_by_role("button", name="Compute maps").click()
-    page.get_by_text("Trust checks").first.wait_for(timeout=120_000)
-    page.get_by_text("Vanilla gradient").first.wait_for(timeout=30_000)
+    page.get_by_text("Target: tiger cat").first.wait_for(timeout=240_000)   # appears with the results
+    page.get_by_text("Trust checks").first.wait_for(timeout=240_000)
+    # the three maps are images in the DOM (plus the sidebar image)
+    page.wait_for_function("document.querySelectorAll('img').length >= 4", timeout=240_000)
     page.wait_for_timeout(1500)
     body = page.inner_text("body")
     assert "Traceback" not in body and "Grad-CAM" in body and "Guided backprop" in body
@@ -101,14 +103,14 @@ def test_saliency_page_in_browser(browser, app_url, output_dir):
 
 def test_inside_page_in_browser(browser, app_url, output_dir):
     page = open_page(browser, app_url + "/inside")
-    page.get_by_text("weights: 32 × 3 × 3 × 3").first.wait_for(timeout=120_000)
+    page.get_by_text("weights: 32 × 3 × 3 × 3").first.wait_for(timeout=240_000)
     page.wait_for_timeout(1500)
     body = page.inner_text("body")
     assert "Traceback" not in body and "Maximally activating patches" in body
     page.screenshot(path=str(output_dir / "inside.png"), full_page=True)
     page.get_by_role("tab", name="Maximally activating patches").click()
     page.get_by_role("button", name="Scan").click()
-    page.get_by_text("images scanned").first.wait_for(timeout=240_000)
+    page.get_by_text("images scanned").first.wait_for(timeout=480_000)
     page.wait_for_timeout(1500)
     assert "Traceback" not in page.inner_text("body")
     page.screenshot(path=str(output_dir / "inside_patches.png"), full_page=True)
