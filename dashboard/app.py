@@ -21,6 +21,7 @@ PAGES = [
     st.Page(PAGES_DIR / "home.py", title="Model & prediction", icon=":material/home:", default=True, url_path="home"),
     st.Page(PAGES_DIR / "saliency.py", title="Saliency", icon=":material/local_fire_department:", url_path="saliency"),
     st.Page(PAGES_DIR / "inside.py", title="Inside the network", icon=":material/layers:", url_path="inside"),
+    st.Page(PAGES_DIR / "embeddings.py", title="Embeddings", icon=":material/scatter_plot:", url_path="embeddings"),
 ]
 
 nav = st.navigation(PAGES)

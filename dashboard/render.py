@@ -134,3 +134,46 @@ def image_grid(images: list[np.ndarray], cols: int, pad: int = 2, cell: int | No
         im = im if im.ndim == 3 else np.repeat(im[..., None], 3, axis=2)
         out[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = im
     return out
+
+
+def embedding_figure(coords: np.ndarray, fs, ds, bundle, colour: str = "label", search: str = "") -> go.Figure:
+    """Scatter of a 2-D / 3-D map: WebGL above 2,000 points, one trace per category (so the
+    legend toggles classes), hover with id / label / prediction, dataset index as customdata
+    (for selections), and the points matching ``search`` ringed on top."""
+    n, d = coords.shape
+    idx = np.arange(n)
+    labels = np.array([ds.class_names[int(l)] for l in fs.labels])
+    preds = np.array([bundle.categories[int(p)] for p in fs.predictions])
+    hover = np.array([f"{ds.ids[i]}<br>label {labels[i]}<br>prediction {preds[i]} ({fs.confidences[i]:.0%})"
+                      for i in idx])
+    if d == 3:
+        trace_cls = go.Scatter3d
+    else:
+        trace_cls = go.Scattergl if n > 2000 else go.Scatter
+
+    def trace(mask, name, marker):
+        xyz = dict(x=coords[mask, 0], y=coords[mask, 1])
+        if d == 3:
+            xyz["z"] = coords[mask, 2]
+        return trace_cls(mode="markers", name=name, customdata=idx[mask][:, None], hovertext=hover[mask],
+                         hovertemplate="%{hovertext}<extra></extra>", marker=marker, **xyz)
+
+    size = 3 if n > 20000 else 5 if n > 2000 else 7
+    fig = go.Figure()
+    if colour == "confidence":
+        fig.add_trace(trace(idx >= 0, "confidence", dict(size=size, color=fs.confidences, colorscale="Viridis",
+                                                            colorbar=dict(title="confidence"), cmin=0, cmax=1)))
+    else:
+        cats = {"label": labels, "prediction": preds,
+                "correct": np.where(fs.predictions == fs.labels, "correct", "wrong")}[colour]
+        for c in sorted(set(cats.tolist()), key=str):
+            fig.add_trace(trace(cats == c, str(c), dict(size=size)))
+    if search.strip():
+        q = search.strip().lower()
+        hit = np.array([q in labels[i].lower() or q in str(ds.ids[i]).lower() for i in idx])
+        if hit.any():
+            fig.add_trace(trace(hit, f"matches '{search}' ({int(hit.sum())})",
+                                dict(size=size + 6, color="rgba(0,0,0,0)", line=dict(color="black", width=2))))
+    fig.update_layout(height=620, margin=dict(l=10, r=10, t=30, b=10), legend=dict(itemsizing="constant"),
+                      dragmode="lasso" if d == 2 else "orbit")
+    return fig

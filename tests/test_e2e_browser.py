@@ -115,3 +115,4 @@ def test_inside_page_in_browser(browser, app_url, output_dir):
     assert "Traceback" not in page.inner_text("body")
     page.screenshot(path=str(output_dir / "inside_patches.png"), full_page=True)
     page.close()
+
