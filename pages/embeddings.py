@@ -112,8 +112,10 @@ with guard("Embeddings"):
         event = st.plotly_chart(fig, key=f"em_fig_{method}_{dims}", on_select="rerun",
                                 selection_mode=("points", "box", "lasso"), width="stretch")
         q = (proj.quality or {}).get("knn_accuracy")
-        st.caption(f"{ {'tsne': 't-SNE', 'umap': 'UMAP', 'pca': 'PCA'}[method]} · {proj.seconds:.1f} s · "
-                   f"{fs.n:,} points, no sampling" + (f" · 5-NN accuracy of the map {q:.1%}" if q is not None else "")
+        name = {"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}[method]
+        took = "from the cache" if getattr(proj, "from_cache", False) else f"{proj.seconds:.1f} s"
+        st.caption(f"{name} · {took} · {fs.n:,} points, no sampling"
+                   + (f" · 5-NN accuracy of the map {q:.1%}" if q is not None else "")
                    + ". Click, box or lasso points to see their images below.")
         if proj.explained_variance_ratio is not None:
             ev = np.asarray(proj.explained_variance_ratio)
