@@ -2,6 +2,7 @@
 is retried (Captum's perturbations_per_eval idea, made automatic)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -9,6 +10,18 @@ import torch
 from .errors import ParameterError
 
 Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """What long-running generators yield: ``done`` of ``total`` items, ``seconds`` since start."""
+    done: int
+    total: int
+    seconds: float = 0.0
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
 
 
 def is_oom(exc: BaseException) -> bool:

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from . import diskcache
-from .batching import halve_after_oom
+from .batching import JobProgress, halve_after_oom
 from .datasets import Dataset
 from .errors import DatasetError, LayerError, ParameterError
 from .hooks import capture, get_module
@@ -111,16 +111,7 @@ def _find_penultimate(bundle: ModelBundle) -> str:
 # --------------------------------------------------------------------------------------
 # The feature set
 # --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ExtractProgress:
-    """``done`` of ``total`` images processed, ``seconds`` since the extraction started."""
-    done: int
-    total: int
-    seconds: float = 0.0
-
-    @property
-    def fraction(self) -> float:
-        return self.done / self.total if self.total else 1.0
+ExtractProgress = JobProgress    # done / total / seconds, yielded by the generator
 
 
 @dataclass(eq=False)

@@ -43,7 +43,7 @@ import torch
 from PIL import Image
 
 from . import diskcache
-from .batching import halve_after_oom
+from .batching import JobProgress, halve_after_oom
 from .datasets import Dataset
 from .errors import DatasetError, LayerError, LimitError, ParameterError
 from .hooks import get_module, run_truncated, truncate_after
@@ -175,16 +175,7 @@ gallery_dataset.cache_clear = _gallery_dataset.cache_clear  # type: ignore[attr-
 # --------------------------------------------------------------------------------------
 # The index
 # --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ScanProgress:
-    """``done`` of ``total`` images scanned, ``seconds`` since the scan started."""
-    done: int
-    total: int
-    seconds: float = 0.0
-
-    @property
-    def fraction(self) -> float:
-        return self.done / self.total if self.total else 1.0
+ScanProgress = JobProgress    # done / total / seconds, yielded by the generator
 
 
 @dataclass(eq=False)

@@ -9,7 +9,7 @@ from analysis.models.bundle import ModelBundle
 from dashboard import state
 from dashboard.errors import guard
 from dashboard.render import png_bytes
-from dashboard.widgets import layer_picker
+from dashboard.widgets import drive_with_progress, layer_picker
 
 
 @st.cache_resource(show_spinner="Building the gallery crops…")
@@ -48,15 +48,7 @@ def patches_tab(bundle: ModelBundle, infos, spatial: list[str]) -> None:
             go, stop = st.columns([1, 5])
             if go.button("Scan", type="primary", key="in_p_scan"):
                 stop.button("Stop", key="in_p_stop", help="Stops the scan; nothing is saved.")
-                bar = st.progress(0.0, text="Scanning…")
-                gen = scan(bundle, ds, layer, k=int(k))
-                try:
-                    while True:
-                        p = next(gen)
-                        bar.progress(p.done / max(p.total, 1), text=f"Scanning {layer}: {p.done}/{p.total} images")
-                except StopIteration as fin:
-                    index = fin.value
-                bar.empty()
+                index = drive_with_progress(scan(bundle, ds, layer, k=int(k)), f"Scanning {layer}")
                 if index is not None:
                     st.rerun()                       # redraw from the stored index
             if index is None:

@@ -96,3 +96,17 @@ class _null:
 
     def __exit__(self, *a):
         return False
+
+
+def drive_with_progress(gen, label: str):
+    """Run a convlens generator (yielding JobProgress, returning its result) with a progress
+    bar; a Stop button (or any rerun) interrupts it, and then nothing is saved."""
+    bar = st.progress(0.0, text=label)
+    try:
+        while True:
+            p = next(gen)
+            bar.progress(p.fraction, text=f"{label}: {p.done}/{p.total}")
+    except StopIteration as fin:
+        return fin.value
+    finally:
+        bar.empty()

@@ -9,7 +9,7 @@ from analysis.neighbors import neighbors
 from dashboard import state
 from dashboard.errors import guard
 from dashboard.render import embedding_figure
-from dashboard.widgets import run_job
+from dashboard.widgets import drive_with_progress, run_job
 
 st.title("Embeddings — feature space vs pixel space")
 st.caption("Nearest neighbours by the network's features and by raw pixels, and maps of the "
@@ -43,15 +43,7 @@ with guard("Embeddings"):
         go_, stop_ = st.columns([1, 5])
         if go_.button("Extract features", type="primary", key="em_extract"):
             stop_.button("Stop", key="em_stop", help="Stops extraction; nothing is saved.")
-            bar = st.progress(0.0, text="Extracting…")
-            gen = extract(bundle, ds, layer)
-            try:
-                while True:
-                    p = next(gen)
-                    bar.progress(p.done / max(p.total, 1), text=f"Extracting {layer}: {p.done}/{p.total}")
-            except StopIteration as fin:
-                fs = fin.value
-            bar.empty()
+            fs = drive_with_progress(extract(bundle, ds, layer), f"Extracting {layer}")
             if fs is not None:
                 st.rerun()
         st.stop()
