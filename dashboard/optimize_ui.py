@@ -1,0 +1,109 @@
+"""Shared UI of the optimisation pages (class / channel visualisation, DeepDream, inversion):
+run an engine generator with a progress bar, a live preview and a Stop button; keep the
+last preview when stopped; show the result with its objective curve, its recorded
+parameters and downloads. Results of an unchanged request come from the shared cache."""
+from __future__ import annotations
+
+import json
+from typing import Callable, Generator
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from analysis.optimize import OptResult
+from dashboard.render import png_bytes
+from dashboard.widgets import result_cache
+
+
+def stretch_contrast(img: np.ndarray) -> np.ndarray:
+    """Per-image min-max stretch to the full 0-255 range (how Yosinski's toolbox saves its
+    images); display only, the raw result is what gets recorded."""
+    out = []
+    for im in np.atleast_3d(img)[None] if img.ndim == 3 else img:
+        f = im.astype(np.float32)
+        lo, hi = float(f.min()), float(f.max())
+        out.append(((f - lo) / max(hi - lo, 1e-6) * 255 + 0.5).astype(np.uint8))
+    return np.stack(out) if img.ndim == 4 else out[0]
+
+
+def history_figure(result: OptResult, title: str = "Objective") -> go.Figure:
+    fig = go.Figure()
+    steps = list(range(1, len(result.history) + 1))
+    fig.add_scatter(x=steps, y=result.history, name="objective (total)", mode="lines")
+    if len(result.terms) > 1:
+        for k, v in result.terms.items():
+            fig.add_scatter(x=steps, y=v, name=k, mode="lines", line=dict(dash="dot"), visible="legendonly")
+    fig.update_layout(title=title, height=260, margin=dict(l=10, r=10, t=40, b=10), xaxis_title="step",
+                      yaxis_title="value (maximised)")
+    return fig
+
+
+def _show_images(images: np.ndarray, width: int, captions: list[str] | None, stretch: bool):
+    imgs = stretch_contrast(images) if stretch else images
+    st.image(list(imgs), width=width, caption=captions)
+
+
+def live_run(key: str, cache_key: tuple, make_gen: Callable[[], Generator], *, label: str = "Run",
+             width: int = 320, stretch: bool = False, captions: list[str] | None = None) -> OptResult | None:
+    """Start button → live run (progress, preview, Stop) → the result, or the cached result
+    when the request is unchanged. Returns the result, or None before a run / after a stop."""
+    ss = st.session_state
+    cache = result_cache()
+    result = cache.get(cache_key)
+    go_col, stop_col, info_col = st.columns([1, 1, 4])
+    clicked = go_col.button(label if result is None else f"{label} again", type="primary", key=f"{key}_go",
+                            disabled=result is not None,
+                            help="Unchanged settings: the result below comes from the cache.")
+    if clicked and result is None:
+        stop_col.button("Stop", key=f"{key}_stop", help="Stops after the current step; the last preview is kept.")
+        bar = st.progress(0.0, text="starting…")
+        preview = st.empty()
+        gen = make_gen()
+        try:
+            s = next(gen)
+            while True:
+                bar.progress(min(1.0, s.step / s.total),
+                             text=f"step {s.step}/{s.total} · objective {s.value:.4g} · {s.seconds:.1f} s")
+                if s.image is not None:
+                    with preview.container():
+                        _show_images(s.image, width, captions, stretch)
+                    ss[f"{key}_partial"] = {"key": cache_key, "image": s.image, "step": s.step, "total": s.total}
+                s = next(gen)
+        except StopIteration as fin:
+            result = fin.value
+        finally:
+            bar.empty()
+            preview.empty()
+        cache.put(cache_key, result)
+        ss.pop(f"{key}_partial", None)
+    if result is None:
+        partial = ss.get(f"{key}_partial")
+        if partial and partial["key"] == cache_key:
+            st.warning(f"Stopped at step {partial['step']} of {partial['total']}: the last preview is shown. "
+                       "Run again for the full result.")
+            _show_images(partial["image"], width, captions, stretch)
+            st.download_button("Download preview (PNG)", png_bytes(np.concatenate(list(partial["image"]), 1)),
+                               f"{key}_step{partial['step']}.png", key=f"{key}_partial_png")
+        return None
+    info_col.caption(f"{result.steps} steps in {result.seconds:.1f} s ({result.steps_per_second:.1f} steps/s)"
+                     + (" · stopped early" if result.stopped else ""))
+    return result
+
+
+def show_result(key: str, result: OptResult, *, width: int = 320, stretch: bool = False,
+                captions: list[str] | None = None, filename: str = "result") -> None:
+    """The images, downloads (PNG, raw .npy, parameters JSON) and the objective curve."""
+    _show_images(result.images, width, captions, stretch)
+    strip = np.concatenate(list(stretch_contrast(result.images) if stretch else result.images), 1)
+    c1, c2, c3 = st.columns(3)
+    c1.download_button("PNG", png_bytes(strip), f"{filename}.png", key=f"{key}_png")
+    import io
+    buf = io.BytesIO()
+    np.save(buf, result.unit)
+    c2.download_button("Raw .npy ([0, 1], N×C×H×W)", buf.getvalue(), f"{filename}.npy", key=f"{key}_npy")
+    c3.download_button("Parameters (JSON)", json.dumps(result.params, indent=2, default=str),
+                       f"{filename}.json", key=f"{key}_json")
+    st.plotly_chart(history_figure(result), key=f"{key}_hist")
+    with st.expander("Recorded parameters (everything needed to reproduce this result)"):
+        st.json(result.params)

@@ -1,0 +1,71 @@
+"""Feature inversion: reconstruct the sidebar image from its features at a layer
+(Mahendran & Vedaldi 2015), alone or as a strip from shallow to deep layers."""
+import numpy as np
+import streamlit as st
+
+from analysis.featurevis import invert
+from analysis.layers import block_layers, default_layer
+from dashboard import state
+from dashboard.errors import guard
+from dashboard.optimize_ui import live_run, show_result
+from dashboard.render import png_bytes
+from dashboard.widgets import layer_picker, result_cache
+
+st.title("Feature inversion")
+st.caption("Which image has these features? Start from noise and match the image's activations at one "
+           "layer, with a total-variation prior: shallow layers keep the picture, deep ones keep what matters "
+           "for the class (CS231n lecture 12).")
+
+with guard("Feature inversion"):
+    bundle = state.current_bundle()
+    infos = state.current_layers()
+    image = state.current_image()
+    spatial = [i for i in infos if i.spatial and i.calls > 0]
+    if not spatial:
+        st.info("This model has no spatial layers.")
+        st.stop()
+    a, b, c, d = st.columns(4)
+    steps = int(a.number_input("steps", 1, 5000, 200, key="iv_steps"))
+    tv = float(b.number_input("TV weight", 0.0, 1.0, 1e-7, format="%g", key="iv_tv",
+                              help="total variation in 0–255 units; larger = smoother"))
+    lr = float(c.number_input("Adam learning rate", 0.001, 1.0, 0.05, key="iv_lr"))
+    seed = int(d.number_input("seed", 0, 2 ** 31 - 1, 0, key="iv_seed"))
+    t_one, t_strip = st.tabs(["One layer", "Shallow → deep strip"])
+    with t_one, guard("Inversion"):
+        layer = layer_picker(infos, default_layer(infos, 0.3), key=f"iv_layer_{bundle.short_id}")
+        key = ("invert", bundle.model_id, state.image_ref(), layer, steps, tv, lr, seed)
+        left, right = st.columns(2)
+        left.image(bundle.preprocess.geometry(image), caption="original (as the model sees it)", width="stretch")
+        with right:
+            result = live_run("iv", key, lambda: invert(bundle, image, layer, steps=steps, tv_weight=tv, lr=lr,
+                                                        seed=seed), label="Invert", width=300)
+        if result is not None:
+            st.caption(f"relative feature error {result.params['feature_error']:.3f} · "
+                       f"pixel RMSE {result.params['pixel_rmse']:.3f} (0–1 units)")
+            show_result("iv_res", result, width=300, filename=f"inversion_{layer}")
+    with t_strip, guard("Inversion strip"):
+        blocks = block_layers(infos)
+        names = [i.name for i in spatial]
+        pick = [n for n in blocks if n in names] or names
+        idx = np.unique(np.linspace(0, len(pick) - 1, 5).round().astype(int))
+        chosen = st.multiselect("Layers (shallow → deep)", names, default=[pick[i] for i in idx], key="iv_strip_layers")
+        strip_key = ("invert-strip", bundle.model_id, state.image_ref(), tuple(chosen), steps, tv, lr, seed)
+        cache = result_cache()
+        results = cache.get(strip_key)
+        if results is None and st.button("Invert every layer", type="primary", key="iv_strip_go"):
+            from analysis.optimize import run
+            bar = st.progress(0.0)
+            results = []
+            for j, ly in enumerate(chosen):
+                def tick(s, j=j, ly=ly):
+                    bar.progress((j + s.step / s.total) / len(chosen), text=f"{ly}: step {s.step}/{s.total}")
+                results.append(run(invert(bundle, image, ly, steps=steps, tv_weight=tv, lr=lr, seed=seed,
+                                          preview_every=0), on_step=tick))
+            bar.empty()
+            cache.put(strip_key, results)
+        if results:
+            imgs = [bundle.preprocess.geometry(image)] + [r.images[0] for r in results]
+            caps = ["original"] + [f"{ly} · err {r.params['feature_error']:.2f}" for ly, r in zip(chosen, results)]
+            st.image(imgs, width=180, caption=caps)
+            st.download_button("Strip (PNG)", png_bytes(np.concatenate(imgs, 1)), "inversion_strip.png",
+                               key="iv_strip_png")
