@@ -432,6 +432,9 @@ class Pad(Transform):
 
 
 class RandomScale(Transform):
+    """Random zoom by a factor from ``scales`` about the centre, keeping the image size
+    (reflection at the borders). Keeping the size matters on a GPU: every new input shape
+    costs the convolution libraries about a second of planning the first time it is seen."""
     def __init__(self, scales: Sequence[float]):
         self.scales = list(scales)
 
@@ -439,9 +442,9 @@ class RandomScale(Transform):
         s = self.scales[_randint(rng, 0, len(self.scales) - 1)]
         if s == 1:
             return x
-        h, w = x.shape[-2:]
-        return F.interpolate(x, size=(max(8, round(h * s)), max(8, round(w * s))), mode="bilinear",
-                             align_corners=False)
+        theta = torch.tensor([[1 / s, 0.0, 0.0], [0.0, 1 / s, 0.0]], dtype=x.dtype, device=x.device)
+        grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
 class RandomRotate(Transform):
@@ -459,7 +462,8 @@ class RandomRotate(Transform):
 
 
 def standard_transforms() -> list[Transform]:
-    """lucent's transformation-robustness stack: pad 12, jitter 8, scale ±10 %, rotate ±10°, jitter 4."""
+    """lucent's transformation-robustness stack: pad 12, jitter 8, scale ±10 %, rotate ±10°, jitter 4
+    (scaling here keeps the size, so every step has the same input shape)."""
     return [Pad(12), Jitter(8), RandomScale([1 + (i - 5) / 50 for i in range(11)]),
             RandomRotate(list(range(-10, 11)) + 5 * [0]), Jitter(4)]
 
@@ -642,7 +646,7 @@ def optimize(bundle: ModelBundle, objective: Objective, param: ImageParam, *, st
                 opt.zero_grad(set_to_none=False)
                 v, vals, grads = evaluate()
                 for p_, g in zip(tensors, grads):
-                    p_.grad = -g
+                    p_.grad = -g.contiguous()     # channels_last models give strided grads; L-BFGS views them flat
                 last.update(value=v, values=vals, grads=grads)
                 return torch.tensor(-v)
             opt.step(closure)

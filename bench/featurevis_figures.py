@@ -1,0 +1,111 @@
+"""Pictures of the optimisation pages for docs/ and README.md, on the default model
+(EfficientNet-Lite0): class visualisations with the default preset and with every preset,
+channel visualisations, DeepDream and a feature-inversion strip. Every picture's settings
+are the pages' defaults unless stated; the device is printed and goes into the docs.
+
+    .venv/bin/python bench/featurevis_figures.py [--device cuda] [--out docs/images]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from analysis import featurevis as V  # noqa: E402
+from analysis.images import gallery_image  # noqa: E402
+from analysis.models.loaders import default_bundle  # noqa: E402
+from analysis.optimize import run  # noqa: E402
+from analysis.predict import predict  # noqa: E402
+
+CLASSES = [1, 281, 980, 130, 963, 107]      # goldfish, tabby, volcano, flamingo, pizza, jellyfish
+
+
+def labelled(images, labels, size=224):
+    tiles = []
+    for im, lab in zip(images, labels):
+        t = Image.fromarray(im).resize((size, size), Image.LANCZOS)
+        canvas = Image.new("RGB", (size, size + 18), "white")
+        canvas.paste(t, (0, 0))
+        ImageDraw.Draw(canvas).text((4, size + 3), lab, fill="black")
+        tiles.append(np.asarray(canvas))
+    return np.concatenate(tiles, 1)
+
+
+def stretch(im):
+    f = im.astype(np.float32)
+    return ((f - f.min()) / max(f.max() - f.min(), 1e-6) * 255 + 0.5).astype(np.uint8)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default="docs/images")
+    ap.add_argument("--steps", type=int, default=512)
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    b = default_bundle(torch.device(args.device))
+    log = {"device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"}
+
+    imgs, labs, checks = [], [], {}
+    for c in CLASSES:
+        t0 = time.time()
+        r = run(V.class_visualization(b, c, steps=args.steps, preview_every=0))
+        p = predict(b, r.images[0], k=5)
+        checks[b.categories[c]] = {"p_target": float(p.probs[list(p.indices).index(c)]) if c in p.indices else 0.0,
+                                   "top1": p.labels[0], "seconds": round(time.time() - t0, 1)}
+        imgs.append(r.images[0])
+        labs.append(b.categories[c])
+        print(c, checks[b.categories[c]], flush=True)
+    Image.fromarray(labelled(imgs, labs)).save(out / "classvis.png")
+    log["classvis"] = {"preset": "Fourier + robustness (lucent)", "steps": args.steps, "seed": 0, "checks": checks}
+
+    imgs, labs, presets = [], [], {}
+    for name, preset in V.PRESETS.items():
+        t0 = time.time()
+        r = run(V.class_visualization(b, 1, name, preview_every=0))
+        im = stretch(r.images[0]) if preset.space == "caffe" else r.images[0]
+        p = predict(b, r.images[0], k=5)
+        presets[name] = {"steps": r.steps, "top1": p.labels[0], "p_goldfish": float(p.probs[list(p.indices).index(1)]) if 1 in p.indices else 0.0,
+                         "seconds": round(time.time() - t0, 1), "contrast_stretched": preset.space == "caffe"}
+        imgs.append(im)
+        labs.append(name)
+        print(name, presets[name], flush=True)
+    Image.fromarray(labelled(imgs, labs)).save(out / "classvis_presets.png")
+    log["presets_goldfish"] = presets
+
+    imgs, labs = [], []
+    for layer, ch in [("_blocks.4", 7), ("_blocks.7", 11), ("_blocks.9", 0), ("_blocks.11", 5), ("_blocks.13", 20)]:
+        r = run(V.channel_visualization(b, layer, ch, size=128, preview_every=0))
+        imgs.append(r.images[0])
+        labs.append(f"{layer}:{ch}")
+    Image.fromarray(labelled(imgs, labs, 160)).save(out / "channelvis.png")
+
+    astro = gallery_image("astronaut")
+    r = run(V.deepdream(b, astro, "_blocks.8", max_side=512, preview_every=0))
+    Image.fromarray(np.concatenate([np.asarray(Image.fromarray(astro).resize(r.images[0].shape[1::-1])), r.images[0]], 1)).save(out / "deepdream.png")
+
+    cat = gallery_image("chelsea")
+    imgs, labs, inv = [b.preprocess.geometry(cat)], ["original"], {}
+    for layer in ["_blocks.1", "_blocks.3", "_blocks.6", "_blocks.10", "_blocks.15"]:
+        r = run(V.invert(b, cat, layer, preview_every=0))
+        inv[layer] = {"feature_error": round(r.params["feature_error"], 4), "pixel_rmse": round(r.params["pixel_rmse"], 4)}
+        imgs.append(r.images[0])
+        labs.append(f"{layer} err {r.params['feature_error']:.2f}")
+        print(layer, inv[layer], flush=True)
+    Image.fromarray(labelled(imgs, labs, 180)).save(out / "inversion_strip.png")
+    log["inversion"] = inv
+    (out / "featurevis_figures.json").write_text(json.dumps(log, indent=2))
+    print(json.dumps(log, indent=2))
+
+
+if __name__ == "__main__":
+    main()
