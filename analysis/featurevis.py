@@ -214,8 +214,8 @@ def layer_features(bundle: ModelBundle, unit: torch.Tensor, layer: str) -> torch
     return ctx.acts[layer].detach()
 
 
-def invert(bundle: ModelBundle, image: np.ndarray, layer: str, *, steps: int = 200, tv_weight: float = 1e-6,
-           lr: float = 0.05, step_rule: str = "adam", seed: int = 0, preview_every: int = 10) -> Generator:
+def invert(bundle: ModelBundle, image: np.ndarray, layer: str, *, steps: int = 200, tv_weight: float = 1e-8,
+           lr: float = 0.02, step_rule: str = "adam", seed: int = 0, preview_every: int = 10) -> Generator:
     """Feature inversion (Mahendran & Vedaldi 2015): from noise, find the image whose features
     at ``layer`` match those of ``image`` (cropped like the model's input), with a total
     variation prior. The result's params hold the relative feature error and pixel RMSE."""

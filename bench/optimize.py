@@ -98,8 +98,10 @@ def main() -> None:
         f"through the whole network: **{bare:.2f}/s** in this run.", "",
         "| page default | steps/s | vs bare fwd+bwd at 224 px |", "|---|---|---|",
         *[f"| {name} | {r:.2f} | {r / bare:.2f}× |" for name, r in rows], "",
-        "Channel visualisation and inversion stop the forward after the layer they need; DeepDream's "
-        "octaves run at smaller sizes first, so they can beat the full-network floor.",
+        "Channel visualisation and inversion stop the forward after the layer they need, so they can beat "
+        "the full-network floor. DeepDream runs whole images (451×300 at the last octave) and each octave is "
+        "a new input shape: on a GPU every new shape costs about a second of convolution planning the first "
+        "time it is seen, which dominates this short run (it is paid once per shape per process).",
     ])
     write_section(f"optimize-{dev}", body)
 

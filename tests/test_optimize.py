@@ -193,3 +193,32 @@ def test_pixel_only_regularisers_refused_on_fourier(lite0):
         O.PixelImage(lite0, size=2)
     with pytest.raises(ParameterError):
         O.PixelImage(lite0, space="hsv")
+
+
+def test_inversion_shallow_layer_reconstructs_closely_deep_layer_less(lite0, chelsea):
+    from analysis.featurevis import invert
+    shallow = O.run(invert(lite0, chelsea, "_blocks.1", steps=80, preview_every=0))
+    deep = O.run(invert(lite0, chelsea, "_blocks.15", steps=80, preview_every=0))
+    assert shallow.history[-1] > shallow.history[0] and deep.history[-1] > deep.history[0]
+    assert shallow.params["pixel_rmse"] < 0.12, shallow.params
+    assert deep.params["pixel_rmse"] > 1.3 * shallow.params["pixel_rmse"], (shallow.params, deep.params)
+    # the starting point (grey) is far from the original: the fit is real
+    grey = float((lite0.preprocess.to_unit(lite0.preprocess.geometry(chelsea)) - 0.5).pow(2).mean().sqrt())
+    assert shallow.params["pixel_rmse"] < 0.6 * grey, grey
+
+
+def test_deepdream_raises_the_layer_norm_and_keeps_the_image_size(lite0, chelsea):
+    from analysis.featurevis import deepdream
+    r = O.run(deepdream(lite0, chelsea, "_blocks.6", octaves=2, steps_per_octave=3, max_side=128, preview_every=0))
+    assert r.steps == 6 and r.images.shape[1:3] == (85, 128)
+    h = r.history
+    assert h[2] > h[0] and h[5] > h[3]                   # rises within each octave
+    assert r.params["octaves"] == 2 and r.params["jitter"] == 32
+
+
+def test_class_visualisation_presets_raise_the_class_score(lite0):
+    from analysis.featurevis import PRESETS, class_visualization
+    for name in PRESETS:
+        r = O.run(class_visualization(lite0, 1, name, steps=6, size=64, preview_every=0))
+        assert r.history[-1] > r.history[0], name
+        assert r.params["preset"] == name and r.params["seed"] == 0
