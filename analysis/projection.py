@@ -38,8 +38,8 @@ Pipeline of the neighbour-based methods (t-SNE, UMAP):
      epochs run on one thread. On 2 shared cores the parallel, unseeded variant was not
      faster (11 s seeded against 16 s unseeded on 10,000 x 50), so the seed is kept.
      Numba compiles UMAP's kernels on the first call of a process (~20-40 s on 2 cores;
-     partly cached on disk by numba): call ``warm_up_umap()`` at start-up, e.g. in a
-     background thread.
+     partly cached on disk by numba): call ``warm_up_umap()`` at start-up in a background
+     thread, as the app does (dashboard/warmup.py).
 
 Determinism: the same features and parameters give bit-identical coordinates for PCA and
 t-SNE, and for UMAP on the same machine and library versions (seeded, single-threaded
@@ -199,6 +199,9 @@ def _check_features(features) -> np.ndarray:
     x = x.astype(np.float32, copy=False)
     if not np.isfinite(x).all():
         raise ParameterError("Features contain NaN or infinite values.")
+    if not (x.max(axis=0) > x.min(axis=0)).any():
+        raise ParameterError(f"All {n:,} feature vectors are identical (the layer's output does not "
+                             "vary over this data set): there is nothing to map. Pick another layer.")
     return x
 
 
@@ -478,7 +481,9 @@ def project(features, method: str = "tsne", dims: int = 2, *, seed: int = 0,
     the end. ``cache_parts`` (e.g. ``(features_cache_key,)``): look the map up in / store
     it into the disk cache. ``labels`` (N,), optional: adds the 5-NN cross-validated
     accuracy of the map to ``quality`` (``knn_accuracy``), computed also on a cache hit.
-    Raises ParameterError for impossible parameters, LimitError above max_dataset_images.
+    Raises ParameterError for impossible parameters (and for features whose vectors are all
+    identical: nothing to map), LimitError above max_dataset_images; all of them before any
+    computation.
     """
     x = _check_features(features)
     n, d = x.shape

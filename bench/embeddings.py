@@ -232,8 +232,8 @@ PCA layout and stops after 125 exaggerated + 250 normal iterations (learning rat
 then N), which on these blobs and on scikit-learn's digits leaves the 5-NN accuracy of
 the map where the full schedules put it. Features wider than 50 dimensions are first
 reduced to 50 by randomized PCA (not exercised here: the blobs are 50-D). UMAP's first call in a
-process pays for numba's compilation unless `warm_up_umap()` ran before (the app can
-call it at start-up in a background thread); umap-learn's own defaults also compile
+process pays for numba's compilation unless `warm_up_umap()` ran before (the app runs it
+at start-up in a background thread, dashboard/warmup.py); umap-learn's own defaults also compile
 pynndescent's NN-descent on their first call, which the app avoids by handing UMAP its
 exact kNN graph (up to 100,000 × 50). Figures come from a shared 2-core machine: run-to-run
 variation is large, the ratios within the run are what counts.

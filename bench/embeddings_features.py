@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -100,15 +101,17 @@ def main() -> None:
     if n % args.batch:
         _forward_batch(bundle, ds, 0, n % args.batch)
 
+    load0 = os.getloadavg()[0]
     t_wall = time.perf_counter()
     t = interleaved(bundle, ds, layer, args.batch)
     t_wall = time.perf_counter() - t_wall
+    load1 = os.getloadavg()[0]
     fwd_ips, ext_ips = n / t["forward"], n / t["extract"]
     ratio = ext_ips / fwd_ips
     print(f"forward            : {fwd_ips:7.1f} images/s ({t['forward']:.1f} s)")
     print(f"extract {layer:<11}: {ext_ips:7.1f} images/s ({t['extract']:.1f} s), "
           f"ratio extract / forward {ratio:.2f} (goal >= {GOAL}) {'ok' if ratio >= GOAL else 'BELOW GOAL'}")
-    print(f"wall {t_wall:.1f} s")
+    print(f"wall {t_wall:.1f} s, 1-min load average {load0:.1f} at the start, {load1:.1f} at the end")
 
     body = f"""## Feature extraction for embeddings (bench/embeddings_features.py)
 
@@ -124,7 +127,9 @@ penultimate layer, 1280-d). Crop generation and preprocessing are part of both r
 | extraction (`features.extract`) | {ext_ips:.1f} | {t['extract']:.1f} | {ratio:.2f}× |
 
 The passes run interleaved batch by batch (the order within a pair alternating), so load
-from other processes hits both alike. The extraction is the same single full forward with
+from other processes hits both alike: the 1-minute load average was {load0:.1f} at the start
+and {load1:.1f} at the end of the {t_wall:.0f} s run on {os.cpu_count()} cores, which sets the
+absolute images/s; the ratio is the figure to read. The extraction is the same single full forward with
 one thread-scoped hook on the layer (registered and removed per batch under the model's
 lock), plus the global average pool, the softmax for predictions and the copy into the
 (N, D) array; goal ≥ {GOAL}× the forward.

@@ -11,6 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard.sidebar import render_sidebar
+from dashboard.warmup import start_once as start_warmups
 
 PAGES_DIR = Path(__file__).resolve().parent.parent / "pages"
 
@@ -22,8 +23,13 @@ PAGES = [
     st.Page(PAGES_DIR / "saliency.py", title="Saliency", icon=":material/local_fire_department:", url_path="saliency"),
     st.Page(PAGES_DIR / "inside.py", title="Inside the network", icon=":material/layers:", url_path="inside"),
     st.Page(PAGES_DIR / "embeddings.py", title="Embeddings", icon=":material/scatter_plot:", url_path="embeddings"),
+    st.Page(PAGES_DIR / "classvis.py", title="Class visualisation", icon=":material/auto_awesome:", url_path="classvis"),
+    st.Page(PAGES_DIR / "channelvis.py", title="Channel visualisation", icon=":material/grain:", url_path="channelvis"),
+    st.Page(PAGES_DIR / "deepdream.py", title="DeepDream", icon=":material/cloud:", url_path="deepdream"),
+    st.Page(PAGES_DIR / "inversion.py", title="Feature inversion", icon=":material/flip:", url_path="inversion"),
 ]
 
+start_warmups()          # UMAP's numba compile, once per process, in a background thread
 nav = st.navigation(PAGES)
 render_sidebar()
 nav.run()

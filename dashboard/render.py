@@ -138,8 +138,9 @@ def image_grid(images: list[np.ndarray], cols: int, pad: int = 2, cell: int | No
 
 def embedding_figure(coords: np.ndarray, fs, ds, bundle, colour: str = "label", search: str = "") -> go.Figure:
     """Scatter of a 2-D / 3-D map: WebGL above 2,000 points, one trace per category (so the
-    legend toggles classes), hover with id / label / prediction, dataset index as customdata
-    (for selections), and the points matching ``search`` ringed on top."""
+    legend toggles classes), hover with id / label / prediction, the data-set index of each
+    point as its (1-D) customdata (hover thumbnails and selections, see
+    dashboard/embedding_map.py), and the points matching ``search`` ringed on top."""
     n, d = coords.shape
     idx = np.arange(n)
     labels = np.array([ds.class_names[int(l)] for l in fs.labels])
@@ -155,7 +156,7 @@ def embedding_figure(coords: np.ndarray, fs, ds, bundle, colour: str = "label", 
         xyz = dict(x=coords[mask, 0], y=coords[mask, 1])
         if d == 3:
             xyz["z"] = coords[mask, 2]
-        return trace_cls(mode="markers", name=name, customdata=idx[mask][:, None], hovertext=hover[mask],
+        return trace_cls(mode="markers", name=name, customdata=idx[mask], hovertext=hover[mask],
                          hovertemplate="%{hovertext}<extra></extra>", marker=marker, **xyz)
 
     size = 3 if n > 20000 else 5 if n > 2000 else 7

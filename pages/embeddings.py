@@ -7,6 +7,7 @@ import streamlit as st
 from analysis.features import extract, load_features, penultimate_layer
 from analysis.neighbors import neighbors
 from dashboard import state
+from dashboard.embedding_map import embedding_map, hover_thumbnails
 from dashboard.errors import guard
 from dashboard.render import embedding_figure
 from dashboard.widgets import drive_with_progress, run_job
@@ -83,36 +84,50 @@ with guard("Embeddings"):
                               format_func={"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}.get)
         dims = m2.radio("Dimensions", [2, 3], horizontal=True, key="em_dims")
         colour = m3.selectbox("Colour by", ["label", "prediction", "correct", "confidence"], key="em_colour")
-        params = {"seed": int(st.session_state.get("em_seed", 0))}
+        params = {}
         with st.expander("Parameters"):
-            p1, p2, p3, p4 = st.columns(4)
+            # every widget is always drawn (those of other methods disabled), so switching
+            # the method keeps their values
+            p1, p2, p3, p4, p5 = st.columns(5)
             params["seed"] = int(p1.number_input("seed", 0, 10_000, 0, key="em_seed"))
-            params["pca_dims"] = int(p2.number_input("PCA pre-reduction (0 = off)", 0, 512, 50, key="em_pca"))
-            if method == "tsne":
-                params["perplexity"] = float(p3.number_input("perplexity", 2.0, 200.0, 30.0, key="em_perp"))
-            if method == "umap":
-                params["n_neighbors"] = int(p3.number_input("n_neighbors", 2, 200, 15, key="em_nn"))
-                params["min_dist"] = float(p4.number_input("min_dist", 0.0, 1.0, 0.1, 0.05, key="em_md"))
-            if method != "pca":
-                params["metric"] = st.radio("metric", ["euclidean", "cosine"], horizontal=True, key="em_pmetric")
+            pca = int(p2.number_input("PCA pre-reduction (0 = off)", 0, 512, 50, key="em_pca",
+                                      disabled=method == "pca", help="t-SNE and UMAP only."))
+            perp = float(p3.number_input("perplexity", 2.0, 200.0, 30.0, key="em_perp", disabled=method != "tsne",
+                                         help=f"t-SNE only; must be less than N/3 = {fs.n / 3:,.1f}."))
+            nn = int(p4.number_input("n_neighbors", 2, 200, 15, key="em_nn", disabled=method != "umap",
+                                     help=f"UMAP only; must be less than N = {fs.n:,}."))
+            md = float(p5.number_input("min_dist", 0.0, 1.0, 0.1, 0.05, key="em_md", disabled=method != "umap",
+                                       help="UMAP only."))
+            pmetric = st.radio("metric", ["euclidean", "cosine"], horizontal=True, key="em_pmetric",
+                               disabled=method == "pca", help="t-SNE and UMAP only.")
+        if method != "pca":
+            params.update(pca_dims=pca, metric=pmetric)
+        if method == "tsne":
+            params["perplexity"] = perp
+        if method == "umap":
+            params.update(n_neighbors=nn, min_dist=md)
         parts = ("proj", bundle.model_id, ds.content_hash, layer, bundle.preprocess.spec_id)
         proj = run_job(parts + (method, dims, tuple(sorted(params.items()))), f"{method} map",
                        lambda p: project(fs.features, method, dims, progress=p, cache_parts=parts,
                                                  labels=fs.labels, **params))
         search = st.text_input("Highlight (label or file name contains)", key="em_search")
         fig = embedding_figure(proj.coords, fs, ds, bundle, colour, search)
-        event = st.plotly_chart(fig, key=f"em_fig_{method}_{dims}", on_select="rerun",
-                                selection_mode=("points", "box", "lasso"), width="stretch")
+        sheets = run_job(("hover-thumbs", ds.content_hash, bundle.preprocess.spec_id), "Thumbnails for hover",
+                         lambda p: hover_thumbnails(bundle, ds, progress=p))
+        sel, live = embedding_map(fig, fs.n, key=f"em_map_{bundle.short_id}_{ds.content_hash[:16]}_{layer}",
+                                  thumbs=sheets)
         q = (proj.quality or {}).get("knn_accuracy")
         name = {"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}[method]
         took = "from the cache" if getattr(proj, "from_cache", False) else f"{proj.seconds:.1f} s"
         st.caption(f"{name} · {took} · {fs.n:,} points, no sampling"
                    + (f" · 5-NN accuracy of the map {q:.1%}" if q is not None else "")
-                   + ". Click, box or lasso points to see their images below.")
+                   + (". Hover a point for its image; " if live and sheets else
+                      ". Hover shows text only (thumbnails unavailable, see the server log); ")
+                   + ("click or shift-click points (3-D has no box or lasso)" if dims == 3 else
+                      "click, shift-click, box or lasso points") + " to see their images below.")
         if proj.explained_variance_ratio is not None:
             ev = np.asarray(proj.explained_variance_ratio)
             st.bar_chart(pd.DataFrame({"explained variance": ev}, index=np.arange(1, len(ev) + 1)), height=180)
-        sel = [int(p["customdata"][0]) for p in (event.selection.points if event else []) if p.get("customdata")]
         if sel:
             st.markdown(f"**{len(sel)} selected** (first 48 shown)")
             st.image(thumbs(ds, bundle, sel[:48]), width=THUMB,

@@ -164,6 +164,32 @@ def test_feature_errors(features, match):
         project(features, "pca")
 
 
+@pytest.mark.parametrize("method", ["pca", "tsne", "umap"])
+def test_identical_vectors_are_refused_for_every_method(method):
+    # a layer whose output does not vary (e.g. dead units): t-SNE used to end in a
+    # RuntimeError ("invalid map") and PCA in NaN explained variance
+    x = np.full((50, 8), 0.25, np.float32)
+    with pytest.raises(ParameterError, match="All 50 feature vectors are identical"):
+        project(x, method, perplexity=5, n_neighbors=5)
+    x[3, 5] = 1.0                                     # one differing value: a valid map
+    assert np.isfinite(project(x, "pca").coords).all()
+
+
+def test_bounds_at_the_edge():
+    """perplexity < N/3 and n_neighbors < N exactly at the boundary, checked before any
+    computation; the largest allowed values run."""
+    x = np.random.default_rng(5).normal(size=(90, 6)).astype(np.float32)
+    with pytest.raises(ParameterError, match=r"perplexity must be less than N/3 = 30 for 90 points \(got 30\)"):
+        project(x, "tsne", perplexity=30)
+    p = project(x, "tsne", perplexity=29.9, n_iter=20)
+    assert p.params["k_neighbors"] == 89 and np.isfinite(p.coords).all()
+    with pytest.raises(ParameterError, match=r"n_neighbors must be less than the number of points \(90\), got 90"):
+        project(x, "umap", n_neighbors=90)
+    assert np.isfinite(project(x, "umap", n_neighbors=89, n_iter=20).coords).all()
+    with pytest.raises(ParameterError, match="3-D PCA map needs at least 3 dimensions and points"):
+        project(x[:, :2], "pca", 3)
+
+
 def test_pca_needs_enough_dimensions_and_labels_shape():
     with pytest.raises(ParameterError, match="3-D PCA map"):
         project(np.random.default_rng(0).normal(size=(10, 2)), "pca", 3)

@@ -1,0 +1,248 @@
+"""The interactive map of the Embeddings page: hover shows the image, selection goes back.
+
+``st.plotly_chart`` cannot show images on hover (plotly's hover label is text only) and
+runs no custom JavaScript. So the map is drawn by a small custom component
+(``embedding_map.html``, the streamlit-component-lib protocol written by hand, no build
+step): plotly.js itself plus
+
+* **hover**: a floating box with the image's thumbnail and its text (id, label,
+  prediction). Thumbnails are NOT sent with the figure: they are the 32 x 32 pixel-space
+  thumbnails the neighbour search already caches (``analysis.neighbors.pixel_thumbnails``),
+  tiled into WebP sprite sheets of 1,024 images that the component's own file route serves.
+  The browser fetches a sheet the first time a point on it is hovered (and keeps it), so
+  the payload of the figure does not grow with the thumbnails and there is no cap on the
+  points that have one: 100,000 points are 98 sheets on disk (WebP: ~130-180 kB per sheet
+  of digits, ~400 kB of photos), fetched only where the mouse goes. The figure itself
+  (coordinates as binary arrays, one hover text per point) is ~0.2 MB for the 1,797
+  digits, ~1.1 MB for 10,000 points and ~11 MB for 100,000;
+* **selection**: click (shift-click adds), box or lasso in 2-D, click / shift-click in 3-D
+  (plotly has no box or lasso there); the selected data-set indices are the component's
+  value, so the page shows their images below.
+
+The component's folder is generated under ``<cache_dir>/web/embedding_map`` (index.html,
+plotly.js copied from the plotly Python package: offline, no CDN, and the sprite sheets
+under ``thumbs/<key>/``); Streamlit serves files only from inside it. If the folder cannot
+be written, the map falls back to ``st.plotly_chart`` (selection works, hover is text only,
+and the caption says so).
+
+The figure is sent once per change of its content: the arguments carry an id (hash of
+the figure), the component redraws only when it changes, so a selection round trip
+keeps zoom and lasso. WebGL (``scattergl``) above 2,000 points is kept from
+``embedding_figure``.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import plotly
+import plotly.graph_objects as go
+import streamlit as st
+
+from analysis.config import get_config
+
+log = logging.getLogger("convlens")
+
+HTML_SOURCE = Path(__file__).with_name("embedding_map.html")
+THUMB_PX = 32              # the pixel-space thumbnails of analysis.neighbors (shared cache)
+SHEET_COLS = 32            # thumbnails per sheet row
+PER_SHEET = 1024           # thumbnails per sheet (32 x 32 grid: 1,024 x 1,024 pixels)
+DISPLAY_PX = 96            # thumbnail size in the hover box
+_SHEET_FORMAT = 1          # bump when the sheet layout changes
+_LOCK = threading.Lock()
+_COMPONENTS: dict[str, object] = {}
+
+
+# ------------------------------------------------------------------ component folder
+
+def component_root() -> Path:
+    return Path(get_config().cache_dir) / "web" / "embedding_map"
+
+
+def _plotly_js_source() -> Path:
+    return Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def ensure_assets(root: Path | None = None) -> Path:
+    """Write index.html and copy plotly.min.js into the component folder (once per
+    content: files are replaced only when they differ). Returns the folder."""
+    root = component_root() if root is None else root
+    js_name = f"plotly-{plotly.__version__}.min.js"
+    html = HTML_SOURCE.read_text(encoding="utf-8").replace("__PLOTLY_JS__", js_name).encode()
+    with _LOCK:
+        js = root / js_name
+        src = _plotly_js_source()
+        if not js.exists() or js.stat().st_size != src.stat().st_size:
+            root.mkdir(parents=True, exist_ok=True)
+            _write_atomic(js, src.read_bytes())
+        index = root / "index.html"
+        if not index.exists() or index.read_bytes() != html:
+            _write_atomic(index, html)
+    return root
+
+
+def _component(root: Path):
+    key = str(root)
+    with _LOCK:
+        fn = _COMPONENTS.get(key)
+        if fn is None:
+            import streamlit.components.v1 as components
+            fn = components.declare_component("embedding_map", path=key)
+            _COMPONENTS[key] = fn
+    return fn
+
+
+# ------------------------------------------------------------------ thumbnail sheets
+
+def tile_sheets(thumbs: np.ndarray, cols: int = SHEET_COLS, per_sheet: int = PER_SHEET) -> list[np.ndarray]:
+    """Cut (N, s, s, 3) uint8 thumbnails into sprite sheets: thumbnail ``i`` is on sheet
+    ``i // per_sheet`` at row ``(i % per_sheet) // cols``, column ``(i % per_sheet) % cols``.
+    Sheets are ``cols * s`` wide and as tall as their rows need."""
+    thumbs = np.asarray(thumbs)
+    if thumbs.ndim != 4 or thumbs.shape[3] != 3 or thumbs.dtype != np.uint8 or thumbs.shape[1] != thumbs.shape[2]:
+        raise ValueError(f"thumbnails must be (N, s, s, 3) uint8, got {thumbs.shape} {thumbs.dtype}")
+    if per_sheet % cols:
+        raise ValueError("per_sheet must be a multiple of cols")
+    n, s = thumbs.shape[0], thumbs.shape[1]
+    sheets = []
+    for start in range(0, n, per_sheet):
+        block = thumbs[start:start + per_sheet]
+        rows = -(-len(block) // cols)
+        pad = rows * cols - len(block)
+        if pad:
+            block = np.concatenate([block, np.zeros((pad, s, s, 3), np.uint8)])
+        sheet = block.reshape(rows, cols, s, s, 3).transpose(0, 2, 1, 3, 4).reshape(rows * s, cols * s, 3)
+        sheets.append(np.ascontiguousarray(sheet))
+    return sheets
+
+
+def _encode(sheet: np.ndarray) -> tuple[bytes, str]:
+    from PIL import Image, features
+    im = Image.fromarray(sheet)
+    buf = io.BytesIO()
+    if features.check("webp"):
+        im.save(buf, format="WEBP", quality=85, method=4)
+        return buf.getvalue(), "webp"
+    im.save(buf, format="PNG", optimize=True)
+    return buf.getvalue(), "png"
+
+
+def sheets_key(dataset_hash: str, preprocess_id: str, size: int) -> str:
+    h = hashlib.sha256(json.dumps(["thumb-sheets", _SHEET_FORMAT, dataset_hash, preprocess_id, size,
+                                   SHEET_COLS, PER_SHEET]).encode()).hexdigest()
+    return h[:40]
+
+
+def write_sheets(thumbs: np.ndarray, key: str, root: Path | None = None) -> dict:
+    """Write the sprite sheets of ``thumbs`` under ``root/thumbs/key/`` (skipped when a
+    previous call finished them) and return the component's ``thumbs`` argument."""
+    root = component_root() if root is None else root
+    folder = root / "thumbs" / key
+    done = folder / "done.json"
+    n, s = int(thumbs.shape[0]), int(thumbs.shape[1])
+    meta = None
+    if done.exists():
+        try:
+            meta = json.loads(done.read_text())
+            if meta.get("n") != n or meta.get("size") != s:
+                meta = None
+        except (OSError, ValueError):
+            meta = None
+    if meta is None:
+        ext = "png"
+        for k, sheet in enumerate(tile_sheets(thumbs)):
+            data, ext = _encode(sheet)
+            _write_atomic(folder / f"{k}.{ext}", data)
+        meta = {"n": n, "size": s, "ext": ext}
+        _write_atomic(done, json.dumps(meta).encode())
+    return {"base": f"thumbs/{key}", "ext": meta["ext"], "n": n, "cols": SHEET_COLS,
+            "per_sheet": PER_SHEET, "display": DISPLAY_PX, "pixelated": s <= 16}
+
+
+def hover_thumbnails(bundle, ds, progress=None) -> dict | None:
+    """The ``thumbs`` argument for ``ds``: the cached pixel-space thumbnails (computed now
+    if the neighbour search has not yet) as sprite sheets. None, logged, when the
+    component folder cannot be written (the map then hovers text only)."""
+    from analysis.neighbors import pixel_thumbnails
+    thumbs = pixel_thumbnails(bundle, ds, THUMB_PX, progress=progress)
+    try:
+        root = ensure_assets()
+        return write_sheets(thumbs, sheets_key(ds.content_hash, bundle.preprocess.spec_id, thumbs.shape[1]), root)
+    except OSError as exc:
+        log.warning("hover thumbnails unavailable: %s", exc)
+        return None
+
+
+# ------------------------------------------------------------------ the map
+
+def selection_from_value(value, n: int) -> list[int]:
+    """Data-set indices from the component's value (``{"points": [...], "seq": k}``):
+    integers in [0, n), first occurrence kept, anything else dropped."""
+    if not isinstance(value, dict):
+        return []
+    pts = value.get("points")
+    if not isinstance(pts, list):
+        return []
+    out, seen = [], set()
+    for p in pts:
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or p != int(p):
+            continue
+        i = int(p)
+        if 0 <= i < n and i not in seen:
+            seen.add(i)
+            out.append(i)
+    return out
+
+
+def figure_args(fig: go.Figure) -> tuple[str, str]:
+    """(figure JSON, id): the id is a hash of the JSON, so the component redraws only when
+    the figure really changed. The template is plotly's "plotly_white" on a transparent
+    background: the "streamlit" template that importing streamlit makes the default has
+    placeholder colours that only ``st.plotly_chart`` fills in (the component adapts grid
+    and text colours to a dark theme itself)."""
+    fig = go.Figure(fig)
+    fig.update_layout(template="plotly_white", paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)",
+                      modebar=dict(bgcolor="rgba(0,0,0,0)", color="#999", activecolor="#444"))
+    text = fig.to_json()
+    return text, hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def embedding_map(fig: go.Figure, n: int, key: str, thumbs: dict | None) -> tuple[list[int], bool]:
+    """Draw ``fig`` with hover thumbnails (``thumbs`` from ``hover_thumbnails``, or None
+    for text only) and return (selected data-set indices, whether the component drew it).
+    Falls back to ``st.plotly_chart`` when the component folder cannot be prepared."""
+    try:
+        root = ensure_assets()
+        comp = _component(root)
+    except OSError as exc:
+        log.warning("embedding map component unavailable (%s); using st.plotly_chart", exc)
+        event = st.plotly_chart(fig, key=f"{key}_fallback", on_select="rerun",
+                                selection_mode=("points", "box", "lasso"), width="stretch")
+        pts = event.selection.points if event else []
+        cds = [p.get("customdata") for p in pts]
+        idx = [c[0] if isinstance(c, list) else c for c in cds if c is not None]
+        return selection_from_value({"points": idx}, n), False
+    text, fig_id = figure_args(fig)
+    value = comp(figure=text, fig_id=fig_id, thumbs=thumbs, key=key, default=None)
+    return selection_from_value(value, n), True
