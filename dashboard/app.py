@@ -1,7 +1,8 @@
 """convlens: the Streamlit entry. ``streamlit run dashboard/app.py`` (or ``make run``).
 
-Registers only the pages that work, renders the shared sidebar once for all of them,
-then runs the selected page.
+Registers only the pages that work, asks for a login when one is configured, restores a
+share link in a fresh session, renders the shared sidebar once for all pages, runs the
+selected page, then writes the view back into the URL (dashboard/share.py).
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from analysis.errors import ConvlensError
+from dashboard import auth, share
 from dashboard.sidebar import render_sidebar
 from dashboard.warmup import start_once as start_warmups
 
@@ -27,9 +30,25 @@ PAGES = [
     st.Page(PAGES_DIR / "channelvis.py", title="Channel visualisation", icon=":material/grain:", url_path="channelvis"),
     st.Page(PAGES_DIR / "deepdream.py", title="DeepDream", icon=":material/cloud:", url_path="deepdream"),
     st.Page(PAGES_DIR / "inversion.py", title="Feature inversion", icon=":material/flip:", url_path="inversion"),
+    st.Page(PAGES_DIR / "texture.py", title="Texture synthesis", icon=":material/texture:", url_path="texture"),
+    st.Page(PAGES_DIR / "style_transfer.py", title="Style transfer", icon=":material/palette:", url_path="style"),
+    st.Page(PAGES_DIR / "fast_style.py", title="Fast style transfer", icon=":material/bolt:", url_path="fast-style"),
 ]
 
+AUDIT_PAGE = st.Page(PAGES_DIR / "audit.py", title="Audit trail", icon=":material/fact_check:", url_path="audit")
+ALL_PAGES = PAGES + [AUDIT_PAGE]
+
 start_warmups()          # UMAP's numba compile, once per process, in a background thread
-nav = st.navigation(PAGES)
+try:
+    signed_in = auth.signed_in()
+except ConvlensError as exc:                 # e.g. a bad convlens.toml: say so, run nothing
+    st.error(f"Configuration: {exc}")
+    st.stop()
+nav = st.navigation(ALL_PAGES, position="sidebar" if signed_in else "hidden")
+if not signed_in:
+    auth.login_screen()
+    st.stop()
+share.begin(nav, ALL_PAGES)      # a share link opened in a fresh session: restore its state
 render_sidebar()
 nav.run()
+share.publish()                  # the URL (and the sidebar's link) now name this view

@@ -1,7 +1,11 @@
 """Shared UI of the optimisation pages (class / channel visualisation, DeepDream, inversion):
 run an engine generator with a progress bar, a live preview and a Stop button; keep the
 last preview when stopped; show the result with its objective curve, its recorded
-parameters and downloads. Results of an unchanged request come from the shared cache."""
+parameters and downloads. Results of an unchanged request come from the shared cache.
+
+``live_run`` is a central compute point: the run queues behind the device's semaphore,
+its result is recorded in the audit trail, and a share link of a shown result computes
+it again in a fresh session without waiting for the button."""
 from __future__ import annotations
 
 import json
@@ -12,8 +16,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.optimize import OptResult
+from dashboard import share
 from dashboard.render import png_bytes
-from dashboard.widgets import result_cache
+from dashboard.widgets import job_slot, result_cache
 
 
 def stretch_contrast(img: np.ndarray) -> np.ndarray:
@@ -55,29 +60,39 @@ def live_run(key: str, cache_key: tuple, make_gen: Callable[[], Generator], *, l
     clicked = go_col.button(label if result is None else f"{label} again", type="primary", key=f"{key}_go",
                             disabled=result is not None,
                             help="Unchanged settings: the result below comes from the cache.")
+    if result is None and not clicked and share.resume(key, cache_key):
+        clicked = True                     # a share link of a shown result: compute it again
     if clicked and result is None:
         stop_col.button("Stop", key=f"{key}_stop", help="Stops after the current step; the last preview is kept.")
         bar = st.progress(0.0, text="starting…")
         preview = st.empty()
-        gen = make_gen()
         try:
-            s = next(gen)
-            while True:
-                bar.progress(min(1.0, s.step / s.total),
-                             text=f"step {s.step}/{s.total} · objective {s.value:.4g} · {s.seconds:.1f} s")
-                if s.image is not None:
-                    with preview.container():
-                        _show_images(s.image, width, captions, stretch)
-                    ss[f"{key}_partial"] = {"key": cache_key, "image": s.image, "step": s.step, "total": s.total}
-                s = next(gen)
-        except StopIteration as fin:
-            result = fin.value
+            with job_slot(True, bar):
+                gen = make_gen()
+                while True:
+                    try:
+                        s = next(gen)
+                    except StopIteration as fin:
+                        result = fin.value
+                        break
+                    bar.progress(min(1.0, s.step / s.total),
+                                 text=f"step {s.step}/{s.total} · objective {s.value:.4g} · {s.seconds:.1f} s")
+                    if s.image is not None:
+                        with preview.container():
+                            _show_images(s.image, width, captions, stretch)
+                        ss[f"{key}_partial"] = {"key": cache_key, "image": s.image, "step": s.step, "total": s.total}
         finally:
             bar.empty()
             preview.empty()
         cache.put(cache_key, result)
         ss.pop(f"{key}_partial", None)
+        from dashboard.audit_ui import record as audit_record
+        if result is not None:
+            params = getattr(result, "params", None)
+            kind = params.get("kind") if isinstance(params, dict) else None
+            audit_record(result, cache_key, str(kind or share.current_page()))
     if result is None:
+        share.unmark(key)
         partial = ss.get(f"{key}_partial")
         if partial and partial["key"] == cache_key:
             st.warning(f"Stopped at step {partial['step']} of {partial['total']}: the last preview is shown. "
@@ -88,6 +103,7 @@ def live_run(key: str, cache_key: tuple, make_gen: Callable[[], Generator], *, l
         return None
     info_col.caption(f"{result.steps} steps in {result.seconds:.1f} s ({result.steps_per_second:.1f} steps/s)"
                      + (" · stopped early" if result.stopped else ""))
+    share.mark(key, cache_key)
     return result
 
 

@@ -9,7 +9,7 @@ from analysis.models.loaders import (DEFAULT_MODEL, ModelSpec, parse_class_names
                                      select_device, torchvision_architectures, trusted_model_files)
 from analysis.store import save_upload
 
-from . import state
+from . import auth, share, state
 from .errors import guard, report
 
 _KINDS = {
@@ -125,9 +125,11 @@ def dataset_picker() -> None:
 def render_sidebar() -> None:
     with st.sidebar:
         st.markdown("### convlens")
+        auth.user_box()
         with guard("Model"):
             model_picker()
         image_picker()
         dataset_picker()
         with guard("Device"):
             st.caption(f"Device: `{select_device()}`")
+        share.link_box()

@@ -1,13 +1,19 @@
 """Widgets shared by several pages: class target and layer pickers, a job runner with a
-progress bar and a cross-session result cache."""
+progress bar and a cross-session result cache.
+
+``run_job`` and ``drive_with_progress`` are the central compute points: heavy jobs queue
+behind the device's semaphore (``analysis.jobs``), and every computed result is recorded
+in the audit trail (``dashboard.audit_ui``) with the page, user and view it came from."""
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from typing import Callable
 
 import streamlit as st
 
+from analysis.jobs import QueueState, heavy_job
 from analysis.layers import LayerInfo
 from analysis.models.bundle import ModelBundle
 from analysis.predict import Prediction, search_classes
@@ -69,8 +75,43 @@ def result_cache() -> _ResultCache:
     return _ResultCache()
 
 
-def run_job(key: tuple, label: str, fn: Callable, *, with_progress: bool = True):
-    """Return the cached result for ``key`` or compute ``fn(progress)`` with a progress bar."""
+def queue_message(q: QueueState) -> str:
+    return (f"Queued: {q.running} heavy job{'s' if q.running != 1 else ''} running on {q.device} "
+            f"(at most {q.capacity} at once), {q.waiting - 1} ahead of this one · waited {q.seconds:.0f} s")
+
+
+@contextlib.contextmanager
+def job_slot(heavy: bool, bar=None):
+    """Hold a device slot for a heavy job; while queued, say so in ``bar`` (or a notice)."""
+    if not heavy:
+        yield
+        return
+    notice = None
+
+    def on_wait(q: QueueState):
+        nonlocal notice
+        if bar is not None:
+            bar.progress(0.0, text=queue_message(q))
+        else:
+            notice = notice or st.empty()
+            notice.caption(queue_message(q))
+    try:
+        with heavy_job(on_wait=on_wait):
+            if notice is not None:
+                notice.empty()
+            yield
+    finally:
+        if notice is not None:
+            notice.empty()
+
+
+def run_job(key: tuple, label: str, fn: Callable, *, with_progress: bool = True, heavy: bool | None = None,
+            record: bool = True):
+    """Return the cached result for ``key`` or compute ``fn(progress)`` with a progress bar.
+
+    ``heavy`` (default: ``with_progress``) jobs wait for a free slot of the device. A
+    computed result is recorded in the audit trail (``record=False``: helpers such as
+    thumbnails; only analysis results are recorded anyway)."""
     cache = result_cache()
     hit = cache.get(key)
     if hit is not None:
@@ -82,11 +123,15 @@ def run_job(key: tuple, label: str, fn: Callable, *, with_progress: bool = True)
             bar.progress(min(1.0, done / max(total, 1)), text=f"{label}: {done}/{total}")
     try:
         with st.spinner(label) if bar is None else _null():
-            value = fn(progress)
+            with job_slot(with_progress if heavy is None else heavy, bar):
+                value = fn(progress)
     finally:
         if bar is not None:
             bar.empty()
     cache.put(key, value)
+    if record:
+        from .audit_ui import record as audit_record
+        audit_record(value, key, label)
     return value
 
 
@@ -102,11 +147,19 @@ def drive_with_progress(gen, label: str):
     """Run a convlens generator (yielding JobProgress, returning its result) with a progress
     bar; a Stop button (or any rerun) interrupts it, and then nothing is saved."""
     bar = st.progress(0.0, text=label)
+    value = None
     try:
-        while True:
-            p = next(gen)
-            bar.progress(p.fraction, text=f"{label}: {p.done}/{p.total}")
-    except StopIteration as fin:
-        return fin.value
+        with job_slot(True, bar):
+            while True:
+                try:
+                    p = next(gen)
+                except StopIteration as fin:
+                    value = fin.value
+                    break
+                bar.progress(p.fraction, text=f"{label}: {p.done}/{p.total}")
     finally:
         bar.empty()
+    if value is not None:
+        from .audit_ui import record as audit_record
+        audit_record(value, None, label)
+    return value

@@ -6,6 +6,7 @@ from analysis.predict import predict
 from dashboard import state
 from dashboard.errors import guard
 from dashboard.render import model_card_rows, topk_figure
+from dashboard.widgets import run_job
 
 st.title("convlens — what does the network see?")
 st.caption("Pick a model, an image and a data set in the sidebar; every page uses them.")
@@ -24,7 +25,8 @@ if bundle is not None:
                      f"{bundle.input_size}×{bundle.input_size} crop the model sees", width="stretch")
         with right:
             st.subheader("Prediction")
-            pred = predict(bundle, image, k=5)
+            pred = run_job(("predict", bundle.model_id, str(state.image_ref()), 5), "Prediction",
+                           lambda p: predict(bundle, image, k=5), with_progress=False)
             st.plotly_chart(topk_figure(pred), width="stretch", key="top5")
             st.dataframe(pd.DataFrame(pred.rows()), hide_index=True, width="stretch",
                          column_config={"probability": st.column_config.ProgressColumn(

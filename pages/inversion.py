@@ -5,11 +5,12 @@ import streamlit as st
 
 from analysis.featurevis import invert
 from analysis.layers import block_layers, default_layer
-from dashboard import state
+from dashboard import share, state
+from dashboard.audit_ui import record as record_run
 from dashboard.errors import guard
 from dashboard.optimize_ui import live_run, show_result
 from dashboard.render import png_bytes
-from dashboard.widgets import layer_picker, result_cache
+from dashboard.widgets import job_slot, layer_picker, result_cache
 
 st.title("Feature inversion")
 st.caption("Which image has these features? Start from noise and match the image's activations at one "
@@ -26,9 +27,9 @@ with guard("Feature inversion"):
         st.stop()
     a, b, c, d = st.columns(4)
     steps = int(a.number_input("steps", 1, 5000, 200, key="iv_steps"))
-    tv = float(b.number_input("TV weight", 0.0, 1.0, 1e-7, format="%g", key="iv_tv",
+    tv = float(b.number_input("TV weight", 0.0, 1.0, 1e-8, format="%g", key="iv_tv",
                               help="total variation in 0–255 units; larger = smoother"))
-    lr = float(c.number_input("Adam learning rate", 0.001, 1.0, 0.05, key="iv_lr"))
+    lr = float(c.number_input("Adam learning rate", 0.001, 1.0, 0.02, key="iv_lr"))
     seed = int(d.number_input("seed", 0, 2 ** 31 - 1, 0, key="iv_seed"))
     t_one, t_strip = st.tabs(["One layer", "Shallow → deep strip"])
     with t_one, guard("Inversion"):
@@ -52,18 +53,22 @@ with guard("Feature inversion"):
         strip_key = ("invert-strip", bundle.model_id, state.image_ref(), tuple(chosen), steps, tv, lr, seed)
         cache = result_cache()
         results = cache.get(strip_key)
-        if results is None and st.button("Invert every layer", type="primary", key="iv_strip_go"):
+        if results is None and (st.button("Invert every layer", type="primary", key="iv_strip_go")
+                                or share.resume("iv_strip", strip_key)):
             from analysis.optimize import run
             bar = st.progress(0.0)
             results = []
-            for j, ly in enumerate(chosen):
-                def tick(s, j=j, ly=ly):
-                    bar.progress((j + s.step / s.total) / len(chosen), text=f"{ly}: step {s.step}/{s.total}")
-                results.append(run(invert(bundle, image, ly, steps=steps, tv_weight=tv, lr=lr, seed=seed,
-                                          preview_every=0), on_step=tick))
+            with job_slot(True, bar):                     # queue behind the device's other heavy jobs
+                for j, ly in enumerate(chosen):
+                    def tick(s, j=j, ly=ly):
+                        bar.progress((j + s.step / s.total) / len(chosen), text=f"{ly}: step {s.step}/{s.total}")
+                    results.append(run(invert(bundle, image, ly, steps=steps, tv_weight=tv, lr=lr, seed=seed,
+                                              preview_every=0), on_step=tick))
             bar.empty()
             cache.put(strip_key, results)
+            record_run(results, strip_key, "Inversion strip")
         if results:
+            share.mark("iv_strip", strip_key)
             imgs = [bundle.preprocess.geometry(image)] + [r.images[0] for r in results]
             caps = ["original"] + [f"{ly} · err {r.params['feature_error']:.2f}" for ly, r in zip(chosen, results)]
             st.image(imgs, width=180, caption=caps)

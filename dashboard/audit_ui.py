@@ -1,0 +1,217 @@
+"""Recording runs in the audit trail from the central compute points (``run_job``,
+``live_run``, ``drive_with_progress``), and the pieces of the Audit page.
+
+``record(result, key, label)`` adds who, where and on what (user, page, model, image,
+data set, the view's share link) to what ``analysis.audit.summarise`` finds in the
+result, and stores it. Recording never breaks a page: a failure is logged and shown as a
+short notice.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import threading
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from analysis.audit import VERDICTS, AuditStore, RunInput, is_result, open_store, summarise
+from analysis.config import get_config
+
+from . import auth, share, state
+
+log = logging.getLogger("convlens")
+
+DATASET_PAGES = {"embeddings"}
+_hash_lock = threading.Lock()
+_image_hashes: dict[str, str] = {}
+
+
+def store() -> AuditStore:
+    return open_store(get_config())
+
+
+def enabled() -> bool:
+    return get_config().audit_enabled
+
+
+def _image_hash() -> str:
+    ref = state.image_ref()
+    if ref.kind == "upload":
+        return ref.ref                                       # sha256 of the uploaded file
+    key = json.dumps(dataclasses.asdict(ref), sort_keys=True)
+    with _hash_lock:
+        h = _image_hashes.get(key)
+    if h is None:
+        arr = np.ascontiguousarray(state.current_image())
+        h = hashlib.sha256(f"{arr.shape}{arr.dtype}".encode() + arr.tobytes()).hexdigest()
+        with _hash_lock:
+            _image_hashes[key] = h
+    return h
+
+
+def run_context(result, key=None, label: str = "") -> RunInput:
+    """Who ran what where, for the audit record of ``result``."""
+    page = share.current_page()
+    spec = state.model_spec()
+    run = RunInput(user=auth.current_user(), page=page)
+    ctx: dict = {"model_spec": dataclasses.asdict(spec), "image": dataclasses.asdict(state.image_ref()),
+                 "dataset": dataclasses.asdict(state.dataset_ref()), "label": label}
+    if key is not None:
+        ctx["request"] = repr(key)[:4000]
+    try:
+        bundle = state.current_bundle()
+        run.model_id, run.model_name = bundle.model_id, bundle.name
+        ctx["model_card"] = bundle.card()
+    except Exception:  # noqa: BLE001 - the record still names the spec
+        run.model_name = spec.label()
+    try:
+        run.image_hash, run.image_label = _image_hash(), state.image_ref().label
+    except Exception:  # noqa: BLE001
+        run.image_label = state.image_ref().label
+    ds_hash = getattr(result, "dataset_hash", None)
+    if ds_hash or page in DATASET_PAGES:
+        try:
+            ds = state.current_dataset()
+            run.dataset_hash, run.dataset_label = str(ds_hash or ds.content_hash), ds.name
+        except Exception:  # noqa: BLE001
+            run.dataset_label = state.dataset_ref().label
+    run.context = ctx
+    run.view = share.current_view()
+    return run
+
+
+def record(result, key=None, label: str = "") -> str | None:
+    """Store ``result`` in the audit trail (if it is an analysis result); its uid or None."""
+    if not enabled() or not is_result(result):
+        return None
+    try:
+        cfg = get_config()
+        summary = summarise(result, label, cfg.limits.max_audit_array_bytes)
+        if not summary.layer and key is not None:
+            summary.layer = _layer_in(key)
+        uid = store().record(run_context(result, key, label), summary)
+    except Exception as exc:  # noqa: BLE001 - the result is shown anyway
+        log.exception("audit: could not record a run")
+        try:
+            st.toast(f"This run could not be recorded in the audit trail ({type(exc).__name__}); "
+                     "the server log has the details.", icon=":material/warning:")
+        except Exception:  # noqa: BLE001
+            pass
+        return None
+    ids = st.session_state.get(share.RUN_IDS)
+    if isinstance(ids, list):
+        ids.append(uid)
+    st.session_state["_audit_last"] = uid
+    return uid
+
+
+def _layer_in(key) -> str:
+    """A layer named in a request key (for results that do not carry their layer)."""
+    try:
+        names = {i.name for i in state.current_layers()}
+    except Exception:  # noqa: BLE001
+        return ""
+    items = list(key) if isinstance(key, (tuple, list)) else [key]
+    for it in items:
+        for x in (it if isinstance(it, (tuple, list)) else [it]):
+            if isinstance(x, str) and x in names:
+                return x
+    return ""
+
+
+def finalise_views(uids: list[str], view: dict) -> None:
+    """Runs recorded mid-page get the view as it was when the page finished drawing."""
+    try:
+        store().update_view(uids, view)
+    except Exception:  # noqa: BLE001
+        log.exception("audit: could not update the view of %d runs", len(uids))
+
+
+# ------------------------------------------------------------------ the Audit page
+
+def visible_user() -> str | None:
+    """Whose runs the Audit page lists: None = everyone's."""
+    if auth.mode() == "none" or get_config().audit_visibility == "all":
+        return None
+    return auth.current_user()
+
+
+def may_see(run) -> bool:
+    u = visible_user()
+    return u is None or run.user == u
+
+
+def runs_frame(runs) -> pd.DataFrame:
+    return pd.DataFrame([r.row() for r in runs]) if runs else pd.DataFrame(
+        columns=["id", "time", "user", "page", "title", "method", "layer", "target", "seed", "model", "image",
+                 "verdict", "notes", "uid"])
+
+
+def run_label(r) -> str:
+    bits = [f"#{r.id}", r.when[5:16], r.page, r.title or r.method]
+    if r.layer:
+        bits.append(r.layer)
+    if r.verdict:
+        bits.append(f"[{r.verdict}]")
+    return " · ".join(bits)
+
+
+def view_link(r) -> str:
+    view = r.view or {}
+    return share.url_for(view.get("page") or r.page or "home", dict(view.get("params") or {}))
+
+
+def show_images(r, width: int = 220, limit: int = 12) -> None:
+    names = r.image_files()[:limit]
+    if not names:
+        st.caption("No images stored for this run.")
+        return
+    imgs, caps = [], []
+    for n in names:
+        try:
+            imgs.append(store().read_file(r.uid, n))
+            caps.append(n.removesuffix(".png"))
+        except Exception as exc:  # noqa: BLE001
+            st.caption(f"{n}: {exc}")
+    if imgs:
+        st.image(imgs, width=width, caption=caps)
+
+
+def metrics_frame(runs) -> pd.DataFrame:
+    keys = sorted({k for r in runs for k in r.metrics})
+    return pd.DataFrame({f"#{r.id}": [_fmt(r.metrics.get(k)) for k in keys] for r in runs}, index=keys)
+
+
+def params_frame(runs) -> pd.DataFrame:
+    rows = {}
+    for r in runs:
+        flat = {"page": r.page, "method": r.method, "layer": r.layer, "target": r.target, "seed": r.seed,
+                "model": f"{r.model_name} ({r.model_id[:12]})", "image": f"{r.image_label} ({r.image_hash[:12]})"}
+        flat.update({f"param: {k}": v for k, v in r.params.items()})
+        rows[f"#{r.id}"] = {k: _fmt(v) for k, v in flat.items()}
+    df = pd.DataFrame(rows)
+    if len(runs) == 2 and not df.empty:
+        a, b = df.columns
+        df["same"] = ["✓" if x == y else "≠" for x, y in zip(df[a], df[b])]
+    return df
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, separators=(",", ":"))[:200]
+    return str(v)
+
+
+def verdict_label(v: str) -> str:
+    return v or "(none)"
+
+
+__all__ = ["record", "finalise_views", "store", "VERDICTS"]
