@@ -80,22 +80,28 @@ def main() -> None:
         ("Feature inversion (_blocks.5, 224 px)",
          lambda: V.invert(b, img, "_blocks.5", steps=10 ** 3, preview_every=0)),
     ]
+    import os
+    load0 = os.getloadavg()[0]
     bare = bare_rate(b, 224, n)
     rows = []
     for name, make in cases:
         r = rate(make(), n)
         rows.append((name, r))
         print(f"{name}: {r:.2f} steps/s", flush=True)
-    print(f"bare forward+backward 224 px: {bare:.2f} /s")
+    bare = (bare + bare_rate(b, 224, n)) / 2          # before and after the cases, averaged
+    load1 = os.getloadavg()[0]
+    print(f"bare forward+backward 224 px: {bare:.2f} /s; load {load0:.1f} -> {load1:.1f}")
     if args.no_write:
         return
     dev = "cuda" if device.type == "cuda" else "cpu"
     body = "\n".join([
         f"## Optimisation pages on {dev.upper()} (bench/optimize.py --device {dev})", "",
         f"Machine: {machine()}", "",
+        f"1-minute load average {load0:.1f} at the start, {load1:.1f} at the end "
+        f"({os.cpu_count()} cores); the ratios are the figures to read.", "",
         "Steps per second of each page's default setting on EfficientNet-Lite0 (batch 1), timed over "
         f"{n} steps after a warm-up step. The floor is a bare forward+backward of one 224 px image "
-        f"through the whole network: **{bare:.2f}/s** in this run.", "",
+        f"through the whole network (timed before and after the cases, averaged): **{bare:.2f}/s** in this run.", "",
         "| page default | steps/s | vs bare fwd+bwd at 224 px |", "|---|---|---|",
         *[f"| {name} | {r:.2f} | {r / bare:.2f}× |" for name, r in rows], "",
         "Channel visualisation and inversion stop the forward after the layer they need, so they can beat "

@@ -184,4 +184,7 @@ def run_training(key: str, make_gen: Callable[[], Generator], *, chart_every: in
         if gen is not None:
             gen.close()             # interrupted: the generator saves a checkpoint on close
         bar.empty()
+    if result is not None:
+        from dashboard.audit_ui import record
+        record(result, None, "fast style training")
     return result
