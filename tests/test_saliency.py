@@ -100,6 +100,18 @@ def test_occlusion_equals_captum(digits):
     np.testing.assert_allclose(a.map, ref[0, 0].numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_fast_occlusion_is_exact_on_lite0(lite0, coffee):
+    """On EfficientNet-Lite the fast mode is incremental inference: the exact map, not an
+    interpolation (analysis/incremental.py; tests/test_incremental.py checks the deltas)."""
+    kw = dict(window=32, stride=24, baseline="zero")
+    exact = attribute(lite0, coffee, None, "occlusion", **kw)
+    fast = attribute(lite0, coffee, None, "occlusion_fast", **kw)
+    assert fast.params["fast_method"] == "incremental" and fast.target == exact.target
+    assert fast.params["evaluations"] == exact.params["evaluations"] == 9 * 9 + 1
+    assert np.corrcoef(exact.map.ravel(), fast.map.ravel())[0, 1] > 0.99999
+    np.testing.assert_allclose(fast.map, exact.map, rtol=1e-4, atol=1e-4 * np.abs(exact.map).max())
+
+
 def test_guided_backprop_is_guided_on_relu6(lite0, chelsea):
     """Captum's GuidedBackprop ignores ReLU6 (it equals the gradient); ours does not, and no
     negative gradient passes back through any rectifier."""
