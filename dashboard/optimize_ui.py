@@ -17,7 +17,7 @@ import streamlit as st
 
 from analysis.optimize import OptResult
 from dashboard import share
-from dashboard.render import png_bytes
+from dashboard.render import npy_bytes, png_bytes
 from dashboard.widgets import job_slot, result_cache
 
 
@@ -114,10 +114,7 @@ def show_result(key: str, result: OptResult, *, width: int = 320, stretch: bool 
     strip = np.concatenate(list(stretch_contrast(result.images) if stretch else result.images), 1)
     c1, c2, c3 = st.columns(3)
     c1.download_button("PNG", png_bytes(strip), f"{filename}.png", key=f"{key}_png")
-    import io
-    buf = io.BytesIO()
-    np.save(buf, result.unit)
-    c2.download_button("Raw .npy ([0, 1], N×C×H×W)", buf.getvalue(), f"{filename}.npy", key=f"{key}_npy")
+    c2.download_button("Raw .npy ([0, 1], N×C×H×W)", npy_bytes(result.unit), f"{filename}.npy", key=f"{key}_npy")
     c3.download_button("Parameters (JSON)", json.dumps(result.params, indent=2, default=str),
                        f"{filename}.json", key=f"{key}_json")
     st.plotly_chart(history_figure(result), key=f"{key}_hist")

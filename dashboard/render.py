@@ -35,7 +35,6 @@ def model_card_rows(card: dict) -> list[tuple[str, str]]:
 
 # ------------------------------------------------------------------ saliency maps
 
-import io  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -81,17 +80,8 @@ def heatmap_figure(m: np.ndarray, title: str = "", colorscale: str = "Inferno", 
     return fig
 
 
-def png_bytes(rgb: np.ndarray) -> bytes:
-    from PIL import Image
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(arr), allow_pickle=False)
-    return buf.getvalue()
+# PNG / .npy encoders are shared with the audit store (one implementation).
+from analysis.audit import npy_bytes, png_bytes  # noqa: E402,F401
 
 
 def curves_figure(curves: dict, kind: str) -> go.Figure:
