@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.convlens-installed
 PORT   ?= 8501
 
-.PHONY: run test bench chromium clean
+.PHONY: run test bench chromium postgresql clean
 
 # Create .venv if missing and install requirements.txt + this project (editable) into it.
 $(STAMP): requirements.txt pyproject.toml
@@ -24,7 +24,15 @@ chromium:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
-test: $(STAMP) chromium
+# Debian's PostgreSQL server binaries: the audit tests start a throwaway server of their own
+# (tests/pg_server.py) to check the DATABASE_URL path; nothing is configured system-wide.
+postgresql:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "Installing Debian's postgresql for the audit tests..."; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q postgresql; }
+
+test: $(STAMP) chromium postgresql
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -65,3 +65,19 @@ def _fresh_config():
 def output_dir() -> Path:
     OUTPUT_DIR.mkdir(exist_ok=True)
     return OUTPUT_DIR
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server for this test session (tests/pg_server.py); skipped
+    when PostgreSQL is not installed, unless CONVLENS_REQUIRE_POSTGRES=1 (CI)."""
+    from tests.pg_server import PgServer
+    try:
+        import psycopg  # noqa: F401
+        server = PgServer()
+    except (FileNotFoundError, ImportError) as e:
+        if os.environ.get("CONVLENS_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL is required here (CONVLENS_REQUIRE_POSTGRES=1): {e}")
+        pytest.skip(f"no PostgreSQL: {e}")
+    yield server
+    server.stop()

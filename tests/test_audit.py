@@ -1,5 +1,5 @@
-"""The audit store (SQLAlchemy Core on SQLite here; the same code serves PostgreSQL through a
-URL, which this machine cannot test), summaries of every result type, the HTML report and
+"""The audit store (SQLAlchemy Core), on SQLite and on a throwaway PostgreSQL server
+(tests/pg_server.py) through the same code and a database URL, summaries of every result type, the HTML report and
 the ZIP export, crash safety under SIGKILL, and the Audit page (AppTest)."""
 import io
 import json
@@ -22,9 +22,14 @@ from tests.paths import REPO
 APP = str(REPO / "dashboard" / "app.py")
 
 
-@pytest.fixture()
-def store(tmp_path):
-    s = AuditStore(f"sqlite:///{tmp_path / 'audit.sqlite'}", tmp_path / "files")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'audit.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres").new_database()
+    s = AuditStore(url, tmp_path / "files")
+    assert s.engine.dialect.name == request.param
     yield s
     s.close()
 
@@ -192,11 +197,14 @@ while True:
 """
 
 
-def test_sigkill_mid_work_loses_nothing_recorded(tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_sigkill_mid_work_loses_nothing_recorded(request, tmp_path, backend):
     """A process writing runs in a loop is killed with SIGKILL mid-work, twice (the second
     one on the reopened store): the store opens cleanly, passes integrity checks, and every
     run it reported as recorded is intact with its files and notes."""
-    url, files = f"sqlite:///{tmp_path / 'audit.sqlite'}", tmp_path / "files"
+    url = (f"sqlite:///{tmp_path / 'audit.sqlite'}" if backend == "sqlite"
+           else request.getfixturevalue("postgres").new_database())
+    files = tmp_path / "files"
     recorded = {}
     for round_ in range(2):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, url, str(files)], cwd=REPO, stdout=subprocess.PIPE,
@@ -307,6 +315,39 @@ def test_audit_page_open_here_restores_the_view(empty_cache):
     _ok(at)
     assert at.selectbox(key="sb_gallery").value == "astronaut"          # back on home with that image
     assert any("Model card" in s.value for s in at.subheader)
+
+
+def test_app_records_into_postgresql_through_database_url(postgres, monkeypatch, empty_cache):
+    """The dashboard itself on PostgreSQL: DATABASE_URL is all it takes; a page's run lands
+    in that database (not in the SQLite file) and the Audit page lists and opens it."""
+    from analysis.audit import open_store
+    from analysis.config import get_config, set_config
+    url = postgres.new_database()
+    monkeypatch.setenv("DATABASE_URL", url)
+    set_config(None)
+    assert get_config().audit_url == url
+    t0 = time.time()
+    at = AppTest.from_file(APP, default_timeout=600).run()
+    at.selectbox(key="sb_gallery").set_value("coffee").run()
+    _ok(at)
+    store = open_store()
+    assert store.engine.dialect.name == "postgresql"
+    runs = store.list_runs(since=t0)
+    assert {r.image_label for r in runs} >= {"coffee"} and all(r.page == "home" for r in runs)
+    run = [r for r in runs if r.image_label == "coffee"][0]
+    assert run.model_name and "probs.npy" in run.array_files()
+    probs = store.load_array(run.uid, "probs.npy")
+    assert probs.shape == (5,) and abs(probs.sum() - 1) < 0.1 and probs[0] > 0.9          # espresso
+    at.switch_page("../pages/audit.py").run()
+    _ok(at)
+    assert at.dataframe[0].value.shape[0] == len(store.list_runs()) >= 2     # this database's runs only
+    assert f"#{run.id} · " in " ".join(at.multiselect(key="au_sel").options)
+    at.multiselect(key="au_sel").set_value([run.uid]).run()
+    at.text_area(key="_au_note_text").set_value("recorded in PostgreSQL")
+    at.button(key="FormSubmitter:_au_note_form-Add").click().run()
+    _ok(at)
+    assert store.get(run.uid).notes[-1].text == "recorded in PostgreSQL"
+    store.close()
 
 
 def test_audit_visibility_own_hides_other_users(monkeypatch):
