@@ -8,10 +8,10 @@ class visualisation, channel / neuron visualisation, DeepDream, feature inversio
   + 0.5 * diversity("_blocks.9")``, ``feature_match(layer, target) - 1e-4 * total_variation()``;
   every term's value is reported separately;
 * **parameterisations** of the image: plain pixels (in a chosen pixel space, so published
-  settings keep their meaning) or a Fourier spectrum with decorrelated colour (Olah et al.
-  2017);
-* **transforms** for robustness (roll / jitter / pad / scale / rotate), applied to the image
-  before each forward;
+  settings keep their meaning), a Fourier spectrum with decorrelated colour (Olah et al.
+  2017), or a phase-only spectrum with a natural-image magnitude (MACO, Fel et al. 2023);
+* **transforms** for robustness (roll / jitter / pad / scale / rotate, or MACO's batches of
+  noisy random crops), applied to the image before each forward;
 * **step rules**: Adam, L-BFGS, normalised gradient ascent (CS231n), constant or
   "progress" learning rates (Yosinski et al. 2015), mean-|g| steps (DeepDream);
 * **pixel regularisers** between steps (plain pixels): L2 decay, Gaussian blur every N
@@ -374,6 +374,86 @@ class FourierImage(ImageParam):
         return dict(self.meta)
 
 
+_MAGNITUDES: dict[tuple, torch.Tensor] = {}
+_MAGNITUDES_LOCK = threading.Lock()
+NATURAL_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle", "china", "flower")
+
+
+def natural_magnitude(h: int, w: int, channels: int = 3) -> torch.Tensor:
+    """The mean amplitude spectrum (C, H, W//2+1) of natural photographs in the decorrelated
+    colour space, each standardised first: MACO's magnitude template (Fel et al. 2023), here
+    measured on the gallery's seven photographs (the paper averages ImageNet, which is not
+    available offline). Cached per size."""
+    key = (int(h), int(w), int(channels))
+    with _MAGNITUDES_LOCK:
+        if key in _MAGNITUDES:
+            return _MAGNITUDES[key]
+    from PIL import Image
+
+    from .images import gallery_image
+    inv = torch.linalg.inv(_COLOR_SQRT)
+    mags = []
+    for name in NATURAL_PHOTOS:
+        im = Image.fromarray(gallery_image(name)).convert("RGB")
+        s = max(h / im.height, w / im.width)
+        im = im.resize((max(w, round(im.width * s)), max(h, round(im.height * s))), Image.BICUBIC)
+        left, top = (im.width - w) // 2, (im.height - h) // 2
+        x = torch.from_numpy(np.asarray(im.crop((left, top, left + w, top + h)), dtype=np.float32) / 255.0)
+        x = x.permute(2, 0, 1)
+        if channels == 1:
+            d = x.mean(0, keepdim=True)
+        else:
+            d = torch.einsum("chw,dc->dhw", x - x.mean((1, 2), keepdim=True), inv)
+        d = (d - d.mean()) / d.std().clamp_min(1e-6)
+        mags.append(torch.fft.rfft2(d).abs())
+    m = torch.stack(mags).mean(0)
+    with _MAGNITUDES_LOCK:
+        _MAGNITUDES[key] = m
+    return m
+
+
+class MacoImage(ImageParam):
+    """Magnitude-constrained parameterisation (MACO, Fel et al. 2023): the image's amplitude
+    spectrum is fixed to that of natural photographs and only the phase is optimised; the
+    inverse FFT is standardised, colour-recorrelated and squashed by a sigmoid. With random
+    crops it gives class visualisations that look like objects rather than textures."""
+    kind = "maco"
+
+    def __init__(self, bundle: ModelBundle, size: int | tuple[int, int] | None = None, batch: int = 1,
+                 contrast: float = 1.0, seed: int = 0):
+        self.c = bundle.preprocess.channels
+        self.h, self.w = _size(size, bundle)
+        if not 0 < contrast <= 10:
+            raise ParameterError("MACO contrast must be in (0, 10].")
+        self.contrast = float(contrast)
+        self.magnitude = natural_magnitude(self.h, self.w, self.c).to(bundle.device)[None]
+        gen = torch.Generator().manual_seed(int(seed))
+        phase = torch.randn(batch, self.c, self.h, self.w // 2 + 1, generator=gen)
+        self.phase = phase.to(bundle.device).requires_grad_(True)
+        self.tensors = [self.phase]
+        self.meta = {"kind": self.kind, "magnitude": "gallery photographs", "contrast": self.contrast,
+                     "batch": batch, "size": [self.h, self.w]}
+
+    @staticmethod
+    def _standardise(t: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(1, t.dim()))
+        return (t - t.mean(dims, keepdim=True)) / (t.std(dim=dims, keepdim=True) + 1e-4)
+
+    def spatial(self) -> torch.Tensor:
+        """The standardised image before colour recorrelation and the sigmoid."""
+        spectrum = torch.polar(self.magnitude.expand_as(self.phase), self._standardise(self.phase))
+        return self._standardise(torch.fft.irfft2(spectrum, s=(self.h, self.w)))
+
+    def image(self) -> torch.Tensor:
+        x = self.spatial()
+        if self.c == 3:
+            x = torch.einsum("bchw,dc->bdhw", x, _COLOR_SQRT.to(x.device))
+        return torch.sigmoid(x * self.contrast)
+
+    def describe(self) -> dict:
+        return dict(self.meta)
+
+
 def _size(size, bundle) -> tuple[int, int]:
     if size is None:
         return bundle.input_size, bundle.input_size
@@ -459,6 +539,39 @@ class RandomRotate(Transform):
         theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=x.dtype, device=x.device)
         grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+class RandomCrops(Transform):
+    """``n`` random square crops of each image, each resized to ``out`` px, with Gaussian and
+    uniform noise (MACO's robustness, Fel et al. 2023): the batch grows ``n`` times and the
+    objective averages over the crops. Crop sides are drawn in [``lo``, ``hi``] of the image
+    side, centres around the middle with spread ``spread``; borders reflect."""
+    def __init__(self, n: int, lo: float, hi: float, out: int, noise: float = 0.05, spread: float = 0.15):
+        if not (1 <= int(n) <= 64):
+            raise ParameterError("crops per step must be between 1 and 64.")
+        if not (0 < lo <= hi <= 1.5):
+            raise ParameterError("crop sides must satisfy 0 < min ≤ max ≤ 1.5 (fractions of the image).")
+        if not (0 <= noise <= 1 and 0 <= spread <= 1):
+            raise ParameterError("crop noise and spread must be in [0, 1].")
+        self.n, self.lo, self.hi, self.out = int(n), float(lo), float(hi), int(out)
+        self.noise, self.spread = float(noise), float(spread)
+
+    def __call__(self, x, rng):
+        m = x.shape[0] * self.n
+        centre = (torch.randn(m, 2, generator=rng) * self.spread).clamp(-0.5, 0.5)
+        side = self.lo + torch.rand(m, generator=rng) * (self.hi - self.lo)
+        theta = torch.zeros(m, 2, 3)
+        theta[:, 0, 0] = side
+        theta[:, 1, 1] = side
+        theta[:, :, 2] = 2 * centre
+        grid = F.affine_grid(theta.to(x.device, x.dtype), [m, x.shape[1], self.out, self.out], align_corners=False)
+        y = F.grid_sample(x.repeat_interleave(self.n, 0), grid, mode="bilinear", padding_mode="reflection",
+                          align_corners=False)
+        if self.noise:
+            g = torch.randn(y.shape, generator=rng).to(y.device, y.dtype)
+            u = torch.rand(y.shape, generator=rng).to(y.device, y.dtype) - 0.5
+            y = y + self.noise * (g + u)
+        return y
 
 
 def standard_transforms() -> list[Transform]:

@@ -21,14 +21,16 @@ from dashboard.render import npy_bytes, png_bytes
 from dashboard.widgets import job_slot, result_cache
 
 
-def stretch_contrast(img: np.ndarray) -> np.ndarray:
-    """Per-image min-max stretch to the full 0-255 range (how Yosinski's toolbox saves its
-    images); display only, the raw result is what gets recorded."""
+def stretch_contrast(img: np.ndarray, pct: float = 0.0) -> np.ndarray:
+    """Per-image stretch to the full 0-255 range: min-max (``pct`` 0, how Yosinski's toolbox
+    saves its images) or between the ``pct`` and 100 - ``pct`` percentiles, clipped (MACO's
+    low-contrast pictures). Display only; the raw result is what gets recorded."""
     out = []
     for im in np.atleast_3d(img)[None] if img.ndim == 3 else img:
         f = im.astype(np.float32)
-        lo, hi = float(f.min()), float(f.max())
-        out.append(((f - lo) / max(hi - lo, 1e-6) * 255 + 0.5).astype(np.uint8))
+        lo, hi = ((float(f.min()), float(f.max())) if pct <= 0 else
+                  tuple(float(v) for v in np.percentile(f, [pct, 100 - pct])))
+        out.append((np.clip((f - lo) / max(hi - lo, 1e-6), 0, 1) * 255 + 0.5).astype(np.uint8))
     return np.stack(out) if img.ndim == 4 else out[0]
 
 
@@ -44,13 +46,14 @@ def history_figure(result: OptResult, title: str = "Objective") -> go.Figure:
     return fig
 
 
-def _show_images(images: np.ndarray, width: int, captions: list[str] | None, stretch: bool):
-    imgs = stretch_contrast(images) if stretch else images
+def _show_images(images: np.ndarray, width: int, captions: list[str] | None, stretch: bool, pct: float = 0.0):
+    imgs = stretch_contrast(images, pct) if stretch else images
     st.image(list(imgs), width=width, caption=captions)
 
 
 def live_run(key: str, cache_key: tuple, make_gen: Callable[[], Generator], *, label: str = "Run",
-             width: int = 320, stretch: bool = False, captions: list[str] | None = None) -> OptResult | None:
+             width: int = 320, stretch: bool = False, stretch_pct: float = 0.0,
+             captions: list[str] | None = None) -> OptResult | None:
     """Start button → live run (progress, preview, Stop) → the result, or the cached result
     when the request is unchanged. Returns the result, or None before a run / after a stop."""
     ss = st.session_state
@@ -79,7 +82,7 @@ def live_run(key: str, cache_key: tuple, make_gen: Callable[[], Generator], *, l
                                  text=f"step {s.step}/{s.total} · objective {s.value:.4g} · {s.seconds:.1f} s")
                     if s.image is not None:
                         with preview.container():
-                            _show_images(s.image, width, captions, stretch)
+                            _show_images(s.image, width, captions, stretch, stretch_pct)
                         ss[f"{key}_partial"] = {"key": cache_key, "image": s.image, "step": s.step, "total": s.total}
         finally:
             bar.empty()
@@ -97,7 +100,7 @@ def live_run(key: str, cache_key: tuple, make_gen: Callable[[], Generator], *, l
         if partial and partial["key"] == cache_key:
             st.warning(f"Stopped at step {partial['step']} of {partial['total']}: the last preview is shown. "
                        "Run again for the full result.")
-            _show_images(partial["image"], width, captions, stretch)
+            _show_images(partial["image"], width, captions, stretch, stretch_pct)
             st.download_button("Download preview (PNG)", png_bytes(np.concatenate(list(partial["image"]), 1)),
                                f"{key}_step{partial['step']}.png", key=f"{key}_partial_png")
         return None
@@ -107,11 +110,11 @@ def live_run(key: str, cache_key: tuple, make_gen: Callable[[], Generator], *, l
     return result
 
 
-def show_result(key: str, result: OptResult, *, width: int = 320, stretch: bool = False,
+def show_result(key: str, result: OptResult, *, width: int = 320, stretch: bool = False, stretch_pct: float = 0.0,
                 captions: list[str] | None = None, filename: str = "result") -> None:
-    """The images, downloads (PNG, raw .npy, parameters JSON) and the objective curve."""
-    _show_images(result.images, width, captions, stretch)
-    strip = np.concatenate(list(stretch_contrast(result.images) if stretch else result.images), 1)
+    """The images, downloads (PNG as shown, raw .npy, parameters JSON) and the objective curve."""
+    _show_images(result.images, width, captions, stretch, stretch_pct)
+    strip = np.concatenate(list(stretch_contrast(result.images, stretch_pct) if stretch else result.images), 1)
     c1, c2, c3 = st.columns(3)
     c1.download_button("PNG", png_bytes(strip), f"{filename}.png", key=f"{key}_png")
     c2.download_button("Raw .npy ([0, 1], N×C×H×W)", npy_bytes(result.unit), f"{filename}.npy", key=f"{key}_npy")

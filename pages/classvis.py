@@ -3,7 +3,7 @@ ascent on the pixels (CS231n lecture 12; Simonyan et al. 2014, Yosinski et al. 2
 Olah et al. 2017)."""
 import streamlit as st
 
-from analysis.featurevis import PRESETS, Preset, class_visualization
+from analysis.featurevis import PRESETS, Preset, class_visualization, default_size
 from analysis.optimize import STEP_RULES
 from analysis.predict import predict
 from dashboard import state
@@ -33,12 +33,15 @@ with guard("Class visualisation"):
         a, b, c, d = st.columns(4)
         steps = a.number_input("steps", 1, 5000, base.steps, key=f"{k}_steps")
         seed = b.number_input("seed", 0, 2 ** 31 - 1, 0, key=f"{k}_seed")
-        size = c.number_input("size (px)", 32, 512, bundle.input_size if bundle.input_size >= 32 else 64,
-                              key=f"{k}_size")
+        size = c.number_input("size (px)", 32, 768, max(32, default_size(base, bundle)), key=f"{k}_size",
+                              help="The image's side; MACO draws crops from a canvas larger than the model's input.")
         probability = d.checkbox("log-probability objective", False, key=f"{k}_prob",
                                  help="Off: the class logit (score before the softmax), as in the papers.")
-        param = a.selectbox("parameterisation", ["pixels", "fourier"], index=["pixels", "fourier"].index(base.parameterisation),
-                            key=f"{k}_param", help="fourier: decorrelated colour, 1/f spectrum (Olah et al. 2017)")
+        kinds = ["pixels", "fourier", "maco"]
+        param = a.selectbox("parameterisation", kinds, index=kinds.index(base.parameterisation), key=f"{k}_param",
+                            help="fourier: decorrelated colour, 1/f spectrum (Olah et al. 2017); maco: only the "
+                                 "phase is optimised, the amplitude spectrum is that of natural photographs "
+                                 "(Fel et al. 2023)")
         rule = b.selectbox("step rule", STEP_RULES, index=STEP_RULES.index(base.step_rule), key=f"{k}_rule")
         lr = c.number_input("learning rate", 0.0, 1e9, float(base.lr), format="%g", key=f"{k}_lr")
         space = d.selectbox("pixel space", ["standard", "caffe", "model", "unit"],
@@ -57,14 +60,22 @@ with guard("Class visualisation"):
         prog = b.number_input("progress: Δ objective per step", 0.0, 100.0, float(base.desired_progress or 2.0),
                               key=f"{k}_dp")
         preview_every = c.number_input("preview every N steps", 1, 500, 10, key=f"{k}_pv")
-    stretch = st.checkbox("Stretch contrast for display (as Yosinski's toolbox saves its images)",
-                          value=base.space == "caffe", key=f"{k}_stretch")
+        crops = d.number_input("random crops per step (MACO; 0 = off)", 0, 64, base.crops, key=f"{k}_crops")
+        crop_min, crop_max = a.slider("crop side (fraction of the image)", 0.1, 1.0,
+                                      (float(base.crop_min), float(base.crop_max)), 0.05, key=f"{k}_cropside")
+        crop_noise = b.number_input("crop noise", 0.0, 1.0, float(base.crop_noise), format="%g", key=f"{k}_cropnoise")
+    maco = param == "maco"
+    stretch = st.checkbox("Stretch contrast for display" + (" (1-99 % percentiles: MACO's pictures are pale)" if maco
+                          else " (as Yosinski's toolbox saves its images)"),
+                          value=base.space == "caffe" or maco, key=f"{k}_stretch")
+    pct = 1.0 if maco else 0.0
     preset = Preset(name=preset_name, source=base.source, parameterisation=param, space=space,
                     init_std=base.init_std, steps=int(steps), step_rule=rule, lr=float(lr), l2=float(l2),
                     decay=float(decay), roll=int(roll), robust=robust, blur_every=int(blur_every),
                     blur_sigma=float(blur_sigma), small_norm_pct=float(small_norm),
                     small_contrib_pct=float(small_contrib), max_lr=float(max_lr) if rule == "progress" else None,
-                    desired_progress=float(prog) if rule == "progress" else None)
+                    desired_progress=float(prog) if rule == "progress" else None, canvas=base.canvas,
+                    crops=int(crops), crop_min=float(crop_min), crop_max=float(crop_max), crop_noise=float(crop_noise))
     if not classes:
         st.info("Choose at least one class.")
         st.stop()
@@ -72,12 +83,12 @@ with guard("Class visualisation"):
     key = ("classvis", bundle.model_id, tuple(classes), preset, int(size), int(seed), probability)
     result = live_run("cv", key, lambda: class_visualization(
         bundle, classes, preset, steps=int(steps), seed=int(seed), size=int(size),
-        preview_every=int(preview_every), probability=probability), label="Visualise", stretch=stretch,
+        preview_every=int(preview_every), probability=probability), label="Visualise", stretch=stretch, stretch_pct=pct,
         captions=[label])
     if result is not None:
         left, right = st.columns([3, 2])
         with left:
-            show_result("cv_res", result, stretch=stretch, captions=[label], filename=f"classvis_{'_'.join(map(str, classes))}")
+            show_result("cv_res", result, stretch=stretch, stretch_pct=pct, captions=[label], filename=f"classvis_{'_'.join(map(str, classes))}")
         with right:
             import numpy as np
             check = predict(bundle, result.images[0], k=5)

@@ -45,6 +45,22 @@ def test_class_visualisation_page_runs_a_preset_with_few_steps():
     assert at.button(key="cv_go").disabled
 
 
+def test_class_visualisation_default_is_maco_with_crops_and_a_contrast_stretch():
+    at = _page("classvis")
+    assert at.selectbox(key="cv_preset").value.startswith("MACO")
+    k = f"cv_{at.selectbox(key='cv_preset').value}"
+    assert at.number_input(key=f"{k}_size").value == 384                 # a canvas larger than the 224 px input
+    assert at.checkbox(key=f"{k}_stretch").value                         # pale pictures: stretched for display
+    at.number_input(key=f"{k}_steps").set_value(3).run()
+    at.number_input(key=f"{k}_size").set_value(96).run()
+    at.number_input(key=f"{k}_crops").set_value(2).run()
+    at.button(key="cv_go").click().run()
+    _ok(at)
+    p = _params(at)
+    assert p["preset"].startswith("MACO") and p["param"]["kind"] == "maco" and p["param"]["size"] == [96, 96]
+    assert any(t.startswith("RandomCrops(n=2") for t in p["transforms"]) and p["steps"] == 3
+
+
 def test_channel_visualisation_page_diverse_batch():
     at = _page("channelvis")
     at.number_input(key="ch_steps").set_value(3).run()

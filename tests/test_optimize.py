@@ -54,6 +54,44 @@ def test_fourier_parameterisation_rises_and_stays_in_range(lite0):
     assert r.unit.min() >= 0 and r.unit.max() <= 1 and r.params["param"]["kind"] == "fourier"
 
 
+def test_maco_optimises_the_phase_only_and_keeps_the_natural_magnitude(lite0):
+    """MACO: the amplitude spectrum of the (standardised) image stays the template's, up to
+    one scale, however far the phase moves; the class score rises; pixels stay in [0, 1]."""
+    p = O.MacoImage(lite0, 96, seed=3)
+    mag = O.natural_magnitude(96, 96)
+    assert mag.shape == (3, 96, 49) and torch.isfinite(mag).all()
+    assert mag[:, 1, 1].mean() > 5 * mag[:, 40, 40].mean()               # natural images: power falls with frequency
+    phase0 = p.phase.detach().clone()
+    r = _run(lite0, O.class_logit(1), p, steps=8, lr=0.5,
+             transforms=[O.RandomCrops(2, 0.5, 0.8, lite0.input_size, noise=0.05)])
+    assert r.history[-1] > r.history[0] and r.params["param"]["kind"] == "maco"
+    assert (p.phase.detach() - phase0).abs().mean() > 0.05                # the phase moved
+    with torch.no_grad():
+        amp = torch.fft.rfft2(p.spatial())[0, :, :, 1:-1].abs()            # columns with no Hermitian folding
+    ratio = amp / mag[:, :, 1:-1]
+    assert float(ratio.std() / ratio.mean()) < 1e-3                       # one scale for every frequency
+    assert r.unit.shape == (1, 3, 96, 96) and r.unit.min() >= 0 and r.unit.max() <= 1
+    with pytest.raises(ParameterError):
+        O.MacoImage(lite0, 64, contrast=0)
+
+
+def test_random_crops_shape_seed_and_identity():
+    x = torch.rand(2, 3, 50, 50)
+    tf = O.RandomCrops(3, 0.4, 0.6, 32, noise=0.05)
+    a, b = tf(x, torch.Generator().manual_seed(1)), tf(x, torch.Generator().manual_seed(1))
+    assert a.shape == (6, 3, 32, 32) and torch.equal(a, b)
+    assert not torch.equal(a, tf(x, torch.Generator().manual_seed(2)))
+    same = O.RandomCrops(2, 1.0, 1.0, 50, noise=0.0, spread=0.0)(x, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(same, x.repeat_interleave(2, 0), atol=1e-5, rtol=0)    # a full, centred crop
+    half = O.RandomCrops(1, 0.5, 0.5, 25, noise=0.0, spread=0.0)(x[:1], torch.Generator())
+    # the centre half, [12.5, 37.5) px, sampled at its 25 pixel centres: half-way between pixels
+    want = torch.nn.functional.avg_pool2d(x[:1, :, 12:38, 12:38], 2, stride=1)
+    torch.testing.assert_close(half, want, atol=1e-5, rtol=0)
+    for bad in [dict(n=0, lo=0.4, hi=0.6), dict(n=2, lo=0.7, hi=0.6), dict(n=2, lo=0.4, hi=0.6, noise=2)]:
+        with pytest.raises(ParameterError):
+            O.RandomCrops(out=32, **bad)
+
+
 def test_feature_match_and_gram_match_rise(digits):
     from analysis.images import load_image  # noqa: F401  (the digits images come from sklearn)
     from analysis.datasets import load_digits_dataset
