@@ -140,6 +140,9 @@ def heavy_job(device=None, *, on_wait: Callable[[QueueState], None] | None = Non
     finally:
         _held.depth = 0
         s.release()
+        if s.running == 0 and s.waiting == 0:
+            from . import allocator
+            allocator.release()           # idle: give the reused buffers back (analysis/allocator.py)
 
 
 def reset() -> None:
