@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.optimize import OptResult
+from analysis.optimize import run as drive
 from dashboard import share
 from dashboard.render import npy_bytes, png_bytes
 from dashboard.widgets import job_slot, result_cache
@@ -70,20 +71,16 @@ def live_run(key: str, cache_key: tuple, make_gen: Callable[[], Generator], *, l
         bar = st.progress(0.0, text="starting…")
         preview = st.empty()
         try:
+            def on_step(s) -> None:
+                bar.progress(min(1.0, s.step / s.total),
+                             text=f"step {s.step}/{s.total} · objective {s.value:.4g} · {s.seconds:.1f} s")
+                if s.image is not None:
+                    with preview.container():
+                        _show_images(s.image, width, captions, stretch, stretch_pct)
+                    ss[f"{key}_partial"] = {"key": cache_key, "image": s.image, "step": s.step, "total": s.total}
+
             with job_slot(True, bar):
-                gen = make_gen()
-                while True:
-                    try:
-                        s = next(gen)
-                    except StopIteration as fin:
-                        result = fin.value
-                        break
-                    bar.progress(min(1.0, s.step / s.total),
-                                 text=f"step {s.step}/{s.total} · objective {s.value:.4g} · {s.seconds:.1f} s")
-                    if s.image is not None:
-                        with preview.container():
-                            _show_images(s.image, width, captions, stretch, stretch_pct)
-                        ss[f"{key}_partial"] = {"key": cache_key, "image": s.image, "step": s.step, "total": s.total}
+                result = drive(make_gen(), on_step=on_step)
         finally:
             bar.empty()
             preview.empty()

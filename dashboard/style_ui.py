@@ -17,6 +17,7 @@ from analysis.errors import ModelLoadError
 from analysis.images import GALLERY, gallery_image, gallery_names, load_image
 from analysis.models.bundle import ModelBundle
 from analysis.models.loaders import ModelSpec
+from analysis.optimize import run as drive
 from dashboard import state
 
 _EXTRACTORS = {"sidebar": None, "vgg19": "VGG-19 (torchvision, ImageNet; downloads once)",
@@ -160,26 +161,24 @@ def run_training(key: str, make_gen: Callable[[], Generator], *, chart_every: in
     gen = None
     result = None
     try:
+        history: dict[str, list[float]] = {}
+        last = [0.0]
+
+        def on_step(s) -> None:
+            history.setdefault("loss", []).append(s.loss)
+            for k, v in s.terms.items():
+                history.setdefault(k, []).append(v)
+            bar.progress(min(1.0, s.step / s.total), text=f"step {s.step}/{s.total} · loss {s.loss:.4g} · "
+                         f"{s.seconds:.0f} s" + (" · checkpoint saved" if s.checkpoint else ""))
+            if s.step % chart_every == 0 or s.step == s.total or time.time() - last[0] > 5:
+                chart.plotly_chart(losses_figure(history, "Training loss (this run)"), key=f"{key}_live_{s.step}")
+                last[0] = time.time()
+            if s.preview is not None:
+                preview.image(s.preview, caption=f"preview after {s.step} steps", width="stretch")
+
         with _slot(bar):
             gen = make_gen()
-            history: dict[str, list[float]] = {}
-            last = 0.0
-            while True:
-                try:
-                    s = next(gen)
-                except StopIteration as fin:
-                    result = fin.value
-                    break
-                history.setdefault("loss", []).append(s.loss)
-                for k, v in s.terms.items():
-                    history.setdefault(k, []).append(v)
-                bar.progress(min(1.0, s.step / s.total), text=f"step {s.step}/{s.total} · loss {s.loss:.4g} · "
-                             f"{s.seconds:.0f} s" + (" · checkpoint saved" if s.checkpoint else ""))
-                if s.step % chart_every == 0 or s.step == s.total or time.time() - last > 5:
-                    chart.plotly_chart(losses_figure(history, "Training loss (this run)"), key=f"{key}_live_{s.step}")
-                    last = time.time()
-                if s.preview is not None:
-                    preview.image(s.preview, caption=f"preview after {s.step} steps", width="stretch")
+            result = drive(gen, on_step=on_step)
     finally:
         if gen is not None:
             gen.close()             # interrupted: the generator saves a checkpoint on close

@@ -70,7 +70,7 @@ def output_dir() -> Path:
 @pytest.fixture(scope="session")
 def postgres():
     """A throwaway PostgreSQL server for this test session (tests/pg_server.py); skipped
-    when PostgreSQL is not installed, unless CONVLENS_REQUIRE_POSTGRES=1 (CI)."""
+    when PostgreSQL is not installed, unless CONVLENS_REQUIRE_POSTGRES=1 (set by make test)."""
     from tests.pg_server import PgServer
     try:
         import psycopg  # noqa: F401

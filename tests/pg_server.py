@@ -7,8 +7,8 @@ user (Debian's package creates it) through ``runuser``. Nothing here touches a s
 was already running on the machine.
 
 When no PostgreSQL binaries are found the tests that need it are skipped, unless
-``CONVLENS_REQUIRE_POSTGRES=1`` (set by ``.ci/run``, which installs the server), in which
-case they fail: CI must not pass by skipping them.
+``CONVLENS_REQUIRE_POSTGRES=1`` (set by ``make test``, which installs the server), in which
+case they fail: make test must not pass by skipping them.
 """
 from __future__ import annotations
 
