@@ -34,6 +34,7 @@ postgresql:
 
 # make test installs PostgreSQL, so its tests must run here, never skip.
 test: $(STAMP) chromium postgresql
+	$(VENV)/bin/ruff check .
 	CONVLENS_REQUIRE_POSTGRES=1 $(PY) -m pytest
 
 bench: $(STAMP)

@@ -1,4 +1,4 @@
-"""glibc allocator tuning (analysis/allocator.py) on vs off: batched forward throughput of the
+"""glibc allocator tuning (analysis/core/allocator.py) on vs off: batched forward throughput of the
 default model at several batch sizes, forward+backward, and an exact occlusion map, each in a
 fresh process (the settings apply at start), alternating on/off for several rounds; the
 kernel (system) CPU time of each process shows the page faults the tuning avoids.
@@ -22,12 +22,12 @@ CHILD = r"""
 import json, resource, sys, time
 import torch
 import analysis
-from analysis.images import gallery_image
-from analysis.models.loaders import default_bundle
-from analysis.saliency import attribute
+from analysis.core.images import gallery_image
+from analysis.core.models.loaders import default_bundle
+from analysis.saliency.methods import attribute
 b = default_bundle(torch.device("cpu"))
 m = b.model
-out = {"tuned": analysis.allocator._done}
+out = {"tuned": analysis.core.allocator._done}
 def rate(fn, n_img, seconds=3.0):
     fn(); fn()
     n, t0 = 0, time.perf_counter()
@@ -104,7 +104,7 @@ def main() -> None:
         "## Allocator tuning (bench/allocator.py)", "",
         f"Machine: {machine()}; 1-minute load average {load0:.1f} at the start, {load1:.1f} at the end.", "",
         "glibc's default malloc hands the large activation buffers of a batched forward back to the kernel "
-        "as soon as they are freed, so every forward faults their pages in again. `analysis/allocator.py` "
+        "as soon as they are freed, so every forward faults their pages in again. `analysis/core/allocator.py` "
         "keeps them (`mallopt`: no mmapped allocations, trim threshold 1 GiB, top pad 64 MiB; the memory "
         "goes back with `malloc_trim` whenever the last heavy job on the device ends; "
         "`CONVLENS_MALLOC_TUNING=0` turns it off). Each column is the median (range) of "

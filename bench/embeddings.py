@@ -8,7 +8,7 @@ the original space): seconds and the 5-fold cross-validated 5-NN accuracy of the
 * scikit-learn's TSNE (max_iter 1000, init "pca", learning_rate "auto", perplexity 30,
   Barnes-Hut, n_jobs=2),
 * openTSNE with its defaults (Annoy neighbours, FFT gradients, 250 + 500 iterations),
-* the app's default (analysis.projection.project: exact BLAS kNN, PCA init, 125 + 250
+* the app's default (analysis.embeddings.projection.project: exact BLAS kNN, PCA init, 125 + 250
   iterations), twice — before and after scikit-learn, the slower run counts — plus the
   same pipeline with openTSNE's full 250 + 500 iterations,
 * UMAP through the app: first call in a fresh process with numba's disk cache empty
@@ -49,8 +49,8 @@ from sklearn.datasets import make_blobs  # noqa: E402
 from sklearn.model_selection import cross_val_score  # noqa: E402
 from sklearn.neighbors import KNeighborsClassifier  # noqa: E402
 
-from analysis import projection  # noqa: E402
-from analysis.projection import project, warm_up_umap  # noqa: E402
+import analysis.embeddings.projection as projection  # noqa: E402
+from analysis.embeddings.projection import project, warm_up_umap  # noqa: E402
 from bench._report import machine, write_section  # noqa: E402
 
 CENTERS, DIMS, SEED = 10, 50, 0

@@ -25,11 +25,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from analysis import featurevis as V  # noqa: E402
-from analysis.images import gallery_image  # noqa: E402
-from analysis.models.loaders import default_bundle  # noqa: E402
+import analysis.optimize.featurevis as V  # noqa: E402
+from analysis.core.images import gallery_image  # noqa: E402
+from analysis.core.models.loaders import default_bundle  # noqa: E402
+from analysis.core.predict import predict  # noqa: E402
 from analysis.optimize import run  # noqa: E402
-from analysis.predict import predict  # noqa: E402
 
 CLASSES = [1, 980, 985, 145, 949, 281]      # goldfish, volcano, daisy, king penguin, strawberry, tabby
 SECTIONS = ("classvis", "presets", "channels", "deepdream", "inversion")

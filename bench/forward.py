@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from analysis.models.loaders import default_bundle, select_device  # noqa: E402
+from analysis.core.models.loaders import default_bundle, select_device  # noqa: E402
 from bench._report import machine, write_section  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def main() -> None:
         rows.append((batch, ips))
         print(f"EfficientNet-Lite0 batch {batch:3d}: {ips:8.1f} images/s")
 
-    from analysis.models.digits import DigitsTrainConfig, train_digits_cnn
+    from analysis.core.models.digits import DigitsTrainConfig, train_digits_cnn
     with tempfile.TemporaryDirectory():
         t0 = time.perf_counter()
         _, info = train_digits_cnn(DigitsTrainConfig())

@@ -15,10 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from analysis import featurevis as V  # noqa: E402
-from analysis import optimize as O  # noqa: E402
-from analysis.images import gallery_image  # noqa: E402
-from analysis.models.loaders import default_bundle  # noqa: E402
+import analysis.optimize.featurevis as V  # noqa: E402
+from analysis.core.images import gallery_image  # noqa: E402
+from analysis.core.models.loaders import default_bundle  # noqa: E402
 from bench._report import machine, write_section  # noqa: E402
 
 

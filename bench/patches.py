@@ -1,6 +1,6 @@
 """Maximally-activating-patch scan throughput against a plain batched forward.
 
-Over one data set of augmented gallery crops (analysis.patches.gallery_dataset, 256x256),
+Over one data set of augmented gallery crops (analysis.inside.patches.gallery_dataset, 256x256),
 in ONE run, interleaved batch by batch: the plain forward (crop + preprocess + full forward, inference mode, same
 batch size) and the scan (crop + preprocess + forward truncated after the layer + per
 channel spatial max + running top-k) for a middle layer and the last spatial layer.
@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from analysis.images import gallery_names  # noqa: E402
-from analysis.models.loaders import default_bundle, select_device  # noqa: E402
-from analysis.patches import gallery_dataset, run_scan, scan  # noqa: E402
+from analysis.core.images import gallery_names  # noqa: E402
+from analysis.core.models.loaders import default_bundle, select_device  # noqa: E402
+from analysis.inside.patches import gallery_dataset, run_scan, scan  # noqa: E402
 from bench._report import machine, write_section  # noqa: E402
 
 LAYERS = ("_blocks.10", "_relu_head")

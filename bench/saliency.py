@@ -4,7 +4,7 @@
   vs the floor (copies / best batched forward throughput) and vs Captum's Occlusion at
   perturbations_per_eval = 1 and 16.
 * Fast occlusion: speed-up over exact and Pearson r of the maps, on several images. On
-  EfficientNet-Lite0 the fast mode is exact (incremental inference, analysis/incremental.py);
+  EfficientNet-Lite0 the fast mode is exact (incremental inference, analysis/saliency/incremental.py);
   the generic fallback for other models (every other window + interpolation) is timed on
   the same images for reference, and the fused dense forward that incremental inference
   runs after the 14×14 stage is compared with the model's, to show how much of the
@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from analysis.images import gallery_image  # noqa: E402
-from analysis.models.loaders import default_bundle, select_device  # noqa: E402
-from analysis.incremental import plan_for  # noqa: E402
-from analysis.saliency import attribute, occlusion  # noqa: E402
+from analysis.core.images import gallery_image  # noqa: E402
+from analysis.core.models.loaders import default_bundle, select_device  # noqa: E402
+from analysis.saliency.incremental import plan_for  # noqa: E402
+from analysis.saliency.methods import attribute, occlusion  # noqa: E402
 from bench._report import machine, write_section  # noqa: E402
 
 
@@ -82,7 +82,6 @@ def main() -> None:
     img = gallery_image("chelsea")
     x = bundle.inputs(img)
     target = None
-    lines = []
 
     # Warm-up, untimed: the first tens of seconds of a process run up to 2x slower here
     # (measured: 33 images/s at the start against 72 later in the same run), which made
@@ -214,7 +213,7 @@ progress reporting, out-of-memory halving and the fast mode, at the speed of the
 ### Fast occlusion (`occlusion_fast`)
 
 On EfficientNet-Lite0 the fast mode is exact: incremental inference (Krypton-style,
-analysis/incremental.py) recomputes only the activations each window changes until the
+analysis/saliency/incremental.py) recomputes only the activations each window changes until the
 14×14 stage, then runs the rest batched, with batch-norm folded into the convolutions.
 Exact: the model's `occlusion` at batch {fwd_b}; fast: `occlusion_fast` at its default
 batch of 32 windows; best of {rounds} back-to-back round(s) each. "Interpolated" is the

@@ -2,7 +2,7 @@
 vs Johnson et al.'s feed-forward network (one forward pass), per image at 256 and 512 px,
 in one run on one device. Johnson et al. report about three orders of magnitude on a GPU.
 
-Both use the shipped defaults of the embedded EfficientNet-Lite0 (analysis/style.py). The
+Both use the shipped defaults of the embedded EfficientNet-Lite0 (analysis/style/gatys.py). The
 feed-forward time does not depend on the weights: a saved network is used when
 ``--network`` names one, otherwise an untrained Johnson network of the default width.
 
@@ -24,11 +24,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from analysis import fast_style as FS  # noqa: E402
-from analysis import optimize as O  # noqa: E402
-from analysis import style as S  # noqa: E402
-from analysis.images import gallery_image  # noqa: E402
-from analysis.models.loaders import default_bundle, select_device  # noqa: E402
+import analysis.optimize as O  # noqa: E402
+import analysis.style.fast as FS  # noqa: E402
+import analysis.style.gatys as S  # noqa: E402
+from analysis.core.images import gallery_image  # noqa: E402
+from analysis.core.models.loaders import default_bundle, select_device  # noqa: E402
 from bench._report import machine, write_section  # noqa: E402
 
 

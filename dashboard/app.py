@@ -11,8 +11,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from analysis.errors import ConvlensError
-from dashboard import auth, share
+from analysis.core.errors import ConvlensError
+from dashboard import auth, lifecycle
 from dashboard.sidebar import render_sidebar
 from dashboard.warmup import start_once as start_warmups
 
@@ -48,7 +48,5 @@ nav = st.navigation(ALL_PAGES, position="sidebar" if signed_in else "hidden")
 if not signed_in:
     auth.login_screen()
     st.stop()
-share.begin(nav, ALL_PAGES)      # a share link opened in a fresh session: restore its state
-render_sidebar()
-nav.run()
-share.publish()                  # the URL (and the sidebar's link) now name this view
+# restore a share link's state, draw the sidebar and the page, publish the view, finalise audit views
+lifecycle.run(nav, ALL_PAGES, render_sidebar)

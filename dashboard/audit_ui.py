@@ -2,7 +2,7 @@
 ``live_run``, ``drive_with_progress``), and the pieces of the Audit page.
 
 ``record(result, key, label)`` adds who, where and on what (user, page, model, image,
-data set, the view's share link) to what ``analysis.audit.summarise`` finds in the
+data set, the view's share link) to what ``analysis.audit.trail.summarise`` finds in the
 result, and stores it. Recording never breaks a page: a failure is logged and shown as a
 short notice.
 """
@@ -18,10 +18,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis.audit import VERDICTS, AuditStore, RunInput, is_result, open_store, summarise
-from analysis.config import get_config
-
-from . import auth, share, state
+from analysis.audit.trail import VERDICTS, AuditStore, RunInput, is_result, open_store, summarise
+from analysis.core.config import get_config
+from dashboard import auth, share, state
 
 log = logging.getLogger("convlens")
 

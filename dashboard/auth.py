@@ -16,8 +16,8 @@ import time
 
 import streamlit as st
 
-from analysis.config import get_config
-from analysis.passwords import check_login
+from analysis.audit.passwords import check_login
+from analysis.core.config import get_config
 
 log = logging.getLogger("convlens")
 

@@ -7,7 +7,7 @@ step): plotly.js itself plus
 
 * **hover**: a floating box with the image's thumbnail and its text (id, label,
   prediction). Thumbnails are NOT sent with the figure: they are the 32 x 32 pixel-space
-  thumbnails the neighbour search already caches (``analysis.neighbors.pixel_thumbnails``),
+  thumbnails the neighbour search already caches (``analysis.embeddings.neighbors.pixel_thumbnails``),
   tiled into WebP sprite sheets of 1,024 images that the component's own file route serves.
   The browser fetches a sheet the first time a point on it is hovered (and keeps it), so
   the payload of the figure does not grow with the thumbnails and there is no cap on the
@@ -47,12 +47,12 @@ import plotly
 import plotly.graph_objects as go
 import streamlit as st
 
-from analysis.config import get_config
+from analysis.core.config import get_config
 
 log = logging.getLogger("convlens")
 
 HTML_SOURCE = Path(__file__).with_name("embedding_map.html")
-THUMB_PX = 32              # the pixel-space thumbnails of analysis.neighbors (shared cache)
+THUMB_PX = 32              # the pixel-space thumbnails of analysis.embeddings.neighbors (shared cache)
 SHEET_COLS = 32            # thumbnails per sheet row
 PER_SHEET = 1024           # thumbnails per sheet (32 x 32 grid: 1,024 x 1,024 pixels)
 DISPLAY_PX = 96            # thumbnail size in the hover box
@@ -184,7 +184,7 @@ def hover_thumbnails(bundle, ds, progress=None) -> dict | None:
     """The ``thumbs`` argument for ``ds``: the cached pixel-space thumbnails (computed now
     if the neighbour search has not yet) as sprite sheets. None, logged, when the
     component folder cannot be written (the map then hovers text only)."""
-    from analysis.neighbors import pixel_thumbnails
+    from analysis.embeddings.neighbors import pixel_thumbnails
     thumbs = pixel_thumbnails(bundle, ds, THUMB_PX, progress=progress)
     try:
         root = ensure_assets()

@@ -7,7 +7,7 @@ import logging
 
 import streamlit as st
 
-from analysis.errors import ConvlensError
+from analysis.core.errors import ConvlensError
 
 log = logging.getLogger("convlens")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from analysis.layers import default_layer
-from analysis.models.bundle import ModelBundle
+from analysis.core.layers import default_layer
+from analysis.core.models.bundle import ModelBundle
 from dashboard import state
 from dashboard.errors import guard
 from dashboard.render import png_bytes
@@ -14,7 +14,7 @@ from dashboard.widgets import drive_with_progress, layer_picker
 
 @st.cache_resource(show_spinner="Building the gallery crops…")
 def _gallery_crops():
-    from analysis.patches import gallery_dataset
+    from analysis.inside.patches import gallery_dataset
     return gallery_dataset()
 
 
@@ -25,7 +25,7 @@ def patch_dataset(bundle: ModelBundle, choice: str):
 
 
 def patches_tab(bundle: ModelBundle, infos, spatial: list[str]) -> None:
-    from analysis.patches import load_index, patch_crops, patch_grid, scan
+    from analysis.inside.patches import load_index, patch_crops, patch_grid, scan
     st.caption("Scan a data set, keep for every channel the images whose strongest response is "
                "highest, and show the receptive-field crop around that position.")
     if not spatial:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from analysis.predict import Prediction
+from analysis.core.predict import Prediction
 
 
 def topk_figure(pred: Prediction, title: str = "Top-5 predictions") -> go.Figure:
@@ -81,7 +81,7 @@ def heatmap_figure(m: np.ndarray, title: str = "", colorscale: str = "Inferno", 
 
 
 # PNG / .npy encoders are shared with the audit store (one implementation).
-from analysis.audit import npy_bytes, png_bytes  # noqa: E402,F401
+from analysis.audit.trail import npy_bytes, png_bytes  # noqa: E402,F401
 
 
 def curves_figure(curves: dict, kind: str) -> go.Figure:

@@ -32,9 +32,9 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
-from analysis.models.loaders import ModelSpec
-
-from . import state
+from analysis.core.models.loaders import ModelSpec
+from dashboard import state
+from dashboard.st_internals import session_internals as _session_internals
 
 log = logging.getLogger("convlens")
 
@@ -116,10 +116,6 @@ def _parse_ref(cls, text: str):
 
 # ------------------------------------------------------------------ what the run drew
 
-def _session_internals():
-    from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
-    ctx = get_script_run_ctx()
-    return ctx, ctx.session_state._state
 
 
 def _widgets() -> tuple[dict[str, str], set[str]] | None:
@@ -248,7 +244,6 @@ def page_name(page) -> str:
 def begin(nav, pages) -> None:
     """Before the sidebar and the page: remember the page, restore a link once per session."""
     ss = st.session_state
-    _install_stop_hook()
     ss[_PAGE] = page_name(nav)
     _PAGES.update({page_name(p): p for p in pages})
     ss[RUN_IDS] = []
@@ -350,13 +345,13 @@ def link_box() -> None:
                    "model, image, settings and result.")
 
 
-def publish() -> None:
-    """After the page: the URL (and the sidebar's link) become this view's link; runs
-    recorded during this run get it as their view."""
+def publish() -> dict | None:
+    """After the page: the URL (and the sidebar's link) become this view's link. Returns the
+    view ({"page", "params"}) once per run, None if already published or on failure."""
     ss = st.session_state
     if not ss.get(_READY):
-        return
-    ss[_READY] = False                       # once per run (st.stop calls it too)
+        return None
+    ss[_READY] = False                       # once per run (dashboard/lifecycle.py calls it)
     try:
         params = snapshot()
         cur = {k: v for k, v in _query().items() if k not in ("embed", "embed_options")}
@@ -368,15 +363,12 @@ def publish() -> None:
         if box is not None:
             url = url_for(page, params)
             box.code(url, language=None, wrap_lines=True)
-        run_ids = ss.get(RUN_IDS) or []
-        if run_ids:
-            from .audit_ui import finalise_views
-            finalise_views(run_ids, {"page": page, "params": params})
-            ss[RUN_IDS] = []
+        return {"page": page, "params": params}
     except Exception:  # noqa: BLE001 - never break a page over its link
         log.exception("share: could not publish the view")
     finally:
         ss[_RESTORING] = False
+    return None
 
 
 def current_view() -> dict:
@@ -391,24 +383,3 @@ def current_view() -> dict:
     return {"page": current_page(), "params": params}
 
 
-_STOP_HOOKED = "_convlens_publishes"
-
-
-def _install_stop_hook() -> None:
-    """``st.stop()`` ends the run before ``publish`` would: publish first. (Pages stop
-    early, e.g. before a button was pressed, and their state belongs in the URL too.)"""
-    if getattr(st.stop, _STOP_HOOKED, False):
-        return
-    original = st.stop
-
-    def stop():
-        try:
-            if st.session_state.get(_READY):
-                publish()
-        except Exception:  # noqa: BLE001
-            log.exception("share: publish before st.stop failed")
-        original()
-
-    setattr(stop, _STOP_HOOKED, True)
-    stop.__doc__ = original.__doc__
-    st.stop = stop

@@ -3,14 +3,19 @@ from __future__ import annotations
 
 import streamlit as st
 
-from analysis.config import get_config
-from analysis.images import gallery_names, load_image
-from analysis.models.loaders import (DEFAULT_MODEL, ModelSpec, parse_class_names, read_state_dict,
-                                     select_device, torchvision_architectures, trusted_model_files)
-from analysis.store import save_upload
-
-from . import auth, share, state
-from .errors import guard, report
+from analysis.core.config import get_config
+from analysis.core.images import gallery_names, load_image
+from analysis.core.models.loaders import (
+    ModelSpec,
+    parse_class_names,
+    read_state_dict,
+    select_device,
+    torchvision_architectures,
+    trusted_model_files,
+)
+from analysis.core.store import save_upload
+from dashboard import auth, share, state
+from dashboard.errors import guard, report
 
 _KINDS = {
     "default": "EfficientNet-Lite0 · ImageNet (embedded)",

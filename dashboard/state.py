@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
-from analysis.config import get_config
-from analysis.datasets import DEFAULT_DATASET, Dataset, load_digits_dataset, load_image_folder, load_zip_dataset
-from analysis.images import DEFAULT_IMAGE, gallery_image, load_image
-from analysis.layers import LayerInfo, layer_table
-from analysis.models.bundle import ModelBundle
-from analysis.models.loaders import ModelSpec, load_bundle, select_device
-from analysis.store import read_upload
+from analysis.core.config import get_config
+from analysis.core.datasets import DEFAULT_DATASET, Dataset, load_digits_dataset, load_image_folder, load_zip_dataset
+from analysis.core.images import DEFAULT_IMAGE, gallery_image, load_image
+from analysis.core.layers import LayerInfo, layer_table
+from analysis.core.models.bundle import ModelBundle
+from analysis.core.models.loaders import ModelSpec, load_bundle, select_device
+from analysis.core.store import read_upload
 
 MODEL_KEY, IMAGE_KEY, DATASET_KEY = "model_spec", "image_ref", "dataset_ref"
 

@@ -13,10 +13,10 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from analysis.errors import ModelLoadError
-from analysis.images import GALLERY, gallery_image, gallery_names, load_image
-from analysis.models.bundle import ModelBundle
-from analysis.models.loaders import ModelSpec
+from analysis.core.errors import ModelLoadError
+from analysis.core.images import GALLERY, gallery_image, gallery_names, load_image
+from analysis.core.models.bundle import ModelBundle
+from analysis.core.models.loaders import ModelSpec
 from analysis.optimize import run as drive
 from dashboard import state
 

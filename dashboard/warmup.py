@@ -2,7 +2,7 @@
 reasons unrelated to the user's data, done once in a daemon thread so that no page pays it.
 
 * UMAP: ``import umap`` and numba's compilation of its kernels take ~20-40 s on 2 cores
-  (bench/embeddings.py, "UMAP (app), first call"); ``analysis.projection.warm_up_umap``
+  (bench/embeddings.py, "UMAP (app), first call"); ``analysis.embeddings.projection.warm_up_umap``
   does both on a tiny input. A map requested meanwhile simply waits on numba's compile
   lock for the rest of it instead of paying all of it.
 
@@ -40,7 +40,7 @@ def _umap() -> None:
     except (AttributeError, OSError):
         pass
     try:
-        from analysis.projection import warm_up_umap
+        from analysis.embeddings.projection import warm_up_umap
         seconds = warm_up_umap()
         log.info("UMAP warm-up (import + numba compile) done in %.1f s", seconds)
     except Exception:  # noqa: BLE001 - a failed warm-up only means a slower first map

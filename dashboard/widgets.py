@@ -2,7 +2,7 @@
 progress bar and a cross-session result cache.
 
 ``run_job`` and ``drive_with_progress`` are the central compute points: heavy jobs queue
-behind the device's semaphore (``analysis.jobs``), and every computed result is recorded
+behind the device's semaphore (``analysis.core.jobs``), and every computed result is recorded
 in the audit trail (``dashboard.audit_ui``) with the page, user and view it came from."""
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typing import Callable
 
 import streamlit as st
 
-from analysis.jobs import QueueState, heavy_job
-from analysis.layers import LayerInfo
-from analysis.models.bundle import ModelBundle
-from analysis.predict import Prediction, search_classes
+from analysis.core.jobs import QueueState, heavy_job
+from analysis.core.layers import LayerInfo
+from analysis.core.models.bundle import ModelBundle
+from analysis.core.predict import Prediction, search_classes
 
 
 def target_picker(bundle: ModelBundle, pred: Prediction, key: str) -> int:
@@ -130,7 +130,7 @@ def run_job(key: tuple, label: str, fn: Callable, *, with_progress: bool = True,
             bar.empty()
     cache.put(key, value)
     if record:
-        from .audit_ui import record as audit_record
+        from dashboard.audit_ui import record as audit_record
         audit_record(value, key, label)
     return value
 
@@ -160,6 +160,6 @@ def drive_with_progress(gen, label: str):
     finally:
         bar.empty()
     if value is not None:
-        from .audit_ui import record as audit_record
+        from dashboard.audit_ui import record as audit_record
         audit_record(value, None, label)
     return value

@@ -3,8 +3,8 @@
 two runs side by side, export an HTML report or a ZIP of the raw arrays, delete."""
 import streamlit as st
 
-from analysis.audit import NOTE_KINDS, VERDICTS
-from analysis.report import html_report
+from analysis.audit.report import html_report
+from analysis.audit.trail import NOTE_KINDS, VERDICTS
 from dashboard import audit_ui, auth, share
 from dashboard.errors import guard
 

@@ -2,8 +2,8 @@
 wants, optionally a diverse batch, beside that channel's maximally activating patches."""
 import streamlit as st
 
-from analysis.featurevis import channel_visualization
-from analysis.layers import default_layer
+from analysis.core.layers import default_layer
+from analysis.optimize.featurevis import channel_visualization
 from dashboard import state
 from dashboard.errors import guard
 from dashboard.optimize_ui import live_run, show_result
@@ -45,7 +45,7 @@ with guard("Channel visualisation"):
             show_result("ch_res", result, width=min(256, size * 2), filename=f"channel_{layer}_{channel}")
     with right:
         st.markdown(f"**Maximally activating patches of `{layer}` channel {channel}**")
-        from analysis.patches import load_index, patch_crops
+        from analysis.inside.patches import load_index, patch_crops
         from dashboard.patches_ui import patch_dataset
         shown = False
         for choice in ("gallery", "sidebar"):

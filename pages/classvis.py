@@ -3,9 +3,9 @@ ascent on the pixels (CS231n lecture 12; Simonyan et al. 2014, Yosinski et al. 2
 Olah et al. 2017)."""
 import streamlit as st
 
-from analysis.featurevis import PRESETS, Preset, class_visualization, default_size
+from analysis.core.predict import predict
 from analysis.optimize import STEP_RULES
-from analysis.predict import predict
+from analysis.optimize.featurevis import PRESETS, Preset, class_visualization, default_size
 from dashboard import state
 from dashboard.errors import guard
 from dashboard.optimize_ui import live_run, show_result
@@ -90,7 +90,6 @@ with guard("Class visualisation"):
         with left:
             show_result("cv_res", result, stretch=stretch, stretch_pct=pct, captions=[label], filename=f"classvis_{'_'.join(map(str, classes))}")
         with right:
-            import numpy as np
             check = predict(bundle, result.images[0], k=5)
             st.markdown("**What the model sees in the result** (top-5)")
             st.dataframe({"class": check.labels, "probability": [f"{p:.1%}" for p in check.probs]}, hide_index=True)

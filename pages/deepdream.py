@@ -1,8 +1,8 @@
 """DeepDream: amplify what a layer already sees in the sidebar image (google/deepdream)."""
 import streamlit as st
 
-from analysis.featurevis import DEEPDREAM_DEFAULTS, deepdream
-from analysis.layers import default_layer
+from analysis.core.layers import default_layer
+from analysis.optimize.featurevis import DEEPDREAM_DEFAULTS, deepdream
 from dashboard import state
 from dashboard.errors import guard
 from dashboard.optimize_ui import live_run, show_result

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis.features import extract, load_features, penultimate_layer
-from analysis.neighbors import neighbors
+from analysis.embeddings.features import extract, load_features, penultimate_layer
+from analysis.embeddings.neighbors import neighbors
 from dashboard import state
 from dashboard.embedding_map import embedding_map, hover_thumbnails
 from dashboard.errors import guard
@@ -78,7 +78,7 @@ with guard("Embeddings"):
         st.caption("Under each thumbnail: label / prediction · distance.")
 
     with t_map, guard("Map"):
-        from analysis.projection import project
+        from analysis.embeddings.projection import project
         m1, m2, m3 = st.columns(3)
         method = m1.selectbox("Method", ["tsne", "umap", "pca"], key="em_method",
                               format_func={"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}.get)

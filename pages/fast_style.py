@@ -5,10 +5,18 @@ import time
 
 import streamlit as st
 
-from analysis.fast_style import (FAST_DEFAULTS, delete_network, import_network, list_networks, load_network,
-                                 networks_dir, stylize, train_fast_style)
-from analysis.images import load_image
-from analysis.models.loaders import select_device
+from analysis.core.images import load_image
+from analysis.core.models.loaders import select_device
+from analysis.style.fast import (
+    FAST_DEFAULTS,
+    delete_network,
+    import_network,
+    list_networks,
+    load_network,
+    networks_dir,
+    stylize,
+    train_fast_style,
+)
 from dashboard import state
 from dashboard.errors import guard
 from dashboard.render import png_bytes

@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from analysis.predict import predict
+from analysis.core.predict import predict
 from dashboard import state
 from dashboard.errors import guard
 from dashboard.render import model_card_rows, topk_figure

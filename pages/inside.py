@@ -4,13 +4,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis.inside import activations, conv_layers, filters, neuron_gradient
-from analysis.layers import default_layer
+from analysis.core.layers import default_layer
+from analysis.inside.activations import activations, conv_layers, filters, neuron_gradient
 from dashboard import state
 from dashboard.errors import guard
+from dashboard.patches_ui import patches_tab
 from dashboard.render import clip_map, colorize, image_grid, overlay, png_bytes
 from dashboard.widgets import layer_picker, run_job
-from dashboard.patches_ui import patches_tab
 
 st.title("Inside the network")
 st.caption("What the first-layer filters look like, what each layer responds to, and which "

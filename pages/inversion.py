@@ -3,8 +3,8 @@
 import numpy as np
 import streamlit as st
 
-from analysis.featurevis import invert
-from analysis.layers import block_layers, default_layer
+from analysis.core.layers import block_layers, default_layer
+from analysis.optimize.featurevis import invert
 from dashboard import share, state
 from dashboard.audit_ui import record as record_run
 from dashboard.errors import guard

@@ -6,12 +6,21 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis.predict import predict
-from analysis.saliency import METHODS, PERTURBATION_METHODS, attribute
+from analysis.core.predict import predict
+from analysis.saliency.methods import METHODS, PERTURBATION_METHODS, attribute
 from dashboard import state
 from dashboard.errors import guard
-from dashboard.render import (COLORMAPS, clip_map, colorize, correlation_figure, curves_figure,
-                              heatmap_figure, npy_bytes, overlay, png_bytes)
+from dashboard.render import (
+    COLORMAPS,
+    clip_map,
+    colorize,
+    correlation_figure,
+    curves_figure,
+    heatmap_figure,
+    npy_bytes,
+    overlay,
+    png_bytes,
+)
 from dashboard.widgets import layer_picker, run_job, target_picker
 
 st.title("Saliency — which pixels matter?")
@@ -67,7 +76,7 @@ with guard("Saliency"):
     infos = state.current_layers()
     image = state.current_image()
     pred = predict(bundle, image, k=5)
-    from analysis.layers import last_conv_block
+    from analysis.core.layers import last_conv_block
     cam_default = last_conv_block(infos)
 
     left, right = st.columns([1, 1])
@@ -129,7 +138,7 @@ with guard("Saliency"):
         if st.button("Run deletion / insertion", key="sal_di_run"):
             st.session_state["sal_di"] = True
         if st.session_state.get("sal_di"):
-            from analysis.trust import compare_curves
+            from analysis.saliency.trust import compare_curves
             with guard("Deletion / insertion"):
                 key = ("di", tuple(keys), steps, substrate, patch)
                 curves = run_job(key, "Deletion / insertion curves", lambda prog: compare_curves(
@@ -147,7 +156,7 @@ with guard("Saliency"):
         if st.button("Run randomisation check", key="sal_rand_run"):
             st.session_state["sal_rand"] = True
         if st.session_state.get("sal_rand"):
-            from analysis.trust import cascading_randomisation
+            from analysis.saliency.trust import cascading_randomisation
             with guard("Randomisation check"):
                 ms = [r.method for r in results]
                 mp = {r.method: {k: v for k, v in req["params"].get(r.method, {}).items()} for r in results}

@@ -3,7 +3,7 @@ style images' Gram matrices at several (Gatys, Ecker & Bethge 2016; CS231n lectu
 import numpy as np
 import streamlit as st
 
-from analysis.style import default_settings, fit_size, style_losses, style_transfer
+from analysis.style.gatys import default_settings, fit_size, style_losses, style_transfer
 from dashboard import state
 from dashboard.errors import guard
 from dashboard.optimize_ui import live_run, show_result

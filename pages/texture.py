@@ -4,7 +4,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from analysis.style import default_settings, synthesize_texture, texture_strip, texture_strip_sets
+from analysis.style.gatys import default_settings, synthesize_texture, texture_strip, texture_strip_sets
 from dashboard.errors import guard
 from dashboard.optimize_ui import live_run, show_result
 from dashboard.render import png_bytes

@@ -18,8 +18,7 @@ os.environ.setdefault("CONVLENS_DEVICE", "cpu")
 
 import torch  # noqa: E402
 
-from analysis.config import set_config  # noqa: E402
-
+from analysis.core.config import set_config  # noqa: E402
 from tests.paths import OUTPUT_DIR, REPO  # noqa: E402,F401
 
 
@@ -31,26 +30,26 @@ def session_dir() -> Path:
 @pytest.fixture(scope="session")
 def lite0():
     """The embedded default model, on CPU (shared; tests must not mutate it)."""
-    from analysis.models.loaders import default_bundle
+    from analysis.core.models.loaders import default_bundle
     return default_bundle(torch.device("cpu"))
 
 
 @pytest.fixture(scope="session")
 def digits():
     """The embedded digits CNN, trained once per session into the session cache."""
-    from analysis.models.digits import digits_bundle
+    from analysis.core.models.digits import digits_bundle
     return digits_bundle(torch.device("cpu"))
 
 
 @pytest.fixture(scope="session")
 def chelsea():
-    from analysis.images import gallery_image
+    from analysis.core.images import gallery_image
     return gallery_image("chelsea")
 
 
 @pytest.fixture(scope="session")
 def coffee():
-    from analysis.images import gallery_image
+    from analysis.core.images import gallery_image
     return gallery_image("coffee")
 
 

@@ -1,0 +1,141 @@
+"""Hooks that never outlive their use.
+
+Every hook is registered inside a context manager and removed in ``finally``, so an
+exception in the forward, a bad layer name or a raising module leaves the (shared)
+model exactly as it was. ``count_hooks`` lets tests assert that.
+
+Hooks are thread-scoped: they act only on forwards run by the thread that registered
+them, so a plain inference of another browser session on the same shared model neither
+triggers nor disturbs them. Callers still hold ``bundle.lock`` around hooks and backward.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from analysis.core.errors import LayerError
+
+
+def get_module(model: nn.Module, name: str) -> nn.Module:
+    """The submodule with dotted ``name``; "" is the model itself. LayerError if absent."""
+    if name == "":
+        return model
+    if isinstance(model, torch.jit.ScriptModule):
+        raise LayerError("TorchScript models cannot be hooked layer by layer; only whole-model "
+                         "methods (predictions, saliency of the input) work on them.")
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise LayerError(f"The model has no layer named {name!r}.") from None
+
+
+def _resolve(model: nn.Module, layers: Sequence[str] | str) -> list[tuple[str, nn.Module]]:
+    if isinstance(layers, str):
+        layers = [layers]
+    # Resolve all names before registering anything: a bad name registers nothing.
+    return [(n, get_module(model, n)) for n in layers]
+
+
+def _first_tensor(output):
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise LayerError(f"Layer output of type {type(output).__name__} is not a tensor.")
+
+
+class Captured(dict):
+    """name -> tensor captured during the forward (the last call if a module is reused),
+    plus ``calls[name]``: how many times the module ran."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: dict[str, int] = {}
+        self.grads: dict[str, torch.Tensor] = {}
+
+
+@contextlib.contextmanager
+def capture(model: nn.Module, layers: Sequence[str] | str, *, grads: bool = False,
+            detach: bool = True) -> Iterator[Captured]:
+    """Record the outputs (and optionally output gradients) of ``layers``.
+
+    >>> with capture(model, ["features.3"]) as acts:
+    ...     model(x)
+    >>> acts["features.3"].shape
+
+    ``detach=False`` keeps the graph (to build objectives on activations). With
+    ``grads=True`` the gradient w.r.t. each output lands in ``acts.grads[name]`` after
+    ``backward()``; tensor hooks die with the graph, module hooks are removed on exit.
+    """
+    store = Captured()
+    handles = []
+    owner = threading.get_ident()
+    try:
+        for name, module in _resolve(model, layers):
+            def hook(mod, inputs, output, _name=name):
+                if threading.get_ident() != owner:
+                    return  # another session's forward on the shared model: not ours
+                out = _first_tensor(output)
+                store.calls[_name] = store.calls.get(_name, 0) + 1
+                store[_name] = out.detach() if detach else out
+                if grads and out.requires_grad:
+                    def save_grad(g, __name=_name):
+                        store.grads[__name] = g.detach()
+                    out.register_hook(save_grad)
+            handles.append(module.register_forward_hook(hook))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class _StopForward(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def truncate_after(model: nn.Module, layer: str) -> Iterator[Captured]:
+    """Capture ``layer`` and abort the forward right after it, saving the rest of the
+    network when only an intermediate layer is needed:
+
+    >>> with truncate_after(model, "layer2") as acts:
+    ...     run_truncated(model, x)
+    """
+    store = Captured()
+    module = get_module(model, layer)
+    owner = threading.get_ident()
+
+    def hook(mod, inputs, output):
+        if threading.get_ident() != owner:
+            return
+        store[layer] = _first_tensor(output).detach()
+        store.calls[layer] = store.calls.get(layer, 0) + 1
+        raise _StopForward
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+def run_truncated(model: nn.Module, x: torch.Tensor) -> None:
+    """Run the forward inside ``truncate_after``; returns when the layer has been captured."""
+    try:
+        model(x)
+    except _StopForward:
+        return
+
+
+def count_hooks(model: nn.Module) -> int:
+    """Number of module hooks of every kind on the model and all its submodules."""
+    total = 0
+    for m in model.modules():
+        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
+                     "_backward_pre_hooks", "_state_dict_hooks", "_load_state_dict_pre_hooks"):
+            total += len(getattr(m, attr, {}) or {})
+    return total

@@ -1,0 +1,148 @@
+"""The layer table: every named module with its type, output shape and warnings.
+
+Shapes come from one dry forward with hooks on every module (inside ``capture``-style
+try/finally). Warnings flag what breaks gradient methods: modules reused within one
+forward (a hook sees several calls) and in-place activations.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from analysis.core.errors import LayerError
+from analysis.core.models.bundle import ModelBundle
+
+_INPLACE_TYPES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.Hardtanh,
+                  nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.Mish, nn.RReLU, nn.Threshold,
+                  nn.Dropout, nn.Dropout2d, nn.AlphaDropout)
+
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d)
+
+
+@dataclass
+class LayerInfo:
+    name: str
+    type: str
+    output_shape: tuple | None          # without the batch dimension; None if never called
+    parameters: int
+    calls: int
+    finish_order: int                   # when its (last) call finished in the dry forward; -1 never
+    is_leaf: bool
+    is_conv: bool
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def spatial(self) -> bool:
+        """Output is a (C, H, W) feature map."""
+        return self.output_shape is not None and len(self.output_shape) == 3
+
+    def as_row(self) -> dict:
+        return {"layer": self.name or "(model)", "type": self.type,
+                "output shape": "x".join(map(str, self.output_shape)) if self.output_shape else "-",
+                "parameters": self.parameters, "calls per forward": self.calls,
+                "warnings": "; ".join(self.warnings)}
+
+
+def layer_table(bundle: ModelBundle) -> list[LayerInfo]:
+    """All named submodules in definition order, from one dry forward of a zero image."""
+    model = bundle.model
+    if isinstance(model, torch.jit.ScriptModule):
+        # Hooks are not supported on ScriptModules: list the modules without shapes.
+        return [LayerInfo(name=n, type=getattr(m, "original_name", type(m).__name__), output_shape=None,
+                          parameters=sum(p.numel() for p in m.parameters()), calls=0, finish_order=-1,
+                          is_leaf=len(list(m.children())) == 0, is_conv=False,
+                          warnings=["TorchScript: no layer-level hooks"])
+                for n, m in model.named_modules() if n]
+    shapes: dict[str, tuple] = {}
+    calls: dict[str, int] = {}
+    finished: dict[str, int] = {}
+    handles = []
+    owner = threading.get_ident()
+    x = torch.zeros(1, bundle.preprocess.channels, bundle.input_size, bundle.input_size,
+                    device=bundle.device)
+    with bundle.lock:
+        try:
+            for name, module in model.named_modules():
+                if name == "":
+                    continue
+
+                def hook(mod, inputs, output, _name=name):
+                    if threading.get_ident() != owner:
+                        return
+                    calls[_name] = calls.get(_name, 0) + 1
+                    finished[_name] = len(finished) + sum(calls.values())
+                    if isinstance(output, torch.Tensor):
+                        shapes[_name] = tuple(output.shape[1:])
+                    elif isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+                        shapes[_name] = tuple(output[0].shape[1:])
+                handles.append(module.register_forward_hook(hook))
+            with torch.inference_mode():
+                model(x)
+        finally:
+            for h in handles:
+                h.remove()
+
+    infos = []
+    for name, module in model.named_modules():
+        if name == "":
+            continue
+        n_calls = calls.get(name, 0)
+        warnings = []
+        if n_calls > 1:
+            warnings.append(f"reused {n_calls}x in one forward: hooks see only the last call "
+                            "and gradients mix all uses")
+        if getattr(module, "inplace", False) and isinstance(module, _INPLACE_TYPES):
+            warnings.append("in-place: gradient methods run it on a copy with inplace=False")
+        is_leaf = len(list(module.children())) == 0
+        infos.append(LayerInfo(
+            name=name, type=type(module).__name__, output_shape=shapes.get(name),
+            parameters=sum(p.numel() for p in module.parameters()), calls=n_calls,
+            finish_order=finished.get(name, -1),
+            is_leaf=is_leaf, is_conv=isinstance(module, CONV_TYPES), warnings=warnings))
+    return infos
+
+
+def spatial_layers(infos: list[LayerInfo]) -> list[str]:
+    """Names of layers whose output is a feature map (C, H, W), in forward order."""
+    return [i.name for i in infos if i.spatial and i.calls > 0]
+
+
+_ADAPTIVE_POOLS = ("AdaptiveAvgPool2d", "AdaptiveMaxPool2d")
+
+
+def last_conv_block(infos: list[LayerInfo]) -> str:
+    """The last layer (in execution order) whose output is a feature map larger than 1x1:
+    Grad-CAM's usual target. A container finishes after its children, so this names the
+    whole last block (resnet "layer4", vgg "features", EfficientNet-Lite "_relu_head").
+    Adaptive pooling layers are skipped: they only resample the last map."""
+    cands = [i for i in infos if i.spatial and i.calls > 0 and i.output_shape[1] * i.output_shape[2] > 1
+             and i.type not in _ADAPTIVE_POOLS]
+    if not cands:
+        raise LayerError("The model has no layer with a spatial feature map.")
+    return max(cands, key=lambda i: i.finish_order).name
+
+
+def check_layer(infos: list[LayerInfo], name: str) -> LayerInfo:
+    for i in infos:
+        if i.name == name:
+            return i
+    raise LayerError(f"The model has no layer named {name!r}.")
+
+
+def block_layers(infos: list[LayerInfo]) -> list[str]:
+    """Spatial layers at most one level deep (whole blocks such as "_blocks.10", "layer3.1",
+    "features.4"), in forward order: sensible defaults for layer pickers."""
+    cands = [i for i in infos if i.spatial and i.calls > 0 and i.name.count(".") <= 1
+             and i.output_shape[1] * i.output_shape[2] > 1]
+    return [i.name for i in sorted(cands, key=lambda i: i.finish_order)]
+
+
+def default_layer(infos: list[LayerInfo], fraction: float = 0.5) -> str:
+    """A block ``fraction`` of the way through the network (0 = first, 1 = last)."""
+    blocks = block_layers(infos) or [i.name for i in infos if i.spatial and i.calls > 0]
+    if not blocks:
+        raise LayerError("The model has no layer with a spatial feature map.")
+    return blocks[min(len(blocks) - 1, int(round(fraction * (len(blocks) - 1))))]

@@ -1,0 +1,208 @@
+"""ModelBundle: a frozen model with everything needed to use it honestly.
+
+Like torchvision's ``Weights(transforms, meta)``, a model carries its own preprocessing,
+the inverse for display, its class names and an identity (``model_id`` = sha256 of the
+weights) so caches and audit records name exactly what ran.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from analysis.core.errors import ParameterError
+
+_INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
+           "lanczos": Image.LANCZOS}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Image (RGB uint8) -> model input tensor, and back.
+
+    Geometry first (resize the shorter side to ``resize_size``, centre-crop
+    ``input_size``), then scale to [0, 1], optionally convert to one grey channel, then
+    normalise with ``mean``/``std``. Analyses work on the cropped image the model sees
+    (``geometry``); ``to_display`` inverts the last steps for showing model-space tensors.
+    """
+
+    input_size: int
+    resize_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bilinear"
+    grayscale: bool = False
+
+    def __post_init__(self):
+        if self.interpolation not in _INTERP:
+            raise ParameterError(f"Unknown interpolation {self.interpolation!r}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ParameterError("mean/std must have one value per input channel")
+        if self.resize_size < self.input_size:
+            raise ParameterError("resize_size must be at least input_size")
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.grayscale else 3
+
+    @property
+    def spec(self) -> dict:
+        return {"input_size": self.input_size, "resize_size": self.resize_size,
+                "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation, "grayscale": self.grayscale}
+
+    @property
+    def spec_id(self) -> str:
+        """Stable short hash of the preprocessing, for cache keys."""
+        return hashlib.sha256(json.dumps(self.spec, sort_keys=True).encode()).hexdigest()[:16]
+
+    def geometry(self, image: np.ndarray) -> np.ndarray:
+        """Resize + centre crop: the RGB uint8 view (input_size x input_size) the model sees."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ParameterError(f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
+        im = Image.fromarray(np.ascontiguousarray(image))
+        w, h = im.size
+        s = self.resize_size / min(w, h)
+        nw, nh = max(self.input_size, round(w * s)), max(self.input_size, round(h * s))
+        if (nw, nh) != (w, h):
+            im = im.resize((nw, nh), _INTERP[self.interpolation])
+        left, top = (nw - self.input_size) // 2, (nh - self.input_size) // 2
+        im = im.crop((left, top, left + self.input_size, top + self.input_size))
+        return np.asarray(im)
+
+    def _stats(self, x: torch.Tensor):
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return mean, std
+
+    def to_unit(self, images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
+        """Already-cropped RGB uint8 image(s) -> float tensor N,C,H,W in [0, 1]."""
+        arr = np.asarray(images)
+        if arr.ndim == 3:
+            arr = arr[None]
+        x = torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True)).permute(0, 3, 1, 2).float() / 255.0
+        if self.grayscale:
+            x = x.mean(dim=1, keepdim=True)
+        return x
+
+    def normalize(self, x01: torch.Tensor) -> torch.Tensor:
+        mean, std = self._stats(x01)
+        return (x01 - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space -> [0, 1] space (not clipped)."""
+        mean, std = self._stats(x)
+        return x * std + mean
+
+    def valid_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel min and max of a valid image in model space (for pixel clipping)."""
+        lo = torch.tensor([(0 - m) / s for m, s in zip(self.mean, self.std)]).view(1, -1, 1, 1)
+        hi = torch.tensor([(1 - m) / s for m, s in zip(self.mean, self.std)]).view(1, -1, 1, 1)
+        return lo, hi
+
+    def __call__(self, images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
+        """Raw RGB uint8 image(s) of any size -> normalised model input (CPU float32)."""
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            images = [images]
+        return self.normalize(self.to_unit(np.stack([self.geometry(im) for im in images])))
+
+    def to_display(self, x: torch.Tensor) -> np.ndarray:
+        """Model-space tensor (C,H,W or N,C,H,W) -> RGB uint8 (H,W,3 or N,H,W,3), clipped."""
+        single = x.dim() == 3
+        x = x[None] if single else x
+        u = self.denormalize(x.detach().float().cpu()).clamp(0, 1)
+        if u.shape[1] == 1:
+            u = u.expand(-1, 3, -1, -1)
+        out = (u.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+        return out[0] if single else out
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 over the state dict (names, dtypes, shapes and bytes), in key order."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+@dataclass(eq=False)
+class ModelBundle:
+    """A frozen model plus what is needed to use it.
+
+    Invariants: ``model`` is in eval mode with ``requires_grad=False`` on every
+    parameter and is never mutated after construction (several browser sessions share
+    one bundle). Anything that registers hooks or runs backward holds ``lock``; methods
+    that need a changed model work on ``copy_model()``.
+    """
+
+    model: nn.Module
+    preprocess: Preprocessing
+    categories: list[str]
+    name: str
+    architecture: str
+    source: str                       # "embedded", "torchvision", "upload", "trusted", "random"
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    model_id: str = ""
+    description: str = ""
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    def __post_init__(self):
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+        self.model.to(self.device)
+        # channels_last: 2x faster forwards of EfficientNet-Lite0 on CPU (1.3x resnet18),
+        # same results to ~1e-5 (docs/benchmarks.md). Done once, before the model is shared.
+        if not isinstance(self.model, torch.jit.ScriptModule) and any(
+                isinstance(m, nn.Conv2d) for m in self.model.modules()):
+            self.model.to(memory_format=torch.channels_last)
+        if not self.model_id:
+            self.model_id = weights_sha256(self.model)
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocess.input_size
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.categories)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def short_id(self) -> str:
+        return self.model_id[:12]
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return self.preprocess.denormalize(x)
+
+    def inputs(self, images) -> torch.Tensor:
+        """Raw RGB uint8 image(s) -> model input on the bundle's device."""
+        return self.preprocess(images).to(self.device)
+
+    def copy_model(self) -> nn.Module:
+        """A deep copy for methods that must change the model (never the shared one)."""
+        with self.lock:
+            return copy.deepcopy(self.model)
+
+    def card(self) -> dict:
+        return {"name": self.name, "architecture": self.architecture, "source": self.source,
+                "parameters": self.num_parameters, "input_size": self.input_size,
+                "classes": self.num_classes, "model_id": self.model_id,
+                "device": str(self.device), "preprocessing": self.preprocess.spec,
+                "description": self.description}

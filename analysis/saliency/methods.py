@@ -1,0 +1,362 @@
+"""Saliency: which pixels matter for a class score — one call for every method.
+
+``attribute(bundle, image, target, method, **params) -> Attribution`` (Captum's shape of
+interface). Captum does the vanilla gradient, Integrated Gradients, SmoothGrad
+(NoiseTunnel) and Grad-CAM; convlens adds what Captum lacks:
+
+* guided backprop that really is guided on ReLU6 / Hardtanh / LeakyReLU networks (Captum's
+  GuidedBackprop hooks only ``nn.ReLU``, so on EfficientNet-Lite it silently returns the
+  plain gradient), on a copy of the model, with a warning for functional rectifiers;
+* occlusion with progress, out-of-memory back-off and a "fast" mode, checked against
+  Captum's ``Occlusion``: on EfficientNet-Lite the fast mode is exact, by incremental
+  inference (analysis/saliency/incremental.py); on other models it computes every other window
+  position and interpolates in between.
+
+Every method reports progress as ``progress(done, total)``, holds ``bundle.lock`` while it
+hooks or runs backward on the shared model, and returns small CPU numpy arrays.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from analysis.core.batching import halve_after_oom, run_batched
+from analysis.core.errors import ParameterError
+from analysis.core.filters import gaussian_blur
+from analysis.core.guided import guided_model
+from analysis.core.layers import check_layer, last_conv_block, layer_table
+from analysis.core.models.bundle import ModelBundle
+
+Progress = Callable[[int, int], None]
+
+METHODS: dict[str, tuple[str, str]] = {
+    "occlusion": ("Occlusion", "How much the class score drops when a grey/black/blurred patch hides each region (Zeiler & Fergus 2014)."),
+    "occlusion_fast": ("Occlusion (fast)", "The same occlusion map, faster: on EfficientNet-Lite exact, recomputing only the activations each patch changes (incremental inference, Krypton); on other models exact on every other window position and interpolated in between."),
+    "gradient": ("Vanilla gradient", "The gradient of the class score with respect to each pixel, max of its absolute value over colour channels (Simonyan et al. 2014)."),
+    "guided_backprop": ("Guided backprop", "The gradient with only positive signals passed back through every rectifier, which keeps edges of the object (Springenberg et al. 2015)."),
+    "integrated_gradients": ("Integrated Gradients", "Gradients averaged along the straight path from a baseline image to the input, times the difference (Sundararajan et al. 2017)."),
+    "smoothgrad": ("SmoothGrad", "The gradient averaged over noisy copies of the image, which removes much of its speckle (Smilkov et al. 2017)."),
+    "gradcam": ("Grad-CAM", "A layer's feature maps weighted by their average gradient, rectified and upsampled: where the class evidence is in that layer (Selvaraju et al. 2017)."),
+    "guided_gradcam": ("Guided Grad-CAM", "Guided backprop multiplied by Grad-CAM: fine detail, restricted to the class's region."),
+}
+PERTURBATION_METHODS = {"occlusion", "occlusion_fast", "integrated_gradients", "smoothgrad"}
+BASELINES = ("zero", "mean", "blur")
+
+
+@dataclass
+class Attribution:
+    """One saliency map for one image, target and method.
+
+    ``map`` (H, W) is the 2-D importance on the model's input crop ``image``: higher means
+    more evidence for the target (occlusion keeps its sign: negative = hiding the region
+    raised the score). ``signed`` (C, H, W) is the per-channel signed attribution where the
+    method has one. Everything is CPU numpy.
+    """
+    method: str
+    target: int
+    target_label: str
+    map: np.ndarray
+    image: np.ndarray
+    signed: np.ndarray | None = None
+    params: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    layer: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return METHODS[self.method][0]
+
+
+# ------------------------------------------------------------------------------- helpers
+
+def resolve_target(bundle: ModelBundle, x: torch.Tensor, target: int | str | None) -> int:
+    """None -> the predicted class; int -> checked index; str -> class by (unique) name."""
+    if target is None:
+        with bundle.lock, torch.inference_mode():
+            return int(bundle.model(x).argmax(1)[0])
+    if isinstance(target, str):
+        exact = [i for i, c in enumerate(bundle.categories) if c.lower() == target.strip().lower()]
+        if len(exact) == 1:
+            return exact[0]
+        part = [i for i, c in enumerate(bundle.categories) if target.strip().lower() in c.lower()]
+        if len(part) == 1:
+            return part[0]
+        raise ParameterError(f"Class {target!r} matches {len(exact) or len(part)} classes; be more specific.")
+    t = int(target)
+    if not 0 <= t < bundle.num_classes:
+        raise ParameterError(f"Target class {t} is out of range (the model has {bundle.num_classes} classes).")
+    return t
+
+
+def baseline_tensor(bundle: ModelBundle, x: torch.Tensor, kind: str, blur_sigma: float = 10.0) -> torch.Tensor:
+    """Baseline in model space: "zero" = black image, "mean" = the data set's mean colour
+    (the normalisation mean, i.e. model-space zero), "blur" = the image Gaussian-blurred."""
+    if kind == "zero":
+        return bundle.preprocess.normalize(torch.zeros_like(x))
+    if kind == "mean":
+        return torch.zeros_like(x)
+    if kind == "blur":
+        return gaussian_blur(x, blur_sigma)
+    raise ParameterError(f"Unknown baseline {kind!r}; use one of {', '.join(BASELINES)}.")
+
+
+def _check_positive(name: str, value, lo=1, hi=None):
+    if not isinstance(value, (int, float)) or value < lo or (hi is not None and value > hi):
+        raise ParameterError(f"{name} must be between {lo} and {hi}" if hi is not None else f"{name} must be at least {lo}")
+
+
+# ------------------------------------------------------------------------------- occlusion
+
+def _window_grid(size: int, window: int, stride: int) -> list[int]:
+    if window > size:
+        raise ParameterError(f"Occlusion window {window} is larger than the image ({size}).")
+    return list(range(0, size - window + 1, stride))
+
+
+def occlusion_deltas(bundle: ModelBundle, x: torch.Tensor, target: int, window: int, stride: int,
+                     baseline: torch.Tensor, positions: list[tuple[int, int]], batch: int,
+                     progress: Progress | None = None) -> tuple[float, np.ndarray]:
+    """Score of the clean image and score drops when each window (top-left corners
+    ``positions``) is replaced by ``baseline``; forward passes batched."""
+    out = np.zeros(len(positions), np.float64)
+    model = bundle.model
+    with bundle.lock, torch.inference_mode():
+        clean = float(model(x)[0, target])
+
+        def run(a, b):
+            xs = x.repeat(b - a, 1, 1, 1)
+            for k, (i, j) in enumerate(positions[a:b]):
+                xs[k, :, i:i + window, j:j + window] = baseline[0, :, i:i + window, j:j + window]
+            out[a:b] = (clean - model(xs)[:, target]).double().cpu().numpy()
+        run_batched(len(positions), batch, run, progress)
+    return clean, out
+
+
+def _compose(deltas: np.ndarray, ys: list[int], xs: list[int], window: int, h: int, w: int) -> np.ndarray:
+    """Per-pixel mean of the deltas of all windows covering it (Captum's convention)."""
+    acc = np.zeros((h, w), np.float64)
+    cnt = np.zeros((h, w), np.float64)
+    for a, i in enumerate(ys):
+        for b, j in enumerate(xs):
+            acc[i:i + window, j:j + window] += deltas[a, b]
+            cnt[i:i + window, j:j + window] += 1
+    return (acc / np.maximum(cnt, 1)).astype(np.float32)
+
+
+def _interp_axis(values: np.ndarray, known: list[int], n: int, axis: int) -> np.ndarray:
+    full_idx = np.arange(n)
+    return np.apply_along_axis(lambda v: np.interp(full_idx, known, v), axis, values)
+
+
+def incremental_deltas(bundle: ModelBundle, x: torch.Tensor, target: int, window: int, ys: list[int],
+                       xs: list[int], baseline: torch.Tensor, batch: int,
+                       progress: Progress | None = None) -> tuple[float, np.ndarray] | None:
+    """Exact score drops of every window (ys × xs), by incremental inference
+    (analysis/saliency/incremental.py); None when the model is not an EfficientNet-Lite."""
+    from analysis.saliency.incremental import IncrementalOcclusion, plan_for
+    plan = plan_for(bundle)
+    if plan is None:
+        return None
+    engine = IncrementalOcclusion(plan, x, baseline, target, window, ys, xs)
+    pos = torch.cartesian_prod(torch.arange(len(ys)), torch.arange(len(xs)))
+    out = np.zeros(len(pos), np.float64)
+
+    def run(a, b):
+        out[a:b] = engine.deltas(pos[a:b])
+    run_batched(len(pos), batch, run, progress)
+    return engine.clean, out.reshape(len(ys), len(xs))
+
+
+def occlusion(bundle: ModelBundle, x: torch.Tensor, target: int, *, window: int = 16, stride: int = 8,
+              baseline: str = "mean", batch_size: int = 32, fast: bool = False,
+              progress: Progress | None = None, incremental: bool = True) -> tuple[np.ndarray, dict]:
+    """Occlusion map (H, W), by full forward passes of every occluded copy.
+
+    ``fast``: on EfficientNet-Lite models, the same exact deltas by incremental inference
+    (only the activations each window changes are recomputed; ``batch_size`` windows per
+    batch); on other models, exact deltas on every other window position per axis (about
+    1/4 of them, always including the last) and linear interpolation for the rest
+    (``incremental=False`` forces that on any model, for comparisons)."""
+    _check_positive("window", window, 1)
+    _check_positive("stride", stride, 1)
+    h, w = x.shape[-2:]
+    ys, xs = _window_grid(h, window, stride), _window_grid(w, window, stride)
+    base = baseline_tensor(bundle, x, baseline)
+    if fast:
+        got = incremental_deltas(bundle, x, target, window, ys, xs, base, batch_size, progress) \
+            if incremental else None
+        if got is not None:
+            clean, d = got
+            info = {"evaluations": len(ys) * len(xs) + 1, "clean_score": clean, "fast_method": "incremental"}
+            return _compose(d, ys, xs, window, h, w), info
+        ky = sorted(set(range(0, len(ys), 2)) | {len(ys) - 1})
+        kx = sorted(set(range(0, len(xs), 2)) | {len(xs) - 1})
+    else:
+        ky, kx = list(range(len(ys))), list(range(len(xs)))
+    positions = [(ys[a], xs[b]) for a in ky for b in kx]
+    clean, d = occlusion_deltas(bundle, x, target, window, stride, base, positions, batch_size, progress)
+    d = d.reshape(len(ky), len(kx))
+    info = {"evaluations": len(positions) + 1, "clean_score": clean}
+    if fast:
+        d = _interp_axis(_interp_axis(d, ky, len(ys), 0), kx, len(xs), 1)
+        info["fast_method"] = "interpolated"
+    return _compose(d, ys, xs, window, h, w), info
+
+
+def _input_grad(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        score = model(x)[:, target].sum()
+        (g,) = torch.autograd.grad(score, x)
+    return g
+
+
+def guided_backprop(bundle: ModelBundle, x: torch.Tensor, target: int) -> tuple[torch.Tensor, list[str]]:
+    gm, n_guided, n_functional = guided_model(bundle)
+    warnings = []
+    if n_guided == 0:
+        warnings.append("No ReLU-like modules found: guided backprop equals the plain gradient here.")
+    if n_functional:
+        warnings.append(f"{n_functional} functional rectifier call(s) (F.relu in forward code) cannot be "
+                        "guided; those pass gradients like the plain gradient.")
+    with bundle.lock:
+        g = _input_grad(gm, x, target)
+    return g, warnings
+
+
+# ------------------------------------------------------------------------------- Captum methods
+
+class _CountingForward:
+    """Forward function for Captum that reports progress in input rows evaluated."""
+
+    def __init__(self, model: nn.Module, total: int, progress: Progress | None):
+        self.model, self.total, self.progress, self.done = model, total, progress, 0
+
+    def __call__(self, x):
+        out = self.model(x)
+        self.done += x.shape[0]
+        if self.progress:
+            self.progress(min(self.done, self.total), self.total)
+        return out
+
+
+def _captum_batched(run: Callable[[int], torch.Tensor], batch: int) -> torch.Tensor:
+    """Run a Captum call with an internal batch size, halving it after out-of-memory."""
+    while True:
+        try:
+            return run(batch)
+        except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+            batch = halve_after_oom(exc, batch)
+
+
+def integrated_gradients(bundle, x, target, *, steps=50, baseline="zero", batch_size=25, progress=None):
+    from captum.attr import IntegratedGradients
+    _check_positive("steps", steps, 2, 1000)
+    fwd = _CountingForward(bundle.model, steps, progress)
+    base = baseline_tensor(bundle, x, baseline)
+    with bundle.lock, torch.enable_grad():
+        return _captum_batched(lambda b: IntegratedGradients(fwd).attribute(
+            x, baselines=base, target=target, n_steps=steps, internal_batch_size=b), batch_size)
+
+
+def smoothgrad(bundle, x, target, *, samples=25, noise=0.15, batch_size=25, seed=0, progress=None):
+    from captum.attr import NoiseTunnel, Saliency
+    _check_positive("samples", samples, 1, 1000)
+    if not 0 <= noise <= 1:
+        raise ParameterError("noise level must be between 0 and 1 (a fraction of the input range)")
+    fwd = _CountingForward(bundle.model, samples, progress)
+    lo, hi = bundle.preprocess.valid_range()
+    sigma = float(noise * (hi.max() - lo.min()))            # Smilkov: σ = noise × (max − min)
+    with bundle.lock, torch.enable_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _captum_batched(lambda b: NoiseTunnel(Saliency(fwd)).attribute(
+            x, nt_type="smoothgrad", nt_samples=samples, nt_samples_batch_size=b, stdevs=sigma,
+            target=target, abs=True), batch_size)
+
+
+def gradcam(bundle, x, target, layer: str) -> torch.Tensor:
+    """Grad-CAM at ``layer``, upsampled (bilinear) to the input size; (1, 1, H, W)."""
+    from captum.attr import LayerAttribution, LayerGradCam
+    module = bundle.model.get_submodule(layer)
+    with bundle.lock, torch.enable_grad():
+        cam = LayerGradCam(bundle.model, module).attribute(x, target=target, relu_attributions=True)
+    if cam.dim() != 4:
+        raise ParameterError(f"Grad-CAM needs a layer with a spatial feature map; {layer} gives {tuple(cam.shape)}.")
+    return LayerAttribution.interpolate(cam.detach(), tuple(x.shape[-2:]), "bilinear")
+
+
+def vanilla_gradient(bundle, x, target) -> torch.Tensor:
+    from captum.attr import Saliency
+    with bundle.lock, torch.enable_grad():
+        return Saliency(bundle.model).attribute(x, target=target, abs=False)
+
+
+# ------------------------------------------------------------------------------- one interface
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+def attribute(bundle: ModelBundle, image: np.ndarray, target: int | str | None = None,
+              method: str = "gradient", *, progress: Progress | None = None, **params) -> Attribution:
+    """Saliency of ``target`` (None = predicted class) for an RGB uint8 ``image`` of any size.
+
+    Parameters by method: occlusion / occlusion_fast: window, stride, baseline
+    ("zero"|"mean"|"blur"), batch_size; integrated_gradients: steps, baseline, batch_size;
+    smoothgrad: samples, noise, batch_size, seed; gradcam / guided_gradcam: layer (default:
+    the last convolutional block).
+    """
+    if method not in METHODS:
+        raise ParameterError(f"Unknown method {method!r}; choose from {', '.join(METHODS)}.")
+    t0 = time.perf_counter()
+    crop = bundle.preprocess.geometry(image)
+    x = bundle.preprocess.normalize(bundle.preprocess.to_unit(crop)).to(bundle.device)
+    tgt = resolve_target(bundle, x, target)
+    signed, layer, warnings, used = None, None, [], dict(params)
+    allowed = {"occlusion": {"window", "stride", "baseline", "batch_size"},
+               "integrated_gradients": {"steps", "baseline", "batch_size"},
+               "smoothgrad": {"samples", "noise", "batch_size", "seed"},
+               "gradcam": {"layer"}, "guided_gradcam": {"layer"}}
+    allowed["occlusion_fast"] = allowed["occlusion"]
+    unknown = set(params) - allowed.get(method, set())
+    if unknown:
+        raise ParameterError(f"{METHODS[method][0]} has no parameter(s) {', '.join(sorted(unknown))}.")
+
+    if method in ("occlusion", "occlusion_fast"):
+        m, info = occlusion(bundle, x, tgt, fast=method == "occlusion_fast", progress=progress, **params)
+        used.update(info)
+    elif method == "gradient":
+        g = vanilla_gradient(bundle, x, tgt)
+        signed, m = _np(g[0]), _np(g[0].abs().amax(0))
+    elif method == "guided_backprop":
+        g, warnings = guided_backprop(bundle, x, tgt)
+        signed, m = _np(g[0]), _np(g[0].abs().amax(0))
+    elif method == "integrated_gradients":
+        a = integrated_gradients(bundle, x, tgt, progress=progress, **params)
+        signed, m = _np(a[0]), _np(a[0].abs().sum(0))
+    elif method == "smoothgrad":
+        a = smoothgrad(bundle, x, tgt, progress=progress, **params)
+        signed, m = _np(a[0]), _np(a[0].amax(0))
+    else:  # gradcam, guided_gradcam
+        infos = layer_table(bundle)
+        layer = params.get("layer") or last_conv_block(infos)
+        info = check_layer(infos, layer)
+        if not info.spatial:
+            raise ParameterError(f"Grad-CAM needs a layer with a spatial feature map; {layer} outputs {info.output_shape}.")
+        cam = gradcam(bundle, x, tgt, layer)
+        used["layer"] = layer
+        if method == "gradcam":
+            m = _np(cam[0, 0])
+        else:
+            g, warnings = guided_backprop(bundle, x, tgt)
+            prod = g * cam
+            signed, m = _np(prod[0]), _np(prod[0].abs().amax(0))
+    return Attribution(method=method, target=tgt, target_label=bundle.categories[tgt], map=m.astype(np.float32),
+                       image=crop, signed=signed, params=used, seconds=time.perf_counter() - t0,
+                       layer=layer, warnings=warnings)

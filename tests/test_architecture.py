@@ -1,0 +1,139 @@
+"""The house rules, checked on the source (docs/design.md, "Floors and families"):
+
+* floors: ``pages`` → ``dashboard`` → ``analysis`` families → ``analysis.core``; nothing
+  imports upwards, and ``analysis`` never imports streamlit;
+* each analysis family imports only ``analysis.core`` and itself, plus the documented edges
+  in ``ALLOWED_EDGES``;
+* no import cycle between modules of analysis/ and dashboard/.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.paths import REPO
+
+# family -> families it may import besides core and itself (each edge documented in docs/design.md)
+ALLOWED_EDGES: dict[str, set[str]] = {
+    "style": {"optimize"},          # texture and style transfer are objectives of the optimisation engine
+    "dataset": {"saliency", "embeddings"},  # data-set jobs run the per-image methods over many images
+}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute module names imported anywhere in the file (lazy imports count too)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                raise AssertionError(f"{path}: relative import (use absolute imports)")
+            if node.module:
+                out.add(node.module)
+                out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+def _sources(*tops: str) -> dict[str, Path]:
+    out = {}
+    for top in tops:
+        for p in (REPO / top).rglob("*.py"):
+            out[_module_name(p)] = p
+    return out
+
+
+def _family(mod: str) -> str | None:
+    parts = mod.split(".")
+    return parts[1] if parts[0] == "analysis" and len(parts) > 1 else None
+
+
+def test_floors_never_import_upwards():
+    bad = []
+    for mod, path in _sources("analysis", "dashboard").items():
+        for imp in _imports(path):
+            top = imp.split(".")[0]
+            if mod.startswith("analysis") and top in ("dashboard", "pages", "streamlit"):
+                bad.append(f"{mod} imports {imp}")
+            if mod.startswith("dashboard") and top == "pages":
+                bad.append(f"{mod} imports {imp}")
+    assert not bad, "upward imports:\n" + "\n".join(sorted(bad))
+
+
+def test_families_import_only_core_and_documented_edges():
+    families = {p.name for p in (REPO / "analysis").iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert "core" in families
+    bad = []
+    for mod, path in _sources("analysis").items():
+        fam = _family(mod)
+        for imp in _imports(path):
+            other = _family(imp)
+            if other is None or other not in families or other == fam:
+                continue
+            if fam == "core" and other != "core":
+                bad.append(f"{mod} (core) imports {imp}")
+            elif fam not in (None, "core") and other != "core" and other not in ALLOWED_EDGES.get(fam, set()):
+                bad.append(f"{mod} ({fam}) imports {imp}")
+    assert not bad, "imports across families (allowed: core, and ALLOWED_EDGES):\n" + "\n".join(sorted(bad))
+
+
+def test_no_import_cycles():
+    mods = _sources("analysis", "dashboard")
+    graph: dict[str, set[str]] = {}
+    for mod, path in mods.items():
+        deps = set()
+        for imp in _imports(path):
+            # an import of a.b.c names module a.b.c if it exists, else a.b (from a.b import c)
+            while imp and imp not in mods:
+                imp = imp.rpartition(".")[0]
+            if imp and imp != mod and not mod.startswith(imp + ".") and not (mods[imp].name == "__init__.py"):
+                deps.add(imp)
+        graph[mod] = deps
+    # Tarjan's strongly connected components
+    index, low, stack, on, sccs, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                sccs.append(sorted(comp))
+
+    import sys
+    sys.setrecursionlimit(10000)
+    for v in list(graph):
+        if v not in index:
+            visit(v)
+    assert not sccs, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in sccs)
+
+
+def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path):
+    """The checks above can fail: on a made-up tree they find what they look for."""
+    a = tmp_path / "a.py"
+    a.write_text("from analysis.saliency import methods\nimport streamlit\n")
+    assert "streamlit" in _imports(a) and "analysis.saliency.methods" in _imports(a)
+    assert _family("analysis.saliency.methods") == "saliency" and _family("dashboard.x") is None
