@@ -1,0 +1,1 @@
+"""Saliency: which pixels matter for a class score. One method table (every method one entry with its parameter schema), incremental occlusion, and the trust checks (deletion / insertion, model randomisation)."""
