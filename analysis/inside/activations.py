@@ -10,7 +10,8 @@ from torch import nn
 
 from analysis.core.errors import LayerError, ParameterError
 from analysis.core.hooks import capture, get_module
-from analysis.core.layers import layer_table
+from analysis.core.layers import layer_layout, layer_table
+from analysis.core.layout import to_nchw
 from analysis.core.models.bundle import ModelBundle
 
 # ------------------------------------------------------------------------------- filters
@@ -113,17 +114,18 @@ class Activations:
 
 
 def activations(bundle: ModelBundle, image: np.ndarray, layer: str) -> Activations:
-    """The output of ``layer`` for one RGB uint8 image (any spatial layer)."""
+    """The output of ``layer`` for one RGB uint8 image (any map layer: channels-first,
+    channels-last or patch tokens, always returned as (C, H, W); a token layer's class /
+    register tokens are left out)."""
     crop = bundle.preprocess.geometry(image)
     x = bundle.preprocess.normalize(bundle.preprocess.to_unit(crop)).to(bundle.device)
     with bundle.lock, torch.inference_mode(), capture(bundle.model, [layer]) as acts:
         bundle.model(x)
     if layer not in acts:
         raise LayerError(f"{layer} did not run in the forward pass.")
-    out = acts[layer][0].float().cpu()
-    if out.dim() != 3:
-        raise LayerError(f"{layer} outputs {tuple(out.shape)}, not a (channels, height, width) map.")
-    return Activations(layer, out.numpy(), crop)
+    # Channels-last maps and patch tokens are read on their real channel axis.
+    out = to_nchw(acts[layer], layer_layout(bundle, layer), layer)[0].float().cpu()
+    return Activations(layer, out.contiguous().numpy(), crop)
 
 
 # ------------------------------------------------------------------------------- neuron gradients
@@ -166,14 +168,13 @@ def neuron_gradient(bundle: ModelBundle, image: np.ndarray, layer: str, channel:
     else:
         model = bundle.model
     get_module(model, layer)
+    layout = layer_layout(bundle, layer)
     xg = x.detach().clone().requires_grad_(True)
     with bundle.lock, torch.enable_grad(), capture(model, [layer], detach=False) as acts:
         model(xg)
         if layer not in acts:
             raise LayerError(f"{layer} did not run in the forward pass.")
-        out = acts[layer]
-        if out.dim() != 4:
-            raise LayerError(f"{layer} outputs {tuple(out.shape[1:])}, not a (channels, height, width) map.")
+        out = to_nchw(acts[layer], layout, layer)      # differentiable view on the real channel axis
         if not 0 <= channel < out.shape[1]:
             raise ParameterError(f"Channel {channel} does not exist ({out.shape[1]} channels in {layer}).")
         if position is None:

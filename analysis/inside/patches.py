@@ -47,6 +47,8 @@ from analysis.core.batching import JobProgress, halve_after_oom
 from analysis.core.datasets import Dataset
 from analysis.core.errors import DatasetError, LayerError, LimitError, ParameterError
 from analysis.core.hooks import get_module, run_truncated, truncate_after
+from analysis.core.layers import layer_layout
+from analysis.core.layout import to_nchw
 from analysis.core.models.bundle import ModelBundle
 
 __all__ = [
@@ -284,11 +286,11 @@ def _layer_maxima(bundle: ModelBundle, layer: str, x: torch.Tensor):
             run_truncated(model, x)
     if layer not in acts:
         raise LayerError(f"Layer {layer!r} did not run in the model's forward pass.")
-    a = acts[layer]
-    if a.dim() != 4:
-        raise LayerError(f"Layer {layer!r} outputs shape {tuple(a.shape[1:])}, not a (channels, "
-                         "height, width) feature map; maximally activating patches need a "
-                         "spatial layer.")
+    layout = layer_layout(bundle, layer)
+    if not layout.is_map:
+        raise LayerError(f"Layer {layer!r} outputs shape {tuple(acts[layer].shape[1:])} ({layout}), not a "
+                         "feature map; maximally activating patches need a spatial layer.")
+    a = to_nchw(acts[layer], layout, layer)     # channels-last maps and tokens on their channel axis
     n, c, h, w = a.shape
     with torch.inference_mode():
         # (N, H*W, C): a view for channels_last maps; max over positions keeps the first

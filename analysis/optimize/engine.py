@@ -90,7 +90,21 @@ def forward_context(bundle: ModelBundle, objective: Objective, image: torch.Tens
         missing = objective.layers - set(acts)
         if missing:
             raise LayerError(f"Layer(s) {', '.join(sorted(missing))} did not run in the forward pass.")
-        return Context(dict(acts), logits, image, pixels)
+        return Context(channels_first(bundle, acts), logits, image, pixels)
+
+
+def channels_first(bundle: ModelBundle, acts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Captured activations with every feature map channels-first (N, C, H, W), by the
+    layer table's layouts: channels-last maps are permuted, token layers put their patch
+    tokens on the grid (class tokens left out). Objectives (channel, neuron, Gram,
+    diversity, feature match) then read channels on the right axis for every model."""
+    from analysis.core.layers import layer_layout
+    from analysis.core.layout import to_nchw
+    out = {}
+    for name, a in acts.items():
+        layout = layer_layout(bundle, name)
+        out[name] = to_nchw(a, layout, name) if layout.is_map and layout.kind != "nchw" else a
+    return out
 
 
 # =============================================================== the optimiser
