@@ -2,7 +2,7 @@
 channel of an intermediate layer (plain or guided backprop, CS231n lecture 12)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ from analysis.core.hooks import capture, get_module
 from analysis.core.layers import layer_layout, layer_table
 from analysis.core.layout import to_nchw
 from analysis.core.models.bundle import ModelBundle
+from analysis.core.sanity import constant_warning
 
 # ------------------------------------------------------------------------------- filters
 
@@ -83,6 +84,7 @@ class Activations:
     layer: str
     maps: np.ndarray            # (C, H, W) float32
     image: np.ndarray           # the model's input crop (RGB uint8)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def channels(self) -> int:
@@ -125,7 +127,8 @@ def activations(bundle: ModelBundle, image: np.ndarray, layer: str) -> Activatio
         raise LayerError(f"{layer} did not run in the forward pass.")
     # Channels-last maps and patch tokens are read on their real channel axis.
     out = to_nchw(acts[layer], layer_layout(bundle, layer), layer)[0].float().cpu()
-    return Activations(layer, out.contiguous().numpy(), crop)
+    w = constant_warning(out, f"The output of {layer}")
+    return Activations(layer, out.contiguous().numpy(), crop, [w] if w else [])
 
 
 # ------------------------------------------------------------------------------- neuron gradients
@@ -185,5 +188,8 @@ def neuron_gradient(bundle: ModelBundle, image: np.ndarray, layer: str, channel:
                 raise ParameterError(f"Position {position} is outside the {out.shape[2]}x{out.shape[3]} map.")
             objective = out[0, channel, y, xpos]
         (g,) = torch.autograd.grad(objective, xg)
+    w = constant_warning(g, "The gradient")
+    if w:
+        warnings.append(w + " The unit does not respond to small changes of the input here.")
     return NeuronGradient(layer, channel, position, guided, g[0].float().cpu().numpy(), crop,
                           out[0, channel].detach().float().cpu().numpy(), float(objective.detach()), warnings)

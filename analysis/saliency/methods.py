@@ -319,6 +319,19 @@ def vanilla_gradient(bundle, x, target) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------- one interface
 
+def blank_warnings(bundle: ModelBundle, x: torch.Tensor, m: np.ndarray, title: str) -> list[str]:
+    """Warnings for a constant map ``m`` (all-zero included), naming the cause when the
+    model gives every class the same score for the input ``x``."""
+    from analysis.core.sanity import constant_warning, output_warning
+    w = constant_warning(m, f"The {title} map")
+    if w is None:
+        return []
+    with bundle.lock, torch.inference_mode():
+        cause = output_warning(bundle.model(x))
+    return [w] + ([cause] if cause else [])
+
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
@@ -377,6 +390,7 @@ def attribute(bundle: ModelBundle, image: np.ndarray, target: int | str | None =
             g, warnings = guided_backprop(bundle, x, tgt)
             prod = g * cam
             signed, m = _np(prod[0]), _np(prod[0].abs().amax(0))
+    warnings = list(warnings) + blank_warnings(bundle, x, m, METHODS[method][0])
     return Attribution(method=method, target=tgt, target_label=bundle.categories[tgt], map=m.astype(np.float32),
                        image=crop, signed=signed, params=used, seconds=time.perf_counter() - t0,
                        layer=layer, warnings=warnings)
