@@ -96,6 +96,7 @@ def _layer_table(bundle: ModelBundle) -> list[LayerInfo]:
                           warnings=["TorchScript: no layer-level hooks"])
                 for n, m in model.named_modules() if n]
     shapes: dict[str, tuple] = {}
+    failed = ""
     layouts: dict[str, Layout] = {}
     calls: dict[str, int] = {}
     finished: dict[str, int] = {}
@@ -131,8 +132,11 @@ def _layer_table(bundle: ModelBundle) -> list[LayerInfo]:
                             layouts.pop(_name, None)
                 handles.append(module.register_forward_hook(hook))
             probe = LayoutProbe(x)
-            with torch.inference_mode(), probe:
-                model(x)
+            try:
+                with torch.inference_mode(), probe:
+                    model(x)
+            except Exception as exc:  # noqa: BLE001 - keep what ran; the layers after it say why
+                failed = f"{type(exc).__name__}: {exc}"
         finally:
             for h in handles:
                 h.remove()
@@ -146,6 +150,8 @@ def _layer_table(bundle: ModelBundle) -> list[LayerInfo]:
         if n_calls > 1:
             warnings.append(f"reused {n_calls}x in one forward: hooks see only the last call "
                             "and gradients mix all uses")
+        if failed and n_calls == 0:
+            warnings.append(f"not reached: the dry forward of a zero image failed ({failed[:200]})")
         if getattr(module, "inplace", False) and isinstance(module, _INPLACE_TYPES):
             warnings.append("in-place: gradient methods run it on a copy with inplace=False")
         is_leaf = len(list(module.children())) == 0

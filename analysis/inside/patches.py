@@ -289,7 +289,8 @@ def _layer_maxima(bundle: ModelBundle, layer: str, x: torch.Tensor):
     layout = layer_layout(bundle, layer)
     if not layout.is_map:
         raise LayerError(f"Layer {layer!r} outputs shape {tuple(acts[layer].shape[1:])} ({layout}), not a "
-                         "feature map; maximally activating patches need a spatial layer.")
+                         "(channels, height, width) feature map; maximally activating patches need a "
+                         "spatial layer.")
     a = to_nchw(acts[layer], layout, layer)     # channels-last maps and tokens on their channel axis
     n, c, h, w = a.shape
     with torch.inference_mode():
