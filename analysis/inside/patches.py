@@ -416,6 +416,52 @@ _RF_CACHE: "OrderedDict[tuple, object]" = OrderedDict()
 _RF_LOCK = threading.Lock()
 
 
+@dataclass(frozen=True)
+class TokenField:
+    """The receptive field of a token layer's patch tokens, said as it is: before any
+    attention a token sees its own patch; after one, every token may see the whole image,
+    so its "field" is the whole image (no false box around the patch)."""
+    layer: str
+    grid: tuple[int, int]
+    input_size: int
+    whole: bool
+
+    @property
+    def size(self) -> tuple[float, float]:
+        if self.whole:
+            return float(self.input_size), float(self.input_size)
+        return self.input_size / self.grid[0], self.input_size / self.grid[1]
+
+    @property
+    def note(self) -> str:
+        if self.whole:
+            return (f"{self.layer} comes after self-attention: each token can see the whole image, so "
+                    "its receptive field is the whole image (the crop is the whole input).")
+        return f"{self.layer} comes before any attention: each token sees exactly its own patch."
+
+    def box(self, y: int, x: int, size: int) -> tuple[int, int, int, int]:
+        if self.whole:
+            return 0, 0, size, size
+        ph, pw = size / self.grid[0], size / self.grid[1]
+        return int(round(y * ph)), int(round(x * pw)), int(round((y + 1) * ph)), int(round((x + 1) * pw))
+
+
+_ATTENTION = ("Attention", "MultiheadAttention", "SelfAttention")
+
+
+def token_field(bundle: ModelBundle, layer: str) -> TokenField | None:
+    """A :class:`TokenField` for a token layer (None for other layouts): whole-image once
+    any attention module has run before the layer finishes."""
+    from analysis.core.layers import check_layer, layer_table
+    infos = layer_table(bundle)
+    info = check_layer(infos, layer)
+    if info.layout.kind != "tokens" or info.layout.grid is None:
+        return None
+    after_attention = any(any(a in i.type for a in _ATTENTION) and 0 <= i.finish_order < info.finish_order
+                          for i in infos)
+    return TokenField(layer, info.layout.grid, bundle.input_size, after_attention)
+
+
 def _receptive_field(bundle: ModelBundle, layer: str):
     from analysis.inside.receptive import receptive_field  # lazy: optional dependency of this module
 
@@ -424,7 +470,7 @@ def _receptive_field(bundle: ModelBundle, layer: str):
         if key in _RF_CACHE:
             _RF_CACHE.move_to_end(key)
             return _RF_CACHE[key]
-    rf = receptive_field(bundle, layer)
+    rf = token_field(bundle, layer) or receptive_field(bundle, layer)
     with _RF_LOCK:
         _RF_CACHE[key] = rf
         while len(_RF_CACHE) > 64:
