@@ -60,7 +60,10 @@ class Param:
         if self.kind == "choice" and not self.choices:
             raise ValueError(f"parameter {self.name!r}: a choice needs choices")
         if self.kind != "layer":
-            check(self, self.default)            # the default itself must pass the rules
+            try:
+                check(self, self.default)        # the default itself must pass the rules
+            except ParameterError as e:
+                raise ValueError(f"parameter {self.name!r}: bad default: {e}") from e
 
     @property
     def title(self) -> str:
