@@ -1,1 +1,5 @@
-"""Saliency: which pixels matter for a class score. One method table (every method one entry with its parameter schema), incremental occlusion, and the trust checks (deletion / insertion, model randomisation)."""
+"""Saliency: which pixels matter for a class score. One method table (analysis.saliency.registry:
+every method one entry with its parameter schema), incremental occlusion, and the trust checks
+(deletion / insertion, model randomisation). Importing the package registers the built-in
+methods, so ``analysis.saliency.registry`` always lists them."""
+import analysis.saliency.methods  # noqa: F401  (registers the built-in methods)
