@@ -405,7 +405,6 @@ def _guided_gradcam_map(bundle, x, target, *, progress=None, layer=None) -> MapO
                      warnings=warnings, layer=layer)
 
 
-
 # ------------------------------------------------------------------------------- one interface
 
 def blank_warnings(bundle: ModelBundle, x: torch.Tensor, m: np.ndarray, title: str) -> list[str]:
@@ -418,8 +417,6 @@ def blank_warnings(bundle: ModelBundle, x: torch.Tensor, m: np.ndarray, title: s
     with bundle.lock, torch.inference_mode():
         cause = output_warning(bundle.model(x))
     return [w] + ([cause] if cause else [])
-
-
 
 
 def attribute(bundle: ModelBundle, image: np.ndarray, target: int | str | None = None,
