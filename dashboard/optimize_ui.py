@@ -9,6 +9,7 @@ it again in a fresh session without waiting for the button."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Callable, Generator
 
 import numpy as np
@@ -20,6 +21,12 @@ from analysis.optimize import run as drive
 from dashboard import share
 from dashboard.render import npy_bytes, png_bytes
 from dashboard.widgets import job_slot, result_cache
+
+
+def slug(name: str) -> str:
+    """A display name as a widget-key part that share links carry (letters, digits and
+    '_' only): ``"MACO (Fel et al. 2023)"`` → ``"MACO_Fel_et_al_2023"``."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_") or "x"
 
 
 def stretch_contrast(img: np.ndarray, pct: float = 0.0) -> np.ndarray:

@@ -24,7 +24,8 @@ with guard("Inside the network"):
     image = state.current_image()
     spatial = [i.name for i in infos if i.spatial and i.calls > 0]
     mid = default_layer(infos, 0.5) if spatial else ""
-    t_f, t_a, t_g, t_p = st.tabs(["Filters", "Activations", "Channel gradient", "Maximally activating patches"])
+    t_f, t_a, t_g, t_p = st.tabs(["Filters", "Activations", "Channel gradient", "Maximally activating patches"],
+                                  key="in_tab", on_change="rerun")      # the active tab goes into share links
 
     with t_f, guard("Filters"):
         convs = conv_layers(bundle)

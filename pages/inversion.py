@@ -31,7 +31,7 @@ with guard("Feature inversion"):
                               help="total variation in 0–255 units; larger = smoother"))
     lr = float(c.number_input("Adam learning rate", 0.001, 1.0, 0.02, key="iv_lr"))
     seed = int(d.number_input("seed", 0, 2 ** 31 - 1, 0, key="iv_seed"))
-    t_one, t_strip = st.tabs(["One layer", "Shallow → deep strip"])
+    t_one, t_strip = st.tabs(["One layer", "Shallow → deep strip"], key="iv_tab", on_change="rerun")
     with t_one, guard("Inversion"):
         layer = layer_picker(infos, default_layer(infos, 0.3), key=f"iv_layer_{bundle.short_id}")
         key = ("invert", bundle.model_id, state.image_ref(), layer, steps, tv, lr, seed)

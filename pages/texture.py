@@ -48,7 +48,7 @@ with guard("Texture synthesis"):
     if not lw:
         st.info("Choose at least one layer with a positive weight.")
         st.stop()
-    t_one, t_strip = st.tabs(["Synthesise", "Shallow → deep strip"])
+    t_one, t_strip = st.tabs(["Synthesise", "Shallow → deep strip"], key="tx_tab", on_change="rerun")
     with t_one, guard("Texture synthesis"):
         key = ("texture", bundle.model_id, ref, tuple(lw.items()), size, steps, optimizer, lr, scale, tv, seed)
         result = live_run("tx", key, lambda: synthesize_texture(
