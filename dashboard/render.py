@@ -168,3 +168,17 @@ def embedding_figure(coords: np.ndarray, fs, ds, bundle, colour: str = "label", 
     fig.update_layout(height=620, margin=dict(l=10, r=10, t=30, b=10), legend=dict(itemsizing="constant"),
                       dragmode="lasso" if d == 2 else "orbit")
     return fig
+
+
+def kernel_grid(kernels: list[np.ndarray], cols: int, max_width: int = 800, max_cell: int = 48,
+                pad: int = 2) -> np.ndarray:
+    """Small grey kernels (each kh × kw uint8) tiled ``cols`` per row, each scaled up by one
+    whole factor with nearest neighbour (every weight a crisp square, no blur) so that the
+    grid fits ``max_width`` pixels: show it at its own width, not stretched."""
+    if not kernels:
+        raise ValueError("no kernels to tile")
+    kh, kw = kernels[0].shape[:2]
+    cols = max(1, min(cols, len(kernels)))
+    factor = max(1, min(max_cell // max(kh, kw), (max_width - (cols - 1) * pad) // (cols * kw)))
+    big = [np.repeat(np.repeat(k, factor, 0), factor, 1) for k in kernels]
+    return image_grid(big, cols=cols, pad=pad)

@@ -84,7 +84,7 @@ with guard("Class visualisation"):
     result = live_run("cv", key, lambda: class_visualization(
         bundle, classes, preset, steps=int(steps), seed=int(seed), size=int(size),
         preview_every=int(preview_every), probability=probability), label="Visualise", stretch=stretch, stretch_pct=pct,
-        captions=[label])
+        captions=[label], meta={"target": classes[0]} if len(classes) == 1 else None)
     if result is not None:
         left, right = st.columns([3, 2])
         with left:
