@@ -60,8 +60,8 @@ def patches_tab(bundle: ModelBundle, infos, spatial: list[str]) -> None:
         for ch in chosen:
             crops = patch_crops(bundle, ds, index, int(ch), display_size=size)
             st.markdown(f"**channel {ch}**")
-            st.image([c.image for c in crops], width=size,
-                     caption=[f"{c.value:.2f} · {c.image_id}" for c in crops])
+            st.image([c.image for c in crops], width=size, caption=[f"{c.value:.2f}" for c in crops])
+            st.caption("Left to right: " + " · ".join(str(c.image_id) for c in crops))   # ids too long for a tile
         if chosen:
             grid = patch_grid(bundle, ds, index, [int(c) for c in chosen], display_size=size)
             st.download_button("Download grid (PNG)", png_bytes(grid), f"patches_{layer}.png", key="in_p_png")

@@ -5,7 +5,7 @@ import streamlit as st
 from analysis.core.predict import predict
 from dashboard import state
 from dashboard.errors import guard
-from dashboard.render import model_card_rows, topk_figure
+from dashboard.render import model_card_rows, model_view, topk_figure
 from dashboard.widgets import record_button, run_job
 
 st.title("convlens — what does the network see?")
@@ -21,8 +21,10 @@ if bundle is not None:
         image = state.current_image()
         with left:
             st.subheader("Image")
-            st.image(bundle.preprocess.geometry(image), caption=f"{state.image_ref().label}: the "
-                     f"{bundle.input_size}×{bundle.input_size} crop the model sees", width="stretch")
+            seen = model_view(bundle.preprocess, image)
+            grey = " grey" if bundle.preprocess.grayscale else ""
+            st.image(seen, caption=f"{state.image_ref().label}: the {bundle.input_size}×{bundle.input_size}{grey} "
+                     "crop the model sees", width=min(seen.shape[1], 448))
         with right:
             st.subheader("Prediction")
             pkey = ("predict", bundle.model_id, str(state.image_ref()), 5)

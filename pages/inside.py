@@ -57,7 +57,8 @@ with guard("Inside the network"):
 
     with t_a, guard("Activations"):
         c1, c2, c3 = st.columns([2, 1, 1])
-        layer = layer_picker(infos, mid, key="in_a_layer") if spatial else None
+        with c1:                                       # the picker beside its sort and page controls
+            layer = layer_picker(infos, mid, key="in_a_layer") if spatial else None
         if layer:
             akey = ("acts", bundle.model_id, str(state.image_ref()), layer)
             acts = run_job(akey, "Activations", lambda p: activations(bundle, image, layer), with_progress=False,

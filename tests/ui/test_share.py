@@ -148,6 +148,8 @@ def test_home_link():
     b = open_link("home", q)
     assert top5(b)[0] == "espresso"
     assert link(b) == q
+    assert runs("home", t0) == []                                      # visits record nothing (issue 13)
+    a.button(key="home_record").click().run()                          # asking does
     rec = [r for r in runs("home", t0) if r.image_label == "coffee"]
     assert rec and rec[0].title == "Prediction" and rec[0].params["labels"][0] == "espresso"
     assert rec[0].view["page"] == "home" and rec[0].view["params"]["sb_gallery"] == "coffee"
@@ -188,6 +190,9 @@ def test_inside_link():
     b = open_link("inside", q)
     assert b.radio(key="in_a_sort").value == "max" and b.number_input(key="in_g_ch").value == 5
     assert link(b) == q
+    assert runs("inside", t0) == []                                    # visits record nothing (issue 13)
+    b.button(key="in_a_record").click().run()
+    b.button(key="in_g_record").click().run()
     rec = runs("inside", t0)
     assert {"Activations", "Gradient"} <= {r.title for r in rec}
     g = [r for r in rec if r.title == "Gradient"][0]
@@ -287,7 +292,8 @@ def test_inversion_link_with_strip():
 
 def test_audit_page_link():
     t0 = time.time()
-    a = session()                                                # records a prediction
+    a = session()
+    a.button(key="home_record").click().run()                    # records a prediction
     from analysis.audit.trail import open_store
     uid = open_store().list_runs(since=t0)[0].uid
     a.switch_page("../pages/audit.py").run()
