@@ -44,7 +44,7 @@ with guard("Inside the network"):
             n_out, n_in = f.shape[:2]
             if n_out * n_in <= 4096:                   # every filter at once: one row each, one column per input
                 kernels = [kern for i in order for kern in f.slices(int(i))]
-                grid = kernel_grid(kernels, cols=n_in if n_in > 1 else 16, pad=1 if n_in > 16 else 2)
+                grid = kernel_grid(kernels, cols=n_in if n_in > 1 else 16, pad=1 if n_in > 16 else 2 if n_in > 1 else 6)
                 what = (f"all {n_out} filters, in {order_by} order" + (": one row per filter, one column per input "
                         "channel" if n_in > 1 else "") + " (each filter scaled to its own range; grey = 0)")
             else:                                      # too many kernels for one picture: one filter at a time

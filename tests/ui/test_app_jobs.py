@@ -97,6 +97,12 @@ def test_patch_scan_is_recorded_as_a_scan_of_the_data_set_not_of_the_sidebar_ima
     r = scans[0]
     assert r.title == "Patch scan" and r.layer == layer                  # not the progress label "Scanning …"
     assert r.image_label == "" and r.image_hash == ""                    # the sidebar image is no input
+    at.run()
+    shown = [im.caption for e in at.get("image") for im in e.proto.imgs]
+    values = [c for c in shown if c.replace(".", "").replace("-", "").isdigit()]
+    assert len(values) >= 4 * 3                                          # 4 channels × top-3, value captions
+    assert not [c for c in shown if "/" in c]                            # ids (long) are not squeezed into tiles
+    assert any(c.value.startswith("Left to right: ") for c in at.caption)
 
 
 def test_in_sequence_runs_jobs_one_after_the_other_and_closes_them():
