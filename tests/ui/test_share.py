@@ -224,6 +224,8 @@ def test_embeddings_link():
     assert any(r.method == "pca" for r in rec)
     nn = [r for r in rec if r.params.get("space") == "feature" and r.params.get("metric") == "l2"]
     assert nn and nn[0].dataset_hash and nn[0].model_name.startswith("Digits")
+    assert nn[0].image_label == "" and nn[0].image_hash == ""          # a data-set query: not the sidebar image
+    assert not [r for r in rec if r.title.startswith("Extracting")]    # titles are no progress labels
 
 
 def _optimisation_round_trip(page, setup, go_key, expect_caption):
