@@ -133,3 +133,21 @@ def test_in_sequence_runs_jobs_one_after_the_other_and_closes_them():
     next(gen)
     gen.close()                                                          # Stop: the running job is closed too
     assert closed[-1] == "x"
+
+
+def test_no_page_runs_a_job_by_itself():
+    """One runner: outside dashboard/widgets.py nothing takes a device slot, drives a
+    generator, or writes an audit record on its own (the record button and the runner do)."""
+    import re
+
+    from tests.paths import REPO
+    own = re.compile(r"\bjob_slot\(|\bheavy_job\(|audit_ui\.record\(|import record\b|record as \w+"
+                     r"|from analysis\.optimize import (?:.*\b)?run\b|\.send\(|next\(gen")
+    offenders = []
+    for path in sorted((REPO / "pages").glob("*.py")) + sorted((REPO / "dashboard").glob("*.py")):
+        if path.name in ("widgets.py", "audit_ui.py"):
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if own.search(line):
+                offenders.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
+    assert not offenders, offenders
