@@ -1,5 +1,5 @@
-"""Recording runs in the audit trail from the central compute points (``run_job``,
-``live_run``, ``drive_with_progress``), and the pieces of the Audit page.
+"""Recording runs in the audit trail from the one job runner (``dashboard.widgets.run_job``;
+explicit computations only), and the pieces of the Audit page.
 
 ``record(result, key, label)`` adds who, where and on what (user, page, model, image,
 data set, the view's share link) to what ``analysis.audit.trail.summarise`` finds in the
@@ -52,13 +52,30 @@ def _image_hash() -> str:
     return h
 
 
-def run_context(result, key=None, label: str = "") -> RunInput:
-    """Who ran what where, for the audit record of ``result``."""
+def _uses_image(result, key, page: str) -> bool:
+    """Whether the sidebar image is an input of ``result``: always on the image pages; on
+    data-set pages (and for data-set results) only when the request names it (a query)."""
+    if page not in DATASET_PAGES and not getattr(result, "dataset_hash", None):
+        return True
+    if key is None:
+        return False
+    ref = state.image_ref()
+    text = repr(key)
+    return str(ref) in text or (ref.kind == "upload" and bool(ref.ref) and ref.ref in text)
+
+
+def run_context(result, key=None, label: str = "", uses_image: bool | None = None) -> RunInput:
+    """Who ran what where, for the audit record of ``result``; ``uses_image`` (default:
+    inferred) says whether the sidebar image goes into the record."""
     page = share.current_page()
+    if uses_image is None:
+        uses_image = _uses_image(result, key, page)
     spec = state.model_spec()
     run = RunInput(user=auth.current_user(), page=page)
-    ctx: dict = {"model_spec": dataclasses.asdict(spec), "image": dataclasses.asdict(state.image_ref()),
-                 "dataset": dataclasses.asdict(state.dataset_ref()), "label": label}
+    ctx: dict = {"model_spec": dataclasses.asdict(spec), "dataset": dataclasses.asdict(state.dataset_ref()),
+                 "label": label}
+    if uses_image:
+        ctx["image"] = dataclasses.asdict(state.image_ref())
     if key is not None:
         ctx["request"] = repr(key)[:4000]
     try:
@@ -67,10 +84,11 @@ def run_context(result, key=None, label: str = "") -> RunInput:
         ctx["model_card"] = bundle.card()
     except Exception:  # noqa: BLE001 - the record still names the spec
         run.model_name = spec.label()
-    try:
-        run.image_hash, run.image_label = _image_hash(), state.image_ref().label
-    except Exception:  # noqa: BLE001
-        run.image_label = state.image_ref().label
+    if uses_image:
+        try:
+            run.image_hash, run.image_label = _image_hash(), state.image_ref().label
+        except Exception:  # noqa: BLE001
+            run.image_label = state.image_ref().label
     ds_hash = getattr(result, "dataset_hash", None)
     if ds_hash or page in DATASET_PAGES:
         try:
@@ -83,16 +101,25 @@ def run_context(result, key=None, label: str = "") -> RunInput:
     return run
 
 
-def record(result, key=None, label: str = "") -> str | None:
-    """Store ``result`` in the audit trail (if it is an analysis result); its uid or None."""
+def record(result, key=None, label: str = "", meta: dict | None = None) -> str | None:
+    """Store ``result`` in the audit trail (if it is an analysis result); its uid or None.
+
+    Called by the job runner (``dashboard.widgets.run_job``) for explicit computations
+    only. ``label`` is the run's title; ``meta`` sets what the result does not say itself:
+    ``target``, ``layer``, ``method``, and ``image`` (False: the sidebar image is no input;
+    default: inferred, see ``_uses_image``)."""
     if not enabled() or not is_result(result):
         return None
+    meta = dict(meta or {})
     try:
         cfg = get_config()
         summary = summarise(result, label, cfg.limits.max_audit_array_bytes)
+        for col in ("target", "layer", "method"):
+            if meta.get(col) is not None:
+                setattr(summary, col, int(meta[col]) if col == "target" else str(meta[col]))
         if not summary.layer and key is not None:
             summary.layer = _layer_in(key)
-        uid = store().record(run_context(result, key, label), summary)
+        uid = store().record(run_context(result, key, label, meta.get("image")), summary)
     except Exception as exc:  # noqa: BLE001 - the result is shown anyway
         log.exception("audit: could not record a run")
         try:

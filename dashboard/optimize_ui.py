@@ -3,12 +3,14 @@ run an engine generator with a progress bar, a live preview and a Stop button; k
 last preview when stopped; show the result with its objective curve, its recorded
 parameters and downloads. Results of an unchanged request come from the shared cache.
 
-``live_run`` is a central compute point: the run queues behind the device's semaphore,
-its result is recorded in the audit trail, and a share link of a shown result computes
-it again in a fresh session without waiting for the button."""
+``live_run`` is the start button and live preview around the one job runner
+(``dashboard.widgets.run_job``): the run queues behind the device's semaphore, its result
+is recorded in the audit trail, and a share link of a shown result computes it again in
+a fresh session without waiting for the button."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Callable, Generator
 
 import numpy as np
@@ -16,10 +18,15 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.optimize import OptResult
-from analysis.optimize import run as drive
 from dashboard import share
 from dashboard.render import npy_bytes, png_bytes
-from dashboard.widgets import job_slot, result_cache
+from dashboard.widgets import result_cache, run_job
+
+
+def slug(name: str) -> str:
+    """A display name as a widget-key part that share links carry (letters, digits and
+    '_' only): ``"MACO (Fel et al. 2023)"`` → ``"MACO_Fel_et_al_2023"``."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_") or "x"
 
 
 def stretch_contrast(img: np.ndarray, pct: float = 0.0) -> np.ndarray:
@@ -54,45 +61,36 @@ def _show_images(images: np.ndarray, width: int, captions: list[str] | None, str
 
 def live_run(key: str, cache_key: tuple, make_gen: Callable[[], Generator], *, label: str = "Run",
              width: int = 320, stretch: bool = False, stretch_pct: float = 0.0,
-             captions: list[str] | None = None) -> OptResult | None:
+             captions: list[str] | None = None, title: str | None = None, meta: dict | None = None
+             ) -> OptResult | None:
     """Start button → live run (progress, preview, Stop) → the result, or the cached result
-    when the request is unchanged. Returns the result, or None before a run / after a stop."""
+    when the request is unchanged. Returns the result, or None before a run / after a stop.
+    The run itself is ``dashboard.widgets.run_job`` (queue slot, audit record under
+    ``title`` with ``meta``, share-link mark ``{key}_result``)."""
     ss = st.session_state
-    cache = result_cache()
-    result = cache.get(cache_key)
-    go_col, stop_col, info_col = st.columns([1, 1, 4])
-    clicked = go_col.button(label if result is None else f"{label} again", type="primary", key=f"{key}_go",
-                            disabled=result is not None,
-                            help="Unchanged settings: the result below comes from the cache.")
-    if result is None and not clicked and share.resume(key, cache_key):
-        clicked = True                     # a share link of a shown result: compute it again
-    if clicked and result is None:
-        stop_col.button("Stop", key=f"{key}_stop", help="Stops after the current step; the last preview is kept.")
-        bar = st.progress(0.0, text="starting…")
-        preview = st.empty()
-        try:
-            def on_step(s) -> None:
-                bar.progress(min(1.0, s.step / s.total),
-                             text=f"step {s.step}/{s.total} · objective {s.value:.4g} · {s.seconds:.1f} s")
-                if s.image is not None:
-                    with preview.container():
-                        _show_images(s.image, width, captions, stretch, stretch_pct)
-                    ss[f"{key}_partial"] = {"key": cache_key, "image": s.image, "step": s.step, "total": s.total}
+    cached = result_cache().get(cache_key)
+    go_col, info_col = st.columns([1, 5])
+    clicked = go_col.button(label if cached is None else f"{label} again", type="primary", key=f"{key}_go",
+                            disabled=cached is not None,
+                            help=None if cached is None else "Unchanged settings: the result below comes from the cache.")
+    previews: list = []                     # drawn below the bar on the first preview
 
-            with job_slot(True, bar):
-                result = drive(make_gen(), on_step=on_step)
-        finally:
-            bar.empty()
-            preview.empty()
-        cache.put(cache_key, result)
-        ss.pop(f"{key}_partial", None)
-        from dashboard.audit_ui import record as audit_record
-        if result is not None:
-            params = getattr(result, "params", None)
-            kind = params.get("kind") if isinstance(params, dict) else None
-            audit_record(result, cache_key, str(kind or share.current_page()))
+    def on_step(s) -> None:
+        if s.image is not None:
+            if not previews:
+                previews.append(st.empty())
+            with previews[0].container():
+                _show_images(s.image, width, captions, stretch, stretch_pct)
+            ss[f"{key}_partial"] = {"key": cache_key, "image": s.image, "step": s.step, "total": s.total}
+
+    try:
+        result = run_job(cache_key, label, lambda _p: make_gen(), start=clicked, stop=f"{key}_stop",
+                         on_step=on_step, share_name=key, title=title or _title(), meta=meta,
+                         step_text=lambda s: f"step {s.step}/{s.total} · objective {s.value:.4g} · {s.seconds:.1f} s")
+    finally:
+        for p in previews:
+            p.empty()
     if result is None:
-        share.unmark(key)
         partial = ss.get(f"{key}_partial")
         if partial and partial["key"] == cache_key:
             st.warning(f"Stopped at step {partial['step']} of {partial['total']}: the last preview is shown. "
@@ -101,9 +99,9 @@ def live_run(key: str, cache_key: tuple, make_gen: Callable[[], Generator], *, l
             st.download_button("Download preview (PNG)", png_bytes(np.concatenate(list(partial["image"]), 1)),
                                f"{key}_step{partial['step']}.png", key=f"{key}_partial_png")
         return None
+    ss.pop(f"{key}_partial", None)
     info_col.caption(f"{result.steps} steps in {result.seconds:.1f} s ({result.steps_per_second:.1f} steps/s)"
                      + (" · stopped early" if result.stopped else ""))
-    share.mark(key, cache_key)
     return result
 
 
@@ -114,6 +112,12 @@ def show_warnings(result) -> None:
         seen.extend(w for w in getattr(r, "warnings", []) or [] if w not in seen)
     for w in seen:
         st.warning(w)
+
+def _title() -> str:
+    """The audit title of a page's optimisation run: the page's name."""
+    return {"classvis": "Class visualisation", "channelvis": "Channel visualisation", "deepdream": "DeepDream",
+            "inversion": "Feature inversion", "texture": "Texture synthesis",
+            "style": "Style transfer"}.get(share.current_page(), share.current_page())
 
 
 def show_result(key: str, result: OptResult, *, width: int = 320, stretch: bool = False, stretch_pct: float = 0.0,

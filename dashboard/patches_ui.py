@@ -9,7 +9,7 @@ from analysis.core.models.bundle import ModelBundle
 from dashboard import state
 from dashboard.errors import guard
 from dashboard.render import png_bytes
-from dashboard.widgets import drive_with_progress, layer_picker
+from dashboard.widgets import layer_picker, run_job
 
 
 @st.cache_resource(show_spinner="Building the gallery crops…")
@@ -45,14 +45,12 @@ def patches_tab(bundle: ModelBundle, infos, spatial: list[str]) -> None:
         if index is None:
             st.info(f"No index yet for `{layer}` on {ds.name} ({len(ds):,} images). The scan indexes "
                     "every channel of the layer in one pass and is stored on disk.")
-            go, stop = st.columns([1, 5])
-            if go.button("Scan", type="primary", key="in_p_scan"):
-                stop.button("Stop", key="in_p_stop", help="Stops the scan; nothing is saved.")
-                index = drive_with_progress(scan(bundle, ds, layer, k=int(k)), f"Scanning {layer}")
-                if index is not None:
-                    st.rerun()                       # redraw from the stored index
+            go = st.button("Scan", type="primary", key="in_p_scan")
+            index = run_job(None, f"Scanning {layer}", lambda _p: scan(bundle, ds, layer, k=int(k)), start=go,
+                            stop="in_p_stop", cache=False, title="Patch scan", meta={"image": False, "layer": layer})
             if index is None:
                 return
+            st.rerun()                               # redraw from the stored index
         st.caption(f"`{layer}`: {index.channels} channels, {index.n_images:,} images scanned in "
                    f"{index.seconds:.1f} s; one patch per image per channel.")
         best = list(index.values[:, 0].argsort()[::-1])
@@ -62,8 +60,8 @@ def patches_tab(bundle: ModelBundle, infos, spatial: list[str]) -> None:
         for ch in chosen:
             crops = patch_crops(bundle, ds, index, int(ch), display_size=size)
             st.markdown(f"**channel {ch}**")
-            st.image([c.image for c in crops], width=size,
-                     caption=[f"{c.value:.2f} · {c.image_id}" for c in crops])
+            st.image([c.image for c in crops], width=size, caption=[f"{c.value:.2f}" for c in crops])
+            st.caption("Left to right: " + " · ".join(str(c.image_id) for c in crops))   # ids too long for a tile
         if chosen:
             grid = patch_grid(bundle, ds, index, [int(c) for c in chosen], display_size=size)
             st.download_button("Download grid (PNG)", png_bytes(grid), f"patches_{layer}.png", key="in_p_png")

@@ -211,3 +211,26 @@ def embedding_figure(coords: np.ndarray, fs, ds, bundle, colour: str = "label", 
     fig.update_layout(height=620, margin=dict(l=10, r=10, t=30, b=10), legend=dict(itemsizing="constant"),
                       dragmode="lasso" if d == 2 else "orbit")
     return fig
+
+
+def kernel_grid(kernels: list[np.ndarray], cols: int, max_width: int = 800, max_cell: int = 48,
+                pad: int = 2) -> np.ndarray:
+    """Small grey kernels (each kh × kw uint8) tiled ``cols`` per row, each scaled up by one
+    whole factor with nearest neighbour (every weight a crisp square, no blur) so that the
+    grid fits ``max_width`` pixels: show it at its own width, not stretched."""
+    if not kernels:
+        raise ValueError("no kernels to tile")
+    kh, kw = kernels[0].shape[:2]
+    cols = max(1, min(cols, len(kernels)))
+    factor = max(1, min(max_cell // max(kh, kw), (max_width - (cols - 1) * pad) // (cols * kw)))
+    big = [np.repeat(np.repeat(k, factor, 0), factor, 1) for k in kernels]
+    return image_grid(big, cols=cols, pad=pad)
+
+
+def model_view(preprocess, image: np.ndarray, min_side: int = 224) -> np.ndarray:
+    """The crop exactly as the model sees it (resized, cropped, grey for a grey model) as
+    RGB uint8, enlarged by a whole factor with nearest neighbour to at least ``min_side``
+    pixels so that a tiny input (8 × 8 digits) shows its pixels instead of a blur."""
+    seen = preprocess.to_display(preprocess(image)[0])
+    f = max(1, -(-min_side // max(seen.shape[:2])))
+    return np.repeat(np.repeat(seen, f, 0), f, 1) if f > 1 else seen

@@ -4,7 +4,6 @@ pickers for textures and style images (gallery or upload), per-layer weights, th
 loss-curve figure and the live training runner of a fast-style network."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
 from typing import Callable, Generator
@@ -17,7 +16,6 @@ from analysis.core.errors import ModelLoadError
 from analysis.core.images import GALLERY, gallery_image, gallery_names, load_image
 from analysis.core.models.bundle import ModelBundle
 from analysis.core.models.loaders import ModelSpec
-from analysis.optimize import run as drive
 from dashboard import state
 
 _EXTRACTORS = {"sidebar": None, "vgg19": "VGG-19 (torchvision, ImageNet; downloads once)",
@@ -130,66 +128,85 @@ def layer_weights(label: str, options: list[str], default: dict, key: str, shape
     return weights
 
 
+def log_ticks(values, most: int = 8) -> tuple[list[float], list[str]]:
+    """Tick positions and full labels for a log axis over ``values`` (the positive ones):
+    1-2-5 per decade, thinned to 1 per decade (or more) when there are too many, all digits
+    per decade when the range is narrow. Every label is the value itself ("0.02", "5",
+    "2e+03"), never plotly's bare minor digits ("2, 10, 5, 2, 1")."""
+    v = np.asarray([x for x in values if np.isfinite(x) and x > 0], np.float64)
+    if v.size == 0:
+        return [], []
+    lo, hi = float(v.min()), float(v.max())
+    e0, e1 = int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi)))
+    ticks: list[float] = []
+    for mant in ((1, 2, 5), tuple(range(1, 10))):
+        ticks = [float(f"{m}e{e}") for e in range(e0, e1 + 1) for m in mant]
+        ticks = [t for t in ticks if lo <= t <= hi]
+        if len(ticks) >= 3:
+            break
+    if len(ticks) < 2:                          # a very narrow range: the ends themselves
+        ticks = sorted({float(f"{lo:.3g}"), float(f"{hi:.3g}")})
+    step = 1
+    while len(ticks[::step]) > most:
+        step += 1
+    ticks = ticks[::step]
+    if len(ticks) > most or (e1 - e0 > most):   # many decades: powers of ten only
+        ticks = [10.0 ** e for e in range(e0, e1 + 1)][:: max(1, (e1 - e0) // most + 1)]
+    return ticks, [f"{t:g}" for t in ticks]
+
+
 def losses_figure(history: dict[str, list[float]], title: str = "Loss") -> go.Figure:
     fig = go.Figure()
     for k, v in history.items():
         if v:
             fig.add_scatter(x=list(range(1, len(v) + 1)), y=v, name=k, mode="lines",
                             line=dict(dash=None if k == "loss" else "dot"))
+    ticks, labels = log_ticks([x for v in history.values() for x in v])
     fig.update_layout(title=title, height=280, margin=dict(l=10, r=10, t=40, b=10), xaxis_title="step",
-                      yaxis_title="loss (minimised)", yaxis_type="log")
+                      yaxis=dict(title="loss (minimised)", type="log", tickmode="array" if ticks else "auto",
+                                 tickvals=ticks or None, ticktext=labels or None))
     return fig
 
 
-def _slot(bar):
-    try:
-        from dashboard.widgets import job_slot
-    except ImportError:            # older checkouts without the device queue
-        return contextlib.nullcontext()
-    return job_slot(True, bar)
+def run_training(key: str, make_gen: Callable[[], Generator], *, start: bool = True, chart_every: int = 10):
+    """A fast-style training run through the one job runner (``dashboard.widgets.run_job``):
+    progress, Stop, live loss curves and preview while it runs (cleared when it ends: the
+    page then shows the network's saved history and preview once). Stop (any rerun)
+    interrupts it; the closed generator saves a checkpoint, so the run can be resumed.
+    Returns the TrainResult, or None when not started or interrupted."""
+    from dashboard.widgets import run_job
+    live: list = []                             # chart and preview slots, drawn below the bar
+    history: dict[str, list[float]] = {}
+    last = [0.0]
 
+    def on_step(s) -> None:
+        if not live:
+            left, right = st.columns([3, 2])
+            live.extend([left.empty(), right.empty()])
+        chart, preview = live
+        history.setdefault("loss", []).append(s.loss)
+        for k, v in s.terms.items():
+            history.setdefault(k, []).append(v)
+        if s.step % chart_every == 0 or s.step == s.total or time.time() - last[0] > 5:
+            chart.plotly_chart(losses_figure(history, "Training loss (this run)"), key=f"{key}_live_{s.step}")
+            last[0] = time.time()
+        if s.preview is not None:
+            preview.image(s.preview, caption=f"preview after {s.step} steps", width="stretch")
 
-def run_training(key: str, make_gen: Callable[[], Generator], *, chart_every: int = 10):
-    """Drive a fast-style training generator: progress, loss curves, preview. The Stop
-    button (any rerun) interrupts the page; closing the generator saves a checkpoint, so
-    the run can be resumed. Returns the TrainResult, or None when interrupted."""
-    stop_col, info_col = st.columns([1, 5])
-    stop_col.button("Stop", key=f"{key}_stop", help="Stops after the current step and saves a checkpoint.")
-    bar = st.progress(0.0, text="starting…")
-    left, right = st.columns([3, 2])
-    chart, preview = left.empty(), right.empty()
-    gen = None
     result = None
     try:
-        history: dict[str, list[float]] = {}
-        last = [0.0]
-
-        def on_step(s) -> None:
-            history.setdefault("loss", []).append(s.loss)
-            for k, v in s.terms.items():
-                history.setdefault(k, []).append(v)
-            bar.progress(min(1.0, s.step / s.total), text=f"step {s.step}/{s.total} · loss {s.loss:.4g} · "
-                         f"{s.seconds:.0f} s" + (" · checkpoint saved" if s.checkpoint else ""))
-            if s.step % chart_every == 0 or s.step == s.total or time.time() - last[0] > 5:
-                chart.plotly_chart(losses_figure(history, "Training loss (this run)"), key=f"{key}_live_{s.step}")
-                last[0] = time.time()
-            if s.preview is not None:
-                preview.image(s.preview, caption=f"preview after {s.step} steps", width="stretch")
-
-        with _slot(bar):
-            gen = make_gen()
-            result = drive(gen, on_step=on_step)
+        result = run_job(None, "Training", lambda _p: make_gen(), start=start, stop=f"{key}_stop", on_step=on_step,
+                       cache=False, title="Fast style training", meta={"image": False},
+                       step_text=lambda s: f"step {s.step}/{s.total} · loss {s.loss:.4g} · {s.seconds:.0f} s"
+                       + (" · checkpoint saved" if s.checkpoint else ""))
     finally:
-        if gen is not None:
-            gen.close()             # interrupted: the generator saves a checkpoint on close
-        bar.empty()
+        for slot in live:
+            slot.empty()
     if result is not None:
         from analysis.optimize.engine import convergence
-        from dashboard.audit_ui import record
         if len(history.get("loss", [])) >= 2:     # minimised: did the loss go down?
             for w in convergence([-v for v in history["loss"]])[1]:
                 st.warning(w.replace("objective did not improve", "training loss did not go down"))
         for w in getattr(result, "warnings", []) or []:
             st.warning(w)
-        record(result, None, "fast style training")
     return result

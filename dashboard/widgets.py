@@ -1,15 +1,18 @@
-"""Widgets shared by several pages: class target and layer pickers, a job runner with a
-progress bar and a cross-session result cache.
+"""Widgets shared by several pages: class target and layer pickers, and the one job runner.
 
-``run_job`` and ``drive_with_progress`` are the central compute points: heavy jobs queue
-behind the device's semaphore (``analysis.core.jobs``), and every computed result is recorded
-in the audit trail (``dashboard.audit_ui``) with the page, user and view it came from."""
+``run_job`` is the only compute point of the UI (issue 15): a result cache shared by all
+sessions, a queue slot of the device (``analysis.core.jobs``), a progress bar, a Stop
+button, the audit record (``dashboard.audit_ui``, explicit computations only) and the
+share-link mark. ``dashboard.optimize_ui.live_run`` and ``dashboard.style_ui.run_training``
+are views around it (start button, live preview, loss curves)."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 from collections import OrderedDict
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Generator
 
 import streamlit as st
 
@@ -17,6 +20,7 @@ from analysis.core.jobs import QueueState, heavy_job
 from analysis.core.layers import LayerInfo
 from analysis.core.models.bundle import ModelBundle
 from analysis.core.predict import Prediction, search_classes
+from dashboard import share
 
 
 def target_picker(bundle: ModelBundle, pred: Prediction, key: str) -> int:
@@ -105,61 +109,148 @@ def job_slot(heavy: bool, bar=None):
             notice.empty()
 
 
-def run_job(key: tuple, label: str, fn: Callable, *, with_progress: bool = True, heavy: bool | None = None,
-            record: bool = True):
-    """Return the cached result for ``key`` or compute ``fn(progress)`` with a progress bar.
+def run_job(key, label: str, fn: Callable, *, start: bool = True, with_progress: bool = True,
+            heavy: bool | None = None, record: bool = True, title: str | None = None, stop: str | None = None,
+            on_step: Callable | None = None, step_text: Callable | None = None, share_name: str | None = None,
+            meta: dict | None = None, cache: bool = True):
+    """The one way the UI runs a job: result cache, queue slot, progress bar, Stop, audit
+    record and share-link mark. Returns the result, or None (not started, or stopped).
 
-    ``heavy`` (default: ``with_progress``) jobs wait for a free slot of the device. A
-    computed result is recorded in the audit trail (``record=False``: helpers such as
-    thumbnails; only analysis results are recorded anyway)."""
-    cache = result_cache()
-    hit = cache.get(key)
+    ``fn(progress)`` computes the result, calling ``progress(done, total)`` if it likes; or
+    it returns a generator (a convlens long job yielding steps with ``done``/``step`` and
+    ``total``, returning its result), which is driven here: the bar follows its steps,
+    ``on_step(step)`` draws previews, ``step_text(step)`` words the bar. An interrupted
+    generator is closed (fast-style training saves a checkpoint then).
+
+    * ``key``: the request; an unchanged request comes from the cross-session result cache
+      (``cache=False`` or ``key=None``: stored elsewhere, e.g. an index on disk).
+    * ``start``: whether this run asks for the computation (a button's value); a share link
+      that showed the result of ``key`` (``share_name``) starts it too. Otherwise None.
+    * ``heavy`` (default ``with_progress``): wait for a free slot of the device.
+    * ``stop``: the key of a Stop button shown beside the bar while the job runs (any rerun
+      interrupts it; the button goes away with the bar).
+    * ``record``: the job is an explicit computation (a button, a request the page keeps):
+      record it in the audit trail under ``title`` (default ``label``) with ``meta``
+      (``target``, ``layer``, ``method``; ``image=False`` when the sidebar image is no input).
+      Results computed by merely visiting a page pass ``record=False``.
+    * ``share_name``: the share link notes ``{share_name}_result`` while the result is shown.
+    """
+    store = result_cache() if cache and key is not None else None
+    hit = store.get(key) if store is not None else None
     if hit is not None:
+        if share_name:
+            share.mark(share_name, key)
         return hit
-    bar = st.progress(0.0, text=label) if with_progress else None
+    if not start and not (share_name and share.resume(share_name, key)):
+        if share_name:
+            share.unmark(share_name)
+        return None
+    box = st.empty()                   # Stop and the bar live here and go away together
+    bar = None
+    with box.container():
+        if stop is not None:
+            b_col, s_col = st.columns([5, 1], vertical_alignment="center")
+            s_col.button("Stop", key=stop, help="Stops after the current step.")
+            holder = b_col
+        else:
+            holder = st
+        if with_progress:
+            bar = holder.progress(0.0, text=label)
 
     def progress(done: int, total: int):
         if bar is not None:
             bar.progress(min(1.0, done / max(total, 1)), text=f"{label}: {done}/{total}")
+
+    def tick(s) -> None:
+        done = getattr(s, "done", getattr(s, "step", 0))
+        total = getattr(s, "total", 1) or 1
+        if bar is not None:
+            bar.progress(min(1.0, max(0.0, done / total)),
+                         text=step_text(s) if step_text is not None else f"{label}: {done}/{total}")
+        if on_step is not None:
+            on_step(s)
+
+    gen = None
     try:
-        with st.spinner(label) if bar is None else _null():
+        with st.spinner(label) if bar is None else contextlib.nullcontext():
             with job_slot(with_progress if heavy is None else heavy, bar):
                 value = fn(progress)
+                if inspect.isgenerator(value):
+                    gen, value = value, None
+                    from analysis.optimize import run as drive
+                    value = drive(gen, on_step=tick)
     finally:
-        if bar is not None:
-            bar.empty()
-    cache.put(key, value)
+        if gen is not None:
+            gen.close()                # interrupted (Stop, rerun, error): let the job clean up
+        box.empty()
+    if value is None:
+        return None
+    if store is not None:
+        store.put(key, value)
     if record:
         from dashboard.audit_ui import record as audit_record
-        audit_record(value, key, label)
+        audit_record(value, key, title or label, meta=meta)
+    if share_name:
+        share.mark(share_name, key)
     return value
 
 
-class _null:
-    def __enter__(self):
-        return self
+def drive_with_progress(gen, label: str, title: str | None = None):
+    """A generator job started by a button, with nothing kept in the result cache (its
+    result is stored on disk): ``run_job`` with ``cache=False``."""
+    return run_job(None, label, lambda _p: gen, title=title or _TITLES.get(getattr(gen, "__name__", ""), label),
+                   meta={"image": False}, cache=False)
 
-    def __exit__(self, *a):
-        return False
 
-
-def drive_with_progress(gen, label: str):
-    """Run a convlens generator (yielding JobProgress, returning its result) with a progress
-    bar; a Stop button (or any rerun) interrupts it, and then nothing is saved."""
-    bar = st.progress(0.0, text=label)
-    value = None
-    try:
-        with job_slot(True, bar):
-            while True:
-                try:
-                    p = next(gen)
-                except StopIteration as fin:
-                    value = fin.value
-                    break
-                bar.progress(p.fraction, text=f"{label}: {p.done}/{p.total}")
-    finally:
-        bar.empty()
-    if value is not None:
+def record_button(name: str, value, key, title: str, meta: dict | None = None, where=None) -> str | None:
+    """A shown result that the page computed on its own (a visit, not a request) enters the
+    audit trail only when asked: this button records it. Returns the run's uid once."""
+    where = where or st
+    if where.button("Record in the audit trail", key=f"{name}_record", icon=":material/fact_check:",
+                    help="Adds this result, with the model, image and settings, to the Audit trail page."):
         from dashboard.audit_ui import record as audit_record
-        audit_record(value, None, label)
-    return value
+        uid = audit_record(value, key, title, meta=meta)
+        if uid is not None:
+            where.caption("Recorded in the audit trail.")
+        return uid
+    return None
+
+
+@dataclass
+class SequenceStep:
+    """A step of job ``index`` (named ``name``) of ``count`` jobs run one after the other."""
+    index: int
+    count: int
+    name: str
+    step: object
+
+    @property
+    def done(self) -> float:
+        s = self.step
+        return self.index + getattr(s, "done", getattr(s, "step", 0)) / max(getattr(s, "total", 1) or 1, 1)
+
+    @property
+    def total(self) -> int:
+        return self.count
+
+
+def in_sequence(jobs: list[tuple[str, Callable[[], Generator]]]) -> Generator:
+    """Several generator jobs as one (for ``run_job``): yields a :class:`SequenceStep` per
+    step of each, returns the list of their results. Stopping it closes the current one."""
+    out = []
+    for i, (name, make) in enumerate(jobs):
+        gen = make()
+        try:
+            s = next(gen)
+            while True:
+                cmd = yield SequenceStep(i, len(jobs), name, s)
+                s = gen.send(cmd)
+        except StopIteration as fin:
+            out.append(fin.value)
+        finally:
+            gen.close()
+    return out
+
+
+# Audit titles of generator jobs whose progress label names something else ("Extracting x").
+_TITLES = {"extract": "Feature extraction", "scan": "Patch scan"}

@@ -8,7 +8,7 @@ from analysis.optimize import STEP_RULES
 from analysis.optimize.featurevis import PRESETS, Preset, class_visualization, default_size
 from dashboard import state
 from dashboard.errors import guard
-from dashboard.optimize_ui import live_run, show_result
+from dashboard.optimize_ui import live_run, show_result, slug
 
 st.title("Class visualisation")
 st.caption("Change the pixels, not the weights: start from noise and climb the class score, with "
@@ -28,7 +28,7 @@ with guard("Class visualisation"):
                                help="Published settings; adjust any of them under 'Free controls'.")
     base = PRESETS[preset_name]
     c2.caption(base.source)
-    k = f"cv_{preset_name}"
+    k = f"cv_{slug(preset_name)}"          # "cv_MACO_Fel_et_al_2023": a key share links carry
     with st.expander("Free controls", expanded=False):
         a, b, c, d = st.columns(4)
         steps = a.number_input("steps", 1, 5000, base.steps, key=f"{k}_steps")
@@ -84,7 +84,7 @@ with guard("Class visualisation"):
     result = live_run("cv", key, lambda: class_visualization(
         bundle, classes, preset, steps=int(steps), seed=int(seed), size=int(size),
         preview_every=int(preview_every), probability=probability), label="Visualise", stretch=stretch, stretch_pct=pct,
-        captions=[label])
+        captions=[label], meta={"target": classes[0]} if len(classes) == 1 else None)
     if result is not None:
         left, right = st.columns([3, 2])
         with left:

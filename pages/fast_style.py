@@ -37,7 +37,7 @@ def _load(info):
     return _network(info.name, (info.path / "network.safetensors").stat().st_mtime)
 
 
-t_train, t_saved, t_apply = st.tabs(["Train", "Saved networks", "Apply"])
+t_train, t_saved, t_apply = st.tabs(["Train", "Saved networks", "Apply"], key="fs_tab", on_change="rerun")
 
 with t_train, guard("Training"):
     bundle, infos = extractor_picker("fs")

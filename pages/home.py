@@ -5,8 +5,8 @@ import streamlit as st
 from analysis.core.predict import predict
 from dashboard import state
 from dashboard.errors import guard
-from dashboard.render import model_card_rows, topk_figure
-from dashboard.widgets import run_job
+from dashboard.render import model_card_rows, model_view, topk_figure
+from dashboard.widgets import record_button, run_job
 
 st.title("convlens — what does the network see?")
 st.caption("Pick a model, an image and a data set in the sidebar; every page uses them.")
@@ -21,16 +21,20 @@ if bundle is not None:
         image = state.current_image()
         with left:
             st.subheader("Image")
-            st.image(bundle.preprocess.geometry(image), caption=f"{state.image_ref().label}: the "
-                     f"{bundle.input_size}×{bundle.input_size} crop the model sees", width="stretch")
+            seen = model_view(bundle.preprocess, image)
+            grey = " grey" if bundle.preprocess.grayscale else ""
+            st.image(seen, caption=f"{state.image_ref().label}: the {bundle.input_size}×{bundle.input_size}{grey} "
+                     "crop the model sees", width=min(seen.shape[1], 448))
         with right:
             st.subheader("Prediction")
-            pred = run_job(("predict", bundle.model_id, str(state.image_ref()), 5), "Prediction",
-                           lambda p: predict(bundle, image, k=5), with_progress=False)
+            pkey = ("predict", bundle.model_id, str(state.image_ref()), 5)
+            pred = run_job(pkey, "Prediction", lambda p: predict(bundle, image, k=5), with_progress=False,
+                           record=False)                      # a visit is no request: recorded on demand
             st.plotly_chart(topk_figure(pred), width="stretch", key="top5")
             st.dataframe(pd.DataFrame(pred.rows()), hide_index=True, width="stretch",
                          column_config={"probability": st.column_config.ProgressColumn(
                              "probability", format="%.3f", min_value=0.0, max_value=1.0)})
+            record_button("home", pred, pkey, "Prediction")
 
     st.subheader(f"Model card — {bundle.name}")
     st.markdown(bundle.description)

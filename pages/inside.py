@@ -9,8 +9,8 @@ from analysis.inside.activations import activations, conv_layers, filters, neuro
 from dashboard import state
 from dashboard.errors import guard
 from dashboard.patches_ui import patches_tab
-from dashboard.render import clip_map, colorize, image_grid, overlay, png_bytes
-from dashboard.widgets import layer_picker, run_job
+from dashboard.render import clip_map, colorize, image_grid, kernel_grid, overlay, png_bytes
+from dashboard.widgets import layer_picker, record_button, run_job
 
 st.title("Inside the network")
 st.caption("What the first-layer filters look like, what each layer responds to, and which "
@@ -24,7 +24,8 @@ with guard("Inside the network"):
     image = state.current_image()
     spatial = [i.name for i in infos if i.spatial and i.calls > 0]
     mid = default_layer(infos, 0.5) if spatial else ""
-    t_f, t_a, t_g, t_p = st.tabs(["Filters", "Activations", "Channel gradient", "Maximally activating patches"])
+    t_f, t_a, t_g, t_p = st.tabs(["Filters", "Activations", "Channel gradient", "Maximally activating patches"],
+                                  key="in_tab", on_change="rerun")      # the active tab goes into share links
 
     with t_f, guard("Filters"):
         convs = conv_layers(bundle)
@@ -40,19 +41,28 @@ with guard("Inside the network"):
             st.image(grid, caption="each filter scaled to its own range; grey = 0", width="stretch")
             st.download_button("PNG", png_bytes(grid), f"filters_{layer}.png", key="in_f_png")
         else:
-            k = st.number_input("Filter", 0, f.shape[0] - 1, int(order[0]), key="in_f_idx")
-            sl = f.slices(int(k))
-            st.image(image_grid([np.repeat(s[..., None], 3, 2) for s in sl], cols=min(32, len(sl)), pad=2,
-                                cell=max(16, 6 * f.shape[-1])),
-                     caption=f"filter {k}: its {len(sl)} input-channel kernels (grey = 0)", width="stretch")
+            n_out, n_in = f.shape[:2]
+            if n_out * n_in <= 4096:                   # every filter at once: one row each, one column per input
+                kernels = [kern for i in order for kern in f.slices(int(i))]
+                grid = kernel_grid(kernels, cols=n_in if n_in > 1 else 16, pad=1 if n_in > 16 else 2 if n_in > 1 else 6)
+                what = (f"all {n_out} filters, in {order_by} order" + (": one row per filter, one column per input "
+                        "channel" if n_in > 1 else "") + " (each filter scaled to its own range; grey = 0)")
+            else:                                      # too many kernels for one picture: one filter at a time
+                k = st.number_input("Filter", 0, n_out - 1, int(order[0]), key="in_f_idx")
+                grid = kernel_grid(list(f.slices(int(k))), cols=32)
+                what = f"filter {k}: its {n_in} input-channel kernels (grey = 0)"
+            st.image(grid, caption=what, width=grid.shape[1])      # own size: one square per weight, no blur
+            st.download_button("PNG", png_bytes(grid), f"filters_{layer}.png", key="in_f_png")
         st.bar_chart(pd.DataFrame({"L2 norm": f.norms[order]}), height=160)
 
     with t_a, guard("Activations"):
         c1, c2, c3 = st.columns([2, 1, 1])
-        layer = layer_picker(infos, mid, key="in_a_layer") if spatial else None
+        with c1:                                       # the picker beside its sort and page controls
+            layer = layer_picker(infos, mid, key="in_a_layer") if spatial else None
         if layer:
-            acts = run_job(("acts", bundle.model_id, str(state.image_ref()), layer), "Activations",
-                           lambda p: activations(bundle, image, layer), with_progress=False)
+            akey = ("acts", bundle.model_id, str(state.image_ref()), layer)
+            acts = run_job(akey, "Activations", lambda p: activations(bundle, image, layer), with_progress=False,
+                           record=False)                      # shown on a visit: recorded on demand
             for w in getattr(acts, "warnings", []):
                 st.warning(w)
             s = acts.summary()
@@ -78,6 +88,7 @@ with guard("Inside the network"):
                      "upsampled)", width="stretch")
             e2.image(overlay(acts.image, colorize(clip_map(up, 0.5)), 0.6, weight=clip_map(up, 0.5)),
                      caption="over the input crop", width="stretch")
+            record_button("in_a", acts, akey, "Activations", meta={"layer": layer})
 
     with t_g, guard("Channel gradient"):
         st.caption("The image gradient of one channel (or one neuron) of an intermediate layer: "
@@ -96,9 +107,9 @@ with guard("Inside the network"):
                 p1, p2 = st.columns(2)
                 pos = (int(p1.number_input("row", 0, shape[1] - 1, shape[1] // 2, key="in_g_y")),
                        int(p2.number_input("column", 0, shape[2] - 1, shape[2] // 2, key="in_g_x")))
-            ng = run_job(("ngrad", bundle.model_id, str(state.image_ref()), layer, int(ch), pos, guided),
-                         "Gradient", lambda p: neuron_gradient(bundle, image, layer, int(ch), pos, guided),
-                         with_progress=False)
+            gkey = ("ngrad", bundle.model_id, str(state.image_ref()), layer, int(ch), pos, guided)
+            ng = run_job(gkey, "Gradient", lambda p: neuron_gradient(bundle, image, layer, int(ch), pos, guided),
+                         with_progress=False, record=False)   # shown on a visit: recorded on demand
             for w in ng.warnings:
                 st.warning(w)
             g1, g2 = st.columns(2)
@@ -108,6 +119,7 @@ with guard("Inside the network"):
             act_up = np.asarray(colorize(np.clip(act / max(float(act.max()), 1e-12), 0, 1), "viridis"))
             g2.image(image_grid([act_up], cols=1, pad=0, cell=ng.image.shape[0]),
                      caption=f"activation of channel {ch} (value {ng.value:.3g})", width="stretch")
+            record_button("in_g", ng, gkey, "Gradient", meta={"layer": layer})
 
     with t_p:
         patches_tab(bundle, infos, spatial)

@@ -5,12 +5,11 @@ import streamlit as st
 
 from analysis.core.layers import block_layers, default_layer
 from analysis.optimize.featurevis import flag_strip_outliers, invert
-from dashboard import share, state
-from dashboard.audit_ui import record as record_run
+from dashboard import state
 from dashboard.errors import guard
 from dashboard.optimize_ui import live_run, show_result, show_warnings
 from dashboard.render import png_bytes
-from dashboard.widgets import job_slot, layer_picker, result_cache
+from dashboard.widgets import in_sequence, layer_picker, result_cache, run_job
 
 st.title("Feature inversion")
 st.caption("Which image has these features? Start from noise and match the image's activations at one "
@@ -31,7 +30,7 @@ with guard("Feature inversion"):
                               help="total variation in 0–255 units; larger = smoother"))
     lr = float(c.number_input("Adam learning rate", 0.001, 1.0, 0.02, key="iv_lr"))
     seed = int(d.number_input("seed", 0, 2 ** 31 - 1, 0, key="iv_seed"))
-    t_one, t_strip = st.tabs(["One layer", "Shallow → deep strip"])
+    t_one, t_strip = st.tabs(["One layer", "Shallow → deep strip"], key="iv_tab", on_change="rerun")
     with t_one, guard("Inversion"):
         layer = layer_picker(infos, default_layer(infos, 0.3), key=f"iv_layer_{bundle.short_id}")
         key = ("invert", bundle.model_id, state.image_ref(), layer, steps, tv, lr, seed)
@@ -51,24 +50,14 @@ with guard("Feature inversion"):
         idx = np.unique(np.linspace(0, len(pick) - 1, 5).round().astype(int))
         chosen = st.multiselect("Layers (shallow → deep)", names, default=[pick[i] for i in idx], key="iv_strip_layers")
         strip_key = ("invert-strip", bundle.model_id, state.image_ref(), tuple(chosen), steps, tv, lr, seed)
-        cache = result_cache()
-        results = cache.get(strip_key)
-        if results is None and (st.button("Invert every layer", type="primary", key="iv_strip_go")
-                                or share.resume("iv_strip", strip_key)):
-            from analysis.optimize import run
-            bar = st.progress(0.0)
-            results = []
-            with job_slot(True, bar):                     # queue behind the device's other heavy jobs
-                for j, ly in enumerate(chosen):
-                    def tick(s, j=j, ly=ly):
-                        bar.progress((j + s.step / s.total) / len(chosen), text=f"{ly}: step {s.step}/{s.total}")
-                    results.append(run(invert(bundle, image, ly, steps=steps, tv_weight=tv, lr=lr, seed=seed,
-                                              preview_every=0), on_step=tick))
-            bar.empty()
-            cache.put(strip_key, results)
-            record_run(results, strip_key, "Inversion strip")
+        cached = result_cache().get(strip_key)
+        go = cached is None and st.button("Invert every layer", type="primary", key="iv_strip_go")
+
+        results = run_job(strip_key, "Inverting every layer", lambda _p: in_sequence(
+            [(ly, lambda ly=ly: invert(bundle, image, ly, steps=steps, tv_weight=tv, lr=lr, seed=seed, preview_every=0))
+             for ly in chosen]), start=go, stop="iv_strip_stop", share_name="iv_strip", title="Inversion strip",
+            step_text=lambda p: f"{p.name} ({p.index + 1} of {p.count}): step {p.step.step}/{p.step.total}")
         if results:
-            share.mark("iv_strip", strip_key)
             imgs = [bundle.preprocess.geometry(image)] + [r.images[0] for r in results]
             flag_strip_outliers(results, chosen)          # an inversion far worse than the others
             show_warnings(results)

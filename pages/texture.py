@@ -48,7 +48,7 @@ with guard("Texture synthesis"):
     if not lw:
         st.info("Choose at least one layer with a positive weight.")
         st.stop()
-    t_one, t_strip = st.tabs(["Synthesise", "Shallow → deep strip"])
+    t_one, t_strip = st.tabs(["Synthesise", "Shallow → deep strip"], key="tx_tab", on_change="rerun")
     with t_one, guard("Texture synthesis"):
         key = ("texture", bundle.model_id, ref, tuple(lw.items()), size, steps, optimizer, lr, scale, tv, seed)
         result = live_run("tx", key, lambda: synthesize_texture(
@@ -69,7 +69,7 @@ with guard("Texture synthesis"):
         skey = ("texture-strip", bundle.model_id, ref, tuple(lw.items()), ssize, ssteps, optimizer, lr, scale, seed)
         strip = live_run("tx_strip", skey, lambda: texture_strip(
             bundle, image, lw, size=ssize, steps=ssteps, optimizer=optimizer, lr=lr, source_scale=scale, seed=seed,
-            preview_every=pv), label="Synthesise the strip", width=ssize)
+            preview_every=pv), label="Synthesise the strip", width=ssize, title="Texture strip")
         if strip is not None:
             caps = [f"up to {s_[-1]}" for s_ in strip.sets]
             src = np.asarray(Image.fromarray(image).resize((ssize, ssize)))

@@ -258,8 +258,10 @@ def empty_cache():
 
 def test_audit_page_notes_verdict_compare_export_delete(empty_cache):
     t0 = time.time()
-    at = AppTest.from_file(APP, default_timeout=600).run()               # home: a prediction is recorded
-    at.selectbox(key="sb_gallery").set_value("coffee").run()             # and a second one
+    at = AppTest.from_file(APP, default_timeout=600).run()
+    at.button(key="home_record").click().run()                           # home: a prediction is recorded
+    at.selectbox(key="sb_gallery").set_value("coffee").run()
+    at.button(key="home_record").click().run()                           # and a second one
     _ok(at)
     from analysis.audit.trail import open_store
     store = open_store()
@@ -305,6 +307,7 @@ def test_audit_page_open_here_restores_the_view(empty_cache):
     t0 = time.time()
     at = AppTest.from_file(APP, default_timeout=600).run()
     at.selectbox(key="sb_gallery").set_value("astronaut").run()
+    at.button(key="home_record").click().run()
     _ok(at)
     from analysis.audit.trail import open_store
     run = [r for r in open_store().list_runs(since=t0) if r.image_label == "astronaut"][0]
@@ -328,7 +331,9 @@ def test_app_records_into_postgresql_through_database_url(postgres, monkeypatch,
     assert get_config().audit_url == url
     t0 = time.time()
     at = AppTest.from_file(APP, default_timeout=600).run()
+    at.button(key="home_record").click().run()
     at.selectbox(key="sb_gallery").set_value("coffee").run()
+    at.button(key="home_record").click().run()
     _ok(at)
     store = open_store()
     assert store.engine.dialect.name == "postgresql"

@@ -77,9 +77,11 @@ def test_login_off_by_default():
     t0 = time.time()
     at = AppTest.from_file(APP, default_timeout=300).run()
     assert not at.exception and _app_shown(at)
+    at.button(key="home_record").click().run()                  # an explicit computation is recorded
     assert not any(b.key == "_auth_logout" for b in at.button)
     assert not any("Signed in" in c.value for c in at.caption)
-    assert all(r.user == "" for r in _records_since(t0))
+    recs = _records_since(t0)
+    assert recs and all(r.user == "" for r in recs)
 
 
 # ------------------------------------------------------------------ password mode
@@ -110,6 +112,7 @@ def test_password_login(password_mode):
     assert not at.exception and _app_shown(at), [e.value for e in at.error]
     assert any("Signed in as **alice**" in c.value for c in at.caption)
     assert at.selectbox(key="sb_gallery").value == "coffee"          # the link survived the login
+    at.button(key="home_record").click().run()
     recs = _records_since(t0)
     assert recs and all(r.user == "alice" for r in recs)
     at.button(key="_auth_logout").click().run()
@@ -143,5 +146,6 @@ def test_oidc_logged_in_user_goes_into_records(oidc_mode):
     at.run()
     assert not at.exception and _app_shown(at)
     assert any("ada@example.org" in c.value for c in at.caption)
+    at.button(key="home_record").click().run()
     recs = _records_since(t0)
     assert recs and all(r.user == "ada@example.org" for r in recs)

@@ -58,7 +58,9 @@ def test_server_sigkill_mid_work_and_restart(session_dir, output_dir):
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1300, "height": 900})
             page.goto(url, wait_until="domcontentloaded")
-            page.get_by_text("Egyptian cat").first.wait_for(timeout=240_000)              # prediction recorded
+            page.get_by_text("Egyptian cat").first.wait_for(timeout=240_000)
+            page.get_by_role("button", name="Record in the audit trail").click()          # prediction recorded
+            page.get_by_text("Recorded in the audit trail.").first.wait_for(timeout=60_000)
             page.goto(f"{url}/saliency?{link(gradcam)}", wait_until="domcontentloaded")
             page.get_by_text("Target: tabby").first.wait_for(timeout=240_000)             # Grad-CAM recorded
             page.wait_for_timeout(500)

@@ -48,7 +48,8 @@ def test_class_visualisation_page_runs_a_preset_with_few_steps():
 def test_class_visualisation_default_is_maco_with_crops_and_a_contrast_stretch():
     at = _page("classvis")
     assert at.selectbox(key="cv_preset").value.startswith("MACO")
-    k = f"cv_{at.selectbox(key='cv_preset').value}"
+    from dashboard.optimize_ui import slug
+    k = f"cv_{slug(at.selectbox(key='cv_preset').value)}"
     assert at.number_input(key=f"{k}_size").value == 384                 # a canvas larger than the 224 px input
     assert at.checkbox(key=f"{k}_stretch").value                         # pale pictures: stretched for display
     at.number_input(key=f"{k}_steps").set_value(3).run()

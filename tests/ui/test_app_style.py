@@ -99,6 +99,13 @@ def test_fast_style_page_trains_lists_and_applies(tmp_path, monkeypatch):
     at.button(key="fs_go").click().run()
     _ok(at)
     assert any("Trained 'apptest-net' to step 2" in s.value for s in at.success)
+    # shown once (the live chart and preview go away with the run), no Stop left behind
+    assert len(at.get("plotly_chart")) == 1
+    assert len([c for c in _captions(at) if c.startswith("preview after")]) == 1
+    assert "fs_run_stop" not in {b.key for b in at.button}
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    y = spec["layout"]["yaxis"]
+    assert y["type"] == "log" and [float(t) for t in y["ticktext"]] == y["tickvals"]   # full labels
     # listed, applied to the sidebar image in one forward, and offered for resuming
     assert any("**apptest-net** · 2 / 2 steps" in m.value for m in at.markdown)
     assert at.selectbox(key="fs_apply_net").value == "apptest-net"

@@ -292,10 +292,12 @@ def test_share_link_audit_report_in_browser(browser, app_url, session_dir, outpu
     from analysis.audit.trail import AuditStore
     active = {"methods": ["gradcam"], "target": 281, "params": {"gradcam": {}}}
     q = urllib.parse.urlencode({"sal_methods": '["gradcam"]', "sal_active": json.dumps(active)})
-    page = open_page(browser, app_url)                     # home: a prediction (recorded unless cached)
+    page = open_page(browser, app_url)                     # home: a prediction, recorded on request
     page.set_default_timeout(60_000)
     try:
         page.get_by_text("Egyptian cat").first.wait_for(timeout=240_000)
+        page.get_by_role("button", name="Record in the audit trail").click()
+        page.get_by_text("Recorded in the audit trail.").first.wait_for(timeout=60_000)
         page.goto(f"{app_url}/saliency?{q}")
         page.get_by_text("Target: tabby").first.wait_for(timeout=240_000)       # computed without a click
         page.wait_for_function("location.search.includes('sb_gallery=chelsea')", timeout=60_000)

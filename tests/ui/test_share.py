@@ -148,6 +148,8 @@ def test_home_link():
     b = open_link("home", q)
     assert top5(b)[0] == "espresso"
     assert link(b) == q
+    assert runs("home", t0) == []                                      # visits record nothing (issue 13)
+    a.button(key="home_record").click().run()                          # asking does
     rec = [r for r in runs("home", t0) if r.image_label == "coffee"]
     assert rec and rec[0].title == "Prediction" and rec[0].params["labels"][0] == "espresso"
     assert rec[0].view["page"] == "home" and rec[0].view["params"]["sb_gallery"] == "coffee"
@@ -188,6 +190,9 @@ def test_inside_link():
     b = open_link("inside", q)
     assert b.radio(key="in_a_sort").value == "max" and b.number_input(key="in_g_ch").value == 5
     assert link(b) == q
+    assert runs("inside", t0) == []                                    # visits record nothing (issue 13)
+    b.button(key="in_a_record").click().run()
+    b.button(key="in_g_record").click().run()
     rec = runs("inside", t0)
     assert {"Activations", "Gradient"} <= {r.title for r in rec}
     g = [r for r in rec if r.title == "Gradient"][0]
@@ -219,6 +224,8 @@ def test_embeddings_link():
     assert any(r.method == "pca" for r in rec)
     nn = [r for r in rec if r.params.get("space") == "feature" and r.params.get("metric") == "l2"]
     assert nn and nn[0].dataset_hash and nn[0].model_name.startswith("Digits")
+    assert nn[0].image_label == "" and nn[0].image_hash == ""          # a data-set query: not the sidebar image
+    assert not [r for r in rec if r.title.startswith("Extracting")]    # titles are no progress labels
 
 
 def _optimisation_round_trip(page, setup, go_key, expect_caption):
@@ -287,7 +294,8 @@ def test_inversion_link_with_strip():
 
 def test_audit_page_link():
     t0 = time.time()
-    a = session()                                                # records a prediction
+    a = session()
+    a.button(key="home_record").click().run()                    # records a prediction
     from analysis.audit.trail import open_store
     uid = open_store().list_runs(since=t0)[0].uid
     a.switch_page("../pages/audit.py").run()
