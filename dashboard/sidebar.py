@@ -16,6 +16,7 @@ from analysis.core.models.loaders import (
 from analysis.core.store import save_upload
 from dashboard import auth, share, state
 from dashboard.errors import guard, report
+from dashboard.text import plain
 
 _KINDS = {
     "default": "EfficientNet-Lite0 · ImageNet (embedded)",
@@ -75,7 +76,7 @@ def model_picker() -> None:
         rel = st.selectbox("Model file", files, key="sb_trusted")
         if st.button("Load model", key="sb_load_trusted", width="stretch"):
             _try_select(ModelSpec(kind="trusted", weights=rel))
-    st.caption(f"Active: **{state.model_spec().label()}**")
+    st.caption(f"Active: **{plain(state.model_spec().label())}**")
 
 
 def image_picker() -> None:
@@ -98,7 +99,7 @@ def image_picker() -> None:
                 if state.image_ref().ref != digest:
                     state.set_image_ref(state.ImageRef("upload", digest, up.name))
     with guard("Image"):
-        st.image(state.current_image(), caption=state.image_ref().label, width="stretch")
+        st.image(state.current_image(), caption=plain(state.image_ref().label), width="stretch")
 
 
 def dataset_picker() -> None:

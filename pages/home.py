@@ -6,6 +6,7 @@ from analysis.core.predict import predict
 from dashboard import state
 from dashboard.errors import guard
 from dashboard.render import model_card_rows, topk_figure
+from dashboard.text import plain
 from dashboard.widgets import run_job
 
 st.title("convlens — what does the network see?")
@@ -21,7 +22,7 @@ if bundle is not None:
         image = state.current_image()
         with left:
             st.subheader("Image")
-            st.image(bundle.preprocess.geometry(image), caption=f"{state.image_ref().label}: the "
+            st.image(bundle.preprocess.geometry(image), caption=f"{plain(state.image_ref().label)}: the "
                      f"{bundle.input_size}×{bundle.input_size} crop the model sees", width="stretch")
         with right:
             st.subheader("Prediction")

@@ -21,6 +21,7 @@ from dashboard.render import (
     overlay,
     png_bytes,
 )
+from dashboard.text import plain
 from dashboard.widgets import layer_picker, run_job, target_picker
 
 st.title("Saliency — which pixels matter?")
@@ -115,7 +116,7 @@ with guard("Saliency"):
             keys.append(key)
     if not results:
         st.stop()
-    st.subheader(f"Target: {results[0].target_label} ({results[0].target})")
+    st.subheader(f"Target: {plain(results[0].target_label)} ({results[0].target})")
     cols = st.columns(min(len(results), 4))
     for i, a in enumerate(results):
         with cols[i % len(cols)]:
