@@ -12,7 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from analysis.core.errors import ConvlensError
-from dashboard import auth, lifecycle
+from dashboard import audit_ui, auth, lifecycle
 from dashboard.sidebar import render_sidebar
 from dashboard.warmup import start_once as start_warmups
 
@@ -39,6 +39,7 @@ AUDIT_PAGE = st.Page(PAGES_DIR / "audit.py", title="Audit trail", icon=":materia
 ALL_PAGES = PAGES + [AUDIT_PAGE]
 
 start_warmups()          # UMAP's numba compile, once per process, in a background thread
+audit_ui.open_at_startup()   # once per process: sweeps orphan audit folders a crash left
 try:
     signed_in = auth.signed_in()
 except ConvlensError as exc:                 # e.g. a bad convlens.toml: say so, run nothing

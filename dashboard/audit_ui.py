@@ -38,6 +38,20 @@ def enabled() -> bool:
     return get_config().audit_enabled
 
 
+@st.cache_resource(show_spinner=False)
+def open_at_startup() -> bool:
+    """Open the audit store once per server process, at start-up: opening it sweeps the
+    orphan run folders a crash left behind (analysis.audit.trail.open_store)."""
+    if not enabled():
+        return False
+    try:
+        store()
+    except Exception:  # noqa: BLE001 - the Audit page reports a broken store itself
+        log.exception("audit: could not open the store at start-up")
+        return False
+    return True
+
+
 def _image_hash() -> str:
     ref = state.image_ref()
     if ref.kind == "upload":
