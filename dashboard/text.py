@@ -27,7 +27,7 @@ import streamlit as st
 _ALWAYS = re.compile(r"([\\\[\]<>`*~$|@])")
 _UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
 _URL = re.compile(r"(?i)(\b[a-z][a-z0-9+.\-]*):(?=//)|\b(www)\.")
-_BLOCK = re.compile(r"^([#>+\-=]|\d+[.)])")
+_BLOCK = re.compile(r"^(#{1,6}|[>+\-=]|\d+[.)])(?=\s|$)")      # a heading, quote, list or rule
 _SPACE = re.compile(r"\s+")
 MAX_CHARS = 20_000
 
@@ -36,8 +36,7 @@ def _escape_line(s: str) -> str:
     s = _ALWAYS.sub(r"\\\1", s)
     s = _UNDERSCORE.sub(r"\\_", s)
     s = _URL.sub(lambda m: f"{m.group(1)}\\:" if m.group(1) else f"{m.group(2)}\\.", s)
-    return _BLOCK.sub(lambda m: "\\" + m.group(1) if not m.group(1)[0].isdigit()
-                      else m.group(1)[:-1] + "\\" + m.group(1)[-1], s)
+    return _BLOCK.sub(lambda m: m.group(1)[:-1] + "\\" + m.group(1)[-1], s)
 
 
 def plain(value, *, one_line: bool = True, max_chars: int = MAX_CHARS) -> str:
