@@ -45,9 +45,11 @@ try:
 except ConvlensError as exc:                 # e.g. a bad convlens.toml: say so, run nothing
     st.error(f"Configuration: {exc}")
     st.stop()
+auth.apply_upload_limit()    # once per process: server.maxUploadSize from convlens's limits
 nav = st.navigation(ALL_PAGES, position="sidebar" if signed_in else "hidden")
 if not signed_in:
     auth.login_screen()
     st.stop()
+auth.ensure_media_pass()     # behind dashboard/server.py: this browser's pass for media and uploads
 # restore a share link's state, draw the sidebar and the page, publish the view, finalise audit views
 lifecycle.run(nav, ALL_PAGES, render_sidebar)

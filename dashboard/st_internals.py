@@ -39,6 +39,17 @@ def drawn_widgets() -> tuple[dict[str, tuple[str, object]], set[str]]:
     return drawn, set(id_key.values())
 
 
+def session_id() -> str:
+    """The current Streamlit session's id (the one in its upload URLs)."""
+    return get_script_run_ctx().session_id
+
+
+def set_max_upload_mb(mb: int) -> None:
+    """``server.maxUploadSize`` (MB), which Streamlit's upload route reads per request."""
+    from streamlit import config
+    config.set_option("server.maxUploadSize", int(mb))
+
+
 @contextlib.contextmanager
 def stop_suspended():
     """Inside: the current run works again after the page called ``st.stop()``.
@@ -83,6 +94,13 @@ def check() -> list[str]:
     if "_force_yield_point" not in inspect.getsource(__import__("streamlit.commands.execution_control",
                                                                 fromlist=["x"])):
         missing.append("st.stop raising StopException at a yield point (dashboard/lifecycle.py catches it)")
+    if "session_id" not in getattr(script_run_context.ScriptRunContext, "__dataclass_fields__", {}):
+        missing.append("ScriptRunContext.session_id")
+    from streamlit import config as st_config
+    if "maxUploadSize" not in inspect.getsource(__import__("streamlit.web.server.starlette.starlette_routes",
+                                                           fromlist=["x"])) \
+            or not hasattr(st_config, "set_option"):
+        missing.append("server.maxUploadSize read by the upload route per request (set_max_upload_mb)")
     from streamlit.runtime.scriptrunner_utils import script_requests
     req_src = inspect.getsource(script_requests.ScriptRequests)
     if not ("self._lock" in req_src and "self._state" in req_src
