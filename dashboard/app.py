@@ -12,7 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from analysis.core.errors import ConvlensError
-from dashboard import auth, lifecycle
+from dashboard import audit_ui, auth, lifecycle
 from dashboard.sidebar import render_sidebar
 from dashboard.warmup import start_once as start_warmups
 
@@ -39,14 +39,17 @@ AUDIT_PAGE = st.Page(PAGES_DIR / "audit.py", title="Audit trail", icon=":materia
 ALL_PAGES = PAGES + [AUDIT_PAGE]
 
 start_warmups()          # UMAP's numba compile, once per process, in a background thread
+audit_ui.open_at_startup()   # once per process: sweeps orphan audit folders a crash left
 try:
     signed_in = auth.signed_in()
 except ConvlensError as exc:                 # e.g. a bad convlens.toml: say so, run nothing
     st.error(f"Configuration: {exc}")
     st.stop()
+auth.apply_upload_limit()    # once per process: server.maxUploadSize from convlens's limits
 nav = st.navigation(ALL_PAGES, position="sidebar" if signed_in else "hidden")
 if not signed_in:
     auth.login_screen()
     st.stop()
+auth.ensure_media_pass()     # behind dashboard/server.py: this browser's pass for media and uploads
 # restore a share link's state, draw the sidebar and the page, publish the view, finalise audit views
 lifecycle.run(nav, ALL_PAGES, render_sidebar)

@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis.audit.trail import VERDICTS, AuditStore, RunInput, is_result, open_store, summarise
+from analysis.audit.trail import VERDICTS, AuditError, AuditStore, RunInput, is_result, open_store, summarise
 from analysis.core.config import get_config
 from dashboard import auth, share, state
+from dashboard.text import plain
 
 log = logging.getLogger("convlens")
 
@@ -35,6 +36,20 @@ def store() -> AuditStore:
 
 def enabled() -> bool:
     return get_config().audit_enabled
+
+
+@st.cache_resource(show_spinner=False)
+def open_at_startup() -> bool:
+    """Open the audit store once per server process, at start-up: opening it sweeps the
+    orphan run folders a crash left behind (analysis.audit.trail.open_store)."""
+    if not enabled():
+        return False
+    try:
+        store()
+    except Exception:  # noqa: BLE001 - the Audit page reports a broken store itself
+        log.exception("audit: could not open the store at start-up")
+        return False
+    return True
 
 
 def _image_hash() -> str:
@@ -167,8 +182,73 @@ def visible_user() -> str | None:
 
 
 def may_see(run) -> bool:
+    """Whether the signed-in user may read or change ``run`` (the visibility rule)."""
     u = visible_user()
     return u is None or run.user == u
+
+
+def _not_found() -> AuditError:
+    # the same message as a deleted run: another user's run id reveals nothing
+    return AuditError("This run is not in the audit trail (it may have been deleted).")
+
+
+def get_visible(uid: str):
+    """The run ``uid`` if the signed-in user may see it, else AuditError (as if it did not exist).
+
+    Every read and change on the Audit page goes through this, whatever the URL or the
+    session state holds (``au_sel`` comes from links)."""
+    r = store().get(uid)
+    if not may_see(r):
+        log.warning("audit: %r asked for run %s of another user", auth.current_user(), uid)
+        raise _not_found()
+    return r
+
+
+def visible_uids(uids) -> list[str]:
+    """The subset of ``uids`` (run ids) the signed-in user may see, in order."""
+    out = []
+    for u in uids or []:
+        if not isinstance(u, str):
+            continue
+        try:
+            out.append(get_visible(u).uid)
+        except Exception:  # noqa: BLE001 - deleted, foreign or malformed: simply not offered
+            pass
+    return out
+
+
+def _all_visible(uids) -> list[str]:
+    uids = list(uids)
+    ok = visible_uids(uids)
+    if len(ok) != len(uids):
+        raise _not_found()
+    return ok
+
+
+def set_verdict(uid: str, verdict: str) -> None:
+    """Set a run's verdict, if the signed-in user may see the run."""
+    store().set_verdict(get_visible(uid).uid, verdict)
+
+
+def add_note(uid: str, text: str, kind: str = "note") -> None:
+    """Add a note by the signed-in user, if the user may see the run."""
+    store().add_note(get_visible(uid).uid, auth.current_user(), text, kind)
+
+
+def delete(uids) -> int:
+    """Delete runs, all of which the signed-in user must be allowed to see."""
+    return store().delete(_all_visible(uids))
+
+
+def export_zip(uids) -> bytes:
+    """ZIP of the visible runs' arrays (every run must be visible)."""
+    return store().export_zip(_all_visible(uids))
+
+
+def report_html(uids, links: dict | None = None) -> str | bytes:
+    """The HTML report of the runs (every run must be visible)."""
+    from analysis.audit.report import html_report
+    return html_report(store(), _all_visible(uids), links=links, author=auth.current_user())
 
 
 def runs_frame(runs) -> pd.DataFrame:
@@ -200,9 +280,9 @@ def show_images(r, width: int = 220, limit: int = 12) -> None:
     for n in names:
         try:
             imgs.append(store().read_file(r.uid, n))
-            caps.append(n.removesuffix(".png"))
+            caps.append(plain(n.removesuffix(".png")))
         except Exception as exc:  # noqa: BLE001
-            st.caption(f"{n}: {exc}")
+            st.caption(plain(f"{n}: {exc}"))
     if imgs:
         st.image(imgs, width=width, caption=caps)
 

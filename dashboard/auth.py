@@ -12,12 +12,14 @@ The user's name (OIDC: e-mail, else name, else subject) goes into audit records.
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import streamlit as st
 
 from analysis.audit.passwords import check_login
 from analysis.core.config import get_config
+from dashboard import gate, st_internals
 
 log = logging.getLogger("convlens")
 
@@ -50,6 +52,40 @@ def current_user() -> str:
 
 def signed_in() -> bool:
     return mode() == "none" or bool(current_user())
+
+
+@st.cache_resource(show_spinner=False)
+def apply_upload_limit() -> int:
+    """Once per process: Streamlit's ``server.maxUploadSize`` follows convlens's limits (the
+    larger of the upload and weights limits) instead of its 1 GB default. Returns MB."""
+    lim = get_config().limits
+    mb = max(1, math.ceil(max(lim.max_upload_bytes, lim.max_weights_bytes) / 2**20))
+    st_internals.set_max_upload_mb(mb)
+    log.info("uploads limited to %d MB (server.maxUploadSize)", mb)
+    return mb
+
+
+PASS_WAIT_S = 5.0
+
+
+def ensure_media_pass() -> None:
+    """With login on behind dashboard/server.py's gate: give this signed-in browser its pass
+    cookie for media, component and upload requests (dashboard/gate.py), and wait until the
+    browser has it before the page draws any media."""
+    if mode() == "none" or not gate.active():
+        return
+    sid = st_internals.session_id()
+    if gate.has_pass(sid):
+        return
+    ticket = gate.issue_ticket(current_user(), sid)
+    base = str(st.get_option("server.baseUrlPath") or "").strip("/")
+    src = f"{'/' + base if base else ''}{gate.PASS_PATH}?t={ticket}"
+    st.html(f'<img src="{src}" alt="" width="1" height="1" style="position:absolute;opacity:0">')
+    deadline = time.time() + PASS_WAIT_S
+    while time.time() < deadline and not gate.has_pass(sid):
+        time.sleep(0.05)
+    if not gate.has_pass(sid):
+        log.warning("gate: the browser of a session of %s did not fetch its pass", current_user())
 
 
 def login_screen() -> None:
@@ -91,6 +127,8 @@ def user_box() -> None:
     c1, c2 = st.columns([3, 2])
     c1.caption(f"Signed in as **{user}**")
     if c2.button("Sign out", key="_auth_logout"):
+        if gate.active():
+            gate.revoke(st_internals.session_id())         # media access ends with the sign-out
         if m == "oidc":
             st.logout()
         else:

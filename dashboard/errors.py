@@ -8,19 +8,20 @@ import logging
 import streamlit as st
 
 from analysis.core.errors import ConvlensError
+from dashboard.text import plain
 
 log = logging.getLogger("convlens")
 
 
 def report(exc: BaseException, what: str = "") -> None:
-    prefix = f"{what}: " if what else ""
+    prefix = f"{plain(what)}: " if what else ""           # file names, user text: never markdown
     if isinstance(exc, ConvlensError):
-        st.error(f"{prefix}{exc}")
+        st.error(f"{prefix}{plain(exc)}")
     elif isinstance(exc, MemoryError):
         st.error(f"{prefix}out of memory. Try a smaller image, batch or data set.")
     else:
         log.exception("Unexpected error%s", f" in {what}" if what else "", exc_info=exc)
-        st.error(f"{prefix}unexpected error ({type(exc).__name__}: {str(exc)[:300]}). "
+        st.error(f"{prefix}unexpected error ({type(exc).__name__}: {plain(str(exc)[:300])}). "
                  "The app keeps working; the details are in the server log.")
 
 

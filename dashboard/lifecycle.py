@@ -13,7 +13,7 @@ from typing import Callable
 import streamlit as st
 
 from dashboard import audit_ui, share
-from dashboard.st_internals import StopException
+from dashboard.st_internals import StopException, stop_suspended
 
 
 def _end() -> None:
@@ -30,6 +30,7 @@ def run(nav, pages, sidebar: Callable[[], None]) -> None:
         sidebar()
         nav.run()
     except StopException:
-        _end()
+        with stop_suspended():          # session state (and a link's rerun) work again meanwhile
+            _end()
         raise
     _end()

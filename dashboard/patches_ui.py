@@ -9,6 +9,7 @@ from analysis.core.models.bundle import ModelBundle
 from dashboard import state
 from dashboard.errors import guard
 from dashboard.render import png_bytes
+from dashboard.text import plain
 from dashboard.widgets import layer_picker, run_job
 
 
@@ -36,14 +37,14 @@ def patches_tab(bundle: ModelBundle, infos, spatial: list[str]) -> None:
         options = (["gallery", "sidebar"] if imagenet else ["sidebar", "gallery"])
         c1, c2, c3 = st.columns([2, 2, 1])
         choice = c1.radio("Data set", options, horizontal=True, key=f"in_p_data_{bundle.short_id}", format_func=lambda o: {
-            "gallery": "gallery photos, augmented crops", "sidebar": f"sidebar: {state.dataset_ref().label}"}[o])
+            "gallery": "gallery photos, augmented crops", "sidebar": f"sidebar: {plain(state.dataset_ref().label)}"}[o])
         with c2:
             layer = layer_picker(infos, default_layer(infos, 0.6), key="in_p_layer")
         k = c3.number_input("top-k", 1, 32, 8, key="in_p_k")
         ds = patch_dataset(bundle, choice)
         index = load_index(bundle, ds, layer, int(k))
         if index is None:
-            st.info(f"No index yet for `{layer}` on {ds.name} ({len(ds):,} images). The scan indexes "
+            st.info(f"No index yet for `{layer}` on {plain(ds.name)} ({len(ds):,} images). The scan indexes "
                     "every channel of the layer in one pass and is stored on disk.")
             go = st.button("Scan", type="primary", key="in_p_scan")
             index = run_job(None, f"Scanning {layer}", lambda _p: scan(bundle, ds, layer, k=int(k)), start=go,

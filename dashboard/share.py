@@ -34,7 +34,9 @@ import streamlit as st
 
 from analysis.core.models.loaders import ModelSpec
 from dashboard import state
+from dashboard.st_internals import drawn_widgets as _drawn_widgets
 from dashboard.st_internals import session_internals as _session_internals
+from dashboard.text import plain
 
 log = logging.getLogger("convlens")
 
@@ -50,6 +52,8 @@ _KEY = re.compile(r"^[A-Za-z][A-Za-z0-9]*_[A-Za-z0-9_.\-]*$")
 
 _INIT, _READY, _RESTORING = "_share_init", "_share_ready", "_share_restoring"
 _PAGE, _LAST, _BOX = "_share_page", "_share_last", "_share_box"
+_PENDING, _APPLY, _ROUNDS, _PROBLEMS = "_share_pending", "_share_apply", "_share_rounds", "_share_problems"
+MAX_ROUNDS = 4               # runs a link's values may take to meet their widgets (nested controls)
 RUN_IDS = "_audit_run_ids"
 _PAGES: dict = {}            # url_path -> st.Page (the same for every session)
 
@@ -186,47 +190,182 @@ def snapshot() -> dict[str, str]:
 
 # ------------------------------------------------------------------ restoring
 
+_LOADERS = {"model": lambda spec: state._bundle(state._key(spec)),
+            "image": lambda ref: state._image(state._key(ref)),
+            "dataset": lambda ref: state._dataset(state._key(ref))}
+
+
+def _ref_error(exc: BaseException) -> str:
+    from analysis.core.errors import ConvlensError
+    if isinstance(exc, ConvlensError):
+        return str(exc)
+    log.warning("share link: a reference failed to load", exc_info=exc)
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
 def restore(params: dict[str, str]) -> list[str]:
-    """Put the URL's values into session state (before any widget is drawn). Returns
-    messages for what could not be restored."""
+    """Restore a URL in a fresh session (before any widget is drawn). Returns messages for
+    what could not be restored.
+
+    The model, image and data-set references are loaded first and become active only if
+    they load (a failed one leaves the previous choice, and says why). Every other value
+    waits (``_PENDING``) until the widget it belongs to has been drawn: ``publish`` then
+    checks it against that widget's type, options and bounds (``_check_value``) and puts it
+    into session state for the next run, so a page never sees a value its control would
+    refuse. Values that belong to no widget (a page's own state, e.g. ``sal_active``) are
+    applied last; the page validates those itself."""
     ss = st.session_state
     problems = []
     for name, (skey, cls) in REFS.items():
         if name in params:
             try:
-                ss[skey] = _parse_ref(cls, params[name])
+                obj = _parse_ref(cls, params[name])
             except (ValueError, TypeError) as e:
                 problems.append(f"{name}: {e}")
+                continue
+            if obj == ss.get(skey, cls()):
+                continue
+            try:
+                _LOADERS[name](obj)
+            except Exception as e:  # noqa: BLE001 - a bad link must not break the app
+                problems.append(f"{name}: could not load {obj.label() if hasattr(obj, 'label') and callable(obj.label) else getattr(obj, 'label', '')}"
+                                f" ({_ref_error(e)}); the previous {name} stays active")
+                continue
+            ss[skey] = obj
     for key, value in _sidebar_for_refs(params).items():
         ss[key] = value
+    pending = {}
     for key, raw in list(params.items())[:MAX_PARAMS]:
-        if key in RESERVED or not _KEY.match(key) or len(raw) > MAX_VALUE_CHARS:
+        if key in RESERVED or not _KEY.match(key):
             continue
-        try:
-            ss[key] = decode_value(raw)
-        except Exception as e:  # noqa: BLE001 - a bad link must not break the app
-            problems.append(f"{key}: {e}")
+        if len(raw) > MAX_VALUE_CHARS:
+            problems.append(f"{key}: value longer than {MAX_VALUE_CHARS:,} characters")
+            continue
+        pending[key] = decode_value(raw)
+    ss[_PENDING] = pending or None
+    ss[_ROUNDS] = 0
     return problems
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_value(value, serde, current) -> str | None:
+    """Why ``value`` (from a URL) does not fit the widget with this ``serde`` whose value
+    (default) is ``current``; None when it fits."""
+    options = getattr(serde, "options", None)
+    if options is not None and not getattr(serde, "accept_new_options", False):
+        opts = list(options)
+        def ok(x):
+            try:
+                return any(x == o and type(x) is not bool or x is o for o in opts)
+            except Exception:  # noqa: BLE001 - exotic option types
+                return False
+        if isinstance(current, (list, tuple)):
+            if not isinstance(value, list):
+                return "expected a list of options"
+            bad = [x for x in value if not ok(x)]
+            return f"{bad[0]!r} is not one of its options" if bad else None
+        return None if ok(value) else f"{value!r} is not one of its options"
+    if isinstance(current, bool):
+        return None if isinstance(value, bool) else "expected true or false"
+    if _number(current) or (current is None and _number(value)):
+        items = [value]
+    elif isinstance(current, (list, tuple)) and current and all(_number(c) for c in current):
+        if not isinstance(value, list) or len(value) != len(current):
+            return f"expected a list of {len(current)} numbers"
+        items = value
+    elif isinstance(current, str):
+        return None if isinstance(value, str) else "expected text"
+    elif current is None:
+        return None
+    else:
+        return None if type(value) is type(current) else f"expected {type(current).__name__}"
+    lo, hi = getattr(serde, "min_value", None), getattr(serde, "max_value", None)
+    for x in items:
+        if not _number(x) or x != x or x in (float("inf"), float("-inf")):
+            return "expected a number"
+        if isinstance(current, int) and not isinstance(current, bool) and getattr(serde, "data_type", None) is not None \
+                and isinstance(x, float) and not x.is_integer():
+            return "expected a whole number"
+        if _number(lo) and x < lo:
+            return f"{x} is below the minimum {lo:g}"
+        if _number(hi) and x > hi:
+            return f"{x} is above the maximum {hi:g}"
+    return None
+
+
+def _settle_pending() -> bool:
+    """After a run of a link being restored: check the pending URL values against the
+    widgets drawn in this run. True when the next run must come at once (values accepted
+    for it, or refusals to show at the top of the page)."""
+    ss = st.session_state
+    pending = dict(ss.get(_PENDING) or {})
+    rounds = int(ss.get(_ROUNDS) or 0) + 1
+    ss[_ROUNDS] = rounds
+    try:
+        drawn, widget_keys = _drawn_widgets()
+    except Exception:  # noqa: BLE001 - internals moved (tests/ui/test_st_internals.py says so)
+        log.warning("share: widget introspection unavailable; link values applied unchecked", exc_info=True)
+        drawn, widget_keys, rounds = {}, set(), MAX_ROUNDS
+    apply, keep, problems = {}, {}, []
+    for key, value in pending.items():
+        if key in drawn:
+            vtype, serde = drawn[key]
+            why = ("not a setting a link can carry" if vtype not in VALUE_TYPES
+                   else _check_value(value, serde, ss[key] if key in ss else None))
+            if why:
+                problems.append(f"{key}: {why}")
+            else:
+                apply[key] = value
+        else:
+            keep[key] = value
+    if not apply or rounds >= MAX_ROUNDS:           # the rest met no widget: a page's own state
+        for key, value in keep.items():
+            if key in widget_keys:
+                problems.append(f"{key}: its control is not shown with these settings")
+            else:
+                apply[key] = value
+        keep = {}
+    ss[_PENDING] = keep or None
+    _add_problems(problems)
+    if apply:
+        ss[_APPLY] = apply
+    return bool(apply or problems)              # a rerun applies them / shows what was refused
+
+
+def _add_problems(problems: list[str]) -> None:
+    if problems:
+        log.info("share link: not restored: %s", "; ".join(problems))
+        ss = st.session_state
+        ss[_PROBLEMS] = list(ss.get(_PROBLEMS) or []) + problems
+
+
+def link_problems() -> list[str]:
+    """What of the link being opened was not used (messages naming the parameter)."""
+    return list(st.session_state.get(_PROBLEMS) or [])
+
+
 def _sidebar_for_refs(params: dict[str, str]) -> dict:
-    """Sidebar widget values that agree with the refs of a link that does not carry them
-    (a hand-written ``?image=...``), so the sidebar does not switch back to its defaults."""
+    """Sidebar widget values that agree with the link's refs, set at once (a link's own
+    sidebar values wait for their widgets, and a hand-written ``?image=...`` carries none),
+    so the sidebar does not switch back to its defaults meanwhile."""
     ss = st.session_state
     out: dict = {}
-    if "image" in params and "sb_img_src" not in params:
+    if "image" in params:
         ref = ss.get(state.IMAGE_KEY)
         if isinstance(ref, state.ImageRef):
             out["sb_img_src"] = "Upload" if ref.kind == "upload" else "Gallery"
             if ref.kind == "gallery":
                 out["sb_gallery"] = ref.ref
-    if "model" in params and "sb_model_kind" not in params:
+    if "model" in params:
         spec = ss.get(state.MODEL_KEY)
         if isinstance(spec, ModelSpec):
             out["sb_model_kind"] = "torchvision" if spec.kind == "random" else spec.kind
             if spec.kind in ("torchvision", "random"):
                 out.update(sb_arch=spec.arch, sb_pretrained=spec.kind == "torchvision", sb_seed=spec.seed)
-    if "dataset" in params and "sb_dataset" not in params:
+    if "dataset" in params:
         ref = ss.get(state.DATASET_KEY)
         if isinstance(ref, state.DatasetRef):
             out["sb_dataset"] = {"digits": "digits", "zip": "zip"}.get(ref.kind, f"folder:{ref.ref}")
@@ -251,13 +390,21 @@ def begin(nav, pages) -> None:
         ss[_INIT] = True
         params = _query()
         if any(k not in ("embed", "embed_options") for k in params):
-            problems = restore(params)
+            ss[_PROBLEMS] = []
+            _add_problems(restore(params))
             ss[_RESTORING] = True
-            if problems:
-                log.info("share link: not restored: %s", "; ".join(problems))
             target = params.get(PAGE_PARAM)
             if target and target != ss[_PAGE] and target in _PAGES:
                 st.switch_page(_PAGES[target])
+    apply = ss.get(_APPLY)
+    if apply:                                   # link values checked against their widgets last run
+        ss[_APPLY] = None
+        for key, value in apply.items():
+            ss[key] = value
+    problems = ss.get(_PROBLEMS)
+    if problems:
+        st.warning("Parts of this link were not used; the defaults are shown instead:  \n"
+                   + "  \n".join(f"- {plain(p)}" for p in problems[:10]), icon=":material/link_off:")
     ss[_READY] = True
 
 
@@ -352,6 +499,11 @@ def publish() -> dict | None:
     if not ss.get(_READY):
         return None
     ss[_READY] = False                       # once per run (dashboard/lifecycle.py calls it)
+    if ss.get(_PENDING) is not None:         # a link being restored: its values meet their widgets
+        if _settle_pending():
+            st.rerun()
+    elif ss.get(_PROBLEMS):
+        ss[_PROBLEMS] = []                   # shown at the top of this run; gone on the next action
     try:
         params = snapshot()
         cur = {k: v for k, v in _query().items() if k not in ("embed", "embed_options")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from analysis.core.config import get_config
+from analysis.core.errors import ConvlensError
 from analysis.core.images import gallery_names, load_image
 from analysis.core.models.loaders import (
     ModelSpec,
@@ -13,9 +14,10 @@ from analysis.core.models.loaders import (
     torchvision_architectures,
     trusted_model_files,
 )
-from analysis.core.store import save_upload
+from analysis.core.store import discard_upload, has_upload, save_upload, upload_digest
 from dashboard import auth, share, state
 from dashboard.errors import guard, report
+from dashboard.text import plain
 
 _KINDS = {
     "default": "EfficientNet-Lite0 · ImageNet (embedded)",
@@ -35,6 +37,42 @@ def _try_select(spec: ModelSpec) -> bool:
         return False
     state.set_model_spec(spec)
     return True
+
+
+def _store(data: bytes, name: str, new: list[str], max_bytes: int | None = None) -> str:
+    """Store an upload; its digest goes into ``new`` if this call created it (so a refusal
+    can remove it without touching a file someone else stored and uses)."""
+    existed = has_upload(upload_digest(data))
+    digest = save_upload(data, name, max_bytes=max_bytes)
+    if not existed:
+        new.append(digest)
+    return digest
+
+
+_ZIP_REFUSED = "_sb_zip_refused"
+
+
+def _select_zip(data: bytes, name: str) -> None:
+    """Store a zip data set, index it, and make it the data set; a refused zip is removed
+    again (and not retried on every rerun while it stays in the uploader)."""
+    digest = upload_digest(data)
+    if state.dataset_ref().ref == digest:
+        return
+    refused = st.session_state.get(_ZIP_REFUSED)
+    if refused and refused[0] == digest:
+        st.error(refused[1])
+        return
+    new: list[str] = []
+    try:
+        ref = state.DatasetRef("zip", _store(data, name, new), name)
+        state.dataset_for(ref)                                      # index it (cached) before switching
+    except Exception as exc:
+        for d in new:
+            discard_upload(d)
+        if isinstance(exc, ConvlensError):
+            st.session_state[_ZIP_REFUSED] = (digest, f"{plain(name)}: {plain(exc)}")
+        raise
+    state.set_dataset_ref(ref)
 
 
 def model_picker() -> None:
@@ -65,17 +103,20 @@ def model_picker() -> None:
             with guard("Weights"):
                 data = wfile.getvalue()
                 read_state_dict(data, wfile.name)                  # validate before storing
-                classes = ""
+                classes, new = "", []
                 if cfile is not None:
                     parse_class_names(cfile.getvalue(), cfile.name)
-                    classes = save_upload(cfile.getvalue(), cfile.name)
-                _try_select(ModelSpec(kind="upload", arch=arch, weights=save_upload(data, wfile.name), classes=classes))
+                    classes = _store(cfile.getvalue(), cfile.name, new)
+                weights = _store(data, wfile.name, new, get_config().limits.max_weights_bytes)
+                if not _try_select(ModelSpec(kind="upload", arch=arch, weights=weights, classes=classes)):
+                    for d in new:                                   # refused: nothing stays behind
+                        discard_upload(d)
     elif kind == "trusted":
         files = trusted_model_files()
         rel = st.selectbox("Model file", files, key="sb_trusted")
         if st.button("Load model", key="sb_load_trusted", width="stretch"):
             _try_select(ModelSpec(kind="trusted", weights=rel))
-    st.caption(f"Active: **{state.model_spec().label()}**")
+    st.caption(f"Active: **{plain(state.model_spec().label())}**")
 
 
 def image_picker() -> None:
@@ -98,7 +139,7 @@ def image_picker() -> None:
                 if state.image_ref().ref != digest:
                     state.set_image_ref(state.ImageRef("upload", digest, up.name))
     with guard("Image"):
-        st.image(state.current_image(), caption=state.image_ref().label, width="stretch")
+        st.image(state.current_image(), caption=plain(state.image_ref().label), width="stretch")
 
 
 def dataset_picker() -> None:
@@ -118,9 +159,7 @@ def dataset_picker() -> None:
         up = st.file_uploader("Zip: class folders of images", type=["zip"], key="sb_zip")
         if up is not None:
             with guard(f"'{up.name}'"):
-                digest = save_upload(up.getvalue(), up.name)
-                if state.dataset_ref().ref != digest:
-                    state.set_dataset_ref(state.DatasetRef("zip", digest, up.name))
+                _select_zip(up.getvalue(), up.name)
     with guard("Data set"):
         s = state.current_dataset().summary()
         st.caption(f"{s['n_images']:,} images · {s['n_classes']} classes"

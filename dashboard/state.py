@@ -121,3 +121,8 @@ def current_image() -> np.ndarray:
 
 def current_dataset() -> Dataset:
     return _dataset(_key(dataset_ref()))
+
+
+def dataset_for(ref: DatasetRef) -> Dataset:
+    """The (cached) data set of ``ref``; raises ConvlensError if it cannot be read."""
+    return _dataset(_key(ref))

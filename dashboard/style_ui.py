@@ -17,6 +17,7 @@ from analysis.core.images import GALLERY, gallery_image, gallery_names, load_ima
 from analysis.core.models.bundle import ModelBundle
 from analysis.core.models.loaders import ModelSpec
 from dashboard import state
+from dashboard.text import plain
 
 _EXTRACTORS = {"sidebar": None, "vgg19": "VGG-19 (torchvision, ImageNet; downloads once)",
                "vgg16": "VGG-16 (torchvision, ImageNet; downloads once)"}
@@ -107,7 +108,7 @@ def style_images(key: str, default: list[str]) -> list[tuple[np.ndarray, float, 
     cols = st.columns(4)
     for i, (img, ref, label) in enumerate(items):
         with cols[i % len(cols)]:
-            st.image(img, caption=label, width=150)
+            st.image(img, caption=plain(label), width=150)
             w = st.number_input("mix weight", 0.0, 100.0, 1.0, 0.1, key=f"{key}_w_{ref}",
                                 disabled=len(items) == 1, help="Gram targets mix as the weighted mean.")
         out.append((img, float(w), ref, label))

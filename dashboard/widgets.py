@@ -21,13 +21,14 @@ from analysis.core.layers import LayerInfo
 from analysis.core.models.bundle import ModelBundle
 from analysis.core.predict import Prediction, search_classes
 from dashboard import share
+from dashboard.text import plain
 
 
 def target_picker(bundle: ModelBundle, pred: Prediction, key: str) -> int:
     """Predicted class by default, any of the top-5, or any class searched by name."""
     mode = st.radio("Target class", ["Predicted", "Top-5", "Search"], horizontal=True, key=f"{key}_mode")
     if mode == "Predicted":
-        st.caption(f"Predicted: **{pred.labels[0]}** ({pred.probs[0]:.1%})")
+        st.caption(f"Predicted: **{plain(pred.labels[0])}** ({pred.probs[0]:.1%})")
         return int(pred.indices[0])
     if mode == "Top-5":
         opts = list(range(len(pred.labels)))

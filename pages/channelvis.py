@@ -7,6 +7,7 @@ from analysis.optimize.featurevis import channel_visualization
 from dashboard import state
 from dashboard.errors import guard
 from dashboard.optimize_ui import live_run, show_result
+from dashboard.text import plain
 from dashboard.widgets import layer_picker
 
 st.title("Channel & neuron visualisation")
@@ -54,7 +55,7 @@ with guard("Channel visualisation"):
             if index is not None:
                 crops = patch_crops(bundle, ds, index, channel, display_size=64)
                 st.image([cr.image for cr in crops], width=64, caption=[f"{cr.value:.2f}" for cr in crops])
-                st.caption(f"from {ds.name} ({index.n_images:,} images)")
+                st.caption(f"from {plain(ds.name)} ({index.n_images:,} images)")
                 shown = True
                 break
         if not shown:

@@ -6,6 +6,7 @@ from analysis.optimize.featurevis import DEEPDREAM_DEFAULTS, deepdream
 from dashboard import state
 from dashboard.errors import guard
 from dashboard.optimize_ui import live_run, show_result
+from dashboard.text import plain
 from dashboard.widgets import layer_picker
 
 st.title("DeepDream")
@@ -42,7 +43,7 @@ with guard("DeepDream"):
     key = ("deepdream", bundle.model_id, state.image_ref(), layer, ch, octaves, scale, steps, step_size, jitter,
            clip, max_side, seed)
     left, right = st.columns(2)
-    left.image(image, caption=f"input: {state.image_ref().label}", width="stretch")
+    left.image(image, caption=f"input: {plain(state.image_ref().label)}", width="stretch")
     with right:
         result = live_run("dd", key, lambda: deepdream(
             bundle, image, layer, channel=None if ch < 0 else ch, octaves=octaves, octave_scale=scale,

@@ -10,6 +10,7 @@ from dashboard import state
 from dashboard.embedding_map import embedding_map, hover_thumbnails
 from dashboard.errors import guard
 from dashboard.render import embedding_figure
+from dashboard.text import plain
 from dashboard.widgets import drive_with_progress, run_job
 
 st.title("Embeddings — feature space vs pixel space")
@@ -35,7 +36,7 @@ with guard("Embeddings"):
     layer = c1.selectbox("Feature layer", names, index=names.index(default) if default in names else 0,
                          key=f"em_layer_{bundle.short_id}", help="Conv layers are global-average-pooled. "
                          "Default: the layer that feeds the classifier.")
-    c2.caption(f"Data set: **{ds.name}** ({len(ds):,} images, {len(ds.class_names)} classes) — change it in the sidebar.")
+    c2.caption(f"Data set: **{plain(ds.name)}** ({len(ds):,} images, {len(ds.class_names)} classes) — change it in the sidebar.")
 
     fs = load_features(bundle, ds, layer)
     if fs is None:
@@ -60,8 +61,8 @@ with guard("Embeddings"):
         metric = q4.radio("Metric", ["cosine", "l2"], key="em_metric")
         qimg = None if qi is not None else state.current_image()
         qshow = bundle.preprocess.geometry(ds.get(qi) if qi is not None else qimg)
-        st.image(qshow, width=128, caption=(f"query #{qi}: {ds.ids[qi]} · label {ds.class_names[ds.labels[qi]]}"
-                                            if qi is not None else f"query: {state.image_ref().label}"))
+        st.image(qshow, width=128, caption=(plain(f"query #{qi}: {ds.ids[qi]} · label {ds.class_names[ds.labels[qi]]}")
+                                            if qi is not None else plain(f"query: {state.image_ref().label}")))
         cols = st.columns(2)
         for col, space in zip(cols, ["feature", "pixel"]):
             key = ("nn", bundle.model_id, ds.content_hash, layer, space, metric, k, qi,
@@ -73,7 +74,7 @@ with guard("Embeddings"):
                 st.markdown(f"**{'Feature' if space == 'feature' else 'Pixel'} space**" + (
                     f" · label agreement **{res.agreement:.0%}**" if res.agreement is not None else ""))
                 st.image(thumbs(ds, bundle, res.indices), width=THUMB, caption=[
-                    f"{ds.class_names[ds.labels[i]]} / {bundle.categories[fs.predictions[i]]} · {d:.3f}"
+                    plain(f"{ds.class_names[ds.labels[i]]} / {bundle.categories[fs.predictions[i]]} · {d:.3f}")
                     for i, d in zip(res.indices, res.distances)])
         st.caption("Under each thumbnail: label / prediction · distance.")
 
@@ -131,4 +132,4 @@ with guard("Embeddings"):
         if sel:
             st.markdown(f"**{len(sel)} selected** (first 48 shown)")
             st.image(thumbs(ds, bundle, sel[:48]), width=THUMB,
-                     caption=[f"{ds.class_names[ds.labels[i]]} · {ds.ids[i]}" for i in sel[:48]])
+                     caption=[plain(f"{ds.class_names[ds.labels[i]]} · {ds.ids[i]}") for i in sel[:48]])

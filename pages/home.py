@@ -6,6 +6,7 @@ from analysis.core.predict import predict
 from dashboard import state
 from dashboard.errors import guard
 from dashboard.render import model_card_rows, model_view, topk_figure
+from dashboard.text import plain
 from dashboard.widgets import record_button, run_job
 
 st.title("convlens — what does the network see?")
@@ -23,7 +24,7 @@ if bundle is not None:
             st.subheader("Image")
             seen = model_view(bundle.preprocess, image)
             grey = " grey" if bundle.preprocess.grayscale else ""
-            st.image(seen, caption=f"{state.image_ref().label}: the {bundle.input_size}×{bundle.input_size}{grey} "
+            st.image(seen, caption=f"{plain(state.image_ref().label)}: the {bundle.input_size}×{bundle.input_size}{grey} "
                      "crop the model sees", width=min(seen.shape[1], 448))
         with right:
             st.subheader("Prediction")

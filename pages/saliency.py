@@ -16,6 +16,7 @@ from dashboard import saliency_ui as ui
 from dashboard import schema_ui, state
 from dashboard.errors import guard
 from dashboard.render import correlation_figure, curves_figure
+from dashboard.text import plain
 from dashboard.widgets import run_job, target_picker
 
 st.title("Saliency — which pixels matter?")
@@ -92,7 +93,7 @@ with guard("Saliency"):
             keys.append(key)
     if not results:
         st.stop()
-    st.subheader(f"Target: {results[0].target_label} ({results[0].target})")
+    st.subheader(f"Target: {plain(results[0].target_label)} ({results[0].target})")
     cols = st.columns(min(len(results), 4))
     for i, (a, k) in enumerate(zip(results, keys)):
         with cols[i % len(cols)]:

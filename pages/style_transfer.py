@@ -8,6 +8,7 @@ from dashboard import state
 from dashboard.errors import guard
 from dashboard.optimize_ui import live_run, show_result
 from dashboard.style_ui import extractor_picker, layer_weights, losses_figure, style_images
+from dashboard.text import plain
 
 st.title("Style transfer (Gatys et al.)")
 st.caption("Optimise the pixels so that the content image's features survive at one layer while the "
@@ -19,7 +20,7 @@ with guard("Style transfer"):
     d = default_settings(bundle, infos)
     content = state.current_image()
     c1, c2 = st.columns([1, 3])
-    c1.image(content, caption=f"content: {state.image_ref().label}", width=220)
+    c1.image(content, caption=f"content: {plain(state.image_ref().label)}", width=220)
     with c2:
         styles = style_images("sx_styles", ["immunohistochemistry"])
     if not styles:

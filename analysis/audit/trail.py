@@ -760,6 +760,14 @@ class AuditStore:
                     n += 1
         return n
 
+    def sweep_at_startup(self, started: float | None = None) -> int:
+        """Remove the orphan folders left by a crash before this process started (folders
+        last written more than SWEEP_GRACE_S before ``started``, default: when this module
+        was imported). Folders written since may belong to a run that another server
+        process sharing the store is recording, and are left alone. Returns how many."""
+        started = PROCESS_START if started is None else started
+        return self.sweep_orphans(older_than=max(0.0, time.time() - started + SWEEP_GRACE_S))
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -780,12 +788,20 @@ def _redact(url: str) -> str:
         return "<database url>"
 
 
+PROCESS_START = time.time()     # this server process's start (module import), for sweep_at_startup
+SWEEP_GRACE_S = 30.0
+
 _stores: dict[tuple, AuditStore] = {}
 _stores_lock = threading.Lock()
 
 
 def open_store(config=None) -> AuditStore:
-    """The process-wide store for the configuration (one engine per URL)."""
+    """The process-wide store for the configuration (one engine per URL). The first open in
+    a process sweeps the orphan folders a crash left behind (``sweep_at_startup``).
+
+    Args:
+        config: the configuration (default: ``get_config()``).
+    """
     from analysis.core.config import get_config
     cfg = config or get_config()
     key = (cfg.audit_url, str(cfg.data_dir))
@@ -794,4 +810,10 @@ def open_store(config=None) -> AuditStore:
         if s is None:
             s = _stores[key] = AuditStore(cfg.audit_url, Path(cfg.data_dir) / "audit",
                                           max_array_bytes=cfg.limits.max_audit_array_bytes)
+            try:
+                n = s.sweep_at_startup()
+                if n:
+                    log.info("audit: removed %d orphan run folder(s) left by an interrupted run", n)
+            except Exception:  # noqa: BLE001 - a failed sweep must not stop the store from opening
+                log.exception("audit: could not sweep orphan run folders")
         return s

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from analysis.core.config import get_config
-from analysis.core.errors import ParameterError
+from analysis.core.errors import LimitError, ParameterError
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 
@@ -24,9 +24,32 @@ def uploads_dir(root: Path | None = None) -> Path:
     return d
 
 
-def save_upload(data: bytes, filename: str, root: Path | None = None) -> str:
-    """Store ``data`` (atomically, once) and return its sha256 hex digest."""
-    digest = hashlib.sha256(data).hexdigest()
+def upload_digest(data: bytes) -> str:
+    """The reference (sha256 hex digest) ``data`` is stored under."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def has_upload(digest: str, root: Path | None = None) -> bool:
+    """Whether an upload with this digest is stored."""
+    return bool(_HASH.match(digest or "")) and (uploads_dir(root) / digest).is_file()
+
+
+def save_upload(data: bytes, filename: str, root: Path | None = None, max_bytes: int | None = None) -> str:
+    """Store ``data`` (atomically, once) and return its sha256 hex digest.
+
+    Args:
+        data: the file's bytes.
+        filename: its original name (kept in a sidecar for messages).
+        root: the store folder (default ``<data_dir>/uploads``).
+        max_bytes: refuse (LimitError, nothing written) larger files; default the
+            configuration's ``max_upload_bytes``. Validate the content before storing it, or
+            ``discard_upload`` it when it is refused later.
+    """
+    limit = get_config().limits.max_upload_bytes if max_bytes is None else max_bytes
+    if len(data) > limit:
+        raise LimitError(f"'{Path(filename).name}' is {len(data) / 2**20:.1f} MB, over the upload limit of "
+                         f"{limit / 2**20:.0f} MB; nothing was stored.")
+    digest = upload_digest(data)
     d = uploads_dir(root)
     path = d / digest
     if not path.exists():
@@ -52,3 +75,18 @@ def read_upload(digest: str, root: Path | None = None) -> tuple[bytes, str]:
     except (OSError, ValueError, KeyError):
         filename = digest
     return path.read_bytes(), filename
+
+
+def discard_upload(digest: str, root: Path | None = None) -> bool:
+    """Remove a stored upload (and its sidecar) that was refused after storing. True if removed."""
+    if not _HASH.match(digest or ""):
+        return False
+    d = uploads_dir(root)
+    removed = False
+    for p in (d / digest, d / f"{digest}.json"):
+        try:
+            p.unlink()
+            removed = True
+        except FileNotFoundError:
+            pass
+    return removed

@@ -831,3 +831,32 @@ def test_bundle_freezes_a_training_model():
                          categories=["a", "b", "c"], name="t", architecture="t", source="trusted")
     assert_frozen(bundle)
     assert bundle.model_id == weights_sha256(tiny_classifier())
+
+
+# ------------------------------------------------------------------ inputs that cost more than they look (issue 14)
+
+def test_zero_stride_views_claiming_gigabytes_are_refused_before_allocation():
+    """A tiny .pth whose fc is a zero-stride view claiming 2,000,000 × 512 floats (4 GB)."""
+    import resource
+    row = torch.zeros(512)
+    state = {"fc.weight": row.expand(2_000_000, 512), "fc.bias": torch.zeros(1).expand(2_000_000)}
+    data = torch_bytes(state)
+    assert len(data) < 64 * 1024
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(WeightsError, match="2,000,000"):
+        read_state_dict(data, "fc.pth")
+    state = {"w": torch.zeros(1024).expand(50_000, 1024)}          # under the class bound, 200 MB claimed
+    with pytest.raises(WeightsError, match="in memory"):
+        read_state_dict(torch_bytes(state), "w.pth", Limits(max_weights_bytes=100 * 2**20))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024       # KiB: nothing big allocated
+    assert read_state_dict(torch_bytes(state), "w.pth", Limits(max_weights_bytes=300 * 2**20))["w"].shape == (50_000, 1024)
+
+
+def test_class_name_files_are_bounded():
+    with pytest.raises(ParameterError, match="limit for class-name files"):
+        parse_class_names(b"x\n" * (5 * 2**20), "big.txt")
+    with pytest.raises(ParameterError, match="more than 100,000"):
+        parse_class_names("\n".join(str(i) for i in range(100_001)).encode(), "many.txt")
+    with pytest.raises(ParameterError, match="longer than"):
+        parse_class_names(b"cat\n" + b"x" * 1000 + b"\n", "long.txt")
+    assert parse_class_names(b"cat\ndog\n", "ok.txt") == ["cat", "dog"]

@@ -93,7 +93,44 @@ def test_bad_link_is_no_traceback():
     at2.query_params.update({"image": '{"kind":"upload","ref":"' + "0" * 64 + '","label":"x.png"}'})
     at2.run()
     assert not at2.exception
-    assert any("not stored on this server" in e.value for e in at2.error)
+    assert "not stored on this server" in _link_warnings(at2) and not at2.error   # the default image stays
+
+
+def _link_warnings(at) -> str:
+    return " ".join(w.value for w in at.warning if "link were not used" in w.value).replace("\\", "")
+
+
+def test_bad_link_values_are_checked_against_their_widgets():
+    """A value its control would refuse (out of range, not an option, wrong type) gets a
+    message naming the parameter, and the page renders with the control's default."""
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.query_params.update({"page": "saliency", "sal_alpha": "7.5", "sal_outlier": '"abc"',
+                            "sal_cmap": "no_such_map", "sal_methods": '["gradient","no_such_method"]',
+                            "sb_gallery": "../../etc/passwd", "sal_view": "heatmap"})
+    at.run()
+    _ok(at)
+    text = _link_warnings(at)
+    for key in ("sal_alpha", "sal_outlier", "sal_cmap", "sal_methods", "sb_gallery"):
+        assert key in text, (key, text)
+    assert at.slider(key="sal_alpha").value == 0.6 and at.slider(key="sal_outlier").value == 2.0
+    assert at.selectbox(key="sb_gallery").value == "chelsea"
+    assert "no_such_method" not in at.multiselect(key="sal_methods").value
+    assert at.radio(key="sal_view").value == "heatmap"                  # the good values are used
+    assert "sal_view" not in text
+    at.run()                                                          # the next action: message gone
+    assert not _link_warnings(at)
+
+
+def test_a_model_from_a_link_that_fails_to_load_is_not_active():
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.query_params.update({"model": '{"kind":"trusted","weights":"../outside/evil.pt"}'})
+    at.run()
+    assert not at.exception
+    text = _link_warnings(at)
+    assert "model: could not load" in text and "previous model stays active" in text
+    assert not any("evil.pt" in c.value for c in at.sidebar.caption)
+    assert at.selectbox(key="sb_model_kind").value == "default"
+    assert top5(at)[:1] == ["tiger cat"]
 
 
 def test_link_to_an_upload_works_in_another_session():

@@ -157,12 +157,46 @@ def _mb(n: int) -> str:
     return f"{mb:.0f} MB" if mb >= 10 or mb == int(mb) else f"{mb:.2f} MB"
 
 
+MAX_CLASSES = 100_000                 # no image classifier has more outputs (ImageNet-21k: 21,841)
+MAX_TENSOR_DIM = MAX_CLASSES           # no layer of a supported model has a larger dimension
+MAX_CLASS_NAMES_BYTES = 2 * 2**20      # a class-names file (100,000 names of ~20 characters)
+MAX_CLASS_NAME_CHARS = 300
+
+
+def _check_materialised(obj: dict, filename: str, limits: Limits) -> None:
+    """Refuse a state dict whose tensors, once materialised (copied into a model), would take
+    more than ``limits.max_weights_bytes``, or that claims more than MAX_CLASSES outputs.
+
+    A pickled tensor is a view (size, stride) of a stored buffer: zero strides let a few
+    bytes claim gigabytes, which ``load_state_dict`` (or building a model with that many
+    classes) would then allocate. Only the metadata is read here; nothing is allocated."""
+    total = 0
+    for k, v in obj.items():
+        big = [int(d) for d in v.shape if int(d) > MAX_TENSOR_DIM]
+        if big:
+            raise WeightsError(f"'{filename}': '{k}' has a dimension of {big[0]:,} (shape {tuple(v.shape)}), "
+                               f"more than the {MAX_CLASSES:,} classes / channels any supported model has.")
+        total += v.numel() * v.element_size()
+    if total > limits.max_weights_bytes:
+        raise WeightsError(f"'{filename}': its tensors would take {_mb(total)} in memory, over the "
+                           f"{_mb(limits.max_weights_bytes)} limit for weights (the file itself is "
+                           "smaller: it repeats one buffer through zero-stride views).")
+
+
 def read_state_dict(data: bytes, filename: str, limits: Limits | None = None) -> dict[str, torch.Tensor]:
     """Parse a state dict from .safetensors or .pt/.pth/.bin bytes, safely.
 
     Pickles are read with ``weights_only=True``: anything but tensors and plain
     containers is refused. Checkpoints wrapping the state dict under "state_dict" /
     "model" / "model_state_dict" are unwrapped, and DataParallel's "module." prefix removed.
+    The materialised size (sum of element counts × element size) must stay within
+    ``limits.max_weights_bytes`` and no dimension may exceed MAX_TENSOR_DIM (checked on the
+    tensors' metadata, before anything is allocated).
+
+    Args:
+        data: the file's bytes.
+        filename: its name (the suffix picks the format; used in messages).
+        limits: size limits (default: the configuration's).
     """
     limits = limits or get_config().limits
     suffix = Path(filename).suffix.lower()
@@ -210,13 +244,24 @@ def read_state_dict(data: bytes, filename: str, limits: Limits | None = None) ->
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise WeightsError(f"'{filename}': entries that are not tensors: {', '.join(map(str, bad[:5]))}")
+    _check_materialised(obj, filename, limits)
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj
 
 
 def parse_class_names(data: bytes, filename: str) -> list[str]:
-    """Class names from a .txt (one per line) or .json (list, or {index: name})."""
+    """Class names from a .txt (one per line) or .json (list, or {index: name}).
+
+    At most MAX_CLASS_NAMES_BYTES of file, MAX_CLASSES names of MAX_CLASS_NAME_CHARS each.
+
+    Args:
+        data: the file's bytes (UTF-8).
+        filename: its name (``.json`` is parsed as JSON, anything else as lines).
+    """
+    if len(data) > MAX_CLASS_NAMES_BYTES:
+        raise ParameterError(f"'{filename}' is {_mb(len(data))}, over the {_mb(MAX_CLASS_NAMES_BYTES)} "
+                             "limit for class-name files.")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -242,6 +287,11 @@ def parse_class_names(data: bytes, filename: str) -> list[str]:
         names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise ParameterError(f"'{filename}' contains no class names.")
+    if len(names) > MAX_CLASSES:
+        raise ParameterError(f"'{filename}' has {len(names):,} class names, more than {MAX_CLASSES:,}.")
+    long = [i for i, n in enumerate(names) if len(n) > MAX_CLASS_NAME_CHARS]
+    if long:
+        raise ParameterError(f"'{filename}': class name {long[0]} is longer than {MAX_CLASS_NAME_CHARS} characters.")
     return names
 
 
