@@ -30,7 +30,8 @@ __all__ = [
     "Evaluation", "Reliability", "Slice", "SliceResult", "TrustVerdict", "SaliencyMass",
     "stratified_sample", "evaluate", "reliability", "confusion", "cell_members",
     "centre_mask", "mass_inside", "class_mean_maps", "saliency_mass",
-    "mean_ci", "trust_verdicts", "randomisation_summary", "find_slices",
+    "mean_ci", "trust_verdicts", "randomisation_summary", "find_slices", "RandomisationDistribution",
+    "randomisation_over_images", "BatchSaliency", "summarise_saliency", "TrustReport",
 ]
 
 
@@ -650,3 +651,167 @@ def find_slices(features: np.ndarray, wrong: np.ndarray, labels: np.ndarray, *, 
     return SliceResult(method="slices", slices=slices, overall_error_rate=overall, indices=idx, assignment=assign,
                        params={"n_clusters": int(n_clusters), "min_size": int(min_size), "seed": int(seed)},
                        dataset_hash=dataset_hash)
+
+
+# ====================================================================== randomisation over many images
+
+@dataclass
+class RandomisationDistribution:
+    """Cascading model randomisation (Adebayo et al. 2018) repeated over many images.
+
+    ``layers`` the randomisation steps (from the logits down); ``rho[m]`` (N, L) the
+    Spearman ρ of each image's randomised map with its original map per step; ``median``,
+    ``q1``, ``q3`` per step; ``indices`` the data-set images; ``targets`` the class each
+    image's maps explain.
+    """
+    method: str
+    layers: list[str]
+    rho: dict[str, np.ndarray]
+    median: dict[str, np.ndarray]
+    q1: dict[str, np.ndarray]
+    q3: dict[str, np.ndarray]
+    indices: np.ndarray
+    targets: np.ndarray
+    params: dict = field(default_factory=dict)
+    dataset_hash: str = ""
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """Median ρ at the last (most randomised) step per method."""
+        return {f"median_rho_last.{m}": float(v[-1]) for m, v in self.median.items() if len(v)}
+
+
+def randomisation_over_images(bundle, images: Sequence[np.ndarray], targets: Sequence[int | None],
+                              methods: Sequence[str], *, indices: Sequence[int] | None = None, max_steps: int = 6,
+                              seed: int = 0, method_params: Mapping[str, dict] | None = None,
+                              progress=None, should_stop=None, dataset_hash: str = "") -> RandomisationDistribution | None:
+    """:func:`analysis.saliency.trust.cascading_randomisation` on every image; the ρ per layer
+    collected into distributions.
+
+    Args:
+        bundle: the model (never modified: randomisation works on copies).
+        images: RGB uint8 images.
+        targets: class per image (None = the predicted class).
+        methods: saliency methods.
+        indices: data-set index of each image (recorded).
+        max_steps: randomisation steps (see ``cut_points``).
+        seed: randomisation seed (the same weights for every image).
+        method_params: parameters per method.
+        progress: ``progress(done, total)`` after each image.
+        should_stop: polled before each image; when true, returns None.
+        dataset_hash: recorded with the result.
+    """
+    import time
+
+    from analysis.saliency.trust import cascading_randomisation
+    if len(images) != len(targets):
+        raise ParameterError("Give one target per image.")
+    if not len(images):
+        raise ParameterError("No images to check.")
+    t0 = time.perf_counter()
+    per_image, layers, tg, warnings = [], None, [], []
+    for k, (img, t) in enumerate(zip(images, targets)):
+        if should_stop is not None and should_stop():
+            return None
+        r = cascading_randomisation(bundle, img, t, list(methods), max_steps=max_steps, seed=seed,
+                                    method_params=dict(method_params or {}))
+        layers = r.layers if layers is None else layers
+        per_image.append(r.correlations)
+        tg.append(r.target)
+        warnings.extend(w for w in r.warnings if w not in warnings)
+        if progress is not None:
+            progress(k + 1, len(images))
+    summ = randomisation_summary(per_image, layers)
+    idx = np.arange(len(images)) if indices is None else np.asarray(indices, dtype=np.int64)
+    return RandomisationDistribution(
+        method="randomisation", layers=list(layers), rho={m: s["rho"] for m, s in summ.items()},
+        median={m: s["median"] for m, s in summ.items()}, q1={m: s["q1"] for m, s in summ.items()},
+        q3={m: s["q3"] for m, s in summ.items()}, indices=idx, targets=np.asarray(tg, dtype=np.int64),
+        params={"methods": list(methods), "max_steps": max_steps, "seed": seed, "n_images": len(images)},
+        dataset_hash=dataset_hash, seconds=time.perf_counter() - t0, warnings=warnings)
+
+
+# ====================================================================== results of the audit page
+
+@dataclass
+class BatchSaliency:
+    """One method's maps over a subset of the data set, with where they lie.
+
+    ``maps`` (N, H, W) on the model's input crops; ``labels`` / ``preds`` / ``targets``
+    per image (data-set class, predicted and explained model class); ``class_means``
+    (C, H, W) the mean normalised map of each data-set class in ``class_ids``; ``mass``
+    the share inside the centre box (``mask_mass`` inside the data set's masks, when it
+    has them).
+    """
+    method: str
+    subset: str
+    indices: np.ndarray
+    labels: np.ndarray
+    preds: np.ndarray
+    targets: np.ndarray
+    maps: np.ndarray
+    class_ids: np.ndarray
+    class_means: np.ndarray
+    mass: SaliencyMass
+    mask_mass: SaliencyMass | None = None
+    n_flat: int = 0
+    params: dict = field(default_factory=dict)
+    dataset_hash: str = ""
+
+    def summary(self) -> dict:
+        return {"n_images": int(len(self.indices)), "mean_mass_inside": self.mass.mean_inside,
+                "uniform_mass_inside": self.mass.area, "n_flat": self.n_flat}
+
+
+def summarise_saliency(indices: np.ndarray, labels: np.ndarray, preds: np.ndarray, targets: np.ndarray,
+                       maps: np.ndarray, method: str, *, subset: str = "", centre_fraction: float = 0.5,
+                       mask_share: np.ndarray | None = None, params: Mapping | None = None,
+                       dataset_hash: str = "") -> BatchSaliency:
+    """Class-mean maps and the centre share of a batch of maps.
+
+    Args:
+        indices, labels, preds, targets: per image (data-set index, data-set class,
+            predicted model class, explained model class).
+        maps: (N, H, W) saliency maps.
+        method: the saliency method.
+        subset: how the images were chosen (recorded).
+        centre_fraction: side fraction of the centre box.
+        mask_share: (N,) share inside the data set's masks (NaN where an image has none).
+        params: recorded parameters.
+        dataset_hash: recorded with the result.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim != 3 or maps.shape[0] != len(indices):
+        raise ParameterError("Give one (H, W) map per image.")
+    labels = np.asarray(labels, dtype=np.int64)
+    means = class_mean_maps(list(maps), list(labels))
+    ids = np.asarray(sorted(means), dtype=np.int64)
+    stack = np.stack([means[int(c)] for c in ids]) if len(ids) else np.zeros((0,) + maps.shape[1:], np.float32)
+    mass = saliency_mass(list(maps), method, centre_fraction=centre_fraction)
+    mm = None
+    if mask_share is not None:
+        ms = np.asarray(mask_share, dtype=np.float64)
+        if np.isfinite(ms).any():
+            ok = ms[np.isfinite(ms)]
+            m, lo, hi = mean_ci(ok)
+            mm = SaliencyMass(method=method, region="mask", inside=ms, area=float("nan"), mean_inside=m,
+                              ci=(lo, hi), n_empty=int((~np.isfinite(ms)).sum()))
+    flat = int(sum(1 for m in maps if not np.ptp(m) > 0))
+    return BatchSaliency(method=method, subset=subset, indices=np.asarray(indices, dtype=np.int64), labels=labels,
+                         preds=np.asarray(preds, dtype=np.int64), targets=np.asarray(targets, dtype=np.int64),
+                         maps=maps, class_ids=ids, class_means=stack, mass=mass, mask_mass=mm, n_flat=flat,
+                         params=dict(params or {}), dataset_hash=dataset_hash)
+
+
+@dataclass
+class TrustReport:
+    """Deletion / insertion verdicts of several methods on the same images."""
+    method: str
+    verdicts: list[TrustVerdict]
+    indices: np.ndarray
+    params: dict = field(default_factory=dict)
+    dataset_hash: str = ""
+
+    def summary(self) -> dict:
+        return {f"beats_random.{v.method}.{v.kind}": v.beats for v in self.verdicts}
