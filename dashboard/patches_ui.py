@@ -9,6 +9,7 @@ from analysis.core.models.bundle import ModelBundle
 from dashboard import state
 from dashboard.errors import guard
 from dashboard.render import png_bytes
+from dashboard.subject import explain_picker
 from dashboard.widgets import drive_with_progress, layer_picker
 
 
@@ -64,6 +65,8 @@ def patches_tab(bundle: ModelBundle, infos, spatial: list[str]) -> None:
             st.markdown(f"**channel {ch}**")
             st.image([c.image for c in crops], width=size,
                      caption=[f"{c.value:.2f} · {c.image_id}" for c in crops])
+            explain_picker(ds, [c.image_idx for c in crops], key=f"in_p_x_{layer}_{ch}",
+                           ds_getter=lambda choice=choice: patch_dataset(bundle, choice))
         if chosen:
             grid = patch_grid(bundle, ds, index, [int(c) for c in chosen], display_size=size)
             st.download_button("Download grid (PNG)", png_bytes(grid), f"patches_{layer}.png", key="in_p_png")
