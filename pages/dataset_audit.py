@@ -81,11 +81,11 @@ def caption_of(ds, bundle, ev, i: int) -> str:
 
 def evaluation_tab(bundle, ds, mapping) -> None:
     c1, c2, c3 = st.columns(3)
-    scope = c1.radio("Images", ["all", "sample"], horizontal=True, key="da_scope",
+    scope = c1.radio("Images", ["all", "sample"], horizontal=True, key="da_scope", persist_state="page",
                      format_func={"all": f"whole data set ({len(ds):,})", "sample": "stratified sample"}.get)
-    n = int(c2.number_input("sample size", 10, max(10, len(ds)), min(500, len(ds)), 50, key="da_n",
+    n = int(c2.number_input("sample size", 10, max(10, len(ds)), min(500, len(ds)), 50, key="da_n", persist_state="page",
                             disabled=scope != "sample", help="Drawn per class in proportion to its size."))
-    seed = int(c3.number_input("seed", 0, 10_000, 0, key="da_seed", disabled=scope != "sample"))
+    seed = int(c3.number_input("seed", 0, 10_000, 0, key="da_seed", persist_state="page", disabled=scope != "sample"))
     req = request_button("Evaluate", "da_eval", "da_eval_req", {"scope": scope, "n": n, "seed": seed})
     if not req:
         st.info("Press **Evaluate** to run the model on the data set (batched; the predictions are stored on "
@@ -106,7 +106,7 @@ def evaluation_tab(bundle, ds, mapping) -> None:
         st.dataframe(counts.rename("images"), width="content")
         return
     view = st.radio("Show", ["Confusion matrix", "Per class", "Calibration", "Errors"], horizontal=True,
-                    key="da_view")
+                    key="da_view", persist_state="page")
     if view == "Confusion matrix":
         confusion_view(bundle, ds, ev)
     elif view == "Per class":
@@ -139,7 +139,7 @@ def default_cell(ev) -> tuple[int, int]:
 
 def confusion_view(bundle, ds, ev) -> None:
     k = len(ds.class_names)
-    norm = st.toggle("Share of each row", key="da_cm_norm")
+    norm = st.toggle("Share of each row", key="da_cm_norm", persist_state="page")
     fig = dui.confusion_figure(ev.confusion, ds.class_names, norm)
     event = st.plotly_chart(fig, key="da_cm_fig", on_select="rerun", selection_mode="points", width="stretch")
     pts = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else \
@@ -149,12 +149,13 @@ def confusion_view(bundle, ds, ev) -> None:
         ss["_da_cm_last"] = list(cd)
         ss["da_cell_r"], ss["da_cell_c"] = int(cd[0]), (int(cd[1]) if int(cd[1]) < k else -1)
     if "da_cell_r" not in ss:
-        ss["da_cell_r"], ss["da_cell_c"] = default_cell(ev)
+        ss["da_cell_r"], ss["da_cell_c"] = ss.get("da_cell") or default_cell(ev)
     cols_opts = list(range(k)) + [-1]
     c1, c2 = st.columns(2)
-    r = c1.selectbox("True class", list(range(k)), key="da_cell_r", format_func=lambda i: ds.class_names[i])
-    c = c2.selectbox("Predicted as", cols_opts, key="da_cell_c",
+    r = c1.selectbox("True class", list(range(k)), key="da_cell_r", persist_state="page", format_func=lambda i: ds.class_names[i])
+    c = c2.selectbox("Predicted as", cols_opts, key="da_cell_c", persist_state="page",
                      format_func=lambda i: ds.class_names[i] if i >= 0 else "(a model class no data-set class claims)")
+    ss["da_cell"] = [int(r), int(c)]                # kept (and linked) while other tabs are shown
     members = cell_members(ev, r, c)
     st.markdown(f"**{len(members):,} image(s): true {ds.class_names[r]} → predicted "
                 f"{ds.class_names[c] if c >= 0 else 'unmapped'}** (click a cell of the matrix or pick it above)")
@@ -200,21 +201,21 @@ def batch_saliency(bundle, ds, idx, method: str, target: str, subset: str):
 def saliency_tab(bundle, ds, mapping, ev) -> None:
     c1, c2, c3 = st.columns(3)
     subsets = ["random", "class"] + (["cell", "errors"] if ev is not None else [])
-    subset = c1.radio("Images", subsets, horizontal=True, key="da_sal_subset", format_func={
+    subset = c1.radio("Images", subsets, horizontal=True, key="da_sal_subset", persist_state="page", format_func={
         "random": "random sample", "class": "a class", "cell": "the confusion cell", "errors": "the errors"}.get)
-    cls = c1.selectbox("Class", list(range(len(ds.class_names))), key="da_sal_class",
+    cls = c1.selectbox("Class", list(range(len(ds.class_names))), key="da_sal_class", persist_state="page",
                        format_func=lambda i: ds.class_names[i], disabled=subset != "class")
-    n = int(c2.number_input("at most N images", 1, 200, 24, key="da_sal_n"))
-    method = c2.selectbox("Method", SAL_METHODS, key="da_sal_method", format_func=lambda m: METHODS[m][0])
+    n = int(c2.number_input("at most N images", 1, 200, 24, key="da_sal_n", persist_state="page"))
+    method = c2.selectbox("Method", SAL_METHODS, key="da_sal_method", persist_state="page", format_func=lambda m: METHODS[m][0])
     can_label = mapping.status == "identity"
-    target = c3.radio("Each image's target", ["pred", "label"], key="da_sal_target", horizontal=True,
+    target = c3.radio("Each image's target", ["pred", "label"], key="da_sal_target", persist_state="page", horizontal=True,
                       format_func={"pred": "predicted class", "label": "true class"}.get,
                       disabled=not can_label,
                       help=None if can_label else "The true class needs the model's and the data set's classes to "
                                                   "be the same; with a mapping the predicted class is explained.")
     target = target if can_label else "pred"
-    seed = int(c3.number_input("seed", 0, 10_000, 0, key="da_sal_seed"))
-    cell = [int(ss.get("da_cell_r", 0)), int(ss.get("da_cell_c", 0))]
+    seed = int(c3.number_input("seed", 0, 10_000, 0, key="da_sal_seed", persist_state="page"))
+    cell = ss.get("da_cell") or (list(default_cell(ev)) if ev is not None else [0, 0])
     req = request_button("Run batch saliency", "da_sal_run", "da_sal_req",
                          {"subset": subset, "cls": int(cls), "n": n, "method": method, "target": target,
                           "seed": seed, "cell": cell})
@@ -261,16 +262,16 @@ def trust_tab(bundle, ds, mapping, ev) -> None:
                 "several random maps of the same image; the verdict rests on the paired difference's 95 % "
                 "interval, and *beats random* counts the images where the method is better than every random map.")
     c1, c2, c3, c4 = st.columns(4)
-    n = int(c1.number_input("N images", 2, 200, 40, key="da_tr_n", help="A stratified sample of the data set."))
-    methods = c1.multiselect("Methods", SAL_METHODS, default=["gradcam", "gradient"], key="da_tr_methods",
+    n = int(c1.number_input("N images", 2, 200, 40, key="da_tr_n", persist_state="page", help="A stratified sample of the data set."))
+    methods = c1.multiselect("Methods", SAL_METHODS, default=["gradcam", "gradient"], key="da_tr_methods", persist_state="page",
                              format_func=lambda m: METHODS[m][0])
-    steps = int(c2.number_input("steps", 4, 64, 16, key="da_tr_steps"))
-    substrate = c2.selectbox("deleted pixels become", ["blur", "zero", "mean"], key="da_tr_sub")
-    patch = int(c3.selectbox("delete in", [0, 1, 2, 4, 8, 16], key="da_tr_patch",
+    steps = int(c2.number_input("steps", 4, 64, 16, key="da_tr_steps", persist_state="page"))
+    substrate = c2.selectbox("deleted pixels become", ["blur", "zero", "mean"], key="da_tr_sub", persist_state="page")
+    patch = int(c3.selectbox("delete in", [0, 1, 2, 4, 8, 16], key="da_tr_patch", persist_state="page",
                              format_func=lambda p: "default for the model" if p == 0 else
                              ("single pixels" if p == 1 else f"{p}×{p} patches")))
-    n_random = int(c3.number_input("random maps per image", 1, 10, 3, key="da_tr_rand"))
-    seed = int(c4.number_input("seed", 0, 10_000, 0, key="da_tr_seed"))
+    n_random = int(c3.number_input("random maps per image", 1, 10, 3, key="da_tr_rand", persist_state="page"))
+    seed = int(c4.number_input("seed", 0, 10_000, 0, key="da_tr_seed", persist_state="page"))
     req = request_button("Run the trust check", "da_tr_run", "da_tr_req",
                          {"n": n, "methods": methods, "steps": steps, "substrate": substrate, "patch": patch,
                           "n_random": n_random, "seed": seed})
@@ -295,10 +296,10 @@ def trust_tab(bundle, ds, mapping, ev) -> None:
                 "Spearman ρ between each image's map and its map on a model randomised from the top down. "
                 "A method that explains the model falls towards 0 as layers are randomised.")
     r1, r2, r3 = st.columns(3)
-    rn = int(r1.number_input("N images", 2, 50, 8, key="da_rn_n"))
-    rmethods = r2.multiselect("Methods", SAL_METHODS, default=["gradcam", "gradient"], key="da_rn_methods",
+    rn = int(r1.number_input("N images", 2, 50, 8, key="da_rn_n", persist_state="page"))
+    rmethods = r2.multiselect("Methods", SAL_METHODS, default=["gradcam", "gradient"], key="da_rn_methods", persist_state="page",
                               format_func=lambda m: METHODS[m][0])
-    rsteps = int(r3.slider("randomisation steps", 2, 12, 5, key="da_rn_steps"))
+    rsteps = int(r3.slider("randomisation steps", 2, 12, 5, key="da_rn_steps", persist_state="page"))
     rreq = request_button("Run the randomisation check", "da_rn_run", "da_rn_req",
                           {"n": rn, "methods": rmethods, "steps": rsteps})
     if rreq and rreq.get("methods"):
@@ -344,8 +345,8 @@ def slices_tab(bundle, ds, mapping, ev) -> None:
     st.markdown("Groups of images close together in the model's feature space (k-means on the penultimate "
                 "layer) ranked by error rate: where the model fails systematically.")
     c1, c2 = st.columns(2)
-    k = int(c1.number_input("clusters (k)", 2, 64, 8, key="da_sl_k"))
-    min_size = int(c2.number_input("minimum slice size", 2, 1000, 10, key="da_sl_min"))
+    k = int(c1.number_input("clusters (k)", 2, 64, 8, key="da_sl_k", persist_state="page"))
+    min_size = int(c2.number_input("minimum slice size", 2, 1000, 10, key="da_sl_min", persist_state="page"))
     req = request_button("Find slices", "da_sl_run", "da_sl_req", {"k": k, "min": min_size})
     if not req:
         return
