@@ -181,3 +181,21 @@ def test_find_slices_ranks_the_failing_cluster_first():
     assert res.slices[1].error_rate == 0
     with pytest.raises(ParameterError):
         find_slices(x, wrong, labels, n_clusters=1)
+
+
+def test_randomisation_over_images_equals_the_per_image_check(digits):
+    from analysis.core.datasets import load_digits_dataset
+    from analysis.dataset.evaluate import randomisation_over_images
+    from analysis.saliency.trust import cascading_randomisation
+    b = digits
+    ds = load_digits_dataset()
+    imgs = ds.get_many([0, 5, 9])
+    seen = []
+    res = randomisation_over_images(b, imgs, [None, None, 3], ["gradient"], indices=[0, 5, 9], max_steps=3,
+                                    progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (3, 3) and res.rho["gradient"].shape == (3, len(res.layers))
+    one = cascading_randomisation(b, imgs[2], 3, ["gradient"], max_steps=3)
+    assert np.allclose(res.rho["gradient"][2], one.correlations["gradient"], equal_nan=True)
+    assert res.targets[2] == 3 and res.layers == one.layers
+    assert np.allclose(res.median["gradient"], np.nanmedian(res.rho["gradient"], axis=0))
+    assert randomisation_over_images(b, imgs, [None] * 3, ["gradient"], should_stop=lambda: True) is None
