@@ -69,13 +69,11 @@ def test_audit_page_digits_end_to_end():
     ref = at.session_state["image_ref"]
     assert ref.kind == "upload" and f"digits/{idx:04d}" in ref.label
     assert at.radio(key="sb_img_src").value == "Data set" and at.number_input(key="sb_dsimg_index").value == idx
-    from dashboard import state as st_state
     from analysis.core.datasets import load_digits_dataset
     from analysis.core.images import load_image
     from analysis.core.store import read_upload
     data, _ = read_upload(ref.ref)
     assert np.array_equal(load_image(data), load_digits_dataset().get(idx))       # exactly the data-set pixels
-    assert st_state.IMAGE_KEY == "image_ref"
     for view in ("Per class", "Calibration", "Errors"):
         at.radio(key="da_view").set_value(view).run()
         _ok(at)
