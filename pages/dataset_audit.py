@@ -144,10 +144,13 @@ def confusion_view(bundle, ds, ev) -> None:
     event = st.plotly_chart(fig, key="da_cm_fig", on_select="rerun", selection_mode="points", width="stretch")
     pts = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else \
         getattr(getattr(event, "selection", None), "points", []) or []
-    cd = next((p.get("customdata") for p in pts if p.get("customdata") is not None), None)
-    if cd is not None and list(cd) != ss.get("_da_cm_last"):
-        ss["_da_cm_last"] = list(cd)
-        ss["da_cell_r"], ss["da_cell_c"] = int(cd[0]), (int(cd[1]) if int(cd[1]) < k else -1)
+    # the invisible scatter (trace 1) has one point per cell, row-major over (K, K + 1)
+    hit = next((int(p["point_index"]) for p in pts if p.get("curve_number") == 1 and p.get("point_index") is not None),
+               None)
+    if hit is not None and hit != ss.get("_da_cm_last"):
+        ss["_da_cm_last"] = hit
+        row, col = divmod(hit, ev.confusion.shape[1])
+        ss["da_cell_r"], ss["da_cell_c"] = int(row), (int(col) if col < k else -1)
     if "da_cell_r" not in ss:
         ss["da_cell_r"], ss["da_cell_c"] = ss.get("da_cell") or default_cell(ev)
     cols_opts = list(range(k)) + [-1]

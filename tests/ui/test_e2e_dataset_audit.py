@@ -74,7 +74,7 @@ def test_dataset_audit_in_browser(chromium, audit_url, output_dir):
     # the data-set trust verdict
     page.get_by_role("tab", name="Trust over many images").click()
     page.get_by_role("button", name="Run the trust check").wait_for(timeout=60_000)
-    n_box = page.get_by_label("N images").first
+    n_box = page.get_by_label("N images", exact=True).first
     n_box.fill("20")
     n_box.press("Enter")
     page.wait_for_timeout(1500)
