@@ -625,7 +625,8 @@ def run(spec: JobSpec, engine: str | None = None, progress: Progress | None = No
         should_stop: ShouldStop | None = None, *, data_dir: str | os.PathLike | None = None,
         dataset: Dataset | None = None, bundle: ModelBundle | None = None, chunk_size: int | None = None,
         force: bool = False, ray_address: str | None = None, concurrency: int | None = None,
-        num_gpus: float | None = None, on_info: Callable[[str], None] | None = None) -> JobResult:
+        num_gpus: float | None = None, retries: int | None = None,
+        on_info: Callable[[str], None] | None = None) -> JobResult:
     """Run a data-set job (or return its stored result) and return the :class:`JobResult`.
 
     Args:
@@ -640,7 +641,8 @@ def run(spec: JobSpec, engine: str | None = None, progress: Progress | None = No
         bundle: an already built bundle of ``spec.model`` (in-process reuse).
         chunk_size: images per part file (see :func:`plan`).
         force: recompute even when a complete result exists.
-        ray_address, concurrency, num_gpus: Ray only (see :mod:`analysis.dataset.ray_backend`).
+        ray_address, concurrency, num_gpus, retries: Ray only (see
+            :func:`analysis.dataset.ray_backend.run_ray`).
         on_info: receives one-line notices (e.g. "started an embedded single-node Ray").
 
     Raises:
@@ -665,4 +667,5 @@ def run(spec: JobSpec, engine: str | None = None, progress: Progress | None = No
                              "save it as a folder, zip or manifest for Ray.")
     from analysis.dataset.ray_backend import run_ray
     return run_ray(p, progress=progress, should_stop=should_stop, address=ray_address,
-                   concurrency=concurrency, num_gpus=num_gpus, on_info=on_info)
+                   concurrency=concurrency, num_gpus=num_gpus, on_info=on_info,
+                   **({} if retries is None else {"retries": int(retries)}))

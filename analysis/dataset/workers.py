@@ -266,6 +266,7 @@ class SaliencyWorker(Worker):
 
     def _gradcam(self, batch, x):
         layer, model = self.params["layer"], self.bundle.model
+        x = x.detach().clone().requires_grad_(True)     # parameters are frozen: the graph starts here
         with self.bundle.lock, torch.enable_grad(), capture(model, layer, detach=False) as acts:
             logits = _logits(model(x))
             pred = logits.detach().argmax(dim=1)
