@@ -26,6 +26,7 @@ PAGES = [
     st.Page(PAGES_DIR / "saliency.py", title="Saliency", icon=":material/local_fire_department:", url_path="saliency"),
     st.Page(PAGES_DIR / "inside.py", title="Inside the network", icon=":material/layers:", url_path="inside"),
     st.Page(PAGES_DIR / "embeddings.py", title="Embeddings", icon=":material/scatter_plot:", url_path="embeddings"),
+    st.Page(PAGES_DIR / "dataset_audit.py", title="Data-set audit", icon=":material/rule:", url_path="dataset-audit"),
     st.Page(PAGES_DIR / "classvis.py", title="Class visualisation", icon=":material/auto_awesome:", url_path="classvis"),
     st.Page(PAGES_DIR / "channelvis.py", title="Channel visualisation", icon=":material/grain:", url_path="channelvis"),
     st.Page(PAGES_DIR / "deepdream.py", title="DeepDream", icon=":material/cloud:", url_path="deepdream"),

@@ -9,6 +9,7 @@ from analysis.core.models.bundle import ModelBundle
 from dashboard import state
 from dashboard.errors import guard
 from dashboard.render import png_bytes
+from dashboard.subject import explain_picker
 from dashboard.text import plain
 from dashboard.widgets import layer_picker, run_job
 
@@ -62,7 +63,9 @@ def patches_tab(bundle: ModelBundle, infos, spatial: list[str]) -> None:
             crops = patch_crops(bundle, ds, index, int(ch), display_size=size)
             st.markdown(f"**channel {ch}**")
             st.image([c.image for c in crops], width=size, caption=[f"{c.value:.2f}" for c in crops])
-            st.caption("Left to right: " + " · ".join(str(c.image_id) for c in crops))   # ids too long for a tile
+            st.caption(plain("Left to right: " + " · ".join(str(c.image_id) for c in crops)))   # ids too long for a tile
+            explain_picker(ds, [c.image_idx for c in crops], key=f"in_p_x_{layer}_{ch}",
+                           ds_getter=lambda choice=choice: patch_dataset(bundle, choice))
         if chosen:
             grid = patch_grid(bundle, ds, index, [int(c) for c in chosen], display_size=size)
             st.download_button("Download grid (PNG)", png_bytes(grid), f"patches_{layer}.png", key="in_p_png")

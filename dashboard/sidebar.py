@@ -120,8 +120,11 @@ def model_picker() -> None:
 
 
 def image_picker() -> None:
-    src = st.radio("Image", ["Gallery", "Upload"], horizontal=True, key="sb_img_src")
-    if src == "Gallery":
+    src = st.radio("Image", ["Gallery", "Upload", "Data set"], horizontal=True, key="sb_img_src")
+    if src == "Data set":
+        with guard("Data-set image"):
+            dataset_image_picker()
+    elif src == "Gallery":
         names = gallery_names()
         cur = state.image_ref()
         name = st.selectbox("Sample image", names, key="sb_gallery",
@@ -140,6 +143,38 @@ def image_picker() -> None:
                     state.set_image_ref(state.ImageRef("upload", digest, up.name))
     with guard("Image"):
         st.image(state.current_image(), caption=plain(state.image_ref().label), width="stretch")
+
+
+def dataset_image_picker() -> None:
+    """The subject from the sidebar's data set: by class, by file name or by index."""
+    from dashboard.subject import BY_KEY, INDEX_KEY, set_subject
+    ds = state.current_dataset()
+    n = len(ds)
+    by = st.radio("Pick by", ["class", "file name", "index"], horizontal=True, key=BY_KEY)
+    ss = st.session_state
+    if by == "class":
+        k = st.selectbox("Class", list(range(len(ds.class_names))), key="sb_dsimg_class",
+                         format_func=lambda c: ds.class_names[c])
+        members = [int(i) for i in (ds.labels == k).nonzero()[0]]
+        if not isinstance(ss.get("sb_dsimg_pos"), int) or not 0 <= ss["sb_dsimg_pos"] < len(members):
+            ss["sb_dsimg_pos"] = 0
+        pos = st.number_input(f"Image of the class (0 … {len(members) - 1})", 0, max(len(members) - 1, 0),
+                              key="sb_dsimg_pos")
+        i = members[int(pos)]
+    elif by == "file name":
+        q = st.text_input("File name contains", key="sb_dsimg_q", placeholder="e.g. 0042")
+        hits = [j for j, name in enumerate(ds.ids) if q.strip().lower() in name.lower()][:500]
+        if not hits:
+            st.caption("No file name matches.")
+            return
+        if ss.get("sb_dsimg_file") not in hits:
+            ss.pop("sb_dsimg_file", None)
+        i = st.selectbox("File", hits, key="sb_dsimg_file", format_func=lambda j: ds.ids[j])
+    else:
+        if not isinstance(ss.get(INDEX_KEY), int) or not 0 <= ss[INDEX_KEY] < n:
+            ss[INDEX_KEY] = 0
+        i = int(st.number_input(f"Index (0 … {n - 1:,})", 0, n - 1, key=INDEX_KEY))
+    set_subject(ds, int(i), follow_sidebar=False)
 
 
 def dataset_picker() -> None:

@@ -7,9 +7,11 @@ import streamlit as st
 from analysis.embeddings.features import extract, load_features, penultimate_layer
 from analysis.embeddings.neighbors import neighbors
 from dashboard import state
+from dashboard.dataset_ui import current_mapping
 from dashboard.embedding_map import embedding_map, hover_thumbnails
 from dashboard.errors import guard
 from dashboard.render import embedding_figure
+from dashboard.subject import explain_picker
 from dashboard.text import plain
 from dashboard.widgets import drive_with_progress, run_job
 
@@ -49,10 +51,29 @@ with guard("Embeddings"):
             if fs is not None:
                 st.rerun()
         st.stop()
-    st.caption(f"{fs.n:,} × {fs.features.shape[1]} features · prediction accuracy on this data set "
-               f"{(fs.predictions == fs.labels).mean():.1%} · extracted in {fs.seconds:.1f} s")
+    mapping = current_mapping(bundle, ds)
+    if mapping.source == "edited":
+        st.session_state["em_classmap"] = mapping.to_state()      # the edited mapping travels with this link
+    if mapping.status == "identity":
+        acc = f"prediction accuracy on this data set {mapping.correct(fs.labels, fs.predictions).mean():.1%}"
+    elif mapping.status == "none":
+        acc = "no accuracy: the model's classes and the data set's differ"
+    else:
+        ok = mapping.scorable(fs.labels)
+        acc = (f"accuracy through the class mapping {mapping.correct(fs.labels, fs.predictions)[ok].mean():.1%} "
+               f"on {int(ok.sum()):,} images of mapped classes")
+    st.caption(f"{fs.n:,} × {fs.features.shape[1]} features · {acc} · extracted in {fs.seconds:.1f} s")
+    if mapping.status != "identity":
+        st.info(mapping.describe() + " Under thumbnails and in the map, *model:* names the model's own class. "
+                "Map classes on the **Data-set audit** page to score the model.", icon=":material/swap_horiz:")
 
-    t_nn, t_map = st.tabs(["Nearest neighbours", "Map of the data set"])
+    def pred_text(i: int) -> str:
+        if mapping.status == "identity":
+            return ds.class_names[int(fs.labels[i])] + " / " + bundle.categories[int(fs.predictions[i])]
+        return f"{ds.class_names[int(fs.labels[i])]} · model: {bundle.categories[int(fs.predictions[i])]}"
+
+    # stateful tabs: a link restores the tab it was made on (both tabs are drawn, as before)
+    t_nn, t_map = st.tabs(["Nearest neighbours", "Map of the data set"], key="em_tab", on_change="rerun")
     with t_nn, guard("Nearest neighbours"):
         q1, q2, q3, q4 = st.columns([2, 2, 1, 1])
         source = q1.radio("Query", ["data set image", "sidebar image"], horizontal=True, key="em_q_src")
@@ -74,9 +95,10 @@ with guard("Embeddings"):
                 st.markdown(f"**{'Feature' if space == 'feature' else 'Pixel'} space**" + (
                     f" · label agreement **{res.agreement:.0%}**" if res.agreement is not None else ""))
                 st.image(thumbs(ds, bundle, res.indices), width=THUMB, caption=[
-                    plain(f"{ds.class_names[ds.labels[i]]} / {bundle.categories[fs.predictions[i]]} · {d:.3f}")
-                    for i, d in zip(res.indices, res.distances)])
-        st.caption("Under each thumbnail: label / prediction · distance.")
+                    plain(f"{pred_text(int(i))} · {d:.3f}") for i, d in zip(res.indices, res.distances)])
+                explain_picker(ds, res.indices, key=f"em_x_{space}")
+        st.caption("Under each thumbnail: " + ("label / prediction" if mapping.status == "identity" else
+                                              "label · the model's class") + " · distance.")
 
     with t_map, guard("Map"):
         from analysis.embeddings.projection import project
@@ -84,7 +106,12 @@ with guard("Embeddings"):
         method = m1.selectbox("Method", ["tsne", "umap", "pca"], key="em_method",
                               format_func={"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}.get)
         dims = m2.radio("Dimensions", [2, 3], horizontal=True, key="em_dims")
-        colour = m3.selectbox("Colour by", ["label", "prediction", "correct", "confidence"], key="em_colour")
+        colours = ["label", "prediction"] + (["correct"] if mapping.status == "identity" else []) + ["confidence"]
+        if st.session_state.get("em_colour") not in colours:
+            st.session_state.pop("em_colour", None)
+        colour = m3.selectbox("Colour by", colours, key="em_colour",
+                              help=None if mapping.status == "identity" else "'correct' needs the model's classes "
+                              "to be the data set's; see the Data-set audit page for accuracy through a mapping.")
         params = {}
         with st.expander("Parameters"):
             # every widget is always drawn (those of other methods disabled), so switching
@@ -133,3 +160,4 @@ with guard("Embeddings"):
             st.markdown(f"**{len(sel)} selected** (first 48 shown)")
             st.image(thumbs(ds, bundle, sel[:48]), width=THUMB,
                      caption=[plain(f"{ds.class_names[ds.labels[i]]} · {ds.ids[i]}") for i in sel[:48]])
+            explain_picker(ds, sel[:48], key="em_x_sel")

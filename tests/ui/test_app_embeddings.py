@@ -82,3 +82,48 @@ def test_embeddings_impossible_parameters_give_messages(tmp_path, monkeypatch):
     assert len(errors()) == 1 and errors()[0].startswith("Map: pca_dims must be None, 0 (no pre-reduction)")
     at.number_input(key="em_pca").set_value(0).run()
     assert not at.exception and errors() == []
+
+
+def test_imagenet_model_on_other_classes_says_so_instead_of_accuracy(tmp_path, monkeypatch):
+    """The ImageNet model on a data set of other classes: no "prediction accuracy 0.0%", a
+    note that the classes differ, and thumbnails name the model's class as such."""
+    root = _tiny_folder(tmp_path / "tiny").resolve()
+    monkeypatch.setenv("CONVLENS_DATASET_DIRS", str(root))
+    at = AppTest.from_file(APP, default_timeout=300).run()
+    at.selectbox(key="sb_dataset").set_value(f"folder:{root}").run()
+    at.session_state["em_method"] = "pca"
+    at.switch_page("../pages/embeddings.py").run()
+    if any(b.key == "em_extract" for b in at.button):
+        at.button(key="em_extract").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    head = next(c.value for c in at.caption if "features ·" in c.value)
+    assert "accuracy" not in head.replace("no accuracy", "") and "differ" in head, head
+    assert "%" not in head
+    assert any("classes differ" in i.value for i in at.info)
+    import re
+    captions = [im.caption for e in at.get("image") for im in e.proto.imgs if re.match(r"class\d ", im.caption)]
+    assert len(captions) == 16                                               # 2 x 8 neighbours
+    assert all(" · model: " in c and " / " not in c for c in captions), captions[:3]
+    assert "correct" not in at.selectbox(key="em_colour").options          # meaningless here
+
+
+def test_digits_accuracy_and_the_active_tab_travel_in_the_link():
+    at = AppTest.from_file(APP, default_timeout=300).run()
+    at.selectbox(key="sb_model_kind").set_value("digits").run()
+    at.session_state["em_method"] = "pca"
+    at.switch_page("../pages/embeddings.py").run()
+    if any(b.key == "em_extract" for b in at.button):
+        at.button(key="em_extract").click().run()
+    head = next(c.value for c in at.caption if "features ·" in c.value)
+    assert "prediction accuracy on this data set 9" in head              # the digits CNN: > 90 %
+    at.session_state["em_tab"] = "Map of the data set"
+    at.run()
+    q = dict(at.query_params)
+    assert q.get("em_tab") == "Map of the data set", q
+    b = AppTest.from_file(APP, default_timeout=300)
+    b.query_params.update(q)
+    b.query_params["page"] = "embeddings"
+    b.run()
+    assert not b.exception and not b.error
+    assert b.session_state["em_tab"] == "Map of the data set"
+    assert dict(b.query_params).get("em_tab") == "Map of the data set"
