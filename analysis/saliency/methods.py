@@ -43,6 +43,9 @@ METHODS: dict[str, tuple[str, str]] = {
     "smoothgrad": ("SmoothGrad", "The gradient averaged over noisy copies of the image, which removes much of its speckle (Smilkov et al. 2017)."),
     "gradcam": ("Grad-CAM", "A layer's feature maps weighted by their average gradient, rectified and upsampled: where the class evidence is in that layer (Selvaraju et al. 2017)."),
     "guided_gradcam": ("Guided Grad-CAM", "Guided backprop multiplied by Grad-CAM: fine detail, restricted to the class's region."),
+    # Vision transformers only (analysis/saliency/transformer.py).
+    "attention_rollout": ("Attention rollout", "Vision transformers: the attention of every block (plus the residual path) multiplied through the network; the class token's attention to each patch. Not class-specific (Abnar & Zuidema 2020)."),
+    "attention_relevance": ("Attention relevance", "Vision transformers: attention weighted by its gradient for the class, accumulated through the blocks; the class token's relevance of each patch (Chefer, Gur & Wolf 2021)."),
 }
 PERTURBATION_METHODS = {"occlusion", "occlusion_fast", "integrated_gradients", "smoothgrad"}
 BASELINES = ("zero", "mean", "blur")
@@ -222,6 +225,9 @@ def guided_backprop(bundle: ModelBundle, x: torch.Tensor, target: int) -> tuple[
     warnings = []
     if n_guided == 0:
         warnings.append("No ReLU-like modules found: guided backprop equals the plain gradient here.")
+    from analysis.saliency.transformer import guided_note
+    if (note := guided_note(bundle.model)) is not None:
+        warnings.append(note)
     if n_functional:
         warnings.append(f"{n_functional} functional rectifier call(s) (F.relu in forward code) cannot be "
                         "guided; those pass gradients like the plain gradient.")
@@ -322,7 +328,8 @@ def attribute(bundle: ModelBundle, image: np.ndarray, target: int | str | None =
     allowed = {"occlusion": {"window", "stride", "baseline", "batch_size"},
                "integrated_gradients": {"steps", "baseline", "batch_size"},
                "smoothgrad": {"samples", "noise", "batch_size", "seed"},
-               "gradcam": {"layer"}, "guided_gradcam": {"layer"}}
+               "gradcam": {"layer"}, "guided_gradcam": {"layer"},
+               "attention_rollout": {"head_fusion", "discard_ratio"}}
     allowed["occlusion_fast"] = allowed["occlusion"]
     unknown = set(params) - allowed.get(method, set())
     if unknown:
@@ -337,6 +344,10 @@ def attribute(bundle: ModelBundle, image: np.ndarray, target: int | str | None =
     elif method == "guided_backprop":
         g, warnings = guided_backprop(bundle, x, tgt)
         signed, m = _np(g[0]), _np(g[0].abs().amax(0))
+    elif method in ("attention_rollout", "attention_relevance"):
+        from analysis.saliency import transformer
+        fn = transformer.attention_rollout if method == "attention_rollout" else transformer.attention_relevance
+        m = _np(fn(bundle, x, tgt, **params)[0, 0])
     elif method == "integrated_gradients":
         a = integrated_gradients(bundle, x, tgt, progress=progress, **params)
         signed, m = _np(a[0]), _np(a[0].abs().sum(0))

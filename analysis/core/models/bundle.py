@@ -204,6 +204,9 @@ class ModelBundle:
     description: str = ""
     preprocess_note: str = ""         # where the preprocessing came from / what is assumed
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # Derived copies of the model that methods build once and reuse (e.g. the attention
+    # saliency's copy with timm's fused attention off); never the shared model itself.
+    derived: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         self.model.eval()

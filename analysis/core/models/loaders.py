@@ -465,7 +465,7 @@ def load_bundle(spec: ModelSpec, device: torch.device | None = None, uploads_dir
         pre = apply_overrides(bundle.preprocess, overrides)
         old, new = _full_spec(bundle.preprocess), _full_spec(pre)
         changed = ", ".join(f"{k} {old[k]} → {new[k]}" for k in new if new[k] != old[k])
-        bundle = dataclasses.replace(bundle, preprocess=pre, lock=threading.RLock(),
+        bundle = dataclasses.replace(bundle, preprocess=pre, lock=threading.RLock(), derived={},
                                      preprocess_note=f"{bundle.preprocess_note} Changed by the user: "
                                                      f"{changed or 'nothing'}.".strip())
     check_forward(bundle)
