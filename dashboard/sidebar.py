@@ -5,25 +5,10 @@ import streamlit as st
 
 from analysis.core.config import get_config
 from analysis.core.images import gallery_names, load_image
-from analysis.core.models.loaders import (
-    ModelSpec,
-    parse_class_names,
-    read_state_dict,
-    select_device,
-    torchvision_architectures,
-    trusted_model_files,
-)
+from analysis.core.models.loaders import ModelSpec, select_device
 from analysis.core.store import save_upload
-from dashboard import auth, share, state
+from dashboard import auth, model_forms, share, state
 from dashboard.errors import guard, report
-
-_KINDS = {
-    "default": "EfficientNet-Lite0 · ImageNet (embedded)",
-    "digits": "Digits CNN (embedded, trained here)",
-    "torchvision": "torchvision architecture",
-    "upload": "torchvision architecture + your weights",
-    "trusted": "Server model (operator's folder)",
-}
 
 
 def _try_select(spec: ModelSpec) -> bool:
@@ -38,44 +23,7 @@ def _try_select(spec: ModelSpec) -> bool:
 
 
 def model_picker() -> None:
-    current = state.model_spec()
-    kinds = [k for k in _KINDS if k != "trusted" or trusted_model_files()]
-    kind = st.selectbox("Model", kinds, index=kinds.index(current.kind) if current.kind in kinds else 0,
-                        format_func=_KINDS.get, key="sb_model_kind")
-    if kind in ("default", "digits"):
-        if current.kind != kind:
-            _try_select(ModelSpec(kind=kind))
-        return
-    archs = list(torchvision_architectures())
-    if kind == "torchvision":
-        arch = st.selectbox("Architecture", archs, index=archs.index(current.arch) if current.arch in archs else archs.index("resnet18"),
-                            key="sb_arch")
-        pretrained = st.toggle("Pretrained ImageNet weights", value=True, key="sb_pretrained",
-                               help="Downloads torchvision's weights once into torch's cache; offline, use random weights.")
-        seed = 0 if pretrained else st.number_input("Random-weights seed", 0, 2**31 - 1, 0, key="sb_seed")
-        if st.button("Load model", key="sb_load_tv", width="stretch"):
-            _try_select(ModelSpec(kind="torchvision" if pretrained else "random", arch=arch, seed=int(seed)))
-    elif kind == "upload":
-        arch = st.selectbox("Architecture of the weights", archs, index=archs.index("resnet18"), key="sb_up_arch")
-        wfile = st.file_uploader("State dict (.safetensors, .pt, .pth)", type=["safetensors", "pt", "pth", "bin"],
-                                 key="sb_up_weights", help="Pickles are read with weights_only=True.")
-        cfile = st.file_uploader("Class names (optional: .txt one per line, or .json)", type=["txt", "json"],
-                                 key="sb_up_classes")
-        if st.button("Load weights", key="sb_load_up", disabled=wfile is None, width="stretch"):
-            with guard("Weights"):
-                data = wfile.getvalue()
-                read_state_dict(data, wfile.name)                  # validate before storing
-                classes = ""
-                if cfile is not None:
-                    parse_class_names(cfile.getvalue(), cfile.name)
-                    classes = save_upload(cfile.getvalue(), cfile.name)
-                _try_select(ModelSpec(kind="upload", arch=arch, weights=save_upload(data, wfile.name), classes=classes))
-    elif kind == "trusted":
-        files = trusted_model_files()
-        rel = st.selectbox("Model file", files, key="sb_trusted")
-        if st.button("Load model", key="sb_load_trusted", width="stretch"):
-            _try_select(ModelSpec(kind="trusted", weights=rel))
-    st.caption(f"Active: **{state.model_spec().label()}**")
+    model_forms.model_picker(_try_select)
 
 
 def image_picker() -> None:
