@@ -261,3 +261,32 @@ def guided_note(model: nn.Module) -> str | None:
             "ReLU-like rectifiers; through these it passes the ordinary gradient, so the map is close to "
             "the vanilla gradient's (positive parts at rectifiers only).")
 
+
+
+# ------------------------------------------------------------------ registration (saliency table)
+
+def _register() -> None:
+    from analysis.core.schema import Param
+    from analysis.saliency.registry import MapOutput, as_map, register
+
+    @register("attention_rollout", "Attention rollout",
+              "Vision transformers: the attention of every block, plus the residual path, multiplied "
+              "through the network; the class token's attention to each patch. Not class-specific "
+              "(Abnar & Zuidema 2020).", reference="Abnar & Zuidema 2020",
+              params=(Param("head_fusion", "choice", "mean", choices=HEAD_FUSIONS,
+                            help="How the heads of a block are combined."),
+                      Param("discard_ratio", "float", 0.0, 0.0, 0.99, step=0.05,
+                            help="Fraction of the weakest attentions dropped in every block.")))
+    def _rollout_map(bundle, x, target, *, progress=None, head_fusion="mean", discard_ratio=0.0) -> MapOutput:
+        return MapOutput(map=as_map(attention_rollout(bundle, x, target, head_fusion=head_fusion,
+                                                      discard_ratio=discard_ratio)[0, 0]))
+
+    @register("attention_relevance", "Attention relevance",
+              "Vision transformers: each block's attention weighted by its gradient for the class (positive "
+              "part, mean over heads), accumulated through the blocks; the class token's relevance of each "
+              "patch (Chefer, Gur & Wolf 2021).", reference="Chefer, Gur & Wolf 2021")
+    def _relevance_map(bundle, x, target, *, progress=None) -> MapOutput:
+        return MapOutput(map=as_map(attention_relevance(bundle, x, target)[0, 0]))
+
+
+_register()
