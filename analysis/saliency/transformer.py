@@ -34,18 +34,29 @@ HEAD_FUSIONS = ("mean", "max", "min")
 
 
 class _TorchvisionMHA(nn.Module):
-    """Wraps a copy's nn.MultiheadAttention so that it also returns per-head weights and
-    hands them to the active recorder (torchvision's EncoderBlock asks for none)."""
+    """Replaces a copy's nn.MultiheadAttention (torchvision's EncoderBlock: batch first,
+    self-attention, no mask) by the same computation written out, so that the per-head
+    attention probabilities are tensors of the graph (the weights MultiheadAttention
+    returns are a view made after their use, which gradients never reach). Hands them to
+    the active recorder."""
 
     def __init__(self, mha: nn.MultiheadAttention, sink: list):
         super().__init__()
+        if not mha.batch_first or mha.in_proj_weight is None:
+            raise ParameterError("Unsupported MultiheadAttention layout (expected batch_first with one in-projection).")
         self.mha, self.sink = mha, sink
 
     def forward(self, q, k, v, need_weights=False, **kw):
-        out, w = self.mha(q, k, v, need_weights=True, average_attn_weights=False, **kw)
+        m = self.mha
+        n, t, c = q.shape
+        h = m.num_heads
+        qq, kk, vv = F.linear(q, m.in_proj_weight, m.in_proj_bias).chunk(3, dim=-1)
+        qq, kk, vv = (z.reshape(n, t, h, c // h).transpose(1, 2) for z in (qq, kk, vv))
+        attn = ((qq * (c // h) ** -0.5) @ kk.transpose(-2, -1)).softmax(-1)
         if self.sink and self.sink[-1] is not None:
-            self.sink[-1].append(w)
-        return out, None
+            self.sink[-1].append(attn)
+        out = (attn @ vv).transpose(1, 2).reshape(n, t, c)
+        return m.out_proj(out), None
 
 
 def _family(model: nn.Module) -> str | None:

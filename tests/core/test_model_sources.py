@@ -344,7 +344,7 @@ def test_every_page_analysis_runs_on_the_models_people_bring(arch, hf_dir):
         b = hf_bundle_from_dir(hf_dir, device=CPU)
     else:
         b = load_bundle(timm_spec(arch, dict(TIMM)[arch]), device=CPU)
-    before = weights_sha256(b.model)
+    before, own_hooks = weights_sha256(b.model), hooks_left(b.model)   # transformers keeps hooks of its own
     assert before == b.model_id
     pred = predict(b, IMAGE, k=3)
     _finite_varied([r["probability"] for r in pred.rows()] + [0.0], "predict")
@@ -364,5 +364,5 @@ def test_every_page_analysis_runs_on_the_models_people_bring(arch, hf_dir):
     _finite_varied(feats, f"{arch} features")
     r = run(FV.class_visualization(b, 1, steps=1, size=48))
     _finite_varied(r.unit, f"{arch} class visualisation")
-    assert hooks_left(b.model) == 0
+    assert hooks_left(b.model) == own_hooks
     assert weights_sha256(b.model) == before
