@@ -48,6 +48,42 @@ def _first_tensor(output):
     raise LayerError(f"Layer output of type {type(output).__name__} is not a tensor.")
 
 
+def _replace_first(output, new: torch.Tensor):
+    """``output`` with its (first) tensor replaced by ``new``."""
+    if isinstance(output, torch.Tensor):
+        return new
+    if type(output) is tuple:
+        return (new,) + output[1:]
+    if type(output) is list:
+        return [new] + output[1:]
+    if isinstance(output, tuple) and hasattr(output, "_replace"):      # namedtuple
+        return output._replace(**{output._fields[0]: new})
+    return None                 # unknown container: keep it (the kept tensor is still a copy)
+
+
+def keep_output(output, *, detach: bool = True):
+    """What a forward hook keeps of a module's ``output``, safe from in-place operations.
+
+    A module's output often shares storage with a tensor that a later in-place operation
+    rewrites (``nn.ReLU(inplace=True)`` after a conv, ``out += identity`` after a
+    BatchNorm, densenet's ``F.relu(features, inplace=True)``). Returns ``(kept,
+    replacement)``: with ``detach`` the kept tensor is a detached copy and ``replacement``
+    is None (the forward is unchanged); without ``detach`` the kept tensor is the module's
+    own output (with its graph) and ``replacement`` is a clone that the hook returns, so
+    the rest of the forward (and any in-place op in it) works on the clone: the kept value
+    and the gradient w.r.t. it are those of the module's output before any in-place op.
+    The cost is one copy of the layer's output.
+    """
+    out = _first_tensor(output)
+    if detach:
+        return out.detach().clone(), None
+    twin = out.clone()
+    replacement = _replace_first(output, twin)
+    if replacement is None:
+        return out.clone(), None
+    return out, replacement
+
+
 class Captured(dict):
     """name -> tensor captured during the forward (the last call if a module is reused),
     plus ``calls[name]``: how many times the module ran."""
@@ -67,7 +103,9 @@ def capture(model: nn.Module, layers: Sequence[str] | str, *, grads: bool = Fals
     ...     model(x)
     >>> acts["features.3"].shape
 
-    ``detach=False`` keeps the graph (to build objectives on activations). With
+    The kept tensors are the values the modules output, even when a later in-place
+    operation rewrites that memory (see ``keep_output``). ``detach=False`` keeps the
+    graph (to build objectives on activations). With
     ``grads=True`` the gradient w.r.t. each output lands in ``acts.grads[name]`` after
     ``backward()``; tensor hooks die with the graph, module hooks are removed on exit.
     """
@@ -79,13 +117,14 @@ def capture(model: nn.Module, layers: Sequence[str] | str, *, grads: bool = Fals
             def hook(mod, inputs, output, _name=name):
                 if threading.get_ident() != owner:
                     return  # another session's forward on the shared model: not ours
-                out = _first_tensor(output)
+                out, replacement = keep_output(output, detach=detach)
                 store.calls[_name] = store.calls.get(_name, 0) + 1
-                store[_name] = out.detach() if detach else out
+                store[_name] = out
                 if grads and out.requires_grad:
                     def save_grad(g, __name=_name):
                         store.grads[__name] = g.detach()
                     out.register_hook(save_grad)
+                return replacement
             handles.append(module.register_forward_hook(hook))
         yield store
     finally:
@@ -112,6 +151,7 @@ def truncate_after(model: nn.Module, layer: str) -> Iterator[Captured]:
     def hook(mod, inputs, output):
         if threading.get_ident() != owner:
             return
+        # No copy needed: the forward stops here, so no later in-place op can rewrite it.
         store[layer] = _first_tensor(output).detach()
         store.calls[layer] = store.calls.get(layer, 0) + 1
         raise _StopForward

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from analysis.core.errors import LayerError, ParameterError
-from analysis.core.hooks import _first_tensor, get_module
+from analysis.core.hooks import get_module, keep_output
 from analysis.core.models.bundle import ModelBundle
 from analysis.core.sizes import fit_to_model
 from analysis.optimize.objectives import Context, Objective
@@ -64,9 +64,12 @@ def _captures(model, layers: frozenset, stop_early: bool):
             def hook(mod, inp, out, _name=name):
                 if threading.get_ident() != owner:
                     return
-                store[_name] = _first_tensor(out)
+                # The forward continues on a clone: in-place ops after the layer (an
+                # in-place ReLU) cannot rewrite the kept activation or its gradient.
+                store[_name], replacement = keep_output(out, detach=False)
                 if stop_early and len(store) == len(layers):
                     raise _Stop
+                return replacement
             handles.append(module.register_forward_hook(hook))
         yield store
     finally:
