@@ -31,6 +31,7 @@ from analysis.core.errors import ParameterError
 from analysis.core.models.bundle import ModelBundle
 
 HEAD_FUSIONS = ("mean", "max", "min")
+ATTENTION_METHODS = ("attention_rollout", "attention_relevance")   # names in the saliency table
 
 
 class _TorchvisionMHA(nn.Module):
