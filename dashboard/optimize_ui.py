@@ -107,9 +107,20 @@ def live_run(key: str, cache_key: tuple, make_gen: Callable[[], Generator], *, l
     return result
 
 
+def show_warnings(result) -> None:
+    """Every warning of an optimisation result (or of a list of them), once each."""
+    seen: list[str] = []
+    for r in result if isinstance(result, (list, tuple)) else [result]:
+        seen.extend(w for w in getattr(r, "warnings", []) or [] if w not in seen)
+    for w in seen:
+        st.warning(w)
+
+
 def show_result(key: str, result: OptResult, *, width: int = 320, stretch: bool = False, stretch_pct: float = 0.0,
                 captions: list[str] | None = None, filename: str = "result") -> None:
-    """The images, downloads (PNG as shown, raw .npy, parameters JSON) and the objective curve."""
+    """The images, downloads (PNG as shown, raw .npy, parameters JSON) and the objective curve;
+    the result's warnings (did not converge, stopped early) above them."""
+    show_warnings(result)
     _show_images(result.images, width, captions, stretch, stretch_pct)
     strip = np.concatenate(list(stretch_contrast(result.images, stretch_pct) if stretch else result.images), 1)
     c1, c2, c3 = st.columns(3)

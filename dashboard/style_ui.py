@@ -184,6 +184,12 @@ def run_training(key: str, make_gen: Callable[[], Generator], *, chart_every: in
             gen.close()             # interrupted: the generator saves a checkpoint on close
         bar.empty()
     if result is not None:
+        from analysis.optimize.engine import convergence
         from dashboard.audit_ui import record
+        if len(history.get("loss", [])) >= 2:     # minimised: did the loss go down?
+            for w in convergence([-v for v in history["loss"]])[1]:
+                st.warning(w.replace("objective did not improve", "training loss did not go down"))
+        for w in getattr(result, "warnings", []) or []:
+            st.warning(w)
         record(result, None, "fast style training")
     return result

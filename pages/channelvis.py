@@ -23,7 +23,7 @@ with guard("Channel visualisation"):
     c1, c2, c3 = st.columns([3, 1, 1])
     with c1:
         layer = layer_picker(infos, default_layer(infos, 0.6), key=f"ch_layer_{bundle.short_id}")
-    n_ch = next(i.output_shape[0] for i in infos if i.name == layer)
+    n_ch = next(i.channels for i in infos if i.name == layer)      # by the layer's layout
     channel = int(c2.number_input(f"channel (0–{n_ch - 1})", 0, n_ch - 1, 0, key=f"ch_c_{layer}"))
     what = c3.radio("Objective", ["channel", "neuron"], key="ch_what",
                     help="channel: mean over all positions; neuron: the centre position only")

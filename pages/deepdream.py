@@ -26,7 +26,7 @@ with guard("DeepDream"):
     c1, c2 = st.columns([3, 1])
     with c1:
         layer = layer_picker(infos, default_layer(infos, 0.5), key=f"dd_p_layer_{bundle.short_id}")
-    n_ch = next(i.output_shape[0] for i in infos if i.name == layer)
+    n_ch = next(i.channels for i in infos if i.name == layer)      # by the layer's layout
     ch = int(c2.number_input("channel (-1 = whole layer)", -1, n_ch - 1, -1, key="dd_p_ch"))
     D = DEEPDREAM_DEFAULTS
     a, b, c, d = st.columns(4)

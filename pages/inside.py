@@ -53,6 +53,8 @@ with guard("Inside the network"):
         if layer:
             acts = run_job(("acts", bundle.model_id, str(state.image_ref()), layer), "Activations",
                            lambda p: activations(bundle, image, layer), with_progress=False)
+            for w in getattr(acts, "warnings", []):
+                st.warning(w)
             s = acts.summary()
             m1, m2, m3, m4 = st.columns(4)
             m1.metric("channels", s["channels"])
@@ -84,7 +86,8 @@ with guard("Inside the network"):
         with c1:
             layer = layer_picker(infos, mid, key="in_g_layer") if spatial else None
         if layer:
-            shape = next(i.output_shape for i in infos if i.name == layer)
+            li = next(i for i in infos if i.name == layer)
+            shape = (li.channels, *li.map_hw)         # by the layer's layout (channels-last, tokens)
             ch = c2.number_input("Channel", 0, shape[0] - 1, 0, key="in_g_ch")
             guided = c3.toggle("Guided", True, key="in_g_guided")
             neuron = st.checkbox("Single neuron instead of the whole channel", key="in_g_neuron")

@@ -4,11 +4,11 @@ import numpy as np
 import streamlit as st
 
 from analysis.core.layers import block_layers, default_layer
-from analysis.optimize.featurevis import invert
+from analysis.optimize.featurevis import flag_strip_outliers, invert
 from dashboard import share, state
 from dashboard.audit_ui import record as record_run
 from dashboard.errors import guard
-from dashboard.optimize_ui import live_run, show_result
+from dashboard.optimize_ui import live_run, show_result, show_warnings
 from dashboard.render import png_bytes
 from dashboard.widgets import job_slot, layer_picker, result_cache
 
@@ -70,6 +70,8 @@ with guard("Feature inversion"):
         if results:
             share.mark("iv_strip", strip_key)
             imgs = [bundle.preprocess.geometry(image)] + [r.images[0] for r in results]
+            flag_strip_outliers(results, chosen)          # an inversion far worse than the others
+            show_warnings(results)
             caps = ["original"] + [f"{ly} · err {r.params['feature_error']:.2f}" for ly, r in zip(chosen, results)]
             st.image(imgs, width=180, caption=caps)
             st.download_button("Strip (PNG)", png_bytes(np.concatenate(imgs, 1)), "inversion_strip.png",

@@ -45,6 +45,9 @@ from analysis.core.batching import JobProgress, halve_after_oom
 from analysis.core.datasets import Dataset
 from analysis.core.errors import DatasetError, LayerError, ParameterError
 from analysis.core.hooks import capture, get_module
+from analysis.core.layers import layer_layout
+from analysis.core.layout import Layout
+from analysis.core.layout import pool as layout_pool
 from analysis.core.models.bundle import ModelBundle
 
 __all__ = [
@@ -158,14 +161,11 @@ class FeatureSet:
             raise ParameterError("These feature vectors were extracted from another data set.")
 
 
-def _pool(a: torch.Tensor, layer: str) -> torch.Tensor:
-    """Layer output (N, ...) -> (N, D) float32: GAP for (N, C, H, W), as is for (N, D)."""
-    if a.dim() == 4:
-        return a.float().mean(dim=(2, 3))
-    if a.dim() == 2:
-        return a.float()
-    raise LayerError(f"Layer {layer!r} outputs shape {tuple(a.shape[1:])}; feature vectors need a "
-                     "(channels, height, width) map or a flat vector.")
+def _pool(a: torch.Tensor, layer: str, layout: Layout) -> torch.Tensor:
+    """Layer output (N, ...) -> (N, D) float32 by its layout: the global average of a map
+    (channels-first or channels-last), the class token of a token layer (the mean of the
+    patch tokens when it has none), a vector as it is."""
+    return layout_pool(a.float(), layout, f"Layer {layer!r}")
 
 
 def _logits_tensor(out, layer: str) -> torch.Tensor:
@@ -184,7 +184,7 @@ def _forward(bundle: ModelBundle, layer: str, x: torch.Tensor):
             out = model(x)
         if layer not in acts:
             raise LayerError(f"Layer {layer!r} did not run in the model's forward pass.")
-        feats = _pool(acts[layer], layer)
+        feats = _pool(acts[layer], layer, layer_layout(bundle, layer))
         logits = _logits_tensor(out, layer).float()
         conf, pred = logits.softmax(dim=1).max(dim=1)
     return feats.cpu().numpy(), pred.cpu().numpy().astype(np.int64), conf.cpu().numpy().astype(np.float32)

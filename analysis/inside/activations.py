@@ -2,7 +2,7 @@
 channel of an intermediate layer (plain or guided backprop, CS231n lecture 12)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -10,8 +10,10 @@ from torch import nn
 
 from analysis.core.errors import LayerError, ParameterError
 from analysis.core.hooks import capture, get_module
-from analysis.core.layers import layer_table
+from analysis.core.layers import layer_layout, layer_table
+from analysis.core.layout import to_nchw
 from analysis.core.models.bundle import ModelBundle
+from analysis.core.sanity import constant_warning
 
 # ------------------------------------------------------------------------------- filters
 
@@ -82,6 +84,7 @@ class Activations:
     layer: str
     maps: np.ndarray            # (C, H, W) float32
     image: np.ndarray           # the model's input crop (RGB uint8)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def channels(self) -> int:
@@ -113,17 +116,19 @@ class Activations:
 
 
 def activations(bundle: ModelBundle, image: np.ndarray, layer: str) -> Activations:
-    """The output of ``layer`` for one RGB uint8 image (any spatial layer)."""
+    """The output of ``layer`` for one RGB uint8 image (any map layer: channels-first,
+    channels-last or patch tokens, always returned as (C, H, W); a token layer's class /
+    register tokens are left out)."""
     crop = bundle.preprocess.geometry(image)
     x = bundle.preprocess.normalize(bundle.preprocess.to_unit(crop)).to(bundle.device)
     with bundle.lock, torch.inference_mode(), capture(bundle.model, [layer]) as acts:
         bundle.model(x)
     if layer not in acts:
         raise LayerError(f"{layer} did not run in the forward pass.")
-    out = acts[layer][0].float().cpu()
-    if out.dim() != 3:
-        raise LayerError(f"{layer} outputs {tuple(out.shape)}, not a (channels, height, width) map.")
-    return Activations(layer, out.numpy(), crop)
+    # Channels-last maps and patch tokens are read on their real channel axis.
+    out = to_nchw(acts[layer], layer_layout(bundle, layer), layer)[0].float().cpu()
+    w = constant_warning(out, f"The output of {layer}")
+    return Activations(layer, out.contiguous().numpy(), crop, [w] if w else [])
 
 
 # ------------------------------------------------------------------------------- neuron gradients
@@ -166,14 +171,13 @@ def neuron_gradient(bundle: ModelBundle, image: np.ndarray, layer: str, channel:
     else:
         model = bundle.model
     get_module(model, layer)
+    layout = layer_layout(bundle, layer)
     xg = x.detach().clone().requires_grad_(True)
     with bundle.lock, torch.enable_grad(), capture(model, [layer], detach=False) as acts:
         model(xg)
         if layer not in acts:
             raise LayerError(f"{layer} did not run in the forward pass.")
-        out = acts[layer]
-        if out.dim() != 4:
-            raise LayerError(f"{layer} outputs {tuple(out.shape[1:])}, not a (channels, height, width) map.")
+        out = to_nchw(acts[layer], layout, layer)      # differentiable view on the real channel axis
         if not 0 <= channel < out.shape[1]:
             raise ParameterError(f"Channel {channel} does not exist ({out.shape[1]} channels in {layer}).")
         if position is None:
@@ -184,5 +188,8 @@ def neuron_gradient(bundle: ModelBundle, image: np.ndarray, layer: str, channel:
                 raise ParameterError(f"Position {position} is outside the {out.shape[2]}x{out.shape[3]} map.")
             objective = out[0, channel, y, xpos]
         (g,) = torch.autograd.grad(objective, xg)
+    w = constant_warning(g, "The gradient")
+    if w:
+        warnings.append(w + " The unit does not respond to small changes of the input here.")
     return NeuronGradient(layer, channel, position, guided, g[0].float().cpu().numpy(), crop,
                           out[0, channel].detach().float().cpu().numpy(), float(objective.detach()), warnings)

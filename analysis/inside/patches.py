@@ -47,6 +47,8 @@ from analysis.core.batching import JobProgress, halve_after_oom
 from analysis.core.datasets import Dataset
 from analysis.core.errors import DatasetError, LayerError, LimitError, ParameterError
 from analysis.core.hooks import get_module, run_truncated, truncate_after
+from analysis.core.layers import layer_layout
+from analysis.core.layout import to_nchw
 from analysis.core.models.bundle import ModelBundle
 
 __all__ = [
@@ -284,11 +286,12 @@ def _layer_maxima(bundle: ModelBundle, layer: str, x: torch.Tensor):
             run_truncated(model, x)
     if layer not in acts:
         raise LayerError(f"Layer {layer!r} did not run in the model's forward pass.")
-    a = acts[layer]
-    if a.dim() != 4:
-        raise LayerError(f"Layer {layer!r} outputs shape {tuple(a.shape[1:])}, not a (channels, "
-                         "height, width) feature map; maximally activating patches need a "
+    layout = layer_layout(bundle, layer)
+    if not layout.is_map:
+        raise LayerError(f"Layer {layer!r} outputs shape {tuple(acts[layer].shape[1:])} ({layout}), not a "
+                         "(channels, height, width) feature map; maximally activating patches need a "
                          "spatial layer.")
+    a = to_nchw(acts[layer], layout, layer)     # channels-last maps and tokens on their channel axis
     n, c, h, w = a.shape
     with torch.inference_mode():
         # (N, H*W, C): a view for channels_last maps; max over positions keeps the first
@@ -413,6 +416,52 @@ _RF_CACHE: "OrderedDict[tuple, object]" = OrderedDict()
 _RF_LOCK = threading.Lock()
 
 
+@dataclass(frozen=True)
+class TokenField:
+    """The receptive field of a token layer's patch tokens, said as it is: before any
+    attention a token sees its own patch; after one, every token may see the whole image,
+    so its "field" is the whole image (no false box around the patch)."""
+    layer: str
+    grid: tuple[int, int]
+    input_size: int
+    whole: bool
+
+    @property
+    def size(self) -> tuple[float, float]:
+        if self.whole:
+            return float(self.input_size), float(self.input_size)
+        return self.input_size / self.grid[0], self.input_size / self.grid[1]
+
+    @property
+    def note(self) -> str:
+        if self.whole:
+            return (f"{self.layer} comes after self-attention: each token can see the whole image, so "
+                    "its receptive field is the whole image (the crop is the whole input).")
+        return f"{self.layer} comes before any attention: each token sees exactly its own patch."
+
+    def box(self, y: int, x: int, size: int) -> tuple[int, int, int, int]:
+        if self.whole:
+            return 0, 0, size, size
+        ph, pw = size / self.grid[0], size / self.grid[1]
+        return int(round(y * ph)), int(round(x * pw)), int(round((y + 1) * ph)), int(round((x + 1) * pw))
+
+
+_ATTENTION = ("Attention", "MultiheadAttention", "SelfAttention")
+
+
+def token_field(bundle: ModelBundle, layer: str) -> TokenField | None:
+    """A :class:`TokenField` for a token layer (None for other layouts): whole-image once
+    any attention module has run before the layer finishes."""
+    from analysis.core.layers import check_layer, layer_table
+    infos = layer_table(bundle)
+    info = check_layer(infos, layer)
+    if info.layout.kind != "tokens" or info.layout.grid is None:
+        return None
+    after_attention = any(any(a in i.type for a in _ATTENTION) and 0 <= i.finish_order < info.finish_order
+                          for i in infos)
+    return TokenField(layer, info.layout.grid, bundle.input_size, after_attention)
+
+
 def _receptive_field(bundle: ModelBundle, layer: str):
     from analysis.inside.receptive import receptive_field  # lazy: optional dependency of this module
 
@@ -421,7 +470,7 @@ def _receptive_field(bundle: ModelBundle, layer: str):
         if key in _RF_CACHE:
             _RF_CACHE.move_to_end(key)
             return _RF_CACHE[key]
-    rf = receptive_field(bundle, layer)
+    rf = token_field(bundle, layer) or receptive_field(bundle, layer)
     with _RF_LOCK:
         _RF_CACHE[key] = rf
         while len(_RF_CACHE) > 64:

@@ -91,7 +91,21 @@ def forward_context(bundle: ModelBundle, objective: Objective, image: torch.Tens
         missing = objective.layers - set(acts)
         if missing:
             raise LayerError(f"Layer(s) {', '.join(sorted(missing))} did not run in the forward pass.")
-        return Context(dict(acts), logits, image, pixels)
+        return Context(channels_first(bundle, acts), logits, image, pixels)
+
+
+def channels_first(bundle: ModelBundle, acts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Captured activations with every feature map channels-first (N, C, H, W), by the
+    layer table's layouts: channels-last maps are permuted, token layers put their patch
+    tokens on the grid (class tokens left out). Objectives (channel, neuron, Gram,
+    diversity, feature match) then read channels on the right axis for every model."""
+    from analysis.core.layers import layer_layout
+    from analysis.core.layout import to_nchw
+    out = {}
+    for name, a in acts.items():
+        layout = layer_layout(bundle, name)
+        out[name] = to_nchw(a, layout, name) if layout.is_map and layout.kind != "nchw" else a
+    return out
 
 
 # =============================================================== the optimiser
@@ -119,10 +133,49 @@ class OptResult:
     stopped: bool
     seconds: float
     params: dict = field(default_factory=dict)
+    converged: bool = True             # False: the objective did not improve (see ``convergence``)
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.history and self.converged and not self.warnings:
+            self.converged, self.warnings = convergence(self.history, self.params.get("steps", self.steps),
+                                                        self.stopped)
+
+    def flag(self, message: str) -> None:
+        """Mark the result as not converged, with ``message`` for the page."""
+        self.converged = False
+        if message not in self.warnings:
+            self.warnings.append(message)
 
     @property
     def steps_per_second(self) -> float:
         return self.steps / self.seconds if self.seconds > 0 else 0.0
+
+
+def convergence(history: Sequence[float], steps: int | None = None, stopped: bool = False,
+                rtol: float = 0.05) -> tuple[bool, list[str]]:
+    """Did an optimisation get anywhere? ``(converged, warnings)`` from its objective
+    ``history`` (maximised, one value per step, the first before any update).
+
+    Not converged: fewer than two steps, or the mean of the last tenth of the steps is not
+    above the mean of the first tenth by more than ``rtol`` of their magnitude (the
+    result is then about where it started: noise, or the input). A run stopped early
+    gets a note. Args: history, steps (planned), stopped, rtol."""
+    h = np.asarray([v for v in history if math.isfinite(v)], dtype=np.float64)
+    notes: list[str] = []
+    if stopped and steps:
+        notes.append(f"Stopped after {len(history)} of {steps} steps: the result may not have converged.")
+    if len(h) < 2:
+        return False, [f"Only {len(h)} step ran: an optimisation cannot converge in one step; "
+                       "the result is its starting image."] + notes
+    k = max(1, len(h) // 10)
+    start, end = float(h[:k].mean()), float(h[-k:].mean())
+    scale = max(abs(start), abs(end), 1e-12)
+    if end - start <= rtol * scale:
+        return False, [f"The objective did not improve over {len(h)} steps (from {start:.4g} to {end:.4g}): "
+                       "the result is about where it started (noise or the input), not an optimum. "
+                       "Try more steps or a larger learning rate."] + notes
+    return True, notes
 
 
 def to_uint8(unit: torch.Tensor) -> np.ndarray:

@@ -7,9 +7,10 @@ produced it (objective, parameterisation, step rule, regularisers, seed, model_i
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
-from typing import Generator
+from typing import Generator, Sequence
 
 import numpy as np
 import torch
@@ -259,4 +260,40 @@ def invert(bundle: ModelBundle, image: np.ndarray, layer: str, *, steps: int = 2
     result.params.update(kind="inversion", layer=layer, tv_weight=tv_weight,
                          feature_error=-result.terms[f"match {layer}"][-1],
                          pixel_rmse=float((rec - target_img).pow(2).mean().sqrt()))
+    err = result.params["feature_error"]
+    if err >= INVERSION_NOT_CONVERGED:
+        result.flag(f"{layer}: relative feature error {err:.2f} at the end (noise gives about 1, a "
+                    "reconstruction well under 0.2): this inversion did not converge and its picture "
+                    "is mostly its starting noise. Try more steps or another learning rate.")
     return result
+
+
+INVERSION_NOT_CONVERGED = 0.5        # relative feature error at or above which an inversion failed
+
+
+def flag_strip_outliers(results: Sequence[O.OptResult], layers: Sequence[str], factor: float = 4.0,
+                        floor: float = 0.2) -> list[str]:
+    """Flag the inversions of a strip (one per layer) whose relative feature error is an
+    outlier: above ``floor`` and more than ``factor`` times the median error of the others
+    (e.g. 0.89 next to 0.04–0.06). Flagged results get ``converged=False`` and a warning;
+    returns all the strip's warnings (each once), for the page.
+
+    Args:
+        results: inversion results, in the order of ``layers``.
+        layers: the inverted layer of each result.
+        factor: how many times the others' median error counts as an outlier.
+        floor: errors below this are never outliers.
+    """
+    errs = [float(r.params.get("feature_error", float("nan"))) for r in results]
+    for i, (r, ly) in enumerate(zip(results, layers)):
+        others = [e for j, e in enumerate(errs) if j != i and math.isfinite(e)]
+        if not others or not math.isfinite(errs[i]):
+            continue
+        med = float(np.median(others))
+        if errs[i] > floor and errs[i] > factor * med:
+            r.flag(f"{ly}: feature error {errs[i]:.2f} is far above the other layers' (median {med:.2f}): "
+                   "this inversion did not converge; do not read its picture as what the layer keeps.")
+    out: list[str] = []
+    for r in results:
+        out.extend(w for w in r.warnings if w not in out)
+    return out

@@ -24,10 +24,11 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from analysis.core.batching import halve_after_oom, run_batched
-from analysis.core.errors import ParameterError
+from analysis.core.errors import LayerError, ParameterError
 from analysis.core.filters import gaussian_blur
 from analysis.core.guided import guided_model
 from analysis.core.layers import check_layer, last_conv_block, layer_table
@@ -266,14 +267,33 @@ def smoothgrad(bundle, x, target, *, samples=25, noise=0.15, batch_size=25, seed
 
 
 def gradcam(bundle, x, target, layer: str) -> torch.Tensor:
-    """Grad-CAM at ``layer``, upsampled (bilinear) to the input size; (1, 1, H, W)."""
-    from captum.attr import LayerAttribution, LayerGradCam
-    module = bundle.model.get_submodule(layer)
-    with bundle.lock, torch.enable_grad():
-        cam = LayerGradCam(bundle.model, module).attribute(x, target=target, relu_attributions=True)
-    if cam.dim() != 4:
-        raise ParameterError(f"Grad-CAM needs a layer with a spatial feature map; {layer} gives {tuple(cam.shape)}.")
-    return LayerAttribution.interpolate(cam.detach(), tuple(x.shape[-2:]), "bilinear")
+    """Grad-CAM at ``layer``, upsampled (bilinear) to the input size; (1, 1, H, W).
+
+    The layer's output and its gradient are read channels-first by the layer's layout
+    (channels-last maps permuted, token layers' patch tokens put on their grid with the
+    class / register tokens dropped), and are the layer's own values even when an in-place
+    op follows it (``capture`` continues the forward on a copy). On channels-first maps
+    this is Captum's ``LayerGradCam`` with ``relu_attributions=True``."""
+    from analysis.core.hooks import capture
+    from analysis.core.layers import layer_layout
+    from analysis.core.layout import to_nchw
+    layout = layer_layout(bundle, layer)
+    xg = x.detach().requires_grad_(True)          # the frozen model's layers then carry a graph
+    with bundle.lock, torch.enable_grad(), capture(bundle.model, [layer], detach=False) as acts:
+        score = bundle.model(xg)[:, target].sum()
+        if layer not in acts:
+            raise ParameterError(f"{layer} did not run in the forward pass.")
+        (grad,) = torch.autograd.grad(score, acts[layer], allow_unused=True)
+    if grad is None:
+        raise ParameterError(f"The class score does not depend on {layer}.")
+    try:
+        a, g = to_nchw(acts[layer].detach(), layout, layer), to_nchw(grad, layout, layer)
+    except LayerError:
+        raise ParameterError(f"Grad-CAM needs a layer with a spatial feature map; {layer} gives "
+                             f"{tuple(acts[layer].shape[1:])} ({layout}).") from None
+    weights = g.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * a).sum(dim=1, keepdim=True))
+    return F.interpolate(cam.float(), size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
 
 
 def vanilla_gradient(bundle, x, target) -> torch.Tensor:
@@ -391,6 +411,19 @@ def _guided_gradcam_map(bundle, x, target, *, progress=None, layer=None) -> MapO
 
 # ------------------------------------------------------------------------------- one interface
 
+def blank_warnings(bundle: ModelBundle, x: torch.Tensor, m: np.ndarray, title: str) -> list[str]:
+    """Warnings for a constant map ``m`` (all-zero included), naming the cause when the
+    model gives every class the same score for the input ``x``."""
+    from analysis.core.sanity import constant_warning, output_warning
+    w = constant_warning(m, f"The {title} map")
+    if w is None:
+        return []
+    with bundle.lock, torch.inference_mode():
+        cause = output_warning(bundle.model(x))
+    return [w] + ([cause] if cause else [])
+
+
+
 def attribute(bundle: ModelBundle, image: np.ndarray, target: int | str | None = None,
               method: str = "gradient", *, progress: Progress | None = None, **params) -> Attribution:
     """Saliency of ``target`` for an RGB uint8 ``image`` of any size, by any registered method.
@@ -417,6 +450,7 @@ def attribute(bundle: ModelBundle, image: np.ndarray, target: int | str | None =
     warnings = list(out.warnings)
     used = {**checked, **out.info}
     signed = None if out.signed is None else np.asarray(out.signed, np.float32)
+    warnings += blank_warnings(bundle, x, m, spec.title)
     return Attribution(method=method, target=tgt, target_label=bundle.categories[tgt], map=m,
                        image=crop, signed=signed, params=used, seconds=time.perf_counter() - t0,
                        layer=out.layer, warnings=warnings)

@@ -196,3 +196,39 @@ def test_guided_backprop_says_what_it_does_on_gelu_models():
     a = attribute(b, IMAGE, None, "guided_backprop")
     assert any("GELU" in w and "ordinary gradient" in w for w in a.warnings)
     assert guided_note(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.ReLU())) is None
+
+
+def test_token_gradcam_equals_pytorch_grad_cam_with_reshape_transform():
+    """Token Grad-CAM (analysis.saliency.methods.gradcam on a token layer, the layout
+    engineer's implementation) equals pytorch-grad-cam's GradCAM with the usual ViT
+    ``reshape_transform`` (drop the class token, tokens -> (N, C, h, w)) on a timm ViT."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from analysis.saliency.methods import gradcam
+    b = timm_bundle()
+    x = b.inputs(IMAGE)
+    layer = "blocks.2.norm1"
+
+    def reshape_transform(t, h=4, w=4):
+        return t[:, 1:, :].reshape(t.size(0), h, w, t.size(2)).permute(0, 3, 1, 2)
+    ref_model = copy.deepcopy(b.model)
+    for p in ref_model.parameters():                       # pytorch-grad-cam needs a graph from the weights
+        p.requires_grad_(True)
+    with GradCAM(model=ref_model, target_layers=[ref_model.get_submodule(layer)],
+                 reshape_transform=reshape_transform) as cam:
+        # pytorch-grad-cam resizes with OpenCV and min-max scales each map; compare on the
+        # patch grid (its raw per-layer CAM) and after the same scaling of ours.
+        ref = cam(input_tensor=x.clone(), targets=[ClassifierOutputTarget(4)])[0]
+        acts = cam.activations_and_grads.activations[0]
+        grads = cam.activations_and_grads.gradients[0]
+    raw_ref = np.maximum((grads.numpy().mean(axis=(2, 3), keepdims=True) * acts.numpy()).sum(1)[0], 0)
+    ours = gradcam(b, x, 4, layer)                         # (1, 1, 64, 64), bilinear from the 4x4 grid
+    grid = F.interpolate(torch.from_numpy(raw_ref)[None, None].float(), size=(64, 64), mode="bilinear",
+                         align_corners=False)
+    torch.testing.assert_close(ours, grid, rtol=1e-4, atol=1e-6)
+    scaled = ours[0, 0].numpy()
+    scaled = (scaled - scaled.min()) / (scaled.max() - scaled.min() + 1e-7)
+    assert ref.shape == scaled.shape
+    assert np.corrcoef(ref.ravel(), scaled.ravel())[0, 1] > 0.99   # OpenCV's resize vs torch's bilinear
+    assert hooks(b.model) == 0
