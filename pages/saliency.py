@@ -27,6 +27,8 @@ DI_PARAMS = (Param("steps", "int", DEFAULT_STEPS, 4, 100, label="steps"),
              Param("sub", "choice", DEFAULT_SUBSTRATE, choices=SUBSTRATES, label="deleted pixels become"),
              Param("patch", "choice", DEFAULT_PATCH, choices=(1, 4, 8, 16, 32), label="delete in"),
              Param("random", "int", DEFAULT_RANDOM, 3, 20, label="random maps"))
+TARGET_PARAMS = (Param("mode", "choice", "Predicted", choices=("Predicted", "Top-5", "Search")),
+                 Param("top5", "int", 0, 0, 4))
 RAND_STEPS = Param("rand_steps", "int", 6, 2, 12, widget="slider", label="randomisation steps")
 
 with guard("Saliency"):
@@ -50,8 +52,8 @@ with guard("Saliency"):
     with left:
         methods = st.multiselect("Methods", names, default=[m for m in DEFAULT_METHODS if m in names],
                                  format_func=lambda m: registry.get(m).title, key="sal_methods")
-        notes += [m for m in [schema_ui.sanitize("sal_target_mode", Param(
-            "sal_target_mode", "choice", "Predicted", choices=("Predicted", "Top-5", "Search")))] if m]
+        for p in TARGET_PARAMS:                 # the shared target picker's keys, checked like ours
+            notes += [m for m in [schema_ui.sanitize(f"sal_target_{p.name}", p)] if m]
         target = target_picker(bundle, pred, key="sal_target")
     with right:
         params = {}
