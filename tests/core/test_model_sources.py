@@ -366,3 +366,13 @@ def test_every_page_analysis_runs_on_the_models_people_bring(arch, hf_dir):
     _finite_varied(r.unit, f"{arch} class visualisation")
     assert hooks_left(b.model) == own_hooks
     assert weights_sha256(b.model) == before
+
+
+def test_a_spec_with_preprocessing_survives_a_share_link():
+    import dataclasses
+
+    from dashboard.share import _parse_ref, encode_value
+    spec = ModelSpec(kind="timm", arch="vit_tiny_patch16_224", seed=3, pretrained=False,
+                     preprocess=overrides_json({"input_size": 96, "mean": [0.5, 0.5, 0.5]}))
+    assert _parse_ref(ModelSpec, encode_value(dataclasses.asdict(spec))) == spec
+    assert "own preprocessing" in spec.label() and "vit_tiny_patch16_224 (timm, random, seed 3)" in spec.label()
