@@ -269,9 +269,9 @@ def guided_note(model: nn.Module) -> str | None:
     if not smooth:
         return None
     what = ", ".join(f"{n} {k}" for k, n in sorted(smooth.items()))
-    return (f"This model's nonlinearities are mostly smooth ({what}). Guided backprop guides only "
-            "ReLU-like rectifiers; through these it passes the ordinary gradient, so the map is close to "
-            "the vanilla gradient's (positive parts at rectifiers only).")
+    return (f"This model has smooth activations ({what}) that guided backprop has no rule for: only "
+            "ReLU-like rectifiers are guided, and through these it passes the ordinary gradient, so where "
+            "they dominate the map is close to the vanilla gradient.")
 
 
 

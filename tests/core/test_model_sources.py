@@ -362,8 +362,11 @@ def test_every_page_analysis_runs_on_the_models_people_bring(arch, hf_dir):
     _finite_varied(acts.maps, f"{arch} activations {layer}")
     feats, _, _ = features_for_images(b, [IMAGE, IMAGE[::-1].copy()])
     _finite_varied(feats, f"{arch} features")
-    r = run(FV.class_visualization(b, 1, steps=1, size=48))
+    r = run(FV.class_visualization(b, 1, steps=1, size=48))      # 48 px: not what a ViT accepts
     _finite_varied(r.unit, f"{arch} class visualisation")
+    from analysis.style import gatys
+    r = run(gatys.style_transfer(b, IMAGE, [(IMAGE[:, ::-1].copy(), 1.0)], steps=1, size=56))   # not square
+    _finite_varied(r.unit, f"{arch} style transfer")
     assert hooks_left(b.model) == own_hooks
     assert weights_sha256(b.model) == before
 
