@@ -8,24 +8,12 @@ from analysis.core.errors import ConvlensError
 from analysis.core.images import gallery_names, load_image
 from analysis.core.models.loaders import (
     ModelSpec,
-    parse_class_names,
-    read_state_dict,
     select_device,
-    torchvision_architectures,
-    trusted_model_files,
 )
-from analysis.core.store import discard_upload, has_upload, save_upload, upload_digest
-from dashboard import auth, share, state
+from analysis.core.store import discard_upload, save_upload, upload_digest
+from dashboard import auth, model_forms, share, state
 from dashboard.errors import guard, report
 from dashboard.text import plain
-
-_KINDS = {
-    "default": "EfficientNet-Lite0 · ImageNet (embedded)",
-    "digits": "Digits CNN (embedded, trained here)",
-    "torchvision": "torchvision architecture",
-    "upload": "torchvision architecture + your weights",
-    "trusted": "Server model (operator's folder)",
-}
 
 
 def _try_select(spec: ModelSpec) -> bool:
@@ -37,16 +25,6 @@ def _try_select(spec: ModelSpec) -> bool:
         return False
     state.set_model_spec(spec)
     return True
-
-
-def _store(data: bytes, name: str, new: list[str], max_bytes: int | None = None) -> str:
-    """Store an upload; its digest goes into ``new`` if this call created it (so a refusal
-    can remove it without touching a file someone else stored and uses)."""
-    existed = has_upload(upload_digest(data))
-    digest = save_upload(data, name, max_bytes=max_bytes)
-    if not existed:
-        new.append(digest)
-    return digest
 
 
 _ZIP_REFUSED = "_sb_zip_refused"
@@ -76,47 +54,7 @@ def _select_zip(data: bytes, name: str) -> None:
 
 
 def model_picker() -> None:
-    current = state.model_spec()
-    kinds = [k for k in _KINDS if k != "trusted" or trusted_model_files()]
-    kind = st.selectbox("Model", kinds, index=kinds.index(current.kind) if current.kind in kinds else 0,
-                        format_func=_KINDS.get, key="sb_model_kind")
-    if kind in ("default", "digits"):
-        if current.kind != kind:
-            _try_select(ModelSpec(kind=kind))
-        return
-    archs = list(torchvision_architectures())
-    if kind == "torchvision":
-        arch = st.selectbox("Architecture", archs, index=archs.index(current.arch) if current.arch in archs else archs.index("resnet18"),
-                            key="sb_arch")
-        pretrained = st.toggle("Pretrained ImageNet weights", value=True, key="sb_pretrained",
-                               help="Downloads torchvision's weights once into torch's cache; offline, use random weights.")
-        seed = 0 if pretrained else st.number_input("Random-weights seed", 0, 2**31 - 1, 0, key="sb_seed")
-        if st.button("Load model", key="sb_load_tv", width="stretch"):
-            _try_select(ModelSpec(kind="torchvision" if pretrained else "random", arch=arch, seed=int(seed)))
-    elif kind == "upload":
-        arch = st.selectbox("Architecture of the weights", archs, index=archs.index("resnet18"), key="sb_up_arch")
-        wfile = st.file_uploader("State dict (.safetensors, .pt, .pth)", type=["safetensors", "pt", "pth", "bin"],
-                                 key="sb_up_weights", help="Pickles are read with weights_only=True.")
-        cfile = st.file_uploader("Class names (optional: .txt one per line, or .json)", type=["txt", "json"],
-                                 key="sb_up_classes")
-        if st.button("Load weights", key="sb_load_up", disabled=wfile is None, width="stretch"):
-            with guard("Weights"):
-                data = wfile.getvalue()
-                read_state_dict(data, wfile.name)                  # validate before storing
-                classes, new = "", []
-                if cfile is not None:
-                    parse_class_names(cfile.getvalue(), cfile.name)
-                    classes = _store(cfile.getvalue(), cfile.name, new)
-                weights = _store(data, wfile.name, new, get_config().limits.max_weights_bytes)
-                if not _try_select(ModelSpec(kind="upload", arch=arch, weights=weights, classes=classes)):
-                    for d in new:                                   # refused: nothing stays behind
-                        discard_upload(d)
-    elif kind == "trusted":
-        files = trusted_model_files()
-        rel = st.selectbox("Model file", files, key="sb_trusted")
-        if st.button("Load model", key="sb_load_trusted", width="stretch"):
-            _try_select(ModelSpec(kind="trusted", weights=rel))
-    st.caption(f"Active: **{plain(state.model_spec().label())}**")
+    model_forms.model_picker(_try_select)
 
 
 def image_picker() -> None:

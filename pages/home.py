@@ -3,6 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis.core.predict import predict
+from analysis.core.sizes import size_note
 from dashboard import state
 from dashboard.errors import guard
 from dashboard.render import model_card_rows, model_view, topk_figure
@@ -39,7 +40,16 @@ if bundle is not None:
 
     st.subheader(f"Model card — {bundle.name}")
     st.markdown(bundle.description)
-    st.table(pd.DataFrame(model_card_rows(bundle.card()), columns=["", "value"]).set_index(""))
+    pre = bundle.preprocess
+    rows = model_card_rows(bundle.card()) + [
+        ("Resize and crop", f"{pre.interpolation}, " + (f"shorter side to {pre.resize_size}" if pre.crop_mode == "center"
+                            else f"squashed to {pre.resize_size}×{pre.resize_size}") + f", centre crop {pre.input_size}"),
+        ("Channel order", "grey" if pre.grayscale else pre.channel_order.upper()),
+        ("Preprocessing from", bundle.preprocess_note or "the model's source")]
+    st.table(pd.DataFrame(rows, columns=["", "value"]).set_index(""))
+    with guard("Input size"):
+        if (note := size_note(bundle)) is not None:
+            st.info(note)
 
     with st.expander("Layers (dotted names, output shapes from one dry forward)", expanded=False):
         with guard("Layers"):

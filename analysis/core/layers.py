@@ -189,12 +189,25 @@ def last_conv_block(infos: list[LayerInfo]) -> str:
     """The last layer (in execution order) whose output is a feature map larger than 1x1:
     Grad-CAM's usual target. A container finishes after its children, so this names the
     whole last block (resnet "layer4", vgg "features", EfficientNet-Lite "_relu_head").
-    Adaptive pooling layers are skipped: they only resample the last map."""
+    Adaptive pooling layers are skipped: they only resample the last map. On token models
+    (ViT) it is the input of the last attention (e.g. ``blocks.11.norm1``)."""
     cands = [i for i in infos if i.spatial and i.calls > 0 and i.map_hw[0] * i.map_hw[1] > 1
              and i.type not in _ADAPTIVE_POOLS]
     if not cands:
         raise LayerError("The model has no layer with a spatial feature map.")
-    return max(cands, key=lambda i: i.finish_order).name
+    best = max(cands, key=lambda i: i.finish_order)
+    if best.layout.kind == "tokens":
+        # After the last attention only the class token reaches a class-token head: the
+        # patch tokens' gradients are zero there. Use the input of the last attention (the
+        # last block's first norm: pytorch-grad-cam's choice for ViTs).
+        attn = [i for i in infos if "Attention" in i.type and i.calls > 0]
+        if attn:
+            last = max(attn, key=lambda i: i.finish_order)
+            before = [i for i in cands if i.layout.kind == "tokens" and i.finish_order < last.finish_order
+                      and not i.name.startswith(last.name + ".")]
+            if before:
+                best = max(before, key=lambda i: i.finish_order)
+    return best.name
 
 
 def check_layer(infos: list[LayerInfo], name: str) -> LayerInfo:

@@ -38,6 +38,7 @@ import torch
 from analysis.core.errors import LayerError, ParameterError
 from analysis.core.hooks import get_module, keep_output
 from analysis.core.models.bundle import ModelBundle
+from analysis.core.sizes import fit_to_model
 from analysis.optimize.objectives import Context, Objective
 from analysis.optimize.params import ImageParam, PixelImage
 from analysis.optimize.transforms import Transform
@@ -80,7 +81,7 @@ def forward_context(bundle: ModelBundle, objective: Objective, image: torch.Tens
                     transformed: torch.Tensor, pixels: torch.Tensor | None) -> Context:
     """Run the shared model on a transformed [0, 1] image and build the objective's context.
     The caller holds ``bundle.lock``."""
-    inp = bundle.preprocess.normalize(transformed)
+    inp = fit_to_model(bundle, bundle.preprocess.normalize(transformed))   # fixed-size models (ViT)
     need_out = objective.needs_output or not objective.layers
     with _captures(bundle.model, objective.layers, stop_early=not need_out) as acts:
         try:

@@ -3,3 +3,4 @@ every method one entry with its parameter schema), incremental occlusion, and th
 (deletion / insertion, model randomisation). Importing the package registers the built-in
 methods, so ``analysis.saliency.registry`` always lists them."""
 import analysis.saliency.methods  # noqa: F401  (registers the built-in methods)
+import analysis.saliency.transformer  # noqa: F401  (registers the attention methods of transformers)

@@ -209,6 +209,9 @@ def guided_backprop(bundle: ModelBundle, x: torch.Tensor, target: int) -> tuple[
     warnings = []
     if n_guided == 0:
         warnings.append("No ReLU-like modules found: guided backprop equals the plain gradient here.")
+    from analysis.saliency.transformer import guided_note
+    if (note := guided_note(bundle.model)) is not None:      # GELU / SiLU models: say what it does
+        warnings.append(note)
     if n_functional:
         warnings.append(f"{n_functional} functional rectifier call(s) (F.relu in forward code) cannot be "
                         "guided; those pass gradients like the plain gradient.")
@@ -419,6 +422,8 @@ def blank_warnings(bundle: ModelBundle, x: torch.Tensor, m: np.ndarray, title: s
     return [w] + ([cause] if cause else [])
 
 
+
+
 def attribute(bundle: ModelBundle, image: np.ndarray, target: int | str | None = None,
               method: str = "gradient", *, progress: Progress | None = None, **params) -> Attribution:
     """Saliency of ``target`` for an RGB uint8 ``image`` of any size, by any registered method.
@@ -445,6 +450,7 @@ def attribute(bundle: ModelBundle, image: np.ndarray, target: int | str | None =
     warnings = list(out.warnings) + blank_warnings(bundle, x, m, spec.title)
     used = {**checked, **out.info}
     signed = None if out.signed is None else np.asarray(out.signed, np.float32)
+    warnings += blank_warnings(bundle, x, m, spec.title)
     return Attribution(method=method, target=tgt, target_label=bundle.categories[tgt], map=m,
                        image=crop, signed=signed, params=used, seconds=time.perf_counter() - t0,
                        layer=out.layer, warnings=warnings)

@@ -138,3 +138,16 @@ def test_to_nchw_round_trips():
     assert torch.equal(to_nchw(t.permute(0, 2, 3, 1), Layout("nhwc")), t)
     tok = torch.cat([torch.randn(2, 1, 5), t.flatten(2).transpose(1, 2)], dim=1)
     assert torch.equal(to_nchw(tok, Layout("tokens", 1, (3, 4))), t)
+
+
+def test_gradcam_default_on_a_vit_is_the_last_attention_input():
+    from analysis.core.layers import last_conv_block
+    from analysis.saliency.methods import attribute
+    v = _bundle("vit_tiny")
+    assert last_conv_block(layer_table(v)) == "blocks.11.norm1"
+    a = attribute(v, _image(224), 3, "gradcam")
+    assert a.layer == "blocks.11.norm1" and a.map.max() > 0
+    # The last block's output feeds the class-token head through the class token only:
+    # its patch tokens get no gradient, and the blank map is named.
+    z = attribute(v, _image(224), 3, "gradcam", layer="blocks.11")
+    assert z.map.max() == 0 and any("zero everywhere" in w for w in z.warnings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -22,16 +23,22 @@ from analysis.core.errors import ParameterError
 
 _INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
            "lanczos": Image.LANCZOS}
+CROP_MODES = ("center", "squash")       # timm's crop_mode names; "border" is read as "center"
+CHANNEL_ORDERS = ("rgb", "bgr")
+MIN_INPUT, MAX_INPUT = 8, 1024          # bounds on input sides (pixels); MIN_INPUT for user values
 
 
 @dataclass(frozen=True)
 class Preprocessing:
     """Image (RGB uint8) -> model input tensor, and back.
 
-    Geometry first (resize the shorter side to ``resize_size``, centre-crop
-    ``input_size``), then scale to [0, 1], optionally convert to one grey channel, then
-    normalise with ``mean``/``std``. Analyses work on the cropped image the model sees
-    (``geometry``); ``to_display`` inverts the last steps for showing model-space tensors.
+    Geometry first (``crop_mode`` "center": resize the shorter side to ``resize_size``,
+    centre-crop ``input_size``; "squash": resize the whole image to ``resize_size`` square,
+    ignoring its aspect ratio, then centre-crop), then scale to [0, 1], optionally convert
+    to one grey channel, then normalise with ``mean``/``std`` (given in the model's channel
+    order; ``channel_order`` "bgr" feeds the model blue, green, red). Analyses work on the
+    cropped RGB image the model sees (``geometry``) and on RGB [0, 1] tensors; the channel
+    flip happens in ``normalize`` / ``denormalize``, so ``to_display`` shows RGB again.
     """
 
     input_size: int
@@ -40,14 +47,35 @@ class Preprocessing:
     std: tuple[float, ...]
     interpolation: str = "bilinear"
     grayscale: bool = False
+    crop_mode: str = "center"
+    channel_order: str = "rgb"
 
     def __post_init__(self):
         if self.interpolation not in _INTERP:
-            raise ParameterError(f"Unknown interpolation {self.interpolation!r}")
+            raise ParameterError(f"Unknown interpolation {self.interpolation!r}; use one of {', '.join(_INTERP)}.")
+        if self.crop_mode not in CROP_MODES:
+            raise ParameterError(f"Unknown crop mode {self.crop_mode!r}; use one of {', '.join(CROP_MODES)}.")
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise ParameterError(f"Unknown channel order {self.channel_order!r}; use rgb or bgr.")
+        for name in ("input_size", "resize_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ParameterError(f"{name} must be a whole number of pixels (got {v!r}).")
+        if not 1 <= self.input_size <= MAX_INPUT:
+            raise ParameterError(f"input size {self.input_size} is outside 1..{MAX_INPUT} pixels.")
+        if self.resize_size > 4 * MAX_INPUT:
+            raise ParameterError(f"resize size {self.resize_size} is over {4 * MAX_INPUT} pixels.")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ParameterError("mean/std must have one value per input channel")
+            raise ParameterError(
+                f"mean and std need one value per input channel ({self.channels}: "
+                f"{'grey' if self.grayscale else 'RGB'}); got {len(self.mean)} mean and {len(self.std)} std values.")
+        for v in (*self.mean, *self.std):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ParameterError(f"mean/std values must be finite numbers (got {v!r}).")
+        if any(s <= 0 for s in self.std):
+            raise ParameterError("every std value must be positive.")
         if self.resize_size < self.input_size:
-            raise ParameterError("resize_size must be at least input_size")
+            raise ParameterError(f"resize size ({self.resize_size}) must be at least the input size ({self.input_size}).")
 
     @property
     def channels(self) -> int:
@@ -55,9 +83,19 @@ class Preprocessing:
 
     @property
     def spec(self) -> dict:
-        return {"input_size": self.input_size, "resize_size": self.resize_size,
-                "mean": list(self.mean), "std": list(self.std),
-                "interpolation": self.interpolation, "grayscale": self.grayscale}
+        out = {"input_size": self.input_size, "resize_size": self.resize_size,
+               "mean": list(self.mean), "std": list(self.std),
+               "interpolation": self.interpolation, "grayscale": self.grayscale}
+        # Defaults left out, so existing preprocessings keep their spec_id (cache keys).
+        if self.crop_mode != "center":
+            out["crop_mode"] = self.crop_mode
+        if self.channel_order != "rgb":
+            out["channel_order"] = self.channel_order
+        return out
+
+    @property
+    def flips_channels(self) -> bool:
+        return self.channel_order == "bgr" and not self.grayscale
 
     @property
     def spec_id(self) -> str:
@@ -70,8 +108,11 @@ class Preprocessing:
             raise ParameterError(f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
         im = Image.fromarray(np.ascontiguousarray(image))
         w, h = im.size
-        s = self.resize_size / min(w, h)
-        nw, nh = max(self.input_size, round(w * s)), max(self.input_size, round(h * s))
+        if self.crop_mode == "squash":
+            nw = nh = self.resize_size
+        else:
+            s = self.resize_size / min(w, h)
+            nw, nh = max(self.input_size, round(w * s)), max(self.input_size, round(h * s))
         if (nw, nh) != (w, h):
             im = im.resize((nw, nh), _INTERP[self.interpolation])
         left, top = (nw - self.input_size) // 2, (nh - self.input_size) // 2
@@ -94,16 +135,21 @@ class Preprocessing:
         return x
 
     def normalize(self, x01: torch.Tensor) -> torch.Tensor:
+        """[0, 1] RGB (or grey) tensor N,C,H,W -> model input (channel order and mean/std)."""
+        if self.flips_channels:
+            x01 = x01.flip(1)
         mean, std = self._stats(x01)
         return (x01 - mean) / std
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Model space -> [0, 1] space (not clipped)."""
+        """Model space -> [0, 1] RGB space (not clipped)."""
         mean, std = self._stats(x)
-        return x * std + mean
+        u = x * std + mean
+        return u.flip(1) if self.flips_channels else u
 
     def valid_range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel min and max of a valid image in model space (for pixel clipping)."""
+        """Per-channel min and max of a valid image in model space, in the model's channel
+        order (for pixel clipping)."""
         lo = torch.tensor([(0 - m) / s for m, s in zip(self.mean, self.std)]).view(1, -1, 1, 1)
         hi = torch.tensor([(1 - m) / s for m, s in zip(self.mean, self.std)]).view(1, -1, 1, 1)
         return lo, hi
@@ -156,7 +202,11 @@ class ModelBundle:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     model_id: str = ""
     description: str = ""
+    preprocess_note: str = ""         # where the preprocessing came from / what is assumed
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # Derived copies of the model that methods build once and reuse (e.g. the attention
+    # saliency's copy with timm's fused attention off); never the shared model itself.
+    derived: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         self.model.eval()
@@ -205,4 +255,4 @@ class ModelBundle:
                 "parameters": self.num_parameters, "input_size": self.input_size,
                 "classes": self.num_classes, "model_id": self.model_id,
                 "device": str(self.device), "preprocessing": self.preprocess.spec,
-                "description": self.description}
+                "preprocessing_source": self.preprocess_note, "description": self.description}

