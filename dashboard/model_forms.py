@@ -61,7 +61,7 @@ def model_picker(select: Select) -> None:
 
 # ------------------------------------------------------------------ shared widgets
 
-def _store(data: bytes, name: str, new: list[str], max_bytes: int | None = None) -> str:
+def store_upload(data: bytes, name: str, new: list[str], max_bytes: int | None = None) -> str:
     """Store an upload; its digest goes into ``new`` if this call created it (so a refusal
     can remove it without touching a file someone else stored and uses)."""
     existed = has_upload(upload_digest(data))
@@ -86,7 +86,7 @@ def _class_names_file(key: str, new: list[str]) -> str | None:
         return ""
     with guard("Class names"):
         parse_class_names(cfile.getvalue(), cfile.name)
-        return _store(cfile.getvalue(), cfile.name, new)
+        return store_upload(cfile.getvalue(), cfile.name, new)
     return None
 
 
@@ -189,7 +189,7 @@ def _upload_form(current: ModelSpec, select: Select) -> None:
         with guard("Weights"):
             data = wfile.getvalue()
             read_state_dict(data, wfile.name)                  # validate before storing
-            weights = _store(data, wfile.name, new, get_config().limits.max_weights_bytes)
+            weights = store_upload(data, wfile.name, new, get_config().limits.max_weights_bytes)
             _select_or_discard(select, ModelSpec(kind="upload", arch=arch, weights=weights, classes=classes,
                                                  preprocess=pre), new)
 
@@ -234,7 +234,7 @@ def _timm_form(current: ModelSpec, select: Select) -> None:
             if wfile is not None:
                 data = wfile.getvalue()
                 read_state_dict(data, wfile.name)
-                weights = _store(data, wfile.name, new, get_config().limits.max_weights_bytes)
+                weights = store_upload(data, wfile.name, new, get_config().limits.max_weights_bytes)
             _select_or_discard(select, ModelSpec(kind="timm", arch=arch, seed=seed, weights=weights, classes=classes,
                                                  pretrained=how == "pretrained", preprocess=pre), new)
 
@@ -256,5 +256,5 @@ def _hf_form(current: ModelSpec, select: Select) -> None:
         if st.button("Load model", key="sb_load_hf_zip", disabled=up is None, width="stretch"):
             with guard("Hugging Face model"):
                 new = []
-                digest = _store(up.getvalue(), up.name, new, get_config().limits.max_weights_bytes)
+                digest = store_upload(up.getvalue(), up.name, new, get_config().limits.max_weights_bytes)
                 _select_or_discard(select, ModelSpec(kind="hf", weights=f"zip:{digest}"), new)

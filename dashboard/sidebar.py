@@ -13,6 +13,7 @@ from analysis.core.models.loaders import (
 from analysis.core.store import discard_upload, save_upload, upload_digest
 from dashboard import auth, model_forms, share, state
 from dashboard.errors import guard, report
+from dashboard.model_forms import store_upload
 from dashboard.text import plain
 
 
@@ -42,7 +43,7 @@ def _select_zip(data: bytes, name: str) -> None:
         return
     new: list[str] = []
     try:
-        ref = state.DatasetRef("zip", _store(data, name, new), name)
+        ref = state.DatasetRef("zip", store_upload(data, name, new), name)
         state.dataset_for(ref)                                      # index it (cached) before switching
     except Exception as exc:
         for d in new:
