@@ -70,13 +70,39 @@ def overlay(image: np.ndarray, heat_rgb: np.ndarray, alpha: float = 0.5, weight:
     return (out + 0.5).astype(np.uint8)
 
 
-def heatmap_figure(m: np.ndarray, title: str = "", colorscale: str = "Inferno", zmid: float | None = None) -> go.Figure:
-    """Interactive heatmap with hover values (row, column, value)."""
-    fig = go.Figure(go.Heatmap(z=m[::-1], colorscale=colorscale, zmid=zmid,
-                               hovertemplate="row %{customdata}, col %{x}: %{z:.4g}<extra></extra>",
-                               customdata=np.repeat(np.arange(m.shape[0])[::-1, None], m.shape[1], 1)))
+def display_cmap(cmap: str, signed: bool) -> str:
+    """The colormap a map is drawn with: a signed map shown with the default sequential
+    "inferno" switches to the diverging "RdBu_r" (so zero is white, not mid-orange)."""
+    return "RdBu_r" if signed and cmap == "inferno" else cmap
+
+
+def plotly_colorscale(cmap: str, n: int = 64) -> list[list]:
+    """A matplotlib colormap as a plotly colorscale of ``n`` stops, with the same uint8
+    colours as :func:`colorize` at each stop (so both views draw a value alike)."""
+    import matplotlib
+    cm = matplotlib.colormaps[cmap]
+    pos = np.linspace(0.0, 1.0, n)
+    rgb = (cm(pos)[:, :3] * 255 + 0.5).astype(np.uint8)
+    return [[float(p), f"rgb({r},{g},{b})"] for p, (r, g, b) in zip(pos, rgb)]
+
+
+def heatmap_figure(m: np.ndarray, norm: np.ndarray | None = None, cmap: str = "inferno", signed: bool = False,
+                   title: str = "") -> go.Figure:
+    """Interactive heatmap with hover values (row, column, raw value).
+
+    Colours come from ``norm`` (the map as :func:`clip_map` scaled it: [0, 1], or [-1, 1]
+    when ``signed``) and the matplotlib colormap ``cmap`` on the same fixed range, so
+    the interactive view matches the overlay and heatmap views and follows the Colormap
+    and Clip controls. ``norm`` None = ``clip_map(m, 0, signed)``."""
+    m = np.asarray(m, np.float32)
+    norm = clip_map(m, 0.0, signed=signed) if norm is None else np.asarray(norm)
+    fig = go.Figure(go.Heatmap(z=norm.astype(np.float32), customdata=m, colorscale=plotly_colorscale(cmap),
+                               zmin=-1.0 if signed else 0.0, zmax=1.0, zauto=False,
+                               colorbar=dict(title="scaled"),
+                               hovertemplate="row %{y}, col %{x}: %{customdata:.4g}<extra></extra>"))
     fig.update_layout(title=title, height=360, margin=dict(l=10, r=10, t=40, b=10),
-                      yaxis=dict(scaleanchor="x", showticklabels=False), xaxis=dict(showticklabels=False))
+                      yaxis=dict(scaleanchor="x", showticklabels=False, autorange="reversed"),
+                      xaxis=dict(showticklabels=False))
     return fig
 
 
@@ -84,25 +110,42 @@ def heatmap_figure(m: np.ndarray, title: str = "", colorscale: str = "Inferno", 
 from analysis.audit.trail import npy_bytes, png_bytes  # noqa: E402,F401
 
 
-def curves_figure(curves: dict, kind: str) -> go.Figure:
-    """Deletion or insertion curves of several methods (and the random baseline) together."""
+def curves_figure(comparison, kind: str) -> go.Figure:
+    """Deletion or insertion curves of several methods together with the random maps' mean
+    curve and a band of ± one standard deviation (``comparison``: a
+    ``analysis.saliency.trust.CurveComparison``)."""
     fig = go.Figure()
-    for name, by_kind in curves.items():
+    f, mean, sd = comparison.random_summary(kind)
+    aucs = [r[kind].auc for r in comparison.random]
+    fig.add_trace(go.Scatter(x=np.concatenate([f, f[::-1]]), y=np.concatenate([mean + sd, (mean - sd)[::-1]]),
+                             fill="toself", fillcolor="rgba(128,128,128,0.25)", line=dict(width=0),
+                             hoverinfo="skip", name="random ± 1 sd", showlegend=True))
+    fig.add_trace(go.Scatter(x=f, y=mean, mode="lines", line=dict(dash="dot", color="gray"),
+                             name=f"random, mean of {len(aucs)} (AUC {np.mean(aucs):.3f})"))
+    for name, by_kind in comparison.curves.items():
         c = by_kind[kind]
-        fig.add_trace(go.Scatter(x=c.fractions, y=c.scores, mode="lines", name=f"{name} (AUC {c.auc:.3f})",
-                                 line=dict(dash="dot" if name == "random" else "solid")))
+        fig.add_trace(go.Scatter(x=c.fractions, y=c.scores, mode="lines", name=f"{name} (AUC {c.auc:.3f})"))
     fig.update_layout(title=f"{kind.capitalize()} curve", xaxis_title="fraction of pixels "
                       + ("removed" if kind == "deletion" else "inserted"), yaxis_title="target probability",
                       height=360, margin=dict(l=10, r=10, t=40, b=10), yaxis=dict(range=[0, 1.02]))
     return fig
 
 
+def correlation_range(correlations: dict[str, list[float]]) -> list[float]:
+    """The y range of the randomisation chart: down to -0.2 at least, lower when a point is
+    lower (Spearman's rho can reach -1), so no point falls off the chart."""
+    vals = [v for vs in correlations.values() for v in vs if v is not None and np.isfinite(v)]
+    low = min([-0.2] + [v - 0.05 for v in vals])
+    return [max(low, -1.05), 1.05]
+
+
 def correlation_figure(layers: list[str], correlations: dict[str, list[float]]) -> go.Figure:
+    """Spearman rank correlation of each method's map with its original, per randomisation step."""
     fig = go.Figure()
     for name, vals in correlations.items():
         fig.add_trace(go.Scatter(x=layers[:len(vals)], y=vals, mode="lines+markers", name=name))
     fig.update_layout(title="Spearman rank correlation with the original map",
-                      xaxis_title="randomised from the top down to", yaxis=dict(range=[-0.2, 1.05]),
+                      xaxis_title="randomised from the top down to", yaxis=dict(range=correlation_range(correlations)),
                       height=360, margin=dict(l=10, r=10, t=40, b=10))
     return fig
 

@@ -1,170 +1,165 @@
 """Saliency: which pixels matter for a class — several methods side by side, each with
-its trust checks (deletion/insertion curves, model-randomisation sanity check)."""
+its trust checks (deletion/insertion curves against random maps, model randomisation).
+Methods, their descriptions and their settings come from the method table
+(analysis/saliency/registry.py); the parts live in dashboard/saliency_ui.py."""
 import json
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis.core.predict import predict
-from analysis.saliency.methods import METHODS, PERTURBATION_METHODS, attribute
-from dashboard import state
+from analysis.core.layers import last_conv_block
+from analysis.core.schema import Param
+from analysis.saliency import registry
+from analysis.saliency.methods import attribute
+from analysis.saliency.trust import DEFAULT_PATCH, DEFAULT_RANDOM, DEFAULT_STEPS, DEFAULT_SUBSTRATE, SUBSTRATES
+from dashboard import saliency_ui as ui
+from dashboard import schema_ui, state
 from dashboard.errors import guard
-from dashboard.render import (
-    COLORMAPS,
-    clip_map,
-    colorize,
-    correlation_figure,
-    curves_figure,
-    heatmap_figure,
-    npy_bytes,
-    overlay,
-    png_bytes,
-)
-from dashboard.widgets import layer_picker, run_job, target_picker
+from dashboard.render import correlation_figure, curves_figure
+from dashboard.widgets import run_job, target_picker
 
 st.title("Saliency — which pixels matter?")
 st.caption("Occlusion, gradients and guided backprop (CS231n lecture 12), with Integrated Gradients, "
            "SmoothGrad and Grad-CAM; every map one click away from its trust checks.")
 
 DEFAULT_METHODS = ["gradient", "guided_backprop", "gradcam"]
-
-
-def method_params(method: str, infos, cam_default: str) -> dict:
-    """Parameter widgets of one method."""
-    k = f"sal_{method}"
-    if method in ("occlusion", "occlusion_fast"):
-        c1, c2, c3 = st.columns(3)
-        return {"window": c1.number_input("window", 2, 112, 16, key=f"{k}_w", help="side of the square patch"),
-                "stride": c2.number_input("stride", 1, 112, 8, key=f"{k}_s"),
-                "baseline": c3.selectbox("baseline", ["mean", "zero", "blur"], key=f"{k}_b",
-                                         help="mean: data-set mean colour; zero: black; blur: blurred image")}
-    if method == "integrated_gradients":
-        c1, c2 = st.columns(2)
-        return {"steps": c1.number_input("steps", 2, 300, 50, key=f"{k}_n"),
-                "baseline": c2.selectbox("baseline", ["zero", "mean", "blur"], key=f"{k}_b")}
-    if method == "smoothgrad":
-        c1, c2 = st.columns(2)
-        return {"samples": c1.number_input("samples", 1, 200, 25, key=f"{k}_n"),
-                "noise": c2.slider("noise level (σ / range)", 0.0, 0.5, 0.15, 0.01, key=f"{k}_sigma")}
-    if method in ("gradcam", "guided_gradcam"):
-        return {"layer": layer_picker(infos, cam_default, key=f"{k}_layer", label="layer")}
-    return {}
-
-
-def draw_map(a, view: str, cmap: str, alpha: float, outlier: float, key: str) -> None:
-    signed = a.method in ("occlusion", "occlusion_fast")
-    norm = clip_map(a.map, outlier, signed=signed)
-    heat = colorize(norm, "RdBu_r" if signed and cmap == "inferno" else cmap, signed=signed)
-    st.markdown(f"**{a.title}** · {a.seconds:.2f} s")
-    st.caption(METHODS[a.method][1])
-    if view == "interactive":
-        st.plotly_chart(heatmap_figure(a.map, colorscale="RdBu" if signed else "Inferno",
-                                       zmid=0 if signed else None), key=f"fig_{key}", width="stretch")
-    else:
-        shown = heat if view == "heatmap" else overlay(a.image, heat, alpha, weight=np.abs(norm))
-        st.image(shown, width="stretch")
-    for w in a.warnings:
-        st.warning(w)
-    d1, d2 = st.columns(2)
-    d1.download_button("PNG", png_bytes(heat), f"{a.method}_{a.target}.png", "image/png", key=f"png_{key}")
-    d2.download_button(".npy", npy_bytes(a.map), f"{a.method}_{a.target}.npy", key=f"npy_{key}")
-
+DI_PARAMS = (Param("steps", "int", DEFAULT_STEPS, 4, 100, label="steps"),
+             Param("sub", "choice", DEFAULT_SUBSTRATE, choices=SUBSTRATES, label="deleted pixels become"),
+             Param("patch", "choice", DEFAULT_PATCH, choices=(1, 4, 8, 16, 32), label="delete in"),
+             Param("random", "int", DEFAULT_RANDOM, 3, 20, label="random maps"))
+RAND_STEPS = Param("rand_steps", "int", 6, 2, 12, widget="slider", label="randomisation steps")
 
 with guard("Saliency"):
     bundle = state.current_bundle()
     infos = state.current_layers()
     image = state.current_image()
-    pred = predict(bundle, image, k=5)
-    from analysis.core.layers import last_conv_block
+    img_key = json.dumps(state.image_ref().__dict__, sort_keys=True)
+    pred = ui.cached_prediction(bundle, image, img_key)
     cam_default = last_conv_block(infos)
+    layer_names = ui.spatial_layer_names(infos)
+    notes: list[str] = []
 
+    names = registry.names()
+    chosen = st.session_state.get("sal_methods")
+    if chosen is not None:                       # from a link: keep only known methods
+        ok = [m for m in chosen if isinstance(m, str) and m in names] if isinstance(chosen, list) else []
+        if ok != chosen:
+            notes.append(f"sal_methods: {chosen!r} lists unknown methods; showing only {ok}.")
+            st.session_state["sal_methods"] = ok
     left, right = st.columns([1, 1])
     with left:
-        methods = st.multiselect("Methods", list(METHODS), default=DEFAULT_METHODS,
-                                 format_func=lambda m: METHODS[m][0], key="sal_methods")
+        methods = st.multiselect("Methods", names, default=[m for m in DEFAULT_METHODS if m in names],
+                                 format_func=lambda m: registry.get(m).title, key="sal_methods")
+        notes += [m for m in [schema_ui.sanitize("sal_target_mode", Param(
+            "sal_target_mode", "choice", "Predicted", choices=("Predicted", "Top-5", "Search")))] if m]
         target = target_picker(bundle, pred, key="sal_target")
     with right:
         params = {}
         for m in methods:
-            with st.expander(f"{METHODS[m][0]} settings", expanded=m in PERTURBATION_METHODS):
-                params[m] = method_params(m, infos, cam_default)
+            spec = registry.get(m)
+            with st.expander(f"{spec.title} settings", expanded=spec.perturbation):
+                params[m], more = schema_ui.draw_params(spec.params, f"sal_{m}", layers=infos,
+                                                        default_layer=cam_default)
+                notes += more
     if st.button("Compute maps", type="primary", key="sal_compute"):
-        st.session_state["sal_active"] = {"methods": methods, "target": target, "params": params}
+        st.session_state[ui.ACTIVE] = {"methods": methods, "target": target, "params": params}
 
-    c1, c2, c3, c4 = st.columns(4)
-    view = c1.radio("View", ["overlay", "heatmap", "interactive"], horizontal=True, key="sal_view")
-    cmap = c2.selectbox("Colormap", COLORMAPS, key="sal_cmap")
-    alpha = c3.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key="sal_alpha")
-    outlier = c4.slider("Clip top % (outliers)", 0.0, 10.0, 2.0, 0.5, key="sal_outlier",
-                        help="Like Captum's outlier_perc: the top % of |values| saturate the colour scale.")
+    req, more = ui.parse_request(st.session_state.get(ui.ACTIVE), bundle.num_classes, layer_names)
+    notes += more
+    if req is None:
+        st.session_state.pop(ui.ACTIVE, None)
+    else:
+        st.session_state[ui.ACTIVE] = req          # the link records the validated request
 
-    req = st.session_state.get("sal_active")
+    display, more = ui.display_controls()
+    notes += more
+    for n in notes:
+        st.warning(n)
     if not req:
         st.info("Choose methods and press **Compute maps**.")
         st.stop()
 
-    img_key = json.dumps(state.image_ref().__dict__, sort_keys=True)
     results, keys = [], []
     for m in req["methods"]:
-        p = dict(req["params"].get(m, {}))
+        p = req["params"][m]
+        spec = registry.get(m)
         key = ("saliency", bundle.model_id, img_key, req["target"], m, json.dumps(p, sort_keys=True))
-        with guard(METHODS[m][0]):
-            results.append(run_job(key, f"{METHODS[m][0]}", lambda prog, m=m, p=p: attribute(
+        with guard(spec.title):
+            results.append(run_job(key, spec.title, lambda prog, m=m, p=p: attribute(
                 bundle, image, req["target"], m, progress=prog, **p)))
             keys.append(key)
     if not results:
         st.stop()
     st.subheader(f"Target: {results[0].target_label} ({results[0].target})")
     cols = st.columns(min(len(results), 4))
-    for i, a in enumerate(results):
+    for i, (a, k) in enumerate(zip(results, keys)):
         with cols[i % len(cols)]:
-            draw_map(a, view, cmap, alpha, outlier, key=f"{a.method}_{i}")
+            ui.draw_map(a, k, display, key=f"{a.method}_{i}")
 
     st.divider()
     st.subheader("Trust checks")
-    t1, t2 = st.tabs(["Deletion / insertion", "Model randomisation"])
-    with t1:
+    tab = ui.trust_tab()
+    if tab == ui.TRUST_TABS[0]:
         st.caption("Petsiuk et al. 2018: delete the most salient pixels first (a good map makes the "
                    "score fall fast: low AUC) or insert them into a blurred image (rises fast: high AUC). "
-                   "The dotted line is a random map.")
-        a1, a2, a3 = st.columns(3)
-        steps = a1.number_input("steps", 4, 100, 24, key="sal_di_steps")
-        substrate = a2.selectbox("deleted pixels become", ["blur", "zero", "mean"], key="sal_di_sub")
-        patch = a3.selectbox("delete in", [1, 4, 8, 16], key="sal_di_patch",
+                   "Each map is compared with several random maps (grey band: their mean ± 1 sd): it is "
+                   "better than random only if it beats every random map by at least 2 sd on both curves.")
+        notes = [m for p in DI_PARAMS if (m := schema_ui.sanitize(f"sal_di_{p.name}", p))]
+        a1, a2, a3, a4 = st.columns(4)
+        steps = schema_ui.draw_param(DI_PARAMS[0], "sal_di_steps", container=a1)
+        substrate = schema_ui.draw_param(DI_PARAMS[1], "sal_di_sub", container=a2)
+        patch = a3.selectbox("delete in", list(DI_PARAMS[2].choices), key="sal_di_patch",
+                             index=list(DI_PARAMS[2].choices).index(DEFAULT_PATCH),
                              format_func=lambda p: "single pixels" if p == 1 else f"{p}×{p} patches",
-                             help="Patches ranked by mean saliency (Samek et al. 2017) avoid the speckled "
-                                  "images that single-pixel deletion creates.")
+                             help="Patches ranked by mean saliency (Samek et al. 2017). Single pixels make "
+                                  "speckled images that rank random maps first on this model "
+                                  "(docs/saliency.md).")
+        n_random = schema_ui.draw_param(DI_PARAMS[3], "sal_di_random", container=a4)
+        for n in notes:
+            st.warning(n)
         if st.button("Run deletion / insertion", key="sal_di_run"):
             st.session_state["sal_di"] = True
-        if st.session_state.get("sal_di"):
+        if st.session_state.get("sal_di") is True:
             from analysis.saliency.trust import compare_curves
             with guard("Deletion / insertion"):
-                key = ("di", tuple(keys), steps, substrate, patch)
-                curves = run_job(key, "Deletion / insertion curves", lambda prog: compare_curves(
-                    bundle, results, steps=int(steps), substrate=substrate, patch=int(patch), progress=prog))
+                key = ("di", tuple(keys), steps, substrate, patch, n_random)
+                cmp = run_job(key, "Deletion / insertion curves", lambda prog: compare_curves(
+                    bundle, results, steps=int(steps), substrate=substrate, patch=int(patch),
+                    n_random=int(n_random), progress=prog))
                 f1, f2 = st.columns(2)
-                f1.plotly_chart(curves_figure(curves, "deletion"), key="del_fig", width="stretch")
-                f2.plotly_chart(curves_figure(curves, "insertion"), key="ins_fig", width="stretch")
-                st.dataframe(pd.DataFrame([{"method": n, "deletion AUC (lower is better)": c["deletion"].auc,
-                                            "insertion AUC (higher is better)": c["insertion"].auc}
-                                           for n, c in curves.items()]), hide_index=True)
-    with t2:
+                f1.plotly_chart(curves_figure(cmp, "deletion"), key="del_fig", width="stretch")
+                f2.plotly_chart(curves_figure(cmp, "insertion"), key="ins_fig", width="stretch")
+                rows = []
+                for name, v in cmp.verdicts.items():
+                    rows.append({"method": name, "verdict": v.label,
+                                 "deletion AUC (lower is better)": v.auc["deletion"],
+                                 "random deletion AUC (mean ± sd)":
+                                     f"{v.random_mean['deletion']:.3f} ± {v.random_std['deletion']:.3f}",
+                                 "insertion AUC (higher is better)": v.auc["insertion"],
+                                 "random insertion AUC (mean ± sd)":
+                                     f"{v.random_mean['insertion']:.3f} ± {v.random_std['insertion']:.3f}"})
+                st.dataframe(pd.DataFrame(rows), hide_index=True)
+    else:
         st.caption("Adebayo et al. 2018: re-initialise the layers from the top down (on a copy) and "
                    "recompute. A map that stays the same does not depend on what the model learned.")
-        max_steps = st.slider("randomisation steps", 2, 12, 6, key="sal_rand_steps")
+        msg = schema_ui.sanitize("sal_rand_steps", RAND_STEPS)
+        if msg:
+            st.warning(msg)
+        max_steps = schema_ui.draw_param(RAND_STEPS, "sal_rand_steps")
         if st.button("Run randomisation check", key="sal_rand_run"):
             st.session_state["sal_rand"] = True
-        if st.session_state.get("sal_rand"):
+        if st.session_state.get("sal_rand") is True:
             from analysis.saliency.trust import cascading_randomisation
             with guard("Randomisation check"):
                 ms = [r.method for r in results]
-                mp = {r.method: {k: v for k, v in req["params"].get(r.method, {}).items()} for r in results}
-                key = ("rand", bundle.model_id, img_key, results[0].target, tuple(ms), json.dumps(mp, sort_keys=True), max_steps)
+                mp = {m: req["params"][m] for m in ms}
+                key = ("rand", bundle.model_id, img_key, results[0].target, tuple(ms),
+                       json.dumps(mp, sort_keys=True), max_steps)
                 res = run_job(key, "Model randomisation", lambda prog: cascading_randomisation(
-                    bundle, image, results[0].target, ms, max_steps=int(max_steps), method_params=mp, progress=prog))
+                    bundle, image, results[0].target, ms, max_steps=int(max_steps), method_params=mp,
+                    progress=prog))
                 st.plotly_chart(correlation_figure(res.layers, res.correlations), key="rand_fig", width="stretch")
                 for m in ms:
-                    st.markdown(f"**{METHODS[m][0]}**: original, then randomised down to each layer")
-                    strip = [colorize(clip_map(x, outlier)) for x in res.maps[m]]
+                    st.markdown(f"**{registry.get(m).title}**: original, then randomised down to each layer")
+                    strip = ui.strip_pngs((key, m), res.maps[m], display["outlier"])
                     st.image(strip, width=110, caption=["original"] + list(res.layers[:len(strip) - 1]))

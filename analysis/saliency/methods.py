@@ -17,6 +17,7 @@ hooks or runs backward on the shared model, and returns small CPU numpy arrays.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -31,20 +32,12 @@ from analysis.core.filters import gaussian_blur
 from analysis.core.guided import guided_model
 from analysis.core.layers import check_layer, last_conv_block, layer_table
 from analysis.core.models.bundle import ModelBundle
+from analysis.core.schema import Param
+from analysis.saliency import registry
+from analysis.saliency.registry import MapOutput, as_map, register
 
 Progress = Callable[[int, int], None]
 
-METHODS: dict[str, tuple[str, str]] = {
-    "occlusion": ("Occlusion", "How much the class score drops when a grey/black/blurred patch hides each region (Zeiler & Fergus 2014)."),
-    "occlusion_fast": ("Occlusion (fast)", "The same occlusion map, faster: on EfficientNet-Lite exact, recomputing only the activations each patch changes (incremental inference, Krypton); on other models exact on every other window position and interpolated in between."),
-    "gradient": ("Vanilla gradient", "The gradient of the class score with respect to each pixel, max of its absolute value over colour channels (Simonyan et al. 2014)."),
-    "guided_backprop": ("Guided backprop", "The gradient with only positive signals passed back through every rectifier, which keeps edges of the object (Springenberg et al. 2015)."),
-    "integrated_gradients": ("Integrated Gradients", "Gradients averaged along the straight path from a baseline image to the input, times the difference (Sundararajan et al. 2017)."),
-    "smoothgrad": ("SmoothGrad", "The gradient averaged over noisy copies of the image, which removes much of its speckle (Smilkov et al. 2017)."),
-    "gradcam": ("Grad-CAM", "A layer's feature maps weighted by their average gradient, rectified and upsampled: where the class evidence is in that layer (Selvaraju et al. 2017)."),
-    "guided_gradcam": ("Guided Grad-CAM", "Guided backprop multiplied by Grad-CAM: fine detail, restricted to the class's region."),
-}
-PERTURBATION_METHODS = {"occlusion", "occlusion_fast", "integrated_gradients", "smoothgrad"}
 BASELINES = ("zero", "mean", "blur")
 
 
@@ -70,7 +63,7 @@ class Attribution:
 
     @property
     def title(self) -> str:
-        return METHODS[self.method][0]
+        return registry.get(self.method).title
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -104,11 +97,6 @@ def baseline_tensor(bundle: ModelBundle, x: torch.Tensor, kind: str, blur_sigma:
     if kind == "blur":
         return gaussian_blur(x, blur_sigma)
     raise ParameterError(f"Unknown baseline {kind!r}; use one of {', '.join(BASELINES)}.")
-
-
-def _check_positive(name: str, value, lo=1, hi=None):
-    if not isinstance(value, (int, float)) or value < lo or (hi is not None and value > hi):
-        raise ParameterError(f"{name} must be between {lo} and {hi}" if hi is not None else f"{name} must be at least {lo}")
 
 
 # ------------------------------------------------------------------------------- occlusion
@@ -183,8 +171,6 @@ def occlusion(bundle: ModelBundle, x: torch.Tensor, target: int, *, window: int 
     batch); on other models, exact deltas on every other window position per axis (about
     1/4 of them, always including the last) and linear interpolation for the rest
     (``incremental=False`` forces that on any model, for comparisons)."""
-    _check_positive("window", window, 1)
-    _check_positive("stride", stride, 1)
     h, w = x.shape[-2:]
     ys, xs = _window_grid(h, window, stride), _window_grid(w, window, stride)
     base = baseline_tensor(bundle, x, baseline)
@@ -257,7 +243,6 @@ def _captum_batched(run: Callable[[int], torch.Tensor], batch: int) -> torch.Ten
 
 def integrated_gradients(bundle, x, target, *, steps=50, baseline="zero", batch_size=25, progress=None):
     from captum.attr import IntegratedGradients
-    _check_positive("steps", steps, 2, 1000)
     fwd = _CountingForward(bundle.model, steps, progress)
     base = baseline_tensor(bundle, x, baseline)
     with bundle.lock, torch.enable_grad():
@@ -267,9 +252,6 @@ def integrated_gradients(bundle, x, target, *, steps=50, baseline="zero", batch_
 
 def smoothgrad(bundle, x, target, *, samples=25, noise=0.15, batch_size=25, seed=0, progress=None):
     from captum.attr import NoiseTunnel, Saliency
-    _check_positive("samples", samples, 1, 1000)
-    if not 0 <= noise <= 1:
-        raise ParameterError("noise level must be between 0 and 1 (a fraction of the input range)")
     fwd = _CountingForward(bundle.model, samples, progress)
     lo, hi = bundle.preprocess.valid_range()
     sigma = float(noise * (hi.max() - lo.min()))            # Smilkov: σ = noise × (max − min)
@@ -297,66 +279,141 @@ def vanilla_gradient(bundle, x, target) -> torch.Tensor:
         return Saliency(bundle.model).attribute(x, target=target, abs=False)
 
 
+# ------------------------------------------------------------------------------- the table
+
+_WINDOW = Param("window", "int", 16, 2, 112, help="Side of the square patch, in pixels of the model's input.")
+_STRIDE = Param("stride", "int", 8, 1, 112, help="Step between patch positions, in pixels.")
+_BATCH = Param("batch_size", "int", 32, 1, 128, ui=False,
+               help="Images per forward pass (halved after an out-of-memory error).")
+
+
+def _baseline(default: str) -> Param:
+    return Param("baseline", "choice", default, choices=(default,) + tuple(b for b in BASELINES if b != default),
+                 help="mean: the data set's mean colour; zero: black; blur: the image blurred.")
+
+
+_LAYER = Param("layer", "layer", None, help="Layer whose feature maps are weighted (default: the last conv block).")
+_OCCLUSION_PARAMS = (_WINDOW, _STRIDE, _baseline("mean"), _BATCH)
+
+
+@register("occlusion", "Occlusion",
+          "How much the class score drops when a grey/black/blurred patch hides each region "
+          "(Zeiler & Fergus 2014).",
+          params=_OCCLUSION_PARAMS, signed=True, perturbation=True, reference="Zeiler & Fergus 2014")
+def _occlusion_map(bundle, x, target, *, progress=None, **params) -> MapOutput:
+    m, info = occlusion(bundle, x, target, progress=progress, **params)
+    return MapOutput(map=m, info=info)
+
+
+@register("occlusion_fast", "Occlusion (fast)",
+          "The same occlusion map, faster: on EfficientNet-Lite exact, recomputing only the "
+          "activations each patch changes (incremental inference, Krypton); on other models exact "
+          "on every other window position and interpolated in between.",
+          params=_OCCLUSION_PARAMS, signed=True, perturbation=True, reference="Nakandala et al. 2019")
+def _occlusion_fast_map(bundle, x, target, *, progress=None, **params) -> MapOutput:
+    m, info = occlusion(bundle, x, target, fast=True, progress=progress, **params)
+    return MapOutput(map=m, info=info)
+
+
+@register("gradient", "Vanilla gradient",
+          "The gradient of the class score with respect to each pixel, max of its absolute value "
+          "over colour channels (Simonyan et al. 2014).", reference="Simonyan et al. 2014")
+def _gradient_map(bundle, x, target, *, progress=None) -> MapOutput:
+    g = vanilla_gradient(bundle, x, target)
+    return MapOutput(map=as_map(g[0].abs().amax(0)), signed=as_map(g[0]))
+
+
+@register("guided_backprop", "Guided backprop",
+          "The gradient with only positive signals passed back through every rectifier, which "
+          "keeps edges of the object (Springenberg et al. 2015).", reference="Springenberg et al. 2015")
+def _guided_backprop_map(bundle, x, target, *, progress=None) -> MapOutput:
+    g, warnings = guided_backprop(bundle, x, target)
+    return MapOutput(map=as_map(g[0].abs().amax(0)), signed=as_map(g[0]), warnings=warnings)
+
+
+@register("integrated_gradients", "Integrated Gradients",
+          "Gradients averaged along the straight path from a baseline image to the input, times "
+          "the difference (Sundararajan et al. 2017).",
+          params=(Param("steps", "int", 50, 2, 300, help="Points on the path from the baseline to the image."),
+                  _baseline("zero"), dataclasses.replace(_BATCH, default=25)),
+          perturbation=True, reference="Sundararajan et al. 2017")
+def _integrated_gradients_map(bundle, x, target, *, progress=None, **params) -> MapOutput:
+    a = integrated_gradients(bundle, x, target, progress=progress, **params)
+    return MapOutput(map=as_map(a[0].abs().sum(0)), signed=as_map(a[0]))
+
+
+@register("smoothgrad", "SmoothGrad",
+          "The gradient averaged over noisy copies of the image, which removes much of its "
+          "speckle (Smilkov et al. 2017).",
+          params=(Param("samples", "int", 25, 1, 200, help="Noisy copies averaged."),
+                  Param("noise", "float", 0.15, 0.0, 0.5, step=0.01, widget="slider", label="noise level (σ / range)",
+                        help="Standard deviation of the noise as a fraction of the input range (Smilkov: 0.1-0.2)."),
+                  dataclasses.replace(_BATCH, default=25),
+                  Param("seed", "int", 0, 0, 2**31 - 1, ui=False, help="Seed of the noise.")),
+          perturbation=True, reference="Smilkov et al. 2017")
+def _smoothgrad_map(bundle, x, target, *, progress=None, **params) -> MapOutput:
+    a = smoothgrad(bundle, x, target, progress=progress, **params)
+    return MapOutput(map=as_map(a[0].amax(0)), signed=as_map(a[0]))
+
+
+def _cam(bundle, x, target, layer):
+    infos = layer_table(bundle)
+    layer = layer or last_conv_block(infos)
+    info = check_layer(infos, layer)
+    if not info.spatial:
+        raise ParameterError(f"Grad-CAM needs a layer with a spatial feature map; {layer} outputs {info.output_shape}.")
+    return gradcam(bundle, x, target, layer), layer
+
+
+@register("gradcam", "Grad-CAM",
+          "A layer's feature maps weighted by their average gradient, rectified and upsampled: "
+          "where the class evidence is in that layer (Selvaraju et al. 2017).",
+          params=(_LAYER,), reference="Selvaraju et al. 2017")
+def _gradcam_map(bundle, x, target, *, progress=None, layer=None) -> MapOutput:
+    cam, layer = _cam(bundle, x, target, layer)
+    return MapOutput(map=as_map(cam[0, 0]), info={"layer": layer}, layer=layer)
+
+
+@register("guided_gradcam", "Guided Grad-CAM",
+          "Guided backprop multiplied by Grad-CAM: fine detail, restricted to the class's region.",
+          params=(_LAYER,), reference="Selvaraju et al. 2017")
+def _guided_gradcam_map(bundle, x, target, *, progress=None, layer=None) -> MapOutput:
+    cam, layer = _cam(bundle, x, target, layer)
+    g, warnings = guided_backprop(bundle, x, target)
+    prod = g * cam
+    return MapOutput(map=as_map(prod[0].abs().amax(0)), signed=as_map(prod[0]), info={"layer": layer},
+                     warnings=warnings, layer=layer)
+
+
+
 # ------------------------------------------------------------------------------- one interface
-
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().float().cpu().numpy()
-
 
 def attribute(bundle: ModelBundle, image: np.ndarray, target: int | str | None = None,
               method: str = "gradient", *, progress: Progress | None = None, **params) -> Attribution:
-    """Saliency of ``target`` (None = predicted class) for an RGB uint8 ``image`` of any size.
+    """Saliency of ``target`` for an RGB uint8 ``image`` of any size, by any registered method.
 
-    Parameters by method: occlusion / occlusion_fast: window, stride, baseline
-    ("zero"|"mean"|"blur"), batch_size; integrated_gradients: steps, baseline, batch_size;
-    smoothgrad: samples, noise, batch_size, seed; gradcam / guided_gradcam: layer (default:
-    the last convolutional block).
+    bundle: the model; image: RGB uint8 (cropped and normalised like the model's inputs);
+    target: class index, class name, or None for the predicted class; method: a name from
+    ``analysis.saliency.registry.names()``; progress: ``progress(done, total)`` callback;
+    params: the method's parameters, checked against its schema (unknown names, bools, NaN
+    and out-of-range values raise ParameterError naming the parameter; defaults fill the
+    rest). The result's ``params`` records the checked values (plus what the method
+    reports, e.g. the layer it used). Built-in parameters: occlusion / occlusion_fast:
+    window, stride, baseline ("mean"|"zero"|"blur"), batch_size; integrated_gradients:
+    steps, baseline, batch_size; smoothgrad: samples, noise, batch_size, seed; gradcam /
+    guided_gradcam: layer (default: the last convolutional block).
     """
-    if method not in METHODS:
-        raise ParameterError(f"Unknown method {method!r}; choose from {', '.join(METHODS)}.")
+    spec = registry.get(method)
+    checked = spec.validate(params)
     t0 = time.perf_counter()
     crop = bundle.preprocess.geometry(image)
     x = bundle.preprocess.normalize(bundle.preprocess.to_unit(crop)).to(bundle.device)
     tgt = resolve_target(bundle, x, target)
-    signed, layer, warnings, used = None, None, [], dict(params)
-    allowed = {"occlusion": {"window", "stride", "baseline", "batch_size"},
-               "integrated_gradients": {"steps", "baseline", "batch_size"},
-               "smoothgrad": {"samples", "noise", "batch_size", "seed"},
-               "gradcam": {"layer"}, "guided_gradcam": {"layer"}}
-    allowed["occlusion_fast"] = allowed["occlusion"]
-    unknown = set(params) - allowed.get(method, set())
-    if unknown:
-        raise ParameterError(f"{METHODS[method][0]} has no parameter(s) {', '.join(sorted(unknown))}.")
-
-    if method in ("occlusion", "occlusion_fast"):
-        m, info = occlusion(bundle, x, tgt, fast=method == "occlusion_fast", progress=progress, **params)
-        used.update(info)
-    elif method == "gradient":
-        g = vanilla_gradient(bundle, x, tgt)
-        signed, m = _np(g[0]), _np(g[0].abs().amax(0))
-    elif method == "guided_backprop":
-        g, warnings = guided_backprop(bundle, x, tgt)
-        signed, m = _np(g[0]), _np(g[0].abs().amax(0))
-    elif method == "integrated_gradients":
-        a = integrated_gradients(bundle, x, tgt, progress=progress, **params)
-        signed, m = _np(a[0]), _np(a[0].abs().sum(0))
-    elif method == "smoothgrad":
-        a = smoothgrad(bundle, x, tgt, progress=progress, **params)
-        signed, m = _np(a[0]), _np(a[0].amax(0))
-    else:  # gradcam, guided_gradcam
-        infos = layer_table(bundle)
-        layer = params.get("layer") or last_conv_block(infos)
-        info = check_layer(infos, layer)
-        if not info.spatial:
-            raise ParameterError(f"Grad-CAM needs a layer with a spatial feature map; {layer} outputs {info.output_shape}.")
-        cam = gradcam(bundle, x, tgt, layer)
-        used["layer"] = layer
-        if method == "gradcam":
-            m = _np(cam[0, 0])
-        else:
-            g, warnings = guided_backprop(bundle, x, tgt)
-            prod = g * cam
-            signed, m = _np(prod[0]), _np(prod[0].abs().amax(0))
-    return Attribution(method=method, target=tgt, target_label=bundle.categories[tgt], map=m.astype(np.float32),
+    out = spec.fn(bundle, x, tgt, progress=progress, **checked)
+    m = np.asarray(out.map, np.float32)
+    warnings = list(out.warnings)
+    used = {**checked, **out.info}
+    signed = None if out.signed is None else np.asarray(out.signed, np.float32)
+    return Attribution(method=method, target=tgt, target_label=bundle.categories[tgt], map=m,
                        image=crop, signed=signed, params=used, seconds=time.perf_counter() - t0,
-                       layer=layer, warnings=warnings)
+                       layer=out.layer, warnings=warnings)

@@ -37,7 +37,8 @@ from analysis.core.errors import ParameterError
 from analysis.core.filters import gaussian_blur
 from analysis.core.layers import CONV_TYPES, layer_table
 from analysis.core.models.bundle import ModelBundle
-from analysis.saliency.methods import METHODS, Attribution, attribute, resolve_target
+from analysis.saliency import registry
+from analysis.saliency.methods import Attribution, attribute, resolve_target
 
 Progress = Callable[[int, int], None]
 
@@ -221,27 +222,122 @@ def _unique_keys(attributions: list[Attribution]) -> list[str]:
     for a in attributions:
         key = a.method if a.method not in seen else (f"{a.method}@{a.layer}" if a.layer else a.method)
         base, n = key, 2
-        while key in seen or key == "random":
+        while key in seen or key.startswith("random"):
             key, n = f"{base}#{n}", n + 1
         seen.add(key)
         keys.append(key)
     return keys
 
 
-def compare_curves(bundle: ModelBundle, attributions: list[Attribution], *, steps: int = 32,
-                   substrate: str = "blur", seed: int = 0, batch_size: int = 16,
-                   progress: Progress | None = None, patch: int = 1) -> dict[str, dict[str, Curve]]:
-    """Deletion and insertion curves of every attribution, plus a ``"random"`` map baseline
-    (``random_map(shape, seed)``), all on the same image and target.
+DEFAULT_PATCH = 16          # measured: see docs/saliency.md, "Choosing the deletion setting"
+DEFAULT_SUBSTRATE = "blur"
+DEFAULT_STEPS = 16
+DEFAULT_RANDOM = 8
+Z_THRESHOLD = 2.0           # random maps' spread (standard deviations) a method must clear
+MIN_GAP = 0.005             # and this much target probability (AUC units), to count
 
-    Returns ``{key: {"deletion": Curve, "insertion": Curve}}`` with key = the method name
-    (``method@layer`` or ``method#2`` when a method appears twice) and ``"random"`` last.
+
+@dataclass
+class Verdict:
+    """How one map's curves compare with the random maps' on the same image and target.
+
+    ``auc[kind]``: the map's AUC; ``random_mean[kind]`` / ``random_std[kind]``: mean and
+    standard deviation over the random maps; ``z[kind]``: the map's advantage over the random
+    mean in random standard deviations, signed so that positive is better (deletion: lower
+    AUC; insertion: higher); ``better[kind]`` / ``worse[kind]``: beyond every random map by
+    at least ``Z_THRESHOLD`` standard deviations and ``MIN_GAP``; ``label``: the verdict in
+    words ("better than random", "not distinguishable from random", "worse than random",
+    "better than random on deletion only", ...)."""
+    method: str
+    auc: dict[str, float]
+    random_mean: dict[str, float]
+    random_std: dict[str, float]
+    z: dict[str, float]
+    better: dict[str, bool]
+    worse: dict[str, bool]
+    label: str
+
+
+def verdict(method: str, curves: dict[str, Curve], random_curves: list[dict[str, Curve]]) -> Verdict:
+    """Compare one map's deletion and insertion AUCs with those of ``random_curves`` (at
+    least 2 random maps on the same image, target and setting). See :class:`Verdict`."""
+    if len(random_curves) < 2:
+        raise ParameterError("A verdict needs at least 2 random maps to estimate their spread.")
+    auc, mean, std, z, better, worse = {}, {}, {}, {}, {}, {}
+    for kind in KINDS:
+        r = np.array([c[kind].auc for c in random_curves], np.float64)
+        a = float(curves[kind].auc)
+        sign = -1.0 if kind == "deletion" else 1.0               # positive advantage = better
+        adv = sign * (a - r.mean())
+        spread = float(r.std(ddof=1))
+        z[kind] = float(adv / spread) if spread > 0 else (0.0 if adv == 0 else float(np.sign(adv)) * np.inf)
+        beyond_all = bool(np.all(sign * (a - r) > 0))
+        below_all = bool(np.all(sign * (a - r) < 0))
+        better[kind] = beyond_all and z[kind] >= Z_THRESHOLD and adv >= MIN_GAP
+        worse[kind] = below_all and z[kind] <= -Z_THRESHOLD and -adv >= MIN_GAP
+        auc[kind], mean[kind], std[kind] = a, float(r.mean()), spread
+    if all(better.values()):
+        label = "better than random"
+    elif all(worse.values()):
+        label = "worse than random"
+    elif any(better.values()) and any(worse.values()):
+        label = "inconsistent: better than random on " + " and ".join(k for k in KINDS if better[k]) + \
+                ", worse on " + " and ".join(k for k in KINDS if worse[k])
+    elif any(better.values()):
+        label = "better than random on " + " and ".join(k for k in KINDS if better[k]) + " only"
+    elif any(worse.values()):
+        label = "worse than random on " + " and ".join(k for k in KINDS if worse[k]) + " only"
+    else:
+        label = "not distinguishable from random"
+    return Verdict(method=method, auc=auc, random_mean=mean, random_std=std, z=z, better=better,
+                   worse=worse, label=label)
+
+
+@dataclass
+class CurveComparison:
+    """Deletion and insertion curves of several maps and of ``n_random`` random maps on one
+    image and target, with a verdict per map.
+
+    ``curves[key]`` = {"deletion": Curve, "insertion": Curve} for each attribution (key =
+    method name, ``method@layer`` or ``method#2`` when a method appears twice);
+    ``random[i]`` the same for random map i (``random_map(shape, seed + i)``);
+    ``verdicts[key]`` a :class:`Verdict`; ``steps``, ``substrate``, ``patch``, ``seed``: the
+    setting."""
+    curves: dict[str, dict[str, Curve]]
+    random: list[dict[str, Curve]]
+    verdicts: dict[str, Verdict]
+    steps: int
+    substrate: str
+    patch: int
+    seed: int
+    target: int
+
+    def random_summary(self, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(fractions, mean scores, standard deviation of scores) of the random maps' curves."""
+        s = np.array([c[kind].scores for c in self.random], np.float64)
+        return self.random[0][kind].fractions, s.mean(0), s.std(0, ddof=1) if len(s) > 1 else np.zeros(s.shape[1])
+
+
+def compare_curves(bundle: ModelBundle, attributions: list[Attribution], *, steps: int = DEFAULT_STEPS,
+                   substrate: str = DEFAULT_SUBSTRATE, seed: int = 0, batch_size: int = 16,
+                   progress: Progress | None = None, patch: int = DEFAULT_PATCH,
+                   n_random: int = DEFAULT_RANDOM) -> CurveComparison:
+    """Deletion and insertion curves of every attribution and of ``n_random`` random maps
+    (seeds ``seed`` .. ``seed + n_random - 1``), all on the same image and target, and a
+    verdict per attribution (:func:`verdict`).
+
+    bundle: the model; attributions: maps of one image and target; steps, substrate,
+    batch_size, patch: as in :func:`deletion_insertion` (defaults: the setting measured to
+    separate real maps from random ones on the default model, docs/saliency.md);
+    n_random: random maps (2..64); progress: ``progress(done, total)`` in curve points.
     Raises ParameterError if the attributions do not share image and target.
     """
     _check_same_input(attributions)
+    if isinstance(n_random, bool) or not isinstance(n_random, int) or not 2 <= n_random <= 64:
+        raise ParameterError("n_random must be an integer from 2 to 64")
     first = attributions[0]
     maps = list(zip(_unique_keys(attributions), [a.map for a in attributions]))
-    maps.append(("random", random_map(first.map.shape, seed)))
+    maps += [(f"random#{i}", random_map(first.map.shape, seed + i)) for i in range(n_random)]
     per_curve = steps + 1
     total = len(maps) * 2 * per_curve
     out: dict[str, dict[str, Curve]] = {}
@@ -254,7 +350,10 @@ def compare_curves(bundle: ModelBundle, attributions: list[Attribution], *, step
                                                 substrate=substrate, batch_size=batch_size, progress=sub,
                                                 method_name=key, patch=patch)
             done += per_curve
-    return out
+    random = [out.pop(f"random#{i}") for i in range(n_random)]
+    verdicts = {k: verdict(k, c, random) for k, c in out.items()}
+    return CurveComparison(curves=out, random=random, verdicts=verdicts, steps=steps, substrate=substrate,
+                           patch=patch, seed=seed, target=first.target)
 
 
 # =============================================================================== randomisation
@@ -428,9 +527,7 @@ def cascading_randomisation(bundle: ModelBundle, image: np.ndarray, target: int 
     methods = list(dict.fromkeys(methods))          # each method once
     if not methods:
         raise ParameterError("Choose at least one saliency method.")
-    for m in methods:
-        if m not in METHODS:
-            raise ParameterError(f"Unknown method {m!r}; choose from {', '.join(METHODS)}.")
+    specs = {m: registry.get(m) for m in methods}      # ParameterError for an unknown method
     params = {m: dict((method_params or {}).get(m, {})) for m in methods}
     steps = _randomisation_steps(bundle)
     cuts = cut_points(len(steps), max_steps)
@@ -449,7 +546,7 @@ def cascading_randomisation(bundle: ModelBundle, image: np.ndarray, target: int 
     for m in methods:
         a = attribute(bundle, image, target if tgt is None else tgt, m, **params[m])
         crop, tgt, label = a.image, a.target, a.target_label
-        if m in ("gradcam", "guided_gradcam") and a.layer:
+        if a.layer and any(p.name == "layer" for p in specs[m].params):
             params[m]["layer"] = a.layer
         maps[m].append(a.map)
         warnings.extend(w for w in a.warnings if w not in warnings)

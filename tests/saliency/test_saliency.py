@@ -9,7 +9,8 @@ from analysis.core.errors import LayerError, ParameterError
 from analysis.core.guided import GuidedRectifier, guided_copy
 from analysis.core.hooks import count_hooks
 from analysis.core.models.bundle import ModelBundle, Preprocessing, weights_sha256
-from analysis.saliency.methods import METHODS, _input_grad, attribute
+from analysis.saliency.methods import _input_grad, attribute
+from analysis.saliency.registry import names as method_names
 
 REGION = (slice(8, 16), slice(16, 24))          # rows, cols that the score depends on
 
@@ -176,7 +177,7 @@ def test_shared_model_unchanged_after_every_method_and_errors(digits):
     before = weights_sha256(digits.model)
     params = {"occlusion": {"window": 8, "stride": 8}, "occlusion_fast": {"window": 8, "stride": 4},
               "integrated_gradients": {"steps": 8}, "smoothgrad": {"samples": 4}}
-    for method in METHODS:
+    for method in method_names():
         attribute(digits, img, None, method, **params.get(method, {}))
     for bad in [dict(method="gradcam", layer="nope"), dict(method="gradient", target=99),
                 dict(method="occlusion", window=64), dict(method="gradient", window=3),

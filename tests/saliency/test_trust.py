@@ -135,12 +135,18 @@ def test_compare_curves(quadrant, red_image):
     a = attribute(quadrant, red_image, 1, "gradient")
     b = attribute(quadrant, red_image, 1, "occlusion", window=4, stride=4)
     calls = []
-    res = compare_curves(quadrant, [a, b], steps=STEPS, substrate="zero", progress=lambda d, t: calls.append((d, t)))
-    assert list(res) == ["gradient", "occlusion", "random"]
-    assert all(set(v) == {"deletion", "insertion"} for v in res.values())
-    assert res["gradient"]["deletion"].auc < res["random"]["deletion"].auc
-    assert res["gradient"]["insertion"].auc > res["random"]["insertion"].auc
-    assert calls[-1] == (6 * (STEPS + 1),) * 2 and [d for d, _ in calls] == sorted(d for d, _ in calls)
+    res = compare_curves(quadrant, [a, b], steps=STEPS, substrate="zero", patch=1, n_random=3,
+                         progress=lambda d, t: calls.append((d, t)))
+    assert list(res.curves) == ["gradient", "occlusion"] and len(res.random) == 3
+    assert all(set(v) == {"deletion", "insertion"} for v in [*res.curves.values(), *res.random])
+    rnd = [r["deletion"].auc for r in res.random]
+    assert len(set(rnd)) == 3                                          # three different random maps
+    assert res.curves["gradient"]["deletion"].auc < min(rnd)
+    assert res.curves["gradient"]["insertion"].auc > max(r["insertion"].auc for r in res.random)
+    f, mean, sd = res.random_summary("deletion")
+    assert np.allclose(mean, np.mean([r["deletion"].scores for r in res.random], 0)) and (sd >= 0).all()
+    assert calls[-1] == (10 * (STEPS + 1),) * 2 and [d for d, _ in calls] == sorted(d for d, _ in calls)
+    assert set(res.verdicts) == {"gradient", "occlusion"}
     other_target = attribute(quadrant, red_image, 0, "gradient")
     with pytest.raises(ParameterError):
         compare_curves(quadrant, [a, other_target], steps=STEPS)
@@ -149,6 +155,55 @@ def test_compare_curves(quadrant, red_image):
         compare_curves(quadrant, [a, other_image], steps=STEPS)
     with pytest.raises(ParameterError):
         compare_curves(quadrant, [], steps=STEPS)
+    for bad in (1, 0, True, 2.5, 65):
+        with pytest.raises(ParameterError, match="n_random"):
+            compare_curves(quadrant, [a], steps=STEPS, n_random=bad)
+
+
+def _as_attribution(template, m, name):
+    import dataclasses
+    return dataclasses.replace(template, method=name, map=np.asarray(m, np.float32))
+
+
+@pytest.mark.parametrize("patch", [1, 2])
+def test_verdicts_real_map_beats_random_and_random_map_does_not(quadrant, red_image, patch):
+    """On a model whose evidence is known (the red top-left quadrant), the perfect map is
+    "better than random", a random map (not one of the baseline's seeds) is "not
+    distinguishable from random" and the inverted map is "worse than random"."""
+    a = attribute(quadrant, red_image, 1, "gradient")
+    maps = [_as_attribution(a, PERFECT, "gradient"), _as_attribution(a, random_map((16, 16), 1234), "guided_backprop"),
+            _as_attribution(a, 1 - PERFECT, "smoothgrad")]
+    res = compare_curves(quadrant, maps, steps=16, substrate="zero", patch=patch, n_random=8, seed=0)
+    v = res.verdicts
+    assert v["gradient"].label == "better than random", v["gradient"]
+    assert v["gradient"].z["deletion"] >= 2 and v["gradient"].z["insertion"] >= 2
+    assert v["guided_backprop"].label == "not distinguishable from random", v["guided_backprop"]
+    assert v["smoothgrad"].label == "worse than random", v["smoothgrad"]
+    for verdict_ in v.values():
+        assert verdict_.random_std["deletion"] > 0 and len(res.random) == 8
+
+
+def test_verdict_of_a_map_on_a_model_that_ignores_its_input():
+    """A constant model: every curve is flat, so no map can be better than random."""
+    from analysis.saliency.trust import verdict
+
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.b = nn.Parameter(torch.tensor([0.0, 1.0]))
+
+        def forward(self, x):
+            return self.b.expand(x.shape[0], 2) + 0 * x.sum((1, 2, 3))[:, None]
+
+    pre = Preprocessing(16, 16, (0.5,) * 3, (0.5,) * 3)
+    flat = ModelBundle(Flat(), pre, ["a", "b"], "flat", "Flat", "random")
+    img = np.full((16, 16, 3), 200, np.uint8)
+    a = attribute(flat, img, 1, "gradient")
+    res = compare_curves(flat, [_as_attribution(a, PERFECT, "gradient")], steps=8, substrate="zero", patch=1,
+                         n_random=4)
+    assert res.verdicts["gradient"].label == "not distinguishable from random"
+    with pytest.raises(ParameterError):
+        verdict("x", res.curves["gradient"], res.random[:1])
 
 
 # ----------------------------------------------------------------------------- randomisation
