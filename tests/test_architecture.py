@@ -16,7 +16,7 @@ from tests.paths import REPO
 # family -> families it may import besides core and itself (each edge documented in docs/design.md)
 ALLOWED_EDGES: dict[str, set[str]] = {
     "style": {"optimize"},          # texture and style transfer are objectives of the optimisation engine
-    "dataset": {"saliency", "embeddings"},  # data-set jobs run the per-image methods over many images
+    "dataset": {"saliency", "embeddings", "audit"},  # data-set jobs run the per-image methods; its CLI records runs
 }
 
 

@@ -32,6 +32,7 @@ class Limits:
     max_image_pixels: int = 50_000_000        # refuse larger images before decoding them
     max_image_side: int = 4096                # larger images are downscaled after decoding
     max_dataset_images: int = 100_000
+    max_manifest_images: int = 10_000_000     # rows of a manifest data set (images are read lazily)
     max_dataset_bytes: int = 2048 * MiB       # total uncompressed size of a zip data set
     max_optimisation_steps: int = 5000
     max_concurrent_jobs: int = 2              # heavy jobs running at once per device; others queue
@@ -56,6 +57,10 @@ class Config:
     database_url: str | None = None           # SQLAlchemy URL; None = sqlite in data_dir
     audit_enabled: bool = True
     audit_visibility: str = "own"             # "own": the Audit page lists your runs; "all": everyone's
+    # Data-set jobs (analysis/dataset): in-process, or on Ray Data (an existing cluster at
+    # ray_address / RAY_ADDRESS, else an embedded single-node Ray started on first use).
+    engine: str = "local"                     # "local" | "ray"
+    ray_address: str | None = None
 
     @property
     def audit_url(self) -> str:
@@ -63,6 +68,7 @@ class Config:
 
 
 AUTH_MODES = ("none", "password", "oidc")
+ENGINES = ("local", "ray")
 VISIBILITIES = ("own", "all")
 
 
@@ -130,6 +136,14 @@ def load_config(path: str | os.PathLike | None = None, env: dict | None = None) 
         kwargs["dataset_dirs"] = tuple(Path(p).expanduser().resolve() for p in items if p)
     if get("device"):
         kwargs["device"] = str(get("device"))
+
+    engine = str(get("engine", "local")).strip().lower()
+    if engine not in ENGINES:
+        raise ParameterError(f"engine must be 'local' or 'ray', got {engine!r}")
+    kwargs["engine"] = engine
+    address = get("ray_address") or env.get("RAY_ADDRESS")
+    if address:
+        kwargs["ray_address"] = str(address)
 
     auth = raw.get("auth", {})
     audit = raw.get("audit", {})

@@ -148,6 +148,20 @@ class Dataset:
             chunk = idx[start:start + int(batch_size)]
             yield chunk, self.get_many(chunk)
 
+    def image_source(self) -> dict:
+        """Where image ``i`` lives, for readers in other processes (data-set jobs, Ray).
+
+        Returns ``{"kind": "digits"}``, ``{"kind": "files", "paths": [...], "digests":
+        [...]}`` (absolute paths; sha256 hex digests or ``""`` when only a size / mtime
+        ``"stat:<size>:<mtime_ns>"`` check is known) or ``{"kind": "zip", "zip": path,
+        "members": [...], "digests": [...]}`` (member index in the stored archive).
+        DatasetError for data sets whose images exist only in this process's memory.
+        """
+        fn = getattr(self._loader, "source", None)
+        if fn is None:
+            raise DatasetError(f"Data set {self.name!r} has no on-disk image source")
+        return fn()
+
     def summary(self) -> dict:
         """Counts for display: images, classes, images per class, skipped files."""
         counts = np.bincount(self.labels, minlength=len(self.class_names))
@@ -281,6 +295,7 @@ def load_digits_dataset() -> Dataset:
     images = np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=-1))  # (N, 8, 8, 3)
     images.setflags(write=False)
     labels = np.asarray(raw.target, dtype=np.int64)
+    loader = _ArrayLoader(images, {"kind": "digits"})
     class_names = [str(k) for k in range(10)]
     digests = [hashlib.sha256(img.tobytes()).digest() for img in images]
     return Dataset(
@@ -291,8 +306,26 @@ def load_digits_dataset() -> Dataset:
         ids=[f"digits/{k:04d}" for k in range(len(images))],
         content_hash=_content_hash(class_names, labels, digests),
         skipped=[],
-        _loader=images.__getitem__,  # views of a read-only array are read-only
+        _loader=loader,  # views of a read-only array are read-only
     )
+
+
+def digits_images() -> np.ndarray:
+    """The digits images as one read-only (1797, 8, 8, 3) uint8 array (readers of jobs)."""
+    return load_digits_dataset()._loader.images
+
+
+class _ArrayLoader:
+    """Image i of an in-memory array; ``source()`` says how another process finds it."""
+
+    def __init__(self, images: np.ndarray, source: dict):
+        self.images, self._source = images, source
+
+    def __call__(self, i: int) -> np.ndarray:
+        return self.images[i]
+
+    def source(self) -> dict:
+        return dict(self._source)
 
 
 # --------------------------------------------------------------------------------------
@@ -313,6 +346,10 @@ class _FolderLoader:
         if hashlib.sha256(data).digest() != self.digests[i]:
             raise DatasetError(f"{path} changed on disk since the data set was loaded. Reload it.")
         return _decode(data, self.limits, str(path))
+
+    def source(self) -> dict:
+        return {"kind": "files", "paths": [str(p) for p in self.paths],
+                "digests": [d.hex() for d in self.digests]}
 
 
 def _within(path: Path, roots: Iterable[Path]) -> bool:
@@ -442,6 +479,10 @@ class _ZipLoader:
         if hashlib.sha256(data).digest() != self.digests[i]:
             raise DatasetError(f"{self.path} changed since the data set was loaded. Upload it again.")
         return _decode(data, self.limits, info.filename)
+
+    def source(self) -> dict:
+        return {"kind": "zip", "zip": str(self.path), "members": list(self.members),
+                "digests": [d.hex() for d in self.digests]}
 
     def __del__(self):
         if getattr(self, "_zip", None) is not None:

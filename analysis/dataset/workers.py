@@ -1,0 +1,406 @@
+"""One Worker class per data-set job kind; the same class runs in-process and on Ray.
+
+``Worker(model_spec, params)`` builds the model once from its JSON-able spec
+(:func:`analysis.core.models.loaders.load_bundle`; never a pickled user object) and
+``worker(batch)`` runs one batch. ``batch`` is a dict of equal-length numpy arrays:
+``index`` (int64, position in the data set), ``path`` (str, the image id), ``label``
+(int64), ``image`` (object array of RGB uint8 (H, W, 3) arrays, already decoded) and
+``mask`` (object array of bool (H, W) arrays or None). The result is a dict of numpy arrays
+with one row per input row; columns with more than one dimension are stored as
+fixed-size-list columns (shape in the job's meta data).
+
+Columns by kind (all have ``index``, ``path``, ``label``, ``pred``, ``confidence``):
+
+* ``predict``: ``top_ids`` (n, k) int64 and ``top_probs`` (n, k) float32, best first;
+  ``logits`` (n, classes) float32 when ``params["logits"]``.
+* ``features``: ``features`` (n, D) float32 at ``params["layer"]`` (default: the layer
+  that feeds the classifier; (C, H, W) maps global-average-pooled).
+* ``saliency``: ``target`` int64 (the predicted class, or the label with
+  ``target="label"``), ``map`` (n, H, W) float32 on the model's input crop, ``map_sum``,
+  ``map_max``, ``mass_centre`` (share of the positive saliency mass inside the central box
+  of side ``centre`` x the crop, so a uniform map gives ``centre**2``), ``mass_mask`` (share
+  inside the data set's mask; NaN without one) and ``flat`` (bool: constant map).
+* ``trust``: the saliency columns except the map, plus ``deletion_auc``,
+  ``insertion_auc`` (float64), ``random_deletion_auc`` / ``random_insertion_auc``
+  (n, n_random) for ``n_random`` seeded uniform random maps (seed = ``seed`` + 1009 *
+  index + r, so a run on any backend draws the same maps), and ``deletion_scores`` /
+  ``insertion_scores`` (n, steps + 1) of the method's curves.
+
+Grad-CAM and the vanilla gradient run batched (one forward + one backward for the whole
+batch, each image with its own target); the other saliency methods run image by image
+through :func:`analysis.saliency.methods.attribute`.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from analysis.core.errors import ModelLoadError, ParameterError
+from analysis.core.hooks import capture
+from analysis.core.models.bundle import ModelBundle
+from analysis.core.models.loaders import ModelSpec, load_bundle, select_device
+
+__all__ = ["Worker", "PredictWorker", "FeaturesWorker", "SaliencyWorker", "TrustWorker", "WORKERS",
+           "model_spec_from", "model_spec_dict"]
+
+
+def model_spec_from(spec) -> ModelSpec:
+    """A ModelSpec from a ModelSpec, its dict, or a short name (``digits``, ``default``,
+    ``resnet18`` = torchvision pretrained, ``random:resnet18`` = random weights)."""
+    if isinstance(spec, ModelSpec):
+        return spec
+    if isinstance(spec, dict):
+        bad = set(spec) - set(ModelSpec.__dataclass_fields__)
+        if bad:
+            raise ParameterError(f"Unknown model spec field(s): {', '.join(sorted(bad))}")
+        return ModelSpec(**spec)
+    if isinstance(spec, str):
+        s = spec.strip()
+        if s in ("default", "digits"):
+            return ModelSpec(kind=s)
+        if s.startswith("random:"):
+            return ModelSpec(kind="random", arch=s.split(":", 1)[1])
+        if s:
+            return ModelSpec(kind="torchvision", arch=s)
+    raise ParameterError(f"Not a model spec: {spec!r}")
+
+
+def model_spec_dict(spec) -> dict:
+    """The JSON-able dict of a model spec."""
+    s = model_spec_from(spec)
+    return {f: getattr(s, f) for f in ModelSpec.__dataclass_fields__}
+
+
+def _check_keys(kind: str, params: dict, allowed: set[str]) -> None:
+    bad = set(params) - allowed
+    if bad:
+        raise ParameterError(f"The {kind} job has no parameter(s) {', '.join(sorted(bad))}; "
+                             f"it takes {', '.join(sorted(allowed))}.")
+
+
+def _int(params: dict, name: str, lo: int, hi: int) -> int:
+    v = params[name]
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+        raise ParameterError(f"{name} must be an integer between {lo} and {hi}, got {v!r}")
+    return int(v)
+
+
+class Worker:
+    """Base class: builds the bundle once; subclasses implement :meth:`__call__`.
+
+    Args:
+        model_spec: a ModelSpec, its dict or a short name (see :func:`model_spec_from`).
+        params: the job parameters (missing ones take the class's ``defaults``).
+        model_id: when given, the sha256 of the weights the job was planned with; a
+            worker that builds different weights refuses to run (ModelLoadError).
+        device: torch device (default: :func:`select_device`).
+        bundle: an already built bundle of that spec (in-process reuse; never shipped).
+    """
+
+    kind: ClassVar[str] = ""
+    defaults: ClassVar[dict] = {}
+
+    def __init__(self, model_spec, params: dict | None = None, *, model_id: str = "",
+                 device: str | torch.device | None = None, bundle: ModelBundle | None = None):
+        self.model_spec = model_spec_from(model_spec)
+        dev = torch.device(device) if device is not None else select_device()
+        self.bundle = bundle if bundle is not None else load_bundle(self.model_spec, device=dev)
+        if model_id and self.bundle.model_id != model_id:
+            raise ModelLoadError(
+                f"This worker built {self.model_spec.label()} with weights {self.bundle.short_id}, but the job "
+                f"was planned with {model_id[:12]}: the weights differ between machines.")
+        self.params = self.normalize(params or {}, self.bundle)
+
+    @classmethod
+    def normalize(cls, params: dict, bundle: ModelBundle) -> dict:
+        """``params`` completed with the defaults, checked, and with bundle-dependent
+        defaults (layers) resolved, so that equal jobs get equal parameter hashes."""
+        p = dict(cls.defaults)
+        p.update(params or {})
+        _check_keys(cls.kind, p, set(cls.defaults))
+        return p
+
+    def __call__(self, batch: dict) -> dict:
+        raise NotImplementedError
+
+    # helpers --------------------------------------------------------------------
+    def inputs(self, batch: dict) -> torch.Tensor:
+        """The batch's images -> normalised model input on the bundle's device."""
+        return self.bundle.inputs(list(batch["image"]))
+
+    @staticmethod
+    def base_columns(batch: dict) -> dict:
+        return {"index": np.asarray(batch["index"], np.int64), "path": np.asarray(batch["path"], dtype=object),
+                "label": np.asarray(batch["label"], np.int64)}
+
+
+def _logits(out) -> torch.Tensor:
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise ParameterError("The model's output is not a (batch, classes) tensor of logits.")
+    return out.float()
+
+
+class PredictWorker(Worker):
+    """Top-k predictions (and optionally the logits) of every image; one forward per batch."""
+
+    kind = "predict"
+    defaults = {"top_k": 5, "logits": False}
+
+    @classmethod
+    def normalize(cls, params, bundle):
+        p = super().normalize(params, bundle)
+        p["top_k"] = min(_int(p, "top_k", 1, 1000), bundle.num_classes)
+        p["logits"] = bool(p["logits"])
+        return p
+
+    def __call__(self, batch: dict) -> dict:
+        x = self.inputs(batch)
+        with self.bundle.lock, torch.inference_mode():
+            logits = _logits(self.bundle.model(x))
+        probs = logits.softmax(dim=1)
+        top_p, top_i = probs.topk(self.params["top_k"], dim=1)
+        out = self.base_columns(batch)
+        out["pred"] = top_i[:, 0].cpu().numpy().astype(np.int64)
+        out["confidence"] = top_p[:, 0].cpu().numpy().astype(np.float32)
+        out["top_ids"] = top_i.cpu().numpy().astype(np.int64)
+        out["top_probs"] = top_p.cpu().numpy().astype(np.float32)
+        if self.params["logits"]:
+            out["logits"] = logits.cpu().numpy().astype(np.float32)
+        return out
+
+
+class FeaturesWorker(Worker):
+    """Feature vectors at one layer plus the prediction, from one forward per batch."""
+
+    kind = "features"
+    defaults = {"layer": ""}
+
+    @classmethod
+    def normalize(cls, params, bundle):
+        from analysis.embeddings.features import penultimate_layer
+        p = super().normalize(params, bundle)
+        p["layer"] = str(p["layer"] or penultimate_layer(bundle))
+        from analysis.core.layers import check_layer, layer_table
+        check_layer(layer_table(bundle), p["layer"])
+        return p
+
+    def __call__(self, batch: dict) -> dict:
+        layer = self.params["layer"]
+        x = self.inputs(batch)
+        with self.bundle.lock, torch.inference_mode(), capture(self.bundle.model, layer) as acts:
+            logits = _logits(self.bundle.model(x))
+        a = acts[layer]
+        if a.dim() == 4:
+            feats = a.float().mean(dim=(2, 3))
+        elif a.dim() == 2:
+            feats = a.float()
+        else:
+            raise ParameterError(f"Layer {layer!r} outputs shape {tuple(a.shape[1:])}; feature vectors need "
+                                 "a (channels, height, width) map or a flat vector.")
+        conf, pred = logits.softmax(dim=1).max(dim=1)
+        out = self.base_columns(batch)
+        out["pred"] = pred.cpu().numpy().astype(np.int64)
+        out["confidence"] = conf.cpu().numpy().astype(np.float32)
+        out["features"] = feats.cpu().numpy().astype(np.float32)
+        return out
+
+
+BATCHED_METHODS = ("gradcam", "gradient")
+
+
+class SaliencyWorker(Worker):
+    """One saliency map per image for its own target, plus where its mass lies."""
+
+    kind = "saliency"
+    defaults = {"method": "gradcam", "target": "pred", "layer": "", "centre": 0.5, "method_params": {}}
+
+    @classmethod
+    def normalize(cls, params, bundle):
+        from analysis.core.layers import check_layer, last_conv_block, layer_table
+        from analysis.saliency.methods import METHODS
+        p = super().normalize(params, bundle)
+        if p["method"] not in METHODS:
+            raise ParameterError(f"Unknown saliency method {p['method']!r}; choose from {', '.join(METHODS)}.")
+        if p["target"] not in ("pred", "label"):
+            raise ParameterError("target must be 'pred' (the predicted class) or 'label' (the true class).")
+        if not 0 < float(p["centre"]) <= 1:
+            raise ParameterError("centre must be a fraction of the crop's side in (0, 1].")
+        p["centre"] = float(p["centre"])
+        if not isinstance(p["method_params"], dict):
+            raise ParameterError("method_params must be an object of the method's parameters.")
+        p["method_params"] = dict(p["method_params"])
+        if p["method"] in ("gradcam", "guided_gradcam"):
+            infos = layer_table(bundle)
+            p["layer"] = str(p["layer"] or p["method_params"].pop("layer", "") or last_conv_block(infos))
+            info = check_layer(infos, p["layer"])
+            if not info.spatial:
+                raise ParameterError(f"Grad-CAM needs a layer with a spatial feature map; {p['layer']} outputs "
+                                     f"{info.output_shape}.")
+        else:
+            p["layer"] = ""
+        return p
+
+    # -- maps --------------------------------------------------------------------
+    def _targets(self, batch: dict, pred: torch.Tensor) -> torch.Tensor:
+        if self.params["target"] == "label":
+            t = torch.as_tensor(np.asarray(batch["label"], np.int64), device=pred.device)
+            if (t < 0).any() or (t >= self.bundle.num_classes).any():
+                raise ParameterError("target='label' needs data-set labels that are model classes.")
+            return t
+        return pred
+
+    def maps(self, batch: dict) -> dict:
+        """pred, confidence, target (n,) and map (n, H, W) for the batch."""
+        method = self.params["method"]
+        x = self.inputs(batch)
+        if method == "gradcam":
+            return self._gradcam(batch, x)
+        if method == "gradient":
+            return self._gradient(batch, x)
+        return self._per_image(batch, x)
+
+    def _gradcam(self, batch, x):
+        layer, model = self.params["layer"], self.bundle.model
+        with self.bundle.lock, torch.enable_grad(), capture(model, layer, detach=False) as acts:
+            logits = _logits(model(x))
+            pred = logits.detach().argmax(dim=1)
+            target = self._targets(batch, pred)
+            score = logits.gather(1, target[:, None]).sum()
+            a = acts[layer]
+            (g,) = torch.autograd.grad(score, a)
+        with torch.no_grad():
+            w = g.mean(dim=(2, 3), keepdim=True)
+            cam = F.relu((w * a).sum(dim=1, keepdim=True))
+            cam = F.interpolate(cam, size=tuple(x.shape[-2:]), mode="bilinear")
+        conf = logits.detach().softmax(dim=1).max(dim=1).values
+        return {"pred": pred, "confidence": conf, "target": target, "map": cam[:, 0].float()}
+
+    def _gradient(self, batch, x):
+        model = self.bundle.model
+        x = x.detach().clone().requires_grad_(True)
+        with self.bundle.lock, torch.enable_grad():
+            logits = _logits(model(x))
+            pred = logits.detach().argmax(dim=1)
+            target = self._targets(batch, pred)
+            (g,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), x)
+        conf = logits.detach().softmax(dim=1).max(dim=1).values
+        return {"pred": pred, "confidence": conf, "target": target, "map": g.abs().amax(dim=1).float()}
+
+    def _per_image(self, batch, x):
+        from analysis.saliency.methods import attribute
+        with self.bundle.lock, torch.inference_mode():
+            logits = _logits(self.bundle.model(x))
+        conf, pred = logits.softmax(dim=1).max(dim=1)
+        target = self._targets(batch, pred)
+        params = dict(self.params["method_params"])
+        if self.params["layer"]:
+            params["layer"] = self.params["layer"]
+        maps = [torch.from_numpy(attribute(self.bundle, img, int(t), self.params["method"], **params).map)
+                for img, t in zip(batch["image"], target.tolist())]
+        return {"pred": pred, "confidence": conf, "target": target, "map": torch.stack(maps)}
+
+    # -- scalars -----------------------------------------------------------------
+    def _masks(self, batch: dict, size: int) -> list[np.ndarray | None]:
+        geo = self.bundle.preprocess.geometry
+        out = []
+        for m in batch.get("mask", [None] * len(batch["index"])):
+            if m is None:
+                out.append(None)
+                continue
+            rgb = np.repeat((np.asarray(m, bool).astype(np.uint8) * 255)[..., None], 3, axis=2)
+            out.append(geo(rgb)[..., 0] >= 128)
+        return out
+
+    def scalars(self, batch: dict, maps: np.ndarray) -> dict:
+        n, h, w = maps.shape
+        pos = np.clip(maps.astype(np.float64), 0, None)
+        total = pos.reshape(n, -1).sum(1)
+        c = self.params["centre"]
+        ch, cw = max(1, int(round(h * c))), max(1, int(round(w * c)))
+        t, l = (h - ch) // 2, (w - cw) // 2
+        inside = pos[:, t:t + ch, l:l + cw].reshape(n, -1).sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            centre = np.where(total > 0, inside / total, np.nan)
+        mask_share = np.full(n, np.nan)
+        for k, m in enumerate(self._masks(batch, h)):
+            if m is not None and total[k] > 0:
+                mask_share[k] = pos[k][m].sum() / total[k]
+        flat = maps.reshape(n, -1).max(1) == maps.reshape(n, -1).min(1)
+        return {"map_sum": maps.reshape(n, -1).sum(1).astype(np.float64),
+                "map_max": maps.reshape(n, -1).max(1).astype(np.float32),
+                "mass_centre": centre.astype(np.float64), "mass_mask": mask_share.astype(np.float64),
+                "flat": flat}
+
+    def __call__(self, batch: dict) -> dict:
+        r = self.maps(batch)
+        maps = r["map"].detach().cpu().numpy().astype(np.float32)
+        out = self.base_columns(batch)
+        out["pred"] = r["pred"].cpu().numpy().astype(np.int64)
+        out["confidence"] = r["confidence"].detach().cpu().numpy().astype(np.float32)
+        out["target"] = r["target"].cpu().numpy().astype(np.int64)
+        out["map"] = maps
+        out.update(self.scalars(batch, maps))
+        return out
+
+
+class TrustWorker(SaliencyWorker):
+    """Deletion / insertion AUC of the method's map and of ``n_random`` random maps."""
+
+    kind = "trust"
+    defaults = {**SaliencyWorker.defaults, "steps": 16, "substrate": "blur", "patch": 0, "n_random": 3,
+                "seed": 0}
+
+    @classmethod
+    def normalize(cls, params, bundle):
+        from analysis.saliency.trust import SUBSTRATES
+        p = super().normalize(params, bundle)
+        p["steps"] = _int(p, "steps", 1, 1000)
+        p["n_random"] = _int(p, "n_random", 0, 100)
+        p["seed"] = _int(p, "seed", 0, 2**31 - 1)
+        if p["substrate"] not in SUBSTRATES:
+            raise ParameterError(f"substrate must be one of {', '.join(SUBSTRATES)}.")
+        p["patch"] = _int(p, "patch", 0, bundle.input_size)
+        if p["patch"] == 0:   # default: patches of 1/8 of the crop's side (region deletion)
+            p["patch"] = max(1, bundle.input_size // 8)
+        return p
+
+    def __call__(self, batch: dict) -> dict:
+        from analysis.saliency.trust import deletion_insertion, random_map
+        r = self.maps(batch)
+        maps = r["map"].detach().cpu().numpy().astype(np.float32)
+        targets = r["target"].cpu().numpy().astype(np.int64)
+        geo = self.bundle.preprocess.geometry
+        p = self.params
+        n, R, S = len(maps), p["n_random"], p["steps"]
+        res = {"deletion_auc": np.zeros(n), "insertion_auc": np.zeros(n),
+               "random_deletion_auc": np.zeros((n, R)), "random_insertion_auc": np.zeros((n, R)),
+               "deletion_scores": np.zeros((n, S + 1)), "insertion_scores": np.zeros((n, S + 1))}
+        kw = {"steps": S, "substrate": p["substrate"], "patch": p["patch"], "batch_size": S + 1}
+        for k in range(n):
+            crop = geo(batch["image"][k])
+            tgt = int(targets[k])
+            for kind in ("deletion", "insertion"):
+                c = deletion_insertion(self.bundle, maps[k], crop, tgt, kind=kind, **kw)
+                res[f"{kind}_auc"][k] = c.auc
+                res[f"{kind}_scores"][k] = c.scores
+            for j in range(R):
+                rm = random_map(maps[k].shape, p["seed"] + 1009 * int(batch["index"][k]) + j)
+                for kind in ("deletion", "insertion"):
+                    res[f"random_{kind}_auc"][k, j] = deletion_insertion(self.bundle, rm, crop, tgt, kind=kind,
+                                                                         **kw).auc
+        out = self.base_columns(batch)
+        out["pred"] = r["pred"].cpu().numpy().astype(np.int64)
+        out["confidence"] = r["confidence"].detach().cpu().numpy().astype(np.float32)
+        out["target"] = targets
+        out.update(self.scalars(batch, maps))
+        out.update(res)
+        return out
+
+
+WORKERS: dict[str, type[Worker]] = {w.kind: w for w in (PredictWorker, FeaturesWorker, SaliencyWorker, TrustWorker)}
+

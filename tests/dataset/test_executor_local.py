@@ -1,0 +1,89 @@
+"""The in-process backend: rows equal a direct forward, results are cached under the job
+key, a stopped job leaves nothing complete and resumes."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.core.errors import ParameterError
+from analysis.core.models.loaders import ModelSpec
+from analysis.core.predict import logits as bundle_logits
+from analysis.dataset.executor import JobSpec, load_result, run
+from analysis.dataset.manifest import open_dataset
+
+N = 200
+
+
+def _spec(kind="predict", **kw):
+    kw.setdefault("indices", tuple(range(N)))
+    kw.setdefault("batch_size", 32)
+    return JobSpec(kind, ModelSpec("digits"), "digits", **kw)
+
+
+def test_predict_rows_equal_direct_forward(digits, tmp_path):
+    seen = []
+    r = run(_spec(), data_dir=tmp_path, progress=lambda d, n: seen.append((d, n)))
+    assert r.complete and r.n_rows == N and r.skipped == []
+    assert seen[-1] == (N, N) and all(a <= b for (a, _), (b, _) in zip(seen, seen[1:]))
+    df = r.to_pandas(["index", "path", "label", "pred", "confidence"])
+    ds = open_dataset({"kind": "digits"})
+    assert df["index"].tolist() == list(range(N))
+    assert df["path"].tolist() == ds.ids[:N]
+    assert np.array_equal(df["label"].to_numpy(), ds.labels[:N])
+    ref = bundle_logits(digits, [ds.get(i) for i in range(N)], batch_size=32)
+    p = torch.from_numpy(ref).softmax(1)
+    assert np.array_equal(df["pred"].to_numpy(), ref.argmax(1))
+    np.testing.assert_allclose(df["confidence"].to_numpy(), p.max(1).values.numpy(), rtol=1e-6)
+    top = r.array("top_ids")
+    assert top.shape == (N, 5) and np.array_equal(top[:, 0], df["pred"].to_numpy())
+    probs = r.array("top_probs")
+    assert np.all(np.diff(probs, axis=1) <= 0)
+    assert (df["pred"] == df["label"]).mean() > 0.9
+    # a second run is the stored result (same folder), load_result finds it
+    assert run(_spec(), data_dir=tmp_path).path == r.path
+    got = load_result(_spec(), data_dir=tmp_path)
+    assert got is not None and got.complete and got.key == r.key
+    meta = json.loads((r.path / "meta.json").read_text())
+    assert meta["complete"] and meta["model_id"] == digits.model_id and meta["n_rows"] == N
+
+
+def test_key_depends_on_params_not_on_engine(tmp_path):
+    a = run(_spec(params={"top_k": 3}), data_dir=tmp_path)
+    b = run(_spec(), data_dir=tmp_path)
+    assert a.key != b.key and a.array("top_ids").shape == (N, 3)
+    assert load_result(_spec(params={"top_k": 4}), data_dir=tmp_path) is None
+
+
+def test_stopped_job_is_not_complete_and_resumes(tmp_path):
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] > 3          # three batches, then Stop
+
+    part = run(_spec(), data_dir=tmp_path, should_stop=stop, chunk_size=64)
+    assert not part.complete and part.path.name.endswith(".partial")
+    assert not (part.path / "meta.json").exists()
+    assert part.n_rows == 64            # only whole chunks are kept
+    assert load_result(_spec(), data_dir=tmp_path) is None
+    seen = []
+    full = run(_spec(), data_dir=tmp_path, chunk_size=64, progress=lambda d, n: seen.append(d))
+    assert full.complete and full.n_rows == N and seen[0] == 64      # resumed after the first chunk
+    assert not part.path.exists()
+    fresh = run(_spec(), data_dir=tmp_path / "other")
+    for col in ("index", "pred", "confidence"):
+        assert np.array_equal(full.array(col), fresh.array(col))
+
+
+def test_bad_specs_are_typed_errors():
+    with pytest.raises(ParameterError, match="job kind"):
+        JobSpec("explode", ModelSpec("digits"), "digits")
+    with pytest.raises(ParameterError, match="batch_size"):
+        JobSpec("predict", ModelSpec("digits"), "digits", batch_size=0)
+    with pytest.raises(ParameterError, match="no parameter"):
+        run(_spec(params={"nope": 1}))
+    spec = _spec(params={"top_k": 2})
+    assert JobSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
