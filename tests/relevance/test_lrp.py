@@ -154,3 +154,22 @@ def test_bundle_lrp_leaves_the_shared_model_untouched():
     after = b.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in b.model.modules())
+
+
+def test_lrp_methods_on_the_saliency_page_table():
+    """The composites are registered saliency methods (signed maps) and run through attribute()."""
+    import numpy as np
+
+    from analysis.saliency import registry
+    from analysis.saliency.methods import attribute
+    net = hand_net()
+    pre = Preprocessing(input_size=3, resize_size=3, mean=(0.0,), std=(1.0,), grayscale=True)
+    b = ModelBundle(net, pre, ["a", "b"], "hand", "hand", "random")
+    assert {"lrp_epsilon_plus_flat", "lrp_epsilon_gamma_box"} <= set(registry.names())
+    assert registry.get("lrp_epsilon_plus_flat").signed
+    img = (np.stack([X[0, 0].numpy()] * 3, -1) * 80).astype(np.uint8)
+    a = attribute(b, img, 0, "lrp_epsilon_plus_flat", epsilon=1e-9)
+    assert a.map.shape == (3, 3) and a.signed.shape == (1, 3, 3)
+    assert a.params["relevance_sum"] == pytest.approx(float(a.map.sum()), rel=1e-5)
+    with pytest.raises(Exception, match="gamma"):
+        attribute(b, img, 0, "lrp_epsilon_plus_flat", gamma=0.3)
