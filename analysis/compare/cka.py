@@ -91,8 +91,8 @@ def cka_matrix(feats_a: dict[str, np.ndarray], feats_b: dict[str, np.ndarray]) -
         return out
     ga, gb = grams(feats_a), grams(feats_b)
     m = np.full((len(ga), len(gb)), np.nan)
-    for i, (ka, (a, na)) in enumerate(ga.items()):
-        for j, (kb, (b, nb)) in enumerate(gb.items()):
+    for i, (a, na) in enumerate(ga.values()):
+        for j, (b, nb) in enumerate(gb.values()):
             if na > 0 and nb > 0:
                 m[i, j] = float((a * b).sum() / (na * nb))
     return m
