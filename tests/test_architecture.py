@@ -17,6 +17,9 @@ from tests.paths import REPO
 ALLOWED_EDGES: dict[str, set[str]] = {
     "style": {"optimize"},          # texture and style transfer are objectives of the optimisation engine
     "dataset": {"saliency", "embeddings", "audit"},  # data-set jobs run the per-image methods; its CLI records runs
+    "saliency": {"relevance"},      # LRP composites (relevance family) are registered as saliency methods
+    "relevance": {"dataset"},       # CRP reference galleries are a data-set executor job (a Worker kind)
+    "compare": {"dataset", "embeddings", "saliency"},  # model comparison runs predictions/features/maps of both models
 }
 
 
