@@ -164,5 +164,5 @@ with guard("Saliency"):
                 st.plotly_chart(correlation_figure(res.layers, res.correlations), key="rand_fig", width="stretch")
                 for m in ms:
                     st.markdown(f"**{registry.get(m).title}**: original, then randomised down to each layer")
-                    strip = ui.strip_pngs((key, m), res.maps[m], display["outlier"])
+                    strip = ui.strip_pngs((key, m), res.maps[m], display["outlier"], display["cmap"])
                     st.image(strip, width=110, caption=["original"] + list(res.layers[:len(strip) - 1]))
