@@ -83,9 +83,12 @@ def main() -> None:
         "## Drawing a million points in the browser (bench/pointmap.py)", "",
         f"Machine: {machine()}; headless Chromium (software rendering, no GPU).", "",
         "| points | map | first draw (s) | hover (s) | lasso select (s) |", "|---:|---|---|---:|---|", *rows, "",
-        "First draw counts from opening the page (the binary files cached by the browser from an earlier "
-        "visit of the same map; the server writes them once). The canvas map needs no WebGL; plotly's "
-        "scattergl runs on SwiftShader here, which is why its lasso takes minutes at a million points."])
+        "First draw counts from opening the page in a fresh browser until the map is drawn (the server "
+        "wrote the map's binary files on an earlier, untimed visit; it writes them once per map). Hover: "
+        "the box shows after the mouse reaches a point. Lasso: the selection computed in the browser, "
+        "and in brackets until the exact count has reached Python. The canvas map needs no WebGL; "
+        "plotly's scattergl runs on SwiftShader here, which is why its lasso takes minutes at a million "
+        "points."])
     if args.write:
         write_section("pointmap", body)
     print(body)
