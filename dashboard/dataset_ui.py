@@ -102,14 +102,14 @@ def mapping_editor(bundle: ModelBundle, ds: Dataset, max_rows: int = 60) -> Clas
                                          placeholder="no model class: not scored")
         targets[k] = tuple(int(i) for i in picked)
     try:
-        new = m.with_targets(targets, source="edited" if targets != dict(m.targets) else m.source)
+        new = m.with_targets(targets, source="edited")
     except ConvlensError as exc:
         st.error(f"Class mapping: {exc}")
         return m
     if new.targets != m.targets:
         ss["da_classmap"] = new.to_state()
         st.rerun()
-    return new
+    return m
 
 
 def mapping_key(m: ClassMapping) -> str:
