@@ -74,6 +74,20 @@ def model_spec_dict(spec) -> dict:
     return {f: getattr(s, f) for f in ModelSpec.__dataclass_fields__}
 
 
+_INFOS: dict[tuple, list] = {}
+
+
+def _layer_infos(bundle: ModelBundle) -> list:
+    """The bundle's layer table (one dry forward), memoised per weights and preprocessing."""
+    from analysis.core.layers import layer_table
+    key = (bundle.model_id, bundle.preprocess.spec_id, id(bundle.model))
+    if key not in _INFOS:
+        if len(_INFOS) > 8:
+            _INFOS.clear()
+        _INFOS[key] = layer_table(bundle)
+    return _INFOS[key]
+
+
 def _check_keys(kind: str, params: dict, allowed: set[str]) -> None:
     bad = set(params) - allowed
     if bad:
@@ -185,8 +199,8 @@ class FeaturesWorker(Worker):
         from analysis.embeddings.features import penultimate_layer
         p = super().normalize(params, bundle)
         p["layer"] = str(p["layer"] or penultimate_layer(bundle))
-        from analysis.core.layers import check_layer, layer_table
-        check_layer(layer_table(bundle), p["layer"])
+        from analysis.core.layers import check_layer
+        check_layer(_layer_infos(bundle), p["layer"])
         return p
 
     def __call__(self, batch: dict) -> dict:
@@ -221,7 +235,7 @@ class SaliencyWorker(Worker):
 
     @classmethod
     def normalize(cls, params, bundle):
-        from analysis.core.layers import check_layer, last_conv_block, layer_table
+        from analysis.core.layers import check_layer, last_conv_block
         from analysis.saliency.methods import METHODS
         p = super().normalize(params, bundle)
         if p["method"] not in METHODS:
@@ -235,7 +249,7 @@ class SaliencyWorker(Worker):
             raise ParameterError("method_params must be an object of the method's parameters.")
         p["method_params"] = dict(p["method_params"])
         if p["method"] in ("gradcam", "guided_gradcam"):
-            infos = layer_table(bundle)
+            infos = _layer_infos(bundle)
             p["layer"] = str(p["layer"] or p["method_params"].pop("layer", "") or last_conv_block(infos))
             info = check_layer(infos, p["layer"])
             if not info.spatial:
