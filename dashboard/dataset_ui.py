@@ -139,8 +139,12 @@ def executor_ref(ds: Dataset):
         return DatasetRef("digits")
     if ref.kind == "folder":
         return DatasetRef("folder", path=ref.ref)
-    from analysis.core.config import get_config
-    return DatasetRef("zip", path=str(get_config().data_dir / "datasets" / f"{ref.ref}.zip"))
+    if ref.kind == "manifest":
+        return DatasetRef("manifest", path=ref.ref)
+    if ref.kind == "zip":
+        from analysis.core.config import get_config
+        return DatasetRef("zip", path=str(get_config().data_dir / "datasets" / f"{ref.ref}.zip"))
+    raise ConvlensError(f"Data-set jobs do not know the data-set kind {ref.kind!r}.")
 
 
 def skipped_note(res) -> None:
