@@ -86,7 +86,7 @@ def evaluation_tab(bundle, ds, mapping) -> None:
     c1, c2, c3 = st.columns(3)
     scope = c1.radio("Images", ["all", "sample"], horizontal=True, key="da_scope", persist_state="page",
                      format_func={"all": f"whole data set ({len(ds):,})", "sample": "stratified sample"}.get)
-    n = int(c2.number_input("sample size", 10, max(10, len(ds)), min(500, len(ds)), 50, key="da_n", persist_state="page",
+    n = int(c2.number_input("sample size", min(10, len(ds)), len(ds), min(500, len(ds)), 50, key="da_n", persist_state="page",
                             disabled=scope != "sample", help="Drawn per class in proportion to its size."))
     seed = int(c3.number_input("seed", 0, 10_000, 0, key="da_seed", persist_state="page", disabled=scope != "sample"))
     req = request_button("Evaluate", "da_eval", "da_eval_req", {"scope": scope, "n": n, "seed": seed})
