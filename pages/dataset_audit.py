@@ -33,6 +33,7 @@ st.caption("The model on a whole data set: accuracy, confusions and calibration;
 SAL_METHODS = ["gradcam", "gradient", "guided_backprop", "smoothgrad", "integrated_gradients"]
 TABS = ["Evaluation", "Saliency over many images", "Trust over many images", "Failure slices"]
 ss = st.session_state
+_STOPS: list = []            # Stop buttons drawn while a job runs; emptied when the page is done
 
 
 def request_button(label: str, key: str, req_key: str, req: dict, help: str | None = None) -> dict | None:
@@ -41,8 +42,10 @@ def request_button(label: str, key: str, req_key: str, req: dict, help: str | No
     c1, c2 = st.columns([1, 4])
     if c1.button(label, type="primary", key=key, help=help):
         ss[req_key] = req
-        c2.button("Stop", key=f"{key}_stop", on_click=lambda: ss.pop(req_key, None),
-                  help="Stops the job; finished chunks are kept on disk and a new run resumes from them.")
+        slot = c2.empty()
+        slot.button("Stop", key=f"{key}_stop", on_click=lambda: ss.pop(req_key, None),
+                    help="Stops the job; finished chunks are kept on disk and a new run resumes from them.")
+        _STOPS.append(slot)
     return ss.get(req_key)
 
 
@@ -83,7 +86,7 @@ def evaluation_tab(bundle, ds, mapping) -> None:
     c1, c2, c3 = st.columns(3)
     scope = c1.radio("Images", ["all", "sample"], horizontal=True, key="da_scope", persist_state="page",
                      format_func={"all": f"whole data set ({len(ds):,})", "sample": "stratified sample"}.get)
-    n = int(c2.number_input("sample size", 10, max(10, len(ds)), min(500, len(ds)), 50, key="da_n", persist_state="page",
+    n = int(c2.number_input("sample size", min(10, len(ds)), len(ds), min(500, len(ds)), 50, key="da_n", persist_state="page",
                             disabled=scope != "sample", help="Drawn per class in proportion to its size."))
     seed = int(c3.number_input("seed", 0, 10_000, 0, key="da_seed", persist_state="page", disabled=scope != "sample"))
     req = request_button("Evaluate", "da_eval", "da_eval_req", {"scope": scope, "n": n, "seed": seed})
@@ -264,10 +267,11 @@ def trust_tab(bundle, ds, mapping, ev) -> None:
     st.markdown("**Deletion and insertion over many images** (Petsiuk et al. 2018): each image's map against "
                 "several random maps of the same image; the verdict rests on the paired difference's 95 % "
                 "interval, and *beats random* counts the images where the method is better than every random map.")
-    c1, c2, c3, c4 = st.columns(4)
-    n = int(c1.number_input("N images", 2, 200, 40, key="da_tr_n", persist_state="page", help="A stratified sample of the data set."))
-    methods = c1.multiselect("Methods", SAL_METHODS, default=["gradcam", "gradient"], key="da_tr_methods", persist_state="page",
+    methods = st.multiselect("Methods", SAL_METHODS, default=["gradcam", "gradient"], key="da_tr_methods", persist_state="page",
                              format_func=lambda m: METHODS[m][0])
+    c1, c2, c3 = st.columns(3)
+    n = int(c1.number_input("N images", 2, 200, 40, key="da_tr_n", persist_state="page",
+                            help="A stratified sample of the data set."))
     steps = int(c2.number_input("steps", 4, 64, 16, key="da_tr_steps", persist_state="page"))
     subs = ["blur", "zero", "mean"]
     # measured (docs/dataset_audit.md): at 32 px the blur substrate (sigma 1.4 px) leaves a digit readable and
@@ -278,7 +282,7 @@ def trust_tab(bundle, ds, mapping, ev) -> None:
                              format_func=lambda p: "default for the model" if p == 0 else
                              ("single pixels" if p == 1 else f"{p}×{p} patches")))
     n_random = int(c3.number_input("random maps per image", 1, 10, 3, key="da_tr_rand", persist_state="page"))
-    seed = int(c4.number_input("seed", 0, 10_000, 0, key="da_tr_seed", persist_state="page"))
+    seed = int(c1.number_input("seed", 0, 10_000, 0, key="da_tr_seed", persist_state="page"))
     req = request_button("Run the trust check", "da_tr_run", "da_tr_req",
                          {"n": n, "methods": methods, "steps": steps, "substrate": substrate, "patch": patch,
                           "n_random": n_random, "seed": seed})
@@ -286,8 +290,9 @@ def trust_tab(bundle, ds, mapping, ev) -> None:
         idx = stratified_sample(ds.labels, int(req["n"]), seed=int(req["seed"]))
         report = trust_report(bundle, ds, idx, req)
         for v in report.verdicts:
+            title = METHODS[v.method][0] if v.method in METHODS else v.method
             (st.success if v.verdict == "better than random" else st.error if v.verdict == "worse than random"
-             else st.warning)(v.sentence)
+             else st.warning)(f"**{title}** · " + v.sentence.split(" · ", 1)[1])
         f1, f2 = st.columns(2)
         f1.plotly_chart(dui.auc_figure(report.verdicts, "deletion"), key="da_tr_del", width="stretch")
         f2.plotly_chart(dui.auc_figure(report.verdicts, "insertion"), key="da_tr_ins", width="stretch")
@@ -307,7 +312,7 @@ def trust_tab(bundle, ds, mapping, ev) -> None:
     rmethods = r2.multiselect("Methods", SAL_METHODS, default=["gradcam", "gradient"], key="da_rn_methods", persist_state="page",
                               format_func=lambda m: METHODS[m][0])
     rsteps = int(r3.slider("randomisation steps", 2, 12, 5, key="da_rn_steps", persist_state="page"))
-    rreq = request_button("Run the randomisation check", "da_rn_run", "da_rn_req",
+    rreq = request_button("Run randomisation", "da_rn_run", "da_rn_req",
                           {"n": rn, "methods": rmethods, "steps": rsteps})
     if rreq and rreq.get("methods"):
         idx = stratified_sample(ds.labels, int(rreq["n"]), seed=0)
@@ -431,3 +436,5 @@ with guard("Data-set audit"):
                 trust_tab(bundle, ds, mapping, ev)
             else:
                 slices_tab(bundle, ds, mapping, ev)
+    for slot in _STOPS:          # the jobs of this run are done: no stale Stop button
+        slot.empty()

@@ -189,6 +189,7 @@ class Evaluation:
 
     @property
     def ece(self) -> float:
+        """Expected calibration error of the scored images (NaN when none is scored)."""
         return self.calibration.ece if self.calibration is not None else float("nan")
 
     def summary(self) -> dict:
@@ -592,6 +593,7 @@ class SliceResult:
     dataset_hash: str = ""
 
     def summary(self) -> dict:
+        """Overall error rate, number of slices and the worst slice's error rate (audit records)."""
         top = self.slices[0] if self.slices else None
         return {"overall_error_rate": self.overall_error_rate, "n_slices": len(self.slices),
                 "worst_error_rate": top.error_rate if top else float("nan")}
@@ -760,6 +762,7 @@ class BatchSaliency:
     dataset_hash: str = ""
 
     def summary(self) -> dict:
+        """Headline numbers (audit records): images, mean share inside the centre, uniform share, flat maps."""
         return {"n_images": int(len(self.indices)), "mean_mass_inside": self.mass.mean_inside,
                 "uniform_mass_inside": self.mass.area, "n_flat": self.n_flat}
 
@@ -814,4 +817,5 @@ class TrustReport:
     dataset_hash: str = ""
 
     def summary(self) -> dict:
+        """Fraction of images on which each method beats every random map, per curve (audit records)."""
         return {f"beats_random.{v.method}.{v.kind}": v.beats for v in self.verdicts}

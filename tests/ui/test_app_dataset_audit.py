@@ -157,3 +157,28 @@ def test_imagenet_model_on_digits_needs_a_mapping():
     assert '"0":[409,530]' in q["da_classmap"]
     rec = [r for r in _runs(t0) if r.method == "evaluation"]
     assert any(r.params.get("mapping.map.0") == [409, 530] or "409" in str(r.params) for r in rec)
+
+
+def test_sidebar_data_set_image_is_the_subject_of_every_page():
+    """Sidebar → Image → Data set: by class, file name or index; the digits CNN then explains
+    that digit on the Saliency page (the image is exactly the data set's)."""
+    from analysis.core.datasets import load_digits_dataset
+    ds = load_digits_dataset()
+    at = AppTest.from_file(APP, default_timeout=600).run()
+    at.selectbox(key="sb_model_kind").set_value("digits").run()
+    at.radio(key="sb_img_src").set_value("Data set").run()
+    _ok(at)
+    at.selectbox(key="sb_dsimg_class").set_value(7).run()
+    at.number_input(key="sb_dsimg_pos").set_value(2).run()
+    third_seven = int(np.flatnonzero(ds.labels == 7)[2])
+    assert at.session_state["image_ref"].label == f"digits:digits/{third_seven:04d} (7)"
+    at.radio(key="sb_dsimg_by").set_value("file name").run()
+    at.text_input(key="sb_dsimg_q").set_value("0042").run()
+    assert at.session_state["image_ref"].label == "digits:digits/0042 (1)"
+    at.radio(key="sb_dsimg_by").set_value("index").run()
+    at.number_input(key="sb_dsimg_index").set_value(1000).run()
+    _ok(at)
+    assert at.session_state["image_ref"].label == f"digits:digits/1000 ({ds.labels[1000]})"
+    at.switch_page("../pages/saliency.py").run()
+    _ok(at)
+    assert any(c.value.startswith(f"Predicted: **{ds.labels[1000]}**") for c in at.caption)

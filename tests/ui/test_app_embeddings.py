@@ -116,6 +116,13 @@ def test_digits_accuracy_and_the_active_tab_travel_in_the_link():
         at.button(key="em_extract").click().run()
     head = next(c.value for c in at.caption if "features ·" in c.value)
     assert "prediction accuracy on this data set 9" in head              # the digits CNN: > 90 %
+    # "explain this image" under the neighbours makes one of them the subject of every page
+    at.selectbox(key="em_x_feature").set_value(int(at.selectbox(key="em_x_feature").options[-1].split(" ")[0][1:])).run()
+    chosen = at.selectbox(key="em_x_feature").value
+    at.button(key="em_x_feature_go").click().run()
+    assert not at.exception and not at.error
+    assert at.session_state["image_ref"].label.startswith(f"digits:digits/{chosen:04d} ")
+    assert at.radio(key="sb_img_src").value == "Data set"
     at.session_state["em_tab"] = "Map of the data set"
     at.run()
     q = dict(at.query_params)
