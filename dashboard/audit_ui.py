@@ -25,7 +25,7 @@ from dashboard.text import plain
 
 log = logging.getLogger("convlens")
 
-DATASET_PAGES = {"embeddings"}
+DATASET_PAGES = {"embeddings", "dataset-audit", "concepts"}   # pages whose results are about the data set
 _hash_lock = threading.Lock()
 _image_hashes: dict[str, str] = {}
 

@@ -21,7 +21,7 @@ from analysis.core.datasets import Dataset
 from analysis.core.errors import ConvlensError
 from analysis.core.models.bundle import ModelBundle
 from analysis.dataset.classmap import ClassMapping, classes_fingerprint, mapping_from_state, suggest_mapping
-from analysis.saliency.methods import METHODS
+from analysis.saliency import registry
 from dashboard import state
 from dashboard.subject import explain_button
 
@@ -254,7 +254,7 @@ def reliability_figure(cal) -> go.Figure:
 def auc_figure(verdicts, kind: str) -> go.Figure:
     fig = go.Figure()
     for v in [v for v in verdicts if v.kind == kind]:
-        fig.add_trace(go.Box(y=v.auc, name=METHODS[v.method][0] if v.method in METHODS else v.method, boxmean=True))
+        fig.add_trace(go.Box(y=v.auc, name=registry.title(v.method), boxmean=True))
     rand = next((v.random_auc.mean(axis=1) for v in verdicts if v.kind == kind), None)
     if rand is not None:
         fig.add_trace(go.Box(y=rand, name="random (mean of maps)", boxmean=True, marker=dict(color="grey")))
@@ -269,7 +269,7 @@ def rho_figure(layers: Sequence[str], summary: dict) -> go.Figure:
     for m, s in summary.items():
         rho = s["rho"]
         xs = np.repeat(np.array(list(layers), dtype=object)[None, :], rho.shape[0], axis=0).ravel()
-        fig.add_trace(go.Box(x=xs, y=rho.ravel(), name=METHODS[m][0] if m in METHODS else m, boxpoints="outliers"))
+        fig.add_trace(go.Box(x=xs, y=rho.ravel(), name=registry.title(m), boxpoints="outliers"))
     lo = min([-0.25] + [float(np.nanmin(s["rho"])) - 0.05 for s in summary.values() if np.isfinite(s["rho"]).any()])
     fig.update_layout(boxmode="group", height=380, margin=dict(l=10, r=10, t=30, b=10),
                       yaxis=dict(title="Spearman ρ with the original map", range=[lo, 1.05]),

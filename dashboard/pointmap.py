@@ -121,6 +121,34 @@ def _store(root: Path, folder: str, data: bytes) -> str:
     return f"{folder}/{key}.bin"
 
 
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
+           "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5"]
+VIRIDIS5 = ["#440154", "#3b528b", "#21918c", "#5ec962", "#fde725"]
+
+
+def colouring(kind: str, labels, preds, confidence, label_names, pred_names, correct=None):
+    """(palette index per point, palette, legend) for colouring a map by "label",
+    "prediction", "correct" (``correct`` a boolean array) or "confidence" (5 bins). Up to 20
+    categories keep their own colour; more share the palette cyclically (the legend says so)."""
+    if kind == "confidence":
+        c = np.clip(np.asarray(confidence, dtype=np.float64), 0, 1)
+        bins = np.minimum((c * 5).astype(int), 4)
+        return bins, VIRIDIS5, [f"confidence {k * 20}-{k * 20 + 20} %" for k in range(5)]
+    if kind == "correct":
+        ok = np.asarray(correct, bool)
+        return np.where(ok, 0, 1), ["#2ca02c", "#d62728"], ["correct", "wrong"]
+    idx = np.asarray(labels if kind == "label" else preds)
+    names = label_names if kind == "label" else pred_names
+    used = np.unique(idx)
+    pos = np.searchsorted(used, idx)
+    k = min(len(used), len(PALETTE))
+    legend = [str(names[int(u)]) for u in used[:k]]
+    if len(used) > len(PALETTE):
+        legend[-1] += f" (and {len(used) - k} more classes, colours repeat)"
+    return pos % len(PALETTE), PALETTE[:k] if len(used) <= len(PALETTE) else PALETTE, legend
+
+
 def thumbnail_sheets(thumbs: np.ndarray, key: str) -> dict:
     """Write (N, s, s, 3) uint8 thumbnails as sprite sheets into this component's folder
     (once per ``key``, e.g. the data set's hash and the thumbnail size) and return the
@@ -151,13 +179,14 @@ def selection(value, n: int) -> tuple[list[int], int]:
 
 
 def point_map(coords, colour_index, palette: list[str], legend: list[str], *, key: str,
-              labels=None, preds=None, confidence=None, names: list[str] | None = None,
-              thumbs: dict | None = None, height: int = 600) -> tuple[list[int], int]:
+              labels=None, preds=None, confidence=None, label_names: list[str] | None = None,
+              pred_names: list[str] | None = None, thumbs: dict | None = None,
+              height: int = 600) -> tuple[list[int], int]:
     """Draw the map; returns (selected indices, up to 10,000; exact selected count).
 
     ``colour_index`` (N,) palette indices; ``palette`` hex colours ("#rrggbb"), ``legend`` a
-    name per palette entry; ``labels`` / ``preds`` (N,) class indices into ``names`` and
-    ``confidence`` (N,) in [0, 1] for the hover box; ``thumbs`` the result of
+    name per palette entry; ``labels`` / ``preds`` (N,) class indices into ``label_names`` /
+    ``pred_names`` and ``confidence`` (N,) in [0, 1] for the hover box; ``thumbs`` the result of
     :func:`thumbnail_sheets` (the hover box's images), or None.
     """
     geom = encode_geometry(coords, labels, preds, confidence)
@@ -171,6 +200,7 @@ def point_map(coords, colour_index, palette: list[str], legend: list[str], *, ke
     colours = _store(root, "colours", ci.astype(np.uint8).tobytes())
     comp = _component(root)
     value = comp(geometry=geometry, meta=geom.meta, colours=colours, palette=list(palette),
-                 legend=[str(x) for x in legend], names=[str(x) for x in (names or [])],
+                 legend=[str(x) for x in legend], label_names=[str(x) for x in (label_names or [])],
+                 pred_names=[str(x) for x in (pred_names or [])],
                  thumbs=thumbs, height=int(height), key=key, default=None)
     return selection(value, n)

@@ -18,7 +18,7 @@ from analysis.dataset.evaluate import (
     summarise_saliency,
     trust_verdicts,
 )
-from analysis.saliency.methods import METHODS
+from analysis.saliency import registry
 from dashboard import dataset_ui as dui
 from dashboard import state
 from dashboard.errors import guard
@@ -201,7 +201,7 @@ def batch_saliency(bundle, ds, idx, method: str, target: str, subset: str):
                                   mask_share=t["mass_mask"].to_numpy(), dataset_hash=ds.content_hash,
                                   params={"method": method, "target": target, "subset": subset, "n": len(idx)})
     key = ("da_sal", bundle.model_id, ds.content_hash, method, target, tuple(int(i) for i in idx))
-    return run_job(key, f"{METHODS[method][0]} on {len(idx)} images", compute)
+    return run_job(key, f"{registry.title(method)} on {len(idx)} images", compute)
 
 
 def saliency_tab(bundle, ds, mapping, ev) -> None:
@@ -212,7 +212,7 @@ def saliency_tab(bundle, ds, mapping, ev) -> None:
     cls = c1.selectbox("Class", list(range(len(ds.class_names))), key="da_sal_class", persist_state="page",
                        format_func=lambda i: ds.class_names[i], disabled=subset != "class")
     n = int(c2.number_input("at most N images", 1, 200, 24, key="da_sal_n", persist_state="page"))
-    method = c2.selectbox("Method", SAL_METHODS, key="da_sal_method", persist_state="page", format_func=lambda m: METHODS[m][0])
+    method = c2.selectbox("Method", SAL_METHODS, key="da_sal_method", persist_state="page", format_func=lambda m: registry.title(m))
     can_label = mapping.status == "identity"
     target = c3.radio("Each image's target", ["pred", "label"], key="da_sal_target", persist_state="page", horizontal=True,
                       format_func={"pred": "predicted class", "label": "true class"}.get,
@@ -232,7 +232,7 @@ def saliency_tab(bundle, ds, mapping, ev) -> None:
     idx = subset_indices(req, ds, ev)
     bs = batch_saliency(bundle, ds, idx, req["method"], req["target"], req["subset"])
     mass = bs.mass
-    st.markdown(f"**{METHODS[bs.method][0]}** on {len(bs.indices)} images "
+    st.markdown(f"**{registry.title(bs.method)}** on {len(bs.indices)} images "
                 f"({ {'random': 'random sample', 'class': 'class ' + ds.class_names[int(req['cls'])], 'cell': 'confusion cell', 'errors': 'errors'}[req['subset']]})")
     a, b, c = st.columns(3)
     a.metric("Saliency inside the central quarter", "—" if not np.isfinite(mass.mean_inside) else
@@ -268,7 +268,7 @@ def trust_tab(bundle, ds, mapping, ev) -> None:
                 "several random maps of the same image; the verdict rests on the paired difference's 95 % "
                 "interval, and *beats random* counts the images where the method is better than every random map.")
     methods = st.multiselect("Methods", SAL_METHODS, default=["gradcam", "gradient"], key="da_tr_methods", persist_state="page",
-                             format_func=lambda m: METHODS[m][0])
+                             format_func=lambda m: registry.title(m))
     c1, c2, c3 = st.columns(3)
     n = int(c1.number_input("N images", 2, 200, 40, key="da_tr_n", persist_state="page",
                             help="A stratified sample of the data set."))
@@ -290,13 +290,13 @@ def trust_tab(bundle, ds, mapping, ev) -> None:
         idx = stratified_sample(ds.labels, int(req["n"]), seed=int(req["seed"]))
         report = trust_report(bundle, ds, idx, req)
         for v in report.verdicts:
-            title = METHODS[v.method][0] if v.method in METHODS else v.method
+            title = registry.title(v.method)
             (st.success if v.verdict == "better than random" else st.error if v.verdict == "worse than random"
              else st.warning)(f"**{title}** · " + v.sentence.split(" · ", 1)[1])
         f1, f2 = st.columns(2)
         f1.plotly_chart(dui.auc_figure(report.verdicts, "deletion"), key="da_tr_del", width="stretch")
         f2.plotly_chart(dui.auc_figure(report.verdicts, "insertion"), key="da_tr_ins", width="stretch")
-        st.dataframe(pd.DataFrame([{"method": METHODS[v.method][0] if v.method in METHODS else v.method,
+        st.dataframe(pd.DataFrame([{"method": registry.title(v.method),
                                     "curve": v.kind, "images": v.n, "mean AUC": v.mean,
                                     "95 % CI": f"[{v.ci[0]:.3f}, {v.ci[1]:.3f}]", "random AUC": v.random_mean,
                                     "beats random on": f"{v.beats:.0%}", "verdict": v.verdict}
@@ -310,7 +310,7 @@ def trust_tab(bundle, ds, mapping, ev) -> None:
     r1, r2, r3 = st.columns(3)
     rn = int(r1.number_input("N images", 2, 50, 8, key="da_rn_n", persist_state="page"))
     rmethods = r2.multiselect("Methods", SAL_METHODS, default=["gradcam", "gradient"], key="da_rn_methods", persist_state="page",
-                              format_func=lambda m: METHODS[m][0])
+                              format_func=lambda m: registry.title(m))
     rsteps = int(r3.slider("randomisation steps", 2, 12, 5, key="da_rn_steps", persist_state="page"))
     rreq = request_button("Run randomisation", "da_rn_run", "da_rn_req",
                           {"n": rn, "methods": rmethods, "steps": rsteps})
@@ -323,7 +323,7 @@ def trust_tab(bundle, ds, mapping, ev) -> None:
         if res is not None:
             st.plotly_chart(dui.rho_figure(res.layers, {m: {"rho": r} for m, r in res.rho.items()}),
                             key="da_rn_fig", width="stretch")
-            st.caption(" · ".join(f"{METHODS[m][0]}: median ρ {res.median[m][0]:.2f} after the top layer, "
+            st.caption(" · ".join(f"{registry.title(m)}: median ρ {res.median[m][0]:.2f} after the top layer, "
                                   f"{res.median[m][-1]:.2f} fully randomised" for m in res.rho))
             for w in res.warnings:
                 st.warning(w)

@@ -13,13 +13,14 @@ from dashboard.errors import guard
 from dashboard.render import embedding_figure
 from dashboard.subject import explain_picker
 from dashboard.text import plain
-from dashboard.widgets import drive_with_progress, run_job
+from dashboard.widgets import drive_with_progress, record_button, run_job
 
 st.title("Embeddings — feature space vs pixel space")
 st.caption("Nearest neighbours by the network's features and by raw pixels, and maps of the "
            "whole data set (CS231n lecture 12: the last layer).")
 
 THUMB = 64
+POINT_MAP_FROM = 20_000        # 2-D maps from this many points are drawn by dashboard/pointmap.py
 
 
 def thumbs(ds, bundle, idx):
@@ -91,8 +92,10 @@ with guard("Embeddings"):
                    None if qi is not None else str(state.image_ref()))
             res = run_job(key, f"{space} neighbours", lambda p, space=space: neighbors(
                 bundle, ds, fs, query_index=qi, query_image=qimg, k=k, metric=metric, space=space),
-                with_progress=False)
+                with_progress=False, record=False)                 # shown on a visit: recorded on demand
             with col:
+                record_button(f"em_nn_{space}", res, key, f"{space.capitalize()}-space neighbours",
+                              meta={"layer": layer, "image": qi is None})
                 st.markdown(f"**{'Feature' if space == 'feature' else 'Pixel'} space**" + (
                     f" · label agreement **{res.agreement:.0%}**" if res.agreement is not None else ""))
                 st.image(thumbs(ds, bundle, res.indices), width=THUMB, caption=[
@@ -136,15 +139,36 @@ with guard("Embeddings"):
         if method == "umap":
             params.update(n_neighbors=nn, min_dist=md)
         parts = ("proj", bundle.model_id, ds.content_hash, layer, bundle.preprocess.spec_id)
-        proj = run_job(parts + (method, dims, tuple(sorted(params.items()))), f"{method} map",
-                       lambda p: project(fs.features, method, dims, progress=p, cache_parts=parts,
-                                                 labels=fs.labels, **params))
-        search = st.text_input("Highlight (label or file name contains)", key="em_search")
-        fig = embedding_figure(proj.coords, fs, ds, bundle, colour, search)
-        sheets = run_job(("hover-thumbs", ds.content_hash, bundle.preprocess.spec_id), "Thumbnails for hover",
-                         lambda p: hover_thumbnails(bundle, ds, progress=p))
-        sel, live = embedding_map(fig, fs.n, key=f"em_map_{bundle.short_id}_{ds.content_hash[:16]}_{layer}",
-                                  thumbs=sheets)
+        pkey = parts + (method, dims, tuple(sorted(params.items())))
+        proj = run_job(pkey, f"{method} map", lambda p: project(fs.features, method, dims, progress=p,
+                                                                cache_parts=parts, labels=fs.labels, **params),
+                       record=False)                               # shown on a visit: recorded on demand
+        record_button("em_map", proj, pkey, "Embedding map", meta={"layer": layer, "image": False})
+        search = st.text_input("Highlight (label or file name contains)", key="em_search",
+                               disabled=dims == 2 and fs.n >= POINT_MAP_FROM,
+                               help=f"Plotly map only (below {POINT_MAP_FROM:,} points or in 3-D).")
+        if dims == 2 and fs.n >= POINT_MAP_FROM:
+            # many points: the canvas point map (binary files, no per-point JSON; docs/benchmarks.md)
+            from analysis.embeddings.neighbors import pixel_thumbnails
+            from dashboard.pointmap import colouring, point_map, thumbnail_sheets
+            tarr = run_job(("pixel-thumbs", ds.content_hash, bundle.preprocess.spec_id), "Thumbnails for hover",
+                           lambda p: pixel_thumbnails(bundle, ds, 32, progress=p), record=False)
+            sheets = thumbnail_sheets(tarr, f"{ds.content_hash}:{bundle.preprocess.spec_id}:32")
+            correct = mapping.correct(fs.labels, fs.predictions) if mapping.status == "identity" else None
+            cidx, palette, legend = colouring(colour, fs.labels, fs.predictions, fs.confidences,
+                                              ds.class_names, bundle.categories, correct)
+            sel, count = point_map(proj.coords, cidx, palette, legend, labels=fs.labels, preds=fs.predictions,
+                                   confidence=fs.confidences, label_names=ds.class_names,
+                                   pred_names=bundle.categories, thumbs=sheets,
+                                   key=f"em_pmap_{bundle.short_id}_{ds.content_hash[:16]}_{layer}")
+            live = True
+        else:
+            fig = embedding_figure(proj.coords, fs, ds, bundle, colour, search)
+            sheets = run_job(("hover-thumbs", ds.content_hash, bundle.preprocess.spec_id), "Thumbnails for hover",
+                             lambda p: hover_thumbnails(bundle, ds, progress=p), record=False)
+            sel, live = embedding_map(fig, fs.n, key=f"em_map_{bundle.short_id}_{ds.content_hash[:16]}_{layer}",
+                                      thumbs=sheets)
+            count = len(sel)
         q = (proj.quality or {}).get("knn_accuracy")
         name = {"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}[method]
         took = "from the cache" if getattr(proj, "from_cache", False) else f"{proj.seconds:.1f} s"
@@ -158,7 +182,7 @@ with guard("Embeddings"):
             ev = np.asarray(proj.explained_variance_ratio)
             st.bar_chart(pd.DataFrame({"explained variance": ev}, index=np.arange(1, len(ev) + 1)), height=180)
         if sel:
-            st.markdown(f"**{len(sel)} selected** (first 48 shown)")
+            st.markdown(f"**{count:,} selected** (first 48 shown)")
             st.image(thumbs(ds, bundle, sel[:48]), width=THUMB,
                      caption=[plain(f"{ds.class_names[ds.labels[i]]} · {ds.ids[i]}") for i in sel[:48]])
             explain_picker(ds, sel[:48], key="em_x_sel")

@@ -236,10 +236,10 @@ class SaliencyWorker(Worker):
     @classmethod
     def normalize(cls, params, bundle):
         from analysis.core.layers import check_layer, last_conv_block
-        from analysis.saliency.methods import METHODS
+        from analysis.saliency import registry
         p = super().normalize(params, bundle)
-        if p["method"] not in METHODS:
-            raise ParameterError(f"Unknown saliency method {p['method']!r}; choose from {', '.join(METHODS)}.")
+        if p["method"] not in registry.names():
+            raise ParameterError(f"Unknown saliency method {p['method']!r}; choose from {', '.join(registry.names())}.")
         if p["target"] not in ("pred", "label"):
             raise ParameterError("target must be 'pred' (the predicted class) or 'label' (the true class).")
         if not 0 < float(p["centre"]) <= 1:

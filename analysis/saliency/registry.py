@@ -137,6 +137,12 @@ def get(name) -> Method:
     raise ParameterError(f"Unknown saliency method {name!r}; choose from {', '.join(_REGISTRY)}.")
 
 
+def title(name: str) -> str:
+    """The display name of a method, or ``name`` itself for an unknown one (old records)."""
+    m = _REGISTRY.get(name) if isinstance(name, str) else None
+    return m.title if m is not None else str(name)
+
+
 def names() -> list[str]:
     """Registered method names, in registration order."""
     return list(_REGISTRY)

@@ -28,5 +28,5 @@ th = np.zeros((min(n, 2048), 8, 8, 3), np.uint8)
 th[:, :, :, 0] = (np.arange(len(th)) % 256)[:, None, None]
 sheets = thumbnail_sheets(th, f"test-{len(th)}")
 sel, count = point_map(xy, lab, palette, names, key="pm", labels=lab, preds=pred, confidence=conf,
-                       names=names, thumbs=sheets, height=500)
+                       label_names=names, pred_names=names, thumbs=sheets, height=500)
 st.write(f"selected {count} first {sel[:3]}")
