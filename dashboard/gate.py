@@ -29,7 +29,7 @@ COOKIE = "convlens_pass"
 PASS_PATH = "/_convlens/pass"
 TICKET_SECONDS = 120
 PASS_SECONDS = 12 * 3600
-GATED_PREFIXES = ("/media/", "/component/", "/_stcore/upload_file/")
+GATED_PREFIXES = ("/media/", "/component/", "/_stcore/bidi-components/", "/_stcore/upload_file/")
 _GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
         b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
 
@@ -125,6 +125,16 @@ async def _respond(send, status: int, body: bytes = b"", headers: list | None = 
     await send({"type": "http.response.body", "body": body})
 
 
+def _base_path() -> str:
+    """``/<server.baseUrlPath>`` (behind a proxy under a path), "" without one."""
+    try:
+        import streamlit as st
+        base = str(st.get_option("server.baseUrlPath") or "").strip("/")
+    except Exception:  # noqa: BLE001
+        base = ""
+    return f"/{base}" if base else ""
+
+
 def _login_on() -> bool:
     from analysis.core.config import get_config
     return get_config().auth_mode != "none"
@@ -141,9 +151,9 @@ class SessionGate:
     async def __call__(self, scope, receive, send):
         if scope.get("type") == "http":
             path = scope.get("path", "")
-            root = scope.get("root_path", "") or ""
-            if root and path.startswith(root):
-                path = path[len(root):]
+            for root in (scope.get("root_path", "") or "", _base_path()):
+                if root and path.startswith(root + "/"):
+                    path = path[len(root):]
             if path == PASS_PATH:
                 from urllib.parse import parse_qs
                 ticket = (parse_qs(scope.get("query_string", b"").decode("latin-1")).get("t") or [""])[0]

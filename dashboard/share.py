@@ -228,8 +228,8 @@ def restore(params: dict[str, str]) -> list[str]:
             try:
                 _LOADERS[name](obj)
             except Exception as e:  # noqa: BLE001 - a bad link must not break the app
-                problems.append(f"{name}: could not load {obj.label() if hasattr(obj, 'label') and callable(obj.label) else getattr(obj, 'label', '')}"
-                                f" ({_ref_error(e)}); the previous {name} stays active")
+                what = obj.label() if isinstance(obj, ModelSpec) else obj.label
+                problems.append(f"{name}: could not load {what} ({_ref_error(e)}); the previous {name} stays active")
                 continue
             ss[skey] = obj
     for key, value in _sidebar_for_refs(params).items():

@@ -5,7 +5,11 @@
 * only JPEG, PNG, WebP, BMP, TIFF and GIF are accepted (Pillow is restricted to these
   decoders, so e.g. EPS - which would run Ghostscript - is never tried);
 * byte and pixel limits are enforced *before* decoding (decompression bombs are refused
-  from the header alone); larger-than-``max_image_side`` images are downscaled after;
+  from the header alone), and so is the aspect ratio (strips over MAX_ASPECT:1 are refused:
+  resizing them for a model would blow them up); larger-than-``max_image_side`` images are
+  decoded with reduction (JPEG draft, then an integer box reduce before any mode conversion),
+  so the work after decoding is bounded by the output size;
+* TIFFs Pillow cannot decode (5 samples, float RGB, 64-bit) get a message that says so;
 * EXIF orientation is applied, the first frame of animations is used, every Pillow mode
   is converted to RGB correctly (transparency composited on white, 16-bit and float
   images rescaled instead of clipped);
@@ -55,6 +59,44 @@ _HINTS = (
     (lambda d: d.lstrip()[:1] == b"<" and b"<svg" in d[:1024].lower(),
      "it looks like an SVG drawing; vector images must be rasterised (PNG) first"),
 )
+
+
+MAX_ASPECT = 16          # longer side / shorter side; beyond it an image is a strip, refused
+
+
+def _tiff_layout(data: bytes) -> tuple[int, int, str] | None:
+    """(samples per pixel, bits per sample, sample format) from a classic TIFF's first IFD,
+    read from the header only; None if ``data`` is no TIFF or the header is unreadable."""
+    import struct
+    if len(data) < 8 or data[:4] not in (b"II*\0", b"MM\0*"):
+        return None
+    e = "<" if data[:2] == b"II" else ">"
+    try:
+        (ifd,) = struct.unpack_from(e + "I", data, 4)
+        (n,) = struct.unpack_from(e + "H", data, ifd)
+        tags = {}
+        for i in range(min(n, 512)):
+            tag, typ, count, value = struct.unpack_from(e + "HHI4s", data, ifd + 2 + 12 * i)
+            if tag in (258, 277, 339):
+                size = {3: 2, 4: 4}.get(typ, 2)
+                fmt = e + ("H" if size == 2 else "I")
+                raw = value if count * size <= 4 else data[struct.unpack(e + "I", value)[0]:][:size]
+                tags[tag] = struct.unpack_from(fmt, raw)[0]
+    except (struct.error, IndexError):
+        return None
+    kind = {1: "unsigned integer", 2: "signed integer", 3: "floating-point"}.get(tags.get(339, 1), "unknown")
+    return tags.get(277, 1), tags.get(258, 1), kind
+
+
+def _tiff_message(label: str, data: bytes) -> str | None:
+    layout = _tiff_layout(data)
+    if layout is None:
+        return None
+    spp, bits, kind = layout
+    return (f"{label} is a TIFF with {spp} sample{'s' if spp != 1 else ''} per pixel of {bits}-bit {kind} "
+            "values, which this app cannot decode (it reads TIFFs with 1, 3 or 4 samples of 8- or 16-bit "
+            "integers, or one 32-bit floating-point plane). Export it as an 8-bit RGB or greyscale "
+            "image (PNG or TIFF) and try again.")
 
 
 def _fmt_mb(n: int) -> str:
@@ -116,6 +158,7 @@ def load_image(data: bytes, *, limits: Limits | None = None, name: str = "") -> 
                     oriented = im
                 if oriented.size != im.size:  # 90-degree orientation swaps the target
                     target = target[::-1]
+                oriented = _reduce_towards(oriented, target)
                 arr = to_rgb_array(oriented)
         except ConvlensError:
             raise
@@ -136,6 +179,9 @@ def _open(data: bytes, label: str, limits: Limits) -> Image.Image:
     try:
         im = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
     except UnidentifiedImageError:
+        tiff = _tiff_message(label, data)
+        if tiff:
+            raise ImageLoadError(tiff) from None
         hint = next((text for test, text in _HINTS if test(data[:1024])), None)
         raise ImageLoadError(
             f"{label} is not a recognised image format (supported: {_SUPPORTED_TEXT})"
@@ -155,6 +201,11 @@ def _open(data: bytes, label: str, limits: Limits) -> Image.Image:
     if w <= 0 or h <= 0:
         im.close()
         raise ImageLoadError(f"{label} has no pixels ({w}x{h}).")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        im.close()
+        raise LimitError(
+            f"{label} is {w}x{h} pixels, a strip (aspect ratio over {MAX_ASPECT}:1): resized for a model "
+            f"it would become {MAX_ASPECT}x longer than wide or more. Crop it to a less extreme shape.")
     return im
 
 
@@ -170,6 +221,24 @@ def _target_size(w: int, h: int, max_side: int) -> tuple[int, int]:
         return w, h
     s = max_side / max(w, h)
     return max(1, min(max_side, round(w * s))), max(1, min(max_side, round(h * s)))
+
+
+def _reduce_towards(im: Image.Image, target: tuple[int, int]) -> Image.Image:
+    """Shrink a decoded image by an integer box factor towards ``target`` = (w, h) (never
+    below it) before any conversion, so 16-bit and float conversions work on the output
+    size instead of the full decoded size. Modes Pillow cannot reduce are left as they are."""
+    w, h = im.size
+    factor = min(w // max(target[0], 1), h // max(target[1], 1))
+    if factor < 2:
+        return im
+    try:
+        if im.mode.startswith("I;16"):       # Pillow reduces 32-bit "I", not the 16-bit modes
+            info = im.info
+            im = im.convert("I")
+            im.info.update(info)             # keeps a tRNS grey level for _gray16_to_rgb
+        return im.reduce(factor)
+    except (ValueError, NotImplementedError):
+        return im
 
 
 def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -45,7 +45,8 @@ def test_gate_needs_a_pass_for_media_components_and_uploads(monkeypatch):
         await send({"type": "http.response.body", "body": b"served"})
     g = gate.SessionGate(inner)
     sid = str(uuid.uuid4())
-    for path in ("/media/abc.png", "/component/x/index.html", f"/_stcore/upload_file/{sid}/f1"):
+    for path in ("/media/abc.png", "/component/x/index.html", "/_stcore/bidi-components/x/a.js",
+                 f"/_stcore/upload_file/{sid}/f1"):
         assert _call(g, path)[0] == 403 and _call(g, path, cookie=f"{gate.COOKIE}=forged")[0] == 403
     assert _call(g, "/")[2] == b"served" and _call(g, "/_stcore/health")[0] == 200     # the app itself
     assert _call(g, gate.PASS_PATH, query=b"t=nonsense")[0] == 403
@@ -61,6 +62,10 @@ def test_gate_needs_a_pass_for_media_components_and_uploads(monkeypatch):
         assert _call(g, path, cookie=value)[2] == b"served"
     gate.revoke(sid)                                                                       # sign-out
     assert _call(g, "/media/abc.png", cookie=value)[0] == 403 and not gate.has_pass(sid)
+    import streamlit as st
+    monkeypatch.setattr(st, "get_option", lambda k, _g=st.get_option: "convlens" if k == "server.baseUrlPath" else _g(k))
+    assert _call(g, "/convlens/media/abc.png")[0] == 403                                   # behind a proxy path
+    assert _call(g, "/convlens/media/abc.png", cookie=value)[0] == 403                     # (still revoked)
     monkeypatch.setenv("CONVLENS_AUTH_MODE", "none")
     set_config(None)
     assert _call(g, "/media/abc.png")[2] == b"served"                                      # login off

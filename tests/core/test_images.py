@@ -518,3 +518,70 @@ def test_gallery_unknown_name():
     assert "'dog'" in msg and "chelsea" in msg and "gravel" in msg
     with pytest.raises(ParameterError):
         gallery_image(["chelsea"])  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- odd images (issue 13)
+
+def _png_bytes(im) -> bytes:
+    import io
+    buf = io.BytesIO()
+    im.save(buf, format="PNG" if im.mode != "F" else "TIFF")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("size", [(1, 4096), (4096, 1), (100_000, 1), (2000, 100)])
+def test_strips_are_refused_before_decoding(size):
+    from PIL import Image
+
+    from analysis.core.errors import LimitError
+    from analysis.core.images import load_image
+    data = _png_bytes(Image.new("L", size, 128))
+    with pytest.raises(LimitError, match="strip"):
+        load_image(data, name="strip.png")
+    assert load_image(_png_bytes(Image.new("L", (1600, 100), 128))).shape == (100, 1600, 3)   # 16:1 is fine
+
+
+@pytest.mark.parametrize("mode", ["I;16", "F"])
+def test_large_16bit_and_float_images_convert_at_the_output_size(mode):
+    """A 16-bit PNG / float TIFF far over max_image_side: the conversion to RGB works on
+    the reduced image, so the numpy memory it takes is bounded by the output size (before:
+    int64 / float64 copies of the full decode, ~1.3 GB and 2.3 GB at 49 megapixels)."""
+    import tracemalloc
+
+    from PIL import Image
+
+    from analysis.core.config import Limits
+    from analysis.core.images import load_image
+    n = 3000
+    ramp = (np.arange(n * n, dtype=np.float64).reshape(n, n) / (n * n))
+    im = (Image.fromarray((ramp * 65535).astype(np.uint16)) if mode == "I;16"
+          else Image.fromarray(ramp.astype(np.float32)))
+    data = _png_bytes(im)
+    limits = Limits(max_upload_bytes=200 * 2**20, max_image_side=512)
+    tracemalloc.start()
+    try:
+        arr = load_image(data, limits=limits)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert arr.shape == (512, 512, 3)
+    assert peak < 16 * 2**20, f"{peak / 2**20:.0f} MB traced"     # the full-size int64 copy alone is 72 MB
+    assert abs(int(arr[256, 256, 0]) - 128) <= 3                       # values rescaled, not clipped
+
+
+@pytest.mark.parametrize("shape,dtype,expect", [((8, 8, 5), np.uint8, "5 samples per pixel of 8-bit"),
+                                                ((8, 8, 3), np.float32, "3 samples per pixel of 32-bit floating"),
+                                                ((8, 8), np.float64, "1 sample per pixel of 64-bit floating")])
+def test_tiffs_pillow_cannot_decode_get_an_accurate_message(shape, dtype, expect):
+    import io
+
+    import tifffile
+
+    from analysis.core.errors import ImageLoadError
+    from analysis.core.images import load_image
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.zeros(shape, dtype), photometric="rgb" if shape[-1:] == (3,) else "minisblack",
+                     planarconfig="contig" if len(shape) == 3 else None)
+    with pytest.raises(ImageLoadError, match=expect) as e:
+        load_image(buf.getvalue(), name="scan.tif")
+    assert "not a recognised image format" not in str(e.value)
