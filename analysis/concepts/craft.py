@@ -241,3 +241,29 @@ def concept_maps(bundle: ModelBundle, concepts: ConceptSet, image: np.ndarray) -
     m = torch.from_numpy(u.T.reshape(concepts.k, 1, h, w)).float()
     s = bundle.input_size
     return F.interpolate(m, size=(s, s), mode="bilinear", align_corners=False)[:, 0].numpy()
+
+
+_ARRAYS = ("bank", "importance", "crop_u", "crops", "crop_image")
+
+
+def cached_concepts(bundle: ModelBundle, dataset_hash: str, images: Sequence[np.ndarray], target: int, layer: str,
+                    k: int = 6, *, progress: Progress | None = None, **params) -> ConceptSet:
+    """:func:`extract_concepts`, cached on disk by model, preprocessing, layer, data set,
+    class, k and the other parameters (kind ``craft`` of :mod:`analysis.core.diskcache`).
+
+    Args:
+        bundle, images, target, layer, k, progress, params: as :func:`extract_concepts`.
+        dataset_hash: the data set's content hash (part of the key).
+    """
+    from analysis.core.diskcache import cache_key, load_arrays, save_arrays
+    key = cache_key("craft", bundle.model_id, bundle.preprocess.spec_id, layer, dataset_hash, int(target), int(k),
+                    sorted(params.items()), len(images))
+    hit = load_arrays("craft", key)
+    if hit is not None:
+        arrays, meta = hit
+        return ConceptSet(**{n: arrays[n] for n in _ARRAYS}, **meta)
+    cs = extract_concepts(bundle, images, target, layer, k, progress=progress, **params)
+    meta = {f: getattr(cs, f) for f in ("layer", "target", "target_label", "k", "explained", "n_images",
+                                         "seconds", "method", "params", "warnings")}
+    save_arrays("craft", key, {n: getattr(cs, n) for n in _ARRAYS}, meta)
+    return cs
