@@ -79,11 +79,11 @@ with guard("Compare"):
             n = st.session_state["cmp_agree"]
             got = {}
             for tag, b, spec in (("A", bundle_a, state.model_spec()), ("B", bundle_b, spec_b)):
-                got[tag] = run_job(("cmp_pred", b.model_id, ds.content_hash), f"Predictions of model {tag}",
-                                   lambda prog, b=b, spec=spec: predict_dataset(b, spec, ds, progress=prog),
+                got[tag] = run_job(("cmp_pred", b.model_id, ds.content_hash, n), f"Predictions of model {tag}",
+                                   lambda prog, b=b, spec=spec: predict_dataset(b, spec, ds, n=n, progress=prog),
                                    record=False)
-            ia, pa, la = (v[:n] for v in got["A"])
-            ib, pb, _ = (v[:n] for v in got["B"])
+            ia, pa, la = got["A"]
+            ib, pb, _ = got["B"]
             if not np.array_equal(ia, ib):
                 st.error("The two models could not read the same images; compare on a data set both can read.")
                 st.stop()

@@ -1,5 +1,6 @@
 """Concepts discovered from data (CRAFT): for one class, the parts of its images a layer
 encodes as distinct concepts, how much each matters for the class, and where each is."""
+import matplotlib
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
@@ -65,6 +66,5 @@ with guard("Concepts"):
         a, b = st.columns([3, 1])
         a.image([cs.crops[i] for i in cs.typical(c, 6)], width=80)
         m = maps[c] / (maps[c].max() or 1)
-        import matplotlib
         heat = (matplotlib.colormaps["viridis"](m)[..., :3] * 255).astype(np.uint8)
         b.image(overlay(crop, heat, 0.6, weight=m), width="stretch", caption="where, on the sidebar image")
