@@ -24,6 +24,8 @@ import torch  # noqa: E402
 
 from bench._report import machine, write_section  # noqa: E402
 
+NOTE = ("Measured on a shared machine (load average ~20 on 2 cores during the run): absolute times are several times what an idle machine gives; the ratios, measured in the same run, are what to read. LRP costs several forwards per layer (zennit's z⁺ / flat rules re-run each layer with modified weights) plus the model copy; the CRP gallery job runs one batched LRP pass per batch, the patch scan a forward truncated after the layer.")
+
 
 def lrp_vs_gradient(n: int) -> str:
     from analysis.core.images import gallery_image, gallery_names
@@ -104,7 +106,7 @@ def main():
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args()
     rows = [lrp_vs_gradient(a.images), gallery_vs_scan(a.gallery), cka_two_models(a.cka)]
-    body = "\n".join(["## Relevance, CRP galleries, CKA (bench/relevance.py)", "", f"Machine: {machine()}.", "",
+    body = "\n".join(["## Relevance, CRP galleries, CKA (bench/relevance.py)", "", f"Machine: {machine()}.", "", NOTE, "",
                       "| case | baseline | new | ratio |", "|---|---|---|---|", *rows])
     print(body)
     if not a.no_write:
