@@ -8,7 +8,9 @@ Sections of the file besides the top-level keys: ``[limits]`` (see ``Limits``),
 ``[auth]`` (``mode`` = none | password | oidc, ``provider``, ``[auth.users]`` name =
 password hash from ``python -m analysis.audit.passwords``) and ``[audit]`` (``enabled``,
 ``visibility`` = own | all). The audit database is ``database_url`` (or the standard
-``DATABASE_URL`` variable); by default SQLite in ``data_dir``.
+``DATABASE_URL`` variable); by default SQLite in ``data_dir``. Data-set jobs run on
+``engine`` = local | ray, Ray at ``ray_address`` (else ``RAY_ADDRESS``; none = an embedded
+single-node Ray), see docs/dataset.md.
 """
 from __future__ import annotations
 

@@ -5,7 +5,9 @@
 ``worker(batch)`` runs one batch. ``batch`` is a dict of equal-length numpy arrays:
 ``index`` (int64, position in the data set), ``path`` (str, the image id), ``label``
 (int64), ``image`` (object array of RGB uint8 (H, W, 3) arrays, already decoded) and
-``mask`` (object array of bool (H, W) arrays or None). The result is a dict of numpy arrays
+``mask`` (object array of bool (H, W) arrays or None), and optionally ``x``, the images
+already preprocessed into the model's input tensor (the executor does that one batch ahead,
+in a helper thread). The result is a dict of numpy arrays
 with one row per input row; columns with more than one dimension are stored as
 fixed-size-list columns (shape in the job's meta data).
 
@@ -74,6 +76,20 @@ def model_spec_dict(spec) -> dict:
     return {f: getattr(s, f) for f in ModelSpec.__dataclass_fields__}
 
 
+_INFOS: dict[tuple, list] = {}
+
+
+def _layer_infos(bundle: ModelBundle) -> list:
+    """The bundle's layer table (one dry forward), memoised per weights and preprocessing."""
+    from analysis.core.layers import layer_table
+    key = (bundle.model_id, bundle.preprocess.spec_id, id(bundle.model))
+    if key not in _INFOS:
+        if len(_INFOS) > 8:
+            _INFOS.clear()
+        _INFOS[key] = layer_table(bundle)
+    return _INFOS[key]
+
+
 def _check_keys(kind: str, params: dict, allowed: set[str]) -> None:
     bad = set(params) - allowed
     if bad:
@@ -128,8 +144,10 @@ class Worker:
 
     # helpers --------------------------------------------------------------------
     def inputs(self, batch: dict) -> torch.Tensor:
-        """The batch's images -> normalised model input on the bundle's device."""
-        return self.bundle.inputs(list(batch["image"]))
+        """The batch's model input: ``batch["x"]`` when the runner preprocessed it already,
+        else the images -> normalised model input on the bundle's device."""
+        x = batch.get("x")
+        return x if x is not None else self.bundle.inputs(list(batch["image"]))
 
     @staticmethod
     def base_columns(batch: dict) -> dict:
@@ -185,8 +203,8 @@ class FeaturesWorker(Worker):
         from analysis.embeddings.features import penultimate_layer
         p = super().normalize(params, bundle)
         p["layer"] = str(p["layer"] or penultimate_layer(bundle))
-        from analysis.core.layers import check_layer, layer_table
-        check_layer(layer_table(bundle), p["layer"])
+        from analysis.core.layers import check_layer
+        check_layer(_layer_infos(bundle), p["layer"])
         return p
 
     def __call__(self, batch: dict) -> dict:
@@ -221,7 +239,7 @@ class SaliencyWorker(Worker):
 
     @classmethod
     def normalize(cls, params, bundle):
-        from analysis.core.layers import check_layer, last_conv_block, layer_table
+        from analysis.core.layers import check_layer, last_conv_block
         from analysis.saliency.methods import METHODS
         p = super().normalize(params, bundle)
         if p["method"] not in METHODS:
@@ -235,7 +253,7 @@ class SaliencyWorker(Worker):
             raise ParameterError("method_params must be an object of the method's parameters.")
         p["method_params"] = dict(p["method_params"])
         if p["method"] in ("gradcam", "guided_gradcam"):
-            infos = layer_table(bundle)
+            infos = _layer_infos(bundle)
             p["layer"] = str(p["layer"] or p["method_params"].pop("layer", "") or last_conv_block(infos))
             info = check_layer(infos, p["layer"])
             if not info.spatial:
@@ -266,6 +284,7 @@ class SaliencyWorker(Worker):
 
     def _gradcam(self, batch, x):
         layer, model = self.params["layer"], self.bundle.model
+        x = x.detach().clone().requires_grad_(True)     # parameters are frozen: the graph starts here
         with self.bundle.lock, torch.enable_grad(), capture(model, layer, detach=False) as acts:
             logits = _logits(model(x))
             pred = logits.detach().argmax(dim=1)

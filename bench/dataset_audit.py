@@ -1,0 +1,278 @@
+"""Data-set jobs: executor throughput against the model's own floor, Ray against in-process,
+and a scaling estimate for N GPU workers from the measured per-batch costs.
+
+1. In-process ``predict`` and ``saliency`` (batched Grad-CAM) jobs, images/s, against the
+   floor measured in the same run: the same batches of already preprocessed tensors through
+   the bare forward (predict) or forward + backward to the Grad-CAM layer (saliency).
+   Goal: executor >= 0.8x the floor. Both models: the digits CNN (all 1,797 digits) and
+   EfficientNet-Lite0 (224x224).
+2. The same ``predict`` job on Ray Data (embedded single-node Ray, one actor per core)
+   against in-process: end to end (actor start-up included) and steady state (from the
+   first finished chunk to the last). Goal: steady state >= 0.7x in-process.
+3. Per-batch costs (read + decode, preprocess, model, post-process + Parquet) and the
+   scaling estimate for N GPU workers.
+
+    .venv/bin/python bench/dataset_audit.py [--lite-images 32] [--no-ray] [--no-write]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from analysis.core.hooks import capture  # noqa: E402
+from analysis.core.models.loaders import ModelSpec, load_bundle, select_device  # noqa: E402
+from analysis.dataset.executor import BatchRunner, JobSpec, _slice, plan, run, to_arrow  # noqa: E402
+from analysis.dataset.manifest import DatasetRef  # noqa: E402
+from analysis.dataset.workers import WORKERS  # noqa: E402
+from bench._report import machine, write_section  # noqa: E402
+
+
+def photo_manifest(folder: Path, n: int) -> Path:
+    """``n`` JPEG photos (random 320x320 crops of the offline gallery photos, quality 90) and
+    a CSV manifest: a realistic read + decode + resize workload for 224x224 models."""
+    import pandas as pd
+    from PIL import Image
+
+    from analysis.core.images import gallery_image, gallery_names
+    photos = [gallery_image(name) for name in gallery_names("photo")] or [gallery_image("chelsea")]
+    photos = [p for p in photos if min(p.shape[:2]) >= 320] or photos
+    rng = np.random.default_rng(0)
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k in range(n):
+        p = photos[k % len(photos)]
+        s = min(320, *p.shape[:2])
+        y, x = rng.integers(0, p.shape[0] - s + 1), rng.integers(0, p.shape[1] - s + 1)
+        Image.fromarray(np.ascontiguousarray(p[y:y + s, x:x + s])).save(folder / f"img/{k:04d}.jpg", quality=90)
+        rows.append({"path": f"img/{k:04d}.jpg", "label": 0})
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    return folder / "manifest.csv"
+
+
+def floor(bundle, xs: list[torch.Tensor], layer: str | None) -> float:
+    """Seconds for the bare forward (layer None) or forward + backward to ``layer``."""
+    model = bundle.model
+    t0 = time.perf_counter()
+    for x in xs:
+        if layer is None:
+            with torch.inference_mode():
+                model(x)
+        else:
+            x = x.detach().requires_grad_(True)
+            with torch.enable_grad(), capture(model, layer, detach=False) as acts:
+                out = model(x)
+                score = out.gather(1, out.detach().argmax(1)[:, None]).sum()
+                torch.autograd.grad(score, acts[layer])
+    return time.perf_counter() - t0
+
+
+def executor_vs_floor(spec_model: ModelSpec, dataset, n: int, batch: int, device, data_dir: Path,
+                      repeats: int) -> list[dict]:
+    bundle = load_bundle(spec_model, device=device)
+    rows = []
+    for kind, params in (("predict", {}), ("saliency", {"method": "gradcam"})):
+        spec = JobSpec(kind, spec_model, dataset, params=params, batch_size=batch, indices=tuple(range(n)))
+        p = plan(spec, bundle=bundle, data_dir=data_dir)
+        # warm-up: one batch through the worker (oneDNN picks kernels per shape)
+        w = WORKERS[kind](spec_model, p.params, bundle=bundle)
+        BatchRunner(w, p.source, batch).run_batch(_slice(p.rows, 0, batch))
+        ds = p.dataset
+        xs = [bundle.inputs([ds.get(i) for i in range(a, min(n, a + batch))]) for a in range(0, n, batch)]
+        layer = p.params.get("layer") or None
+        floor(bundle, xs[:1], layer)                                     # warm-up
+        t_exec = t_floor = float("inf")
+        for _ in range(repeats):          # alternate and keep the best of each: a shared machine is noisy
+            t0 = time.perf_counter()
+            r = run(spec, engine="local", bundle=bundle, data_dir=data_dir, force=True)
+            t_exec = min(t_exec, time.perf_counter() - t0)
+            assert r.complete and r.n_rows == n
+            t_floor = min(t_floor, floor(bundle, xs, layer))
+        rows.append({"model": bundle.name.split(" (")[0], "kind": "predict" if kind == "predict" else "Grad-CAM",
+                     "n": n, "batch": batch, "exec": n / t_exec, "floor": n / t_floor})
+        print(f"{rows[-1]['model']:>20} {rows[-1]['kind']:>9}: executor {n / t_exec:8.1f} img/s, "
+              f"floor {n / t_floor:8.1f} img/s, ratio {t_floor / t_exec:.2f}", flush=True)
+    return rows
+
+
+def per_batch_costs(spec_model: ModelSpec, dataset, n: int, batch: int, device, data_dir: Path) -> dict:
+    """Mean seconds per batch of: read + decode, preprocess, model, post-process + Arrow."""
+    bundle = load_bundle(spec_model, device=device)
+    spec = JobSpec("predict", spec_model, dataset, batch_size=batch, indices=tuple(range(n)))
+    p = plan(spec, bundle=bundle, data_dir=data_dir)
+    runner = BatchRunner(WORKERS["predict"](spec_model, p.params, bundle=bundle), p.source, batch)
+    t = {"read": 0.0, "preprocess": 0.0, "model": 0.0, "post": 0.0}
+    nb = 0
+    for a in range(0, n, batch):
+        rows = _slice(p.rows, a, min(n, a + batch))
+        t0 = time.perf_counter()
+        images, _, _ = runner.reader.read(rows)
+        t1 = time.perf_counter()
+        x = bundle.inputs(images)
+        t2 = time.perf_counter()
+        with torch.inference_mode():
+            logits = bundle.model(x).float()
+        t3 = time.perf_counter()
+        probs = logits.softmax(1)
+        tp, ti = probs.topk(5, dim=1)
+        to_arrow({"index": rows["index"], "path": rows["path"], "label": rows["label"],
+                  "pred": ti[:, 0].numpy(), "confidence": tp[:, 0].numpy(), "top_ids": ti.numpy(),
+                  "top_probs": tp.numpy()})
+        t4 = time.perf_counter()
+        if a:                                   # first batch = warm-up
+            t["read"] += t1 - t0
+            t["preprocess"] += t2 - t1
+            t["model"] += t3 - t2
+            t["post"] += t4 - t3
+            nb += 1
+    return {k: v / max(1, nb) for k, v in t.items()}
+
+
+def ray_vs_local(spec_model: ModelSpec, dataset, n: int, batch: int, chunk: int, device, data_dir: Path) -> dict:
+    import ray
+    spec = JobSpec("predict", spec_model, dataset, batch_size=batch, indices=tuple(range(n)))
+    bundle = load_bundle(spec_model, device=device)
+    run(JobSpec("predict", spec_model, dataset, batch_size=batch, indices=tuple(range(batch))),
+        bundle=bundle, data_dir=data_dir, force=True)                     # warm-up
+    t0 = time.perf_counter()
+    run(spec, engine="local", bundle=bundle, data_dir=data_dir, force=True, chunk_size=chunk)
+    t_local = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    t_init = time.perf_counter() - t0
+    from ray.data import DataContext
+    DataContext.get_current().enable_progress_bars = False
+    stamps = []
+    t0 = time.perf_counter()
+    r = run(spec, engine="ray", data_dir=data_dir, force=True, chunk_size=chunk,
+            progress=lambda d, total: stamps.append((time.perf_counter(), d)))
+    t_ray = time.perf_counter() - t0
+    ray.shutdown()
+    assert r.complete and r.n_rows == n
+    (ta, da), (tb, db) = stamps[1], stamps[-1]        # stamps[0] = (start, 0)
+    steady = (db - da) / (tb - ta) if tb > ta else float("nan")
+    out = {"n": n, "batch": batch, "chunk": chunk, "local": n / t_local, "ray_e2e": n / t_ray,
+           "ray_steady": steady, "ray_init_s": t_init, "ray_first_chunk_s": ta - t0,
+           "actors": r.meta.get("ray_actors")}
+    print(f"Ray vs in-process ({n} images): in-process {out['local']:.1f} img/s, Ray end-to-end "
+          f"{out['ray_e2e']:.1f} img/s, steady {steady:.1f} img/s (ratio {steady / out['local']:.2f}); "
+          f"ray.init {t_init:.1f} s, first chunk after {ta - t0:.1f} s", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--digits-images", type=int, default=1797)
+    ap.add_argument("--lite-images", type=int, default=32)
+    ap.add_argument("--ray-images", type=int, default=64)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--no-ray", action="store_true")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    device = select_device(args.device)
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        photos = DatasetRef("manifest", str(photo_manifest(data_dir / "photos", max(args.lite_images,
+                                                                                      args.ray_images))))
+        rows = executor_vs_floor(ModelSpec("digits"), "digits", args.digits_images, 64, device, data_dir, 3)
+        rows += executor_vs_floor(ModelSpec("default"), photos, args.lite_images, 16, device, data_dir, 2)
+        costs = {"digits": per_batch_costs(ModelSpec("digits"), "digits", 640, 64, device, data_dir),
+                 "lite": per_batch_costs(ModelSpec("default"), photos, args.lite_images, 16, device, data_dir)}
+        for k, c in costs.items():
+            print(k, {a: f"{v * 1000:.1f} ms" for a, v in c.items()}, flush=True)
+        rv = None if args.no_ray else ray_vs_local(ModelSpec("default"), photos, args.ray_images, 16, 16, device,
+                                                   data_dir)
+    total = time.perf_counter() - t_start
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = float("nan")
+    print(f"total {total:.0f} s (load average {load:.1f})")
+    if args.no_write:
+        return
+
+    table = "\n".join(f"| {r['model']} | {r['kind']} | {r['n']} | {r['batch']} | {r['exec']:.1f} | {r['floor']:.1f} "
+                      f"| **{r['exec'] / r['floor']:.2f}×** |" for r in rows)
+    lc, dc = costs["lite"], costs["digits"]
+    below = [r for r in rows if r["exec"] / r["floor"] < 0.8]
+    verdict = ("Every job meets the goal in this run." if not below else
+               "Below the goal: " + ", ".join(f"{r['model']} {r['kind']} ({r['exec'] / r['floor']:.2f}×)" for r in below)
+               + ". The executor also reads, decodes and resizes every image, which the floor does not: "
+               f"{dc['preprocess'] / (dc['preprocess'] + dc['model']):.0%} of a digits batch and "
+               f"{(lc['read'] + lc['preprocess']) / (lc['read'] + lc['preprocess'] + lc['model']):.0%} of an "
+               "EfficientNet-Lite0 batch here (per-batch costs below); the cheaper the model, the larger that share.")
+
+    def cost_row(name, c, b):
+        tot = sum(c.values())
+        return (f"| {name} (batch {b}) | {c['read'] * 1000:.1f} | {c['preprocess'] * 1000:.1f} | "
+                f"{c['model'] * 1000:.1f} | {c['post'] * 1000:.1f} | {b / tot:.0f} | "
+                f"{b / (tot - c['model']):.0f} |")
+    cpu_side_lite = 16 / (sum(lc.values()) - lc["model"])
+    ray_text = "Ray was not measured in this run (--no-ray)."
+    if rv:
+        ray_text = f"""`predict` with EfficientNet-Lite0 over {rv['n']} JPEG photos (320×320, a manifest), batch {rv['batch']}, chunks of {rv['chunk']}
+images; in-process with torch's {torch.get_num_threads()} threads, Ray with {rv['actors']} actors of one
+core and one thread each:
+
+| | images/s | vs in-process |
+|---|---|---|
+| in-process | {rv['local']:.1f} | 1.00× |
+| Ray, end to end (actor start-up included) | {rv['ray_e2e']:.1f} | {rv['ray_e2e'] / rv['local']:.2f}× |
+| Ray, steady state (first to last finished chunk) | {rv['ray_steady']:.1f} | **{rv['ray_steady'] / rv['local']:.2f}×** |
+
+`ray.init` took {rv['ray_init_s']:.1f} s and the first chunk finished {rv['ray_first_chunk_s']:.1f} s after the
+job started (actors import torch and build the model from its spec). Ray pays off when a job
+is long against this fixed start-up, or when it has more than one machine."""
+    body = f"""## Data-set jobs (bench/dataset_audit.py)
+
+Machine: {machine()}; device `{device}`; load average {load:.1f} during the run
+(shared machine: figures are relative to the floor measured in the same run). Total {total:.0f} s.
+
+### Executor against the model's floor, in-process
+
+The executor reads and decodes the images, preprocesses, runs the worker and writes
+Parquet parts; the floor is the same batches of already preprocessed tensors through the
+bare forward (predict) or forward + backward to the Grad-CAM layer (Grad-CAM). Goal ≥ 0.8×.
+
+| model | job | images | batch | executor images/s | floor images/s | executor / floor |
+|---|---|---|---|---|---|---|
+{table}
+
+{verdict}
+
+### Ray Data against in-process on this machine
+
+{ray_text}
+
+### Per-batch costs and N GPU workers
+
+Mean milliseconds per batch, in-process (read + decode = ImageReader; preprocess = resize,
+crop, normalise; post = softmax, top-k, Arrow):
+
+| model | read + decode | preprocess | model | post | images/s | images/s without the model |
+|---|---|---|---|---|---|---|
+{cost_row('EfficientNet-Lite0', lc, 16)}
+{cost_row('Digits CNN', dc, 64)}
+
+Estimate for N GPU actors (`num_gpus=1` each): a GPU runs EfficientNet-Lite0 far faster than
+the CPU side of a batch, so each actor is bounded by its CPU side, about
+**{cpu_side_lite:.0f} images/s per actor per CPU core** here (the last column), and N actors give about
+N × that (each actor reads and writes its own chunks; the driver only receives one status row per
+chunk), until the shared file system's read bandwidth or the images' decode cost is the limit.
+Giving each GPU actor more CPU cores (`num_cpus`) or pre-resized images raises the per-actor
+figure; the fixed start-up (above) is paid once per job.
+"""
+    write_section("dataset_audit", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""python -m analysis.dataset: the same job and output as run(), recorded in the audit trail."""
+from __future__ import annotations
+
+import json
+
+from analysis.audit.trail import open_store
+from analysis.core.models.loaders import ModelSpec
+from analysis.dataset.__main__ import main
+from analysis.dataset.executor import JobSpec, load_result
+
+
+def test_cli_audit_runs_the_job_and_records_it(digits, tmp_path, capsys):
+    rc = main(["audit", "--model", "digits", "--dataset", "digits", "--kind", "predict", "--indices", "0-63,100",
+               "--batch-size", "16", "--params", '{"top_k": 3}', "--data-dir", str(tmp_path), "--quiet",
+               "--user", "ada"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["complete"] and out["rows"] == 65 and out["skipped"] == 0
+    spec = JobSpec("predict", ModelSpec("digits"), "digits", params={"top_k": 3}, batch_size=16,
+                   indices=tuple(range(64)) + (100,))
+    res = load_result(spec, data_dir=tmp_path)
+    assert res is not None and res.key == out["key"] and res.array("top_ids").shape == (65, 3)
+    rec = open_store().get(out["audit_run"])
+    assert rec.page == "dataset" and rec.user == "ada" and rec.model_id == digits.model_id
+    assert rec.context["job"] == spec.to_dict() and rec.view == {"page": "dataset", "params": {"job": res.key}}
+    assert rec.metrics["n_rows"] == 65 and 0 < rec.metrics["mean_confidence"] <= 1
+    assert rec.dataset_hash == res.meta["dataset_hash"]
+
+
+def test_cli_bad_input_is_a_message_not_a_traceback(tmp_path, capsys):
+    rc = main(["audit", "--model", "digits", "--dataset", str(tmp_path / "missing.csv"), "--data-dir",
+               str(tmp_path), "--no-record"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("error:") and "does not exist" in err and "Traceback" not in err
+    rc = main(["audit", "--model", "digits", "--dataset", "digits", "--params", '{"top_k": 0}', "--no-record",
+               "--data-dir", str(tmp_path)])
+    assert rc == 1 and "top_k" in capsys.readouterr().err
