@@ -128,11 +128,22 @@ def display_controls() -> tuple[dict, list[str]]:
     return values, msgs
 
 
-def _render(a, signed: bool, view: str, cmap: str, alpha: float, outlier: float) -> bytes:
+def fast_png(rgb: np.ndarray) -> bytes:
+    """PNG for the screen: zlib level 1 (about 10x faster than the default level for a
+    224 px map, ~30 % larger; the downloads keep the default)."""
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _render(a, signed: bool, view: str, cmap: str, alpha: float, outlier: float, encode=fast_png) -> bytes:
     norm = clip_map(a.map, outlier, signed=signed)
     heat = colorize(norm, display_cmap(cmap, signed), signed=signed)
     shown = heat if view == "heatmap" else overlay(a.image, heat, alpha, weight=np.abs(norm))
-    return png_bytes(shown)
+    return encode(shown)
 
 
 def rendered_png(result_key, a, signed: bool, view: str, cmap: str, alpha: float, outlier: float) -> bytes:
@@ -157,7 +168,7 @@ def draw_map(a, result_key, display: dict, key: str) -> None:
     for w in a.warnings:
         st.warning(w)
     d1, d2 = st.columns(2)
-    d1.download_button("PNG", lambda: rendered_png(result_key, a, spec.signed, "heatmap", cmap, alpha, outlier),
+    d1.download_button("PNG", lambda: _render(a, spec.signed, "heatmap", cmap, alpha, outlier, png_bytes),
                        f"{a.method}_{a.target}.png", "image/png", key=f"png_{key}", on_click="ignore")
     d2.download_button(".npy", lambda: npy_bytes(a.map), f"{a.method}_{a.target}.npy", key=f"npy_{key}",
                        on_click="ignore")
@@ -173,7 +184,7 @@ def trust_tab() -> str:
     return choice or TRUST_TAB.default
 
 
-def strip_pngs(result_key, maps, outlier: float) -> list[bytes]:
-    """PNG thumbnails of the randomisation strip, cached by result and clip setting."""
-    return _cached(_pngs, ("strip", result_key, round(outlier, 4)),
-                   lambda: [png_bytes(colorize(clip_map(x, outlier))) for x in maps])
+def strip_pngs(result_key, maps, outlier: float, cmap: str = "inferno") -> list[bytes]:
+    """PNG thumbnails of the randomisation strip, cached by result, clip and colormap."""
+    return _cached(_pngs, ("strip", result_key, round(outlier, 4), cmap),
+                   lambda: [fast_png(colorize(clip_map(x, outlier), cmap)) for x in maps])
