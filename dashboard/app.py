@@ -34,6 +34,9 @@ PAGES = [
     st.Page(PAGES_DIR / "texture.py", title="Texture synthesis", icon=":material/texture:", url_path="texture"),
     st.Page(PAGES_DIR / "style_transfer.py", title="Style transfer", icon=":material/palette:", url_path="style"),
     st.Page(PAGES_DIR / "fast_style.py", title="Fast style transfer", icon=":material/bolt:", url_path="fast-style"),
+    st.Page(PAGES_DIR / "relevance.py", title="Relevance (LRP, CRP)", icon=":material/account_tree:", url_path="relevance"),
+    st.Page(PAGES_DIR / "concepts.py", title="Concepts (CRAFT)", icon=":material/category:", url_path="concepts"),
+    st.Page(PAGES_DIR / "compare.py", title="Compare two models", icon=":material/compare:", url_path="compare"),
 ]
 
 AUDIT_PAGE = st.Page(PAGES_DIR / "audit.py", title="Audit trail", icon=":material/fact_check:", url_path="audit")

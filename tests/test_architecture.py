@@ -19,7 +19,7 @@ ALLOWED_EDGES: dict[str, set[str]] = {
     "dataset": {"saliency", "embeddings", "audit"},  # data-set jobs run the per-image methods; its CLI records runs
     "saliency": {"relevance"},      # LRP composites (relevance family) are registered as saliency methods
     "relevance": {"dataset"},       # CRP reference galleries are a data-set executor job (a Worker kind)
-    "compare": {"dataset", "embeddings", "saliency"},  # model comparison runs predictions/features/maps of both models
+    "compare": {"dataset"},         # model comparison runs both models' predictions as executor jobs
 }
 
 

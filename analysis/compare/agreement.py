@@ -111,7 +111,8 @@ def compare_predictions(pred_a, pred_b, labels, class_names, categories_a, categ
                      warnings=warnings)
 
 
-def predict_dataset(bundle, model_spec, dataset, *, batch_size: int = 64, progress=None, should_stop=None):
+def predict_dataset(bundle, model_spec, dataset, *, n: int | None = None, batch_size: int = 64, progress=None,
+                    should_stop=None):
     """Predictions of ``bundle`` on every image of ``dataset`` through the data-set executor
     (a ``predict`` job: cached by model hash + data hash; in-process).
 
@@ -119,6 +120,7 @@ def predict_dataset(bundle, model_spec, dataset, *, batch_size: int = 64, progre
         bundle: the model (its ``model_spec`` describes it for the job record).
         model_spec: the model's :class:`analysis.core.models.loaders.ModelSpec`.
         dataset: an opened :class:`analysis.core.datasets.Dataset`.
+        n: only the first ``n`` images (default: all).
         batch_size: images per forward.
         progress, should_stop: executor callbacks.
 
@@ -126,7 +128,8 @@ def predict_dataset(bundle, model_spec, dataset, *, batch_size: int = 64, progre
         (index, pred, labels) int64 arrays over the images that could be read.
     """
     from analysis.dataset.executor import JobSpec, run
-    spec = JobSpec("predict", model_spec, "digits", params={"top_k": 1}, batch_size=batch_size)
+    idx = None if n is None or n >= len(dataset) else tuple(range(int(n)))
+    spec = JobSpec("predict", model_spec, "digits", params={"top_k": 1}, batch_size=batch_size, indices=idx)
     res = run(spec, engine="local", dataset=dataset, bundle=bundle, progress=progress, should_stop=should_stop)
     if not res.complete:
         raise ParameterError("The prediction job was stopped before it finished.")

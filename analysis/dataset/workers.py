@@ -5,7 +5,9 @@
 ``worker(batch)`` runs one batch. ``batch`` is a dict of equal-length numpy arrays:
 ``index`` (int64, position in the data set), ``path`` (str, the image id), ``label``
 (int64), ``image`` (object array of RGB uint8 (H, W, 3) arrays, already decoded) and
-``mask`` (object array of bool (H, W) arrays or None). The result is a dict of numpy arrays
+``mask`` (object array of bool (H, W) arrays or None), and optionally ``x``, the images
+already preprocessed into the model's input tensor (the executor does that one batch ahead,
+in a helper thread). The result is a dict of numpy arrays
 with one row per input row; columns with more than one dimension are stored as
 fixed-size-list columns (shape in the job's meta data).
 
@@ -142,8 +144,10 @@ class Worker:
 
     # helpers --------------------------------------------------------------------
     def inputs(self, batch: dict) -> torch.Tensor:
-        """The batch's images -> normalised model input on the bundle's device."""
-        return self.bundle.inputs(list(batch["image"]))
+        """The batch's model input: ``batch["x"]`` when the runner preprocessed it already,
+        else the images -> normalised model input on the bundle's device."""
+        x = batch.get("x")
+        return x if x is not None else self.bundle.inputs(list(batch["image"]))
 
     @staticmethod
     def base_columns(batch: dict) -> dict:

@@ -87,3 +87,18 @@ def test_bad_specs_are_typed_errors():
         run(_spec(params={"nope": 1}))
     spec = _spec(params={"top_k": 2})
     assert JobSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+
+
+def test_engine_and_ray_address_configuration(tmp_path):
+    from analysis.core.config import load_config
+    cfg = load_config(tmp_path / "none.toml", env={})
+    assert cfg.engine == "local" and cfg.ray_address is None
+    cfg = load_config(tmp_path / "none.toml", env={"CONVLENS_ENGINE": "Ray", "RAY_ADDRESS": "ray://head:10001"})
+    assert cfg.engine == "ray" and cfg.ray_address == "ray://head:10001"
+    (tmp_path / "c.toml").write_text('engine = "ray"\nray_address = "head:6379"\n')
+    cfg = load_config(tmp_path / "c.toml", env={"RAY_ADDRESS": "other:1"})
+    assert cfg.ray_address == "head:6379"            # the file names the cluster; RAY_ADDRESS is the fallback
+    with pytest.raises(ParameterError, match="engine"):
+        load_config(tmp_path / "none.toml", env={"CONVLENS_ENGINE": "spark"})
+    with pytest.raises(ParameterError, match="engine must be one of"):
+        run(_spec(), engine="spark")
