@@ -15,7 +15,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/streamlit run dashboard/app.py --server.address localhost --server.port $(PORT) --server.headless true
+	$(VENV)/bin/streamlit run dashboard/server.py --server.address localhost --server.port $(PORT) --server.headless true
 
 # Debian's Chromium drives the browser test (never `playwright install`).
 chromium:
