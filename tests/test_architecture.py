@@ -140,3 +140,59 @@ def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path):
     a.write_text("from analysis.saliency import methods\nimport streamlit\n")
     assert "streamlit" in _imports(a) and "analysis.saliency.methods" in _imports(a)
     assert _family("analysis.saliency.methods") == "saliency" and _family("dashboard.x") is None
+
+
+# ---------------------------------------------------------------- the map in docs/design.md
+
+MAP_START, MAP_END = "<!-- module-map -->", "<!-- /module-map -->"
+
+
+def _summary(path: Path) -> str:
+    """A module's docstring, first sentence (or first paragraph), at most 88 characters."""
+    import re
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    para = " ".join(doc.split("\n\n")[0].split()).replace("``", "").replace("**", "")
+    m = re.match(r"(.+?(?<!\bal)(?<!\be\.g)(?<!\bi\.e)\.)(\s+[A-Z(`*]|$)", para)
+    s = (m.group(1) if m and len(m.group(1)) > 25 else para).rstrip(".")
+    return s[:88] + ("…" if len(s) > 88 else "")
+
+
+def module_map() -> str:
+    """One line per package and module of analysis/, dashboard/ and pages/."""
+    lines: list[str] = []
+
+    def walk(d: Path, depth: int) -> None:
+        for p in sorted(d.iterdir(), key=lambda p: (p.is_dir(), p.name)):
+            if p.name.startswith((".", "__")):
+                continue
+            if p.is_dir() and (p / "__init__.py").exists():
+                lines.append(f"{'  ' * depth}{p.name + '/':<24}{_summary(p / '__init__.py')}".rstrip())
+                walk(p, depth + 1)
+            elif p.suffix == ".py":
+                lines.append(f"{'  ' * depth}{p.name:<24}{_summary(p)}".rstrip())
+
+    for top in ("analysis", "dashboard", "pages"):
+        lines.append(f"{top}/")
+        walk(REPO / top, 1)
+    return "\n".join(lines)
+
+
+def _write_map() -> None:
+    doc = REPO / "docs" / "design.md"
+    text = doc.read_text()
+    a, b = text.index(MAP_START) + len(MAP_START), text.index(MAP_END)
+    doc.write_text(text[:a] + "\n```\n" + module_map() + "\n```\n" + text[b:])
+
+
+def test_design_map_matches_the_tree():
+    """docs/design.md's module map lists exactly the modules there are (regenerate it with
+    `python -m tests.test_architecture`)."""
+    text = (REPO / "docs" / "design.md").read_text()
+    assert MAP_START in text and MAP_END in text, "docs/design.md has no module map"
+    block = text[text.index(MAP_START) + len(MAP_START):text.index(MAP_END)].strip().strip("`").strip()
+    assert block == module_map(), ("docs/design.md's module map is out of date: run "
+                                   "`python -m tests.test_architecture` and commit docs/design.md")
+
+
+if __name__ == "__main__":
+    _write_map()

@@ -1,0 +1,1 @@
+"""Comparing two models: agreement on a data set and linear CKA between their layers."""
