@@ -30,10 +30,11 @@ with guard("Embeddings"):
     ds = state.current_dataset()
     infos = state.current_layers()
     default = penultimate_layer(bundle)
-    names = [i.name for i in infos if i.calls > 0 and i.output_shape and len(i.output_shape) in (1, 3)]
+    names = [i.name for i in infos if i.calls > 0 and i.output_shape   # maps, tokens, vectors by layout
+             and (i.spatial or i.layout.kind in ("vector", "tokens"))]
     c1, c2 = st.columns([3, 2])
     layer = c1.selectbox("Feature layer", names, index=names.index(default) if default in names else 0,
-                         key=f"em_layer_{bundle.short_id}", help="Conv layers are global-average-pooled. "
+                         key=f"em_layer_{bundle.short_id}", help="Maps are global-average-pooled; token layers give their class token. "
                          "Default: the layer that feeds the classifier.")
     c2.caption(f"Data set: **{ds.name}** ({len(ds):,} images, {len(ds.class_names)} classes) — change it in the sidebar.")
 
