@@ -184,7 +184,7 @@ def trust_tab() -> str:
     return choice or TRUST_TAB.default
 
 
-def strip_pngs(result_key, maps, outlier: float) -> list[bytes]:
-    """PNG thumbnails of the randomisation strip, cached by result and clip setting."""
-    return _cached(_pngs, ("strip", result_key, round(outlier, 4)),
-                   lambda: [fast_png(colorize(clip_map(x, outlier))) for x in maps])
+def strip_pngs(result_key, maps, outlier: float, cmap: str = "inferno") -> list[bytes]:
+    """PNG thumbnails of the randomisation strip, cached by result, clip and colormap."""
+    return _cached(_pngs, ("strip", result_key, round(outlier, 4), cmap),
+                   lambda: [fast_png(colorize(clip_map(x, outlier), cmap)) for x in maps])

@@ -11,7 +11,7 @@ from analysis.core.layers import last_conv_block
 from analysis.core.schema import Param
 from analysis.saliency import registry
 from analysis.saliency.methods import attribute
-from analysis.saliency.trust import DEFAULT_PATCH, DEFAULT_RANDOM, DEFAULT_STEPS, DEFAULT_SUBSTRATE, SUBSTRATES
+from analysis.saliency.trust import DEFAULT_RANDOM, DEFAULT_STEPS, DEFAULT_SUBSTRATE, SUBSTRATES, default_patch
 from dashboard import saliency_ui as ui
 from dashboard import schema_ui, state
 from dashboard.errors import guard
@@ -25,7 +25,7 @@ st.caption("Occlusion, gradients and guided backprop (CS231n lecture 12), with I
 DEFAULT_METHODS = ["gradient", "guided_backprop", "gradcam"]
 DI_PARAMS = (Param("steps", "int", DEFAULT_STEPS, 4, 100, label="steps"),
              Param("sub", "choice", DEFAULT_SUBSTRATE, choices=SUBSTRATES, label="deleted pixels become"),
-             Param("patch", "choice", DEFAULT_PATCH, choices=(1, 4, 8, 16, 32), label="delete in"),
+             Param("patch", "choice", 0, choices=(0, 1, 4, 8, 16, 32), label="delete in"),
              Param("random", "int", DEFAULT_RANDOM, 3, 20, label="random maps"))
 TARGET_PARAMS = (Param("mode", "choice", "Predicted", choices=("Predicted", "Top-5", "Search")),
                  Param("top5", "int", 0, 0, 4))
@@ -110,12 +110,13 @@ with guard("Saliency"):
         a1, a2, a3, a4 = st.columns(4)
         steps = schema_ui.draw_param(DI_PARAMS[0], "sal_di_steps", container=a1)
         substrate = schema_ui.draw_param(DI_PARAMS[1], "sal_di_sub", container=a2)
-        patch = a3.selectbox("delete in", list(DI_PARAMS[2].choices), key="sal_di_patch",
-                             index=list(DI_PARAMS[2].choices).index(DEFAULT_PATCH),
-                             format_func=lambda p: "single pixels" if p == 1 else f"{p}×{p} patches",
+        auto = default_patch(bundle.input_size)
+        patch = a3.selectbox("delete in", list(DI_PARAMS[2].choices), key="sal_di_patch", index=0,
+                             format_func=lambda p: f"{auto}×{auto} patches (1/7 of the side)" if p == 0 else
+                             "single pixels" if p == 1 else f"{p}×{p} patches",
                              help="Patches ranked by mean saliency (Samek et al. 2017). Single pixels make "
-                                  "speckled images that rank random maps first on this model "
-                                  "(docs/saliency.md).")
+                                  "speckled images that rank random maps first on the default model "
+                                  "(docs/saliency.md).") or auto
         n_random = schema_ui.draw_param(DI_PARAMS[3], "sal_di_random", container=a4)
         for n in notes:
             st.warning(n)
@@ -163,5 +164,5 @@ with guard("Saliency"):
                 st.plotly_chart(correlation_figure(res.layers, res.correlations), key="rand_fig", width="stretch")
                 for m in ms:
                     st.markdown(f"**{registry.get(m).title}**: original, then randomised down to each layer")
-                    strip = ui.strip_pngs((key, m), res.maps[m], display["outlier"])
+                    strip = ui.strip_pngs((key, m), res.maps[m], display["outlier"], display["cmap"])
                     st.image(strip, width=110, caption=["original"] + list(res.layers[:len(strip) - 1]))

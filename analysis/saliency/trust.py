@@ -14,6 +14,14 @@
    (the data set's mean colour: model-space zero). One substrate serves both curves:
    deletion replaces pixels by it, insertion starts from it (default blur for both).
 
+   One random map is one sample: :func:`compare_curves` draws several (``n_random``) and
+   :func:`verdict` says, per method, whether its AUCs lie beyond every random map's by at
+   least ``Z_THRESHOLD`` standard deviations of theirs ("better than random", "not
+   distinguishable from random", "worse than random", or better / worse on one curve
+   only). Pixels are removed in squares of 1/7 of the input side by default: scattered
+   single pixels make images unlike any photo and rank random maps first on the default
+   model (measured in docs/saliency.md).
+
 2. **Cascading model-parameter randomisation** (Adebayo et al. 2018, "Sanity checks for
    saliency maps"). Re-initialise the model's weights block by block from the logits
    down, recompute the maps, and measure how similar they stay to the original (Spearman
@@ -229,7 +237,7 @@ def _unique_keys(attributions: list[Attribution]) -> list[str]:
     return keys
 
 
-DEFAULT_PATCH = 16          # measured: see docs/saliency.md, "Choosing the deletion setting"
+PATCH_FRACTION = 7          # default patch = input side / 7 (32 px at 224): measured, docs/saliency.md
 DEFAULT_SUBSTRATE = "blur"
 DEFAULT_STEPS = 16
 DEFAULT_RANDOM = 8
@@ -256,6 +264,13 @@ class Verdict:
     better: dict[str, bool]
     worse: dict[str, bool]
     label: str
+
+
+def default_patch(input_size: int) -> int:
+    """The default deletion unit for an input of ``input_size`` pixels: squares of side
+    input_size / 7 (32 px at 224, 4 px at 28), measured on the default model to rank real
+    maps ahead of random ones (docs/saliency.md, "Choosing the deletion setting")."""
+    return max(1, int(round(input_size / PATCH_FRACTION)))
 
 
 def verdict(method: str, curves: dict[str, Curve], random_curves: list[dict[str, Curve]]) -> Verdict:
@@ -320,7 +335,7 @@ class CurveComparison:
 
 def compare_curves(bundle: ModelBundle, attributions: list[Attribution], *, steps: int = DEFAULT_STEPS,
                    substrate: str = DEFAULT_SUBSTRATE, seed: int = 0, batch_size: int = 16,
-                   progress: Progress | None = None, patch: int = DEFAULT_PATCH,
+                   progress: Progress | None = None, patch: int | None = None,
                    n_random: int = DEFAULT_RANDOM) -> CurveComparison:
     """Deletion and insertion curves of every attribution and of ``n_random`` random maps
     (seeds ``seed`` .. ``seed + n_random - 1``), all on the same image and target, and a
@@ -329,13 +344,16 @@ def compare_curves(bundle: ModelBundle, attributions: list[Attribution], *, step
     bundle: the model; attributions: maps of one image and target; steps, substrate,
     batch_size, patch: as in :func:`deletion_insertion` (defaults: the setting measured to
     separate real maps from random ones on the default model, docs/saliency.md);
-    n_random: random maps (2..64); progress: ``progress(done, total)`` in curve points.
+    patch None = :func:`default_patch` of the input size; n_random: random maps (2..64);
+    progress: ``progress(done, total)`` in curve points.
     Raises ParameterError if the attributions do not share image and target.
     """
     _check_same_input(attributions)
     if isinstance(n_random, bool) or not isinstance(n_random, int) or not 2 <= n_random <= 64:
         raise ParameterError("n_random must be an integer from 2 to 64")
     first = attributions[0]
+    if patch is None:
+        patch = default_patch(int(first.map.shape[-1]))
     maps = list(zip(_unique_keys(attributions), [a.map for a in attributions]))
     maps += [(f"random#{i}", random_map(first.map.shape, seed + i)) for i in range(n_random)]
     per_curve = steps + 1
