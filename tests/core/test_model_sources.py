@@ -190,7 +190,11 @@ def test_timm_unknown_name_and_offline_pretrained(monkeypatch):
             raise OSError("We couldn't connect to 'https://huggingface.co'")
         return real(name, pretrained=False, **kw)
     monkeypatch.setattr(timm, "create_model", offline)
+    monkeypatch.setattr(timm_source, "_hub_reachable", lambda timeout=2.0: True)   # the client's own failure
     with pytest.raises(ModelLoadError, match="offline"):
+        load_bundle(ModelSpec(kind="timm", arch="resnet18", pretrained=True), device=CPU)
+    monkeypatch.setattr(timm_source, "_hub_reachable", lambda timeout=2.0: False)  # no hub: fail at once
+    with pytest.raises(ModelLoadError, match="not in the local cache"):
         load_bundle(ModelSpec(kind="timm", arch="resnet18", pretrained=True), device=CPU)
 
 

@@ -61,6 +61,40 @@ def _create(name: str, *, seed: int, img_size: int | None = None, num_classes: i
         return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 
+HUB_HOST = "huggingface.co"
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection within ``timeout`` seconds (name
+    resolution included: it runs in a daemon thread, since getaddrinfo has no timeout)."""
+    import socket
+    import threading
+    ok: list[bool] = []
+
+    def probe():
+        try:
+            socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            ok.append(False)
+    t = threading.Thread(target=probe, daemon=True, name="convlens-hub-probe")
+    t.start()
+    t.join(timeout)
+    return bool(ok and ok[0])
+
+
+def _pretrained_cached(name: str) -> bool:
+    """Whether timm's pretrained weights of ``name`` are already in the local hub cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from timm.models import get_pretrained_cfg
+        repo = getattr(get_pretrained_cfg(name), "hf_hub_id", None)
+        return bool(repo) and any(isinstance(try_to_load_from_cache(repo, f), str)
+                                  for f in ("model.safetensors", "pytorch_model.bin"))
+    except Exception:  # noqa: BLE001 - a cache we cannot read is a cache we do not have
+        return False
+
+
 def timm_preprocessing(model: nn.Module) -> tuple[Preprocessing, str]:
     """The model's preprocessing from its ``pretrained_cfg`` (timm's resolve_data_config):
     input size, mean/std, interpolation, crop_pct (resize = floor(size / crop_pct)) and
@@ -121,6 +155,12 @@ def timm_bundle(name: str, *, seed: int = 0, weights: bytes | None = None, filen
         raise ParameterError("Choose either timm's pretrained weights or your own file, not both.")
     digest = ""
     if pretrained:
+        if not _pretrained_cached(name) and not _hub_reachable():
+            # Fail at once instead of after the hub client's minute of retries.
+            raise ModelLoadError(
+                f"timm's pretrained weights of {name} are not in the local cache and {HUB_HOST} cannot be "
+                f"reached: this machine seems to be offline. Alternatives: random weights, your own weights "
+                f"file for {name}, or {OFFLINE_ALTERNATIVES}.")
         try:
             model = _create(name, seed=seed, img_size=img_size, pretrained=True)
         except Exception as e:  # noqa: BLE001 - hub, network and cache errors all mean "no weights"
