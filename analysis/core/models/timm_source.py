@@ -137,6 +137,27 @@ def _classifier_outputs(model: nn.Module, state: dict) -> int | None:
     return outs.pop() if len(outs) == 1 else None
 
 
+def _load_state(model: nn.Module, name: str, state: dict) -> None:
+    """Strict load; on a mismatch, once more through the architecture's own
+    ``checkpoint_filter_fn`` (timm's: e.g. a ViT's position embeddings resampled to the grid
+    of another input size). Raises RuntimeError when neither matches."""
+    try:
+        model.load_state_dict(state, strict=True)
+        return
+    except RuntimeError:
+        import importlib
+
+        from timm.models import model_entrypoint
+        fn = getattr(importlib.import_module(model_entrypoint(name).__module__), "checkpoint_filter_fn", None)
+        if fn is None:
+            raise
+    try:
+        filtered = fn(dict(state), model)
+    except Exception as e:  # noqa: BLE001 - a filter that cannot adapt the file means "does not match"
+        raise RuntimeError(str(e)) from None
+    model.load_state_dict(filtered, strict=True)
+
+
 def timm_bundle(name: str, *, seed: int = 0, weights: bytes | None = None, filename: str = "",
                 class_names: list[str] | None = None, pretrained: bool = False, img_size: int | None = None,
                 device: torch.device | None = None) -> ModelBundle:
@@ -181,7 +202,7 @@ def timm_bundle(name: str, *, seed: int = 0, weights: bytes | None = None, filen
             if n is not None and n != model.num_classes:
                 model = _create(name, seed=seed, img_size=img_size, num_classes=n)
             try:
-                model.load_state_dict(state, strict=True)
+                _load_state(model, name, state)
             except RuntimeError:
                 raise WeightsError(f"'{filename}' does not match timm's {name}: {_describe_mismatch(model, state)}. "
                                    "Pick the architecture (and input size, for ViT-like models) these weights "
