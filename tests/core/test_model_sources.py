@@ -190,7 +190,11 @@ def test_timm_unknown_name_and_offline_pretrained(monkeypatch):
             raise OSError("We couldn't connect to 'https://huggingface.co'")
         return real(name, pretrained=False, **kw)
     monkeypatch.setattr(timm, "create_model", offline)
+    monkeypatch.setattr(timm_source, "_hub_reachable", lambda timeout=2.0: True)   # the client's own failure
     with pytest.raises(ModelLoadError, match="offline"):
+        load_bundle(ModelSpec(kind="timm", arch="resnet18", pretrained=True), device=CPU)
+    monkeypatch.setattr(timm_source, "_hub_reachable", lambda timeout=2.0: False)  # no hub: fail at once
+    with pytest.raises(ModelLoadError, match="not in the local cache"):
         load_bundle(ModelSpec(kind="timm", arch="resnet18", pretrained=True), device=CPU)
 
 
@@ -207,6 +211,22 @@ def test_timm_user_weights_with_own_classes_and_names():
         load_bundle(ModelSpec(kind="timm", arch="resnet18", weights=ref, classes=two), device=CPU)
     with pytest.raises(WeightsError, match="does not match timm's convnext_atto"):
         load_bundle(ModelSpec(kind="timm", arch="convnext_atto", weights=ref), device=CPU)
+
+
+def test_timm_vit_weights_load_at_another_input_size():
+    import timm
+    torch.manual_seed(4)
+    m = timm.create_model("vit_tiny_patch16_224", num_classes=3, depth=2)
+    ref = save_upload(st_save(m.state_dict()), "vit224.safetensors")
+    # depth 2 is not the registered architecture's 12 blocks: refused with the mismatch named
+    with pytest.raises(WeightsError, match="missing"):
+        load_bundle(timm_spec("vit_tiny_patch16_224", 64, weights=ref), device=CPU)
+    full = timm.create_model("vit_tiny_patch16_224", num_classes=3)
+    ref = save_upload(st_save(full.state_dict()), "vit224full.safetensors")
+    b = load_bundle(timm_spec("vit_tiny_patch16_224", 64, weights=ref), device=CPU)   # position embeddings resampled
+    assert b.input_size == 64 and b.num_classes == 3
+    assert b.model.pos_embed.shape[1] == 1 + 4 * 4
+    torch.testing.assert_close(b.model.blocks[0].attn.qkv.weight, full.blocks[0].attn.qkv.weight)
 
 
 class _Payload:

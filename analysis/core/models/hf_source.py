@@ -257,8 +257,12 @@ def _resolve_folder(rel: str, root: Path | None = None) -> Path:
     return path
 
 
-@register_source("hf", "Hugging Face image classifier (folder or zip)",
-                 lambda spec: f"{spec.weights.split(':', 1)[-1][:24]} (Hugging Face)")
+def _label(spec: ModelSpec) -> str:
+    how, _, ref = spec.weights.partition(":")
+    return f"{ref} (Hugging Face)" if how == "dir" else f"uploaded zip {ref[:8]} (Hugging Face)"
+
+
+@register_source("hf", "Hugging Face image classifier (folder or zip)", _label)
 def _load_hf(spec: ModelSpec, device: torch.device, uploads_dir: Path | None) -> ModelBundle:
     """spec.weights: "dir:<folder in the trusted model folder>" or "zip:<upload sha256 name>"."""
     how, _, ref = spec.weights.partition(":")

@@ -61,6 +61,40 @@ def _create(name: str, *, seed: int, img_size: int | None = None, num_classes: i
         return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 
+HUB_HOST = "huggingface.co"
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection within ``timeout`` seconds (name
+    resolution included: it runs in a daemon thread, since getaddrinfo has no timeout)."""
+    import socket
+    import threading
+    ok: list[bool] = []
+
+    def probe():
+        try:
+            socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            ok.append(False)
+    t = threading.Thread(target=probe, daemon=True, name="convlens-hub-probe")
+    t.start()
+    t.join(timeout)
+    return bool(ok and ok[0])
+
+
+def _pretrained_cached(name: str) -> bool:
+    """Whether timm's pretrained weights of ``name`` are already in the local hub cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from timm.models import get_pretrained_cfg
+        repo = getattr(get_pretrained_cfg(name), "hf_hub_id", None)
+        return bool(repo) and any(isinstance(try_to_load_from_cache(repo, f), str)
+                                  for f in ("model.safetensors", "pytorch_model.bin"))
+    except Exception:  # noqa: BLE001 - a cache we cannot read is a cache we do not have
+        return False
+
+
 def timm_preprocessing(model: nn.Module) -> tuple[Preprocessing, str]:
     """The model's preprocessing from its ``pretrained_cfg`` (timm's resolve_data_config):
     input size, mean/std, interpolation, crop_pct (resize = floor(size / crop_pct)) and
@@ -103,6 +137,27 @@ def _classifier_outputs(model: nn.Module, state: dict) -> int | None:
     return outs.pop() if len(outs) == 1 else None
 
 
+def _load_state(model: nn.Module, name: str, state: dict) -> None:
+    """Strict load; on a mismatch, once more through the architecture's own
+    ``checkpoint_filter_fn`` (timm's: e.g. a ViT's position embeddings resampled to the grid
+    of another input size). Raises RuntimeError when neither matches."""
+    try:
+        model.load_state_dict(state, strict=True)
+        return
+    except RuntimeError:
+        import importlib
+
+        from timm.models import model_entrypoint
+        fn = getattr(importlib.import_module(model_entrypoint(name).__module__), "checkpoint_filter_fn", None)
+        if fn is None:
+            raise
+    try:
+        filtered = fn(dict(state), model)
+    except Exception as e:  # noqa: BLE001 - a filter that cannot adapt the file means "does not match"
+        raise RuntimeError(str(e)) from None
+    model.load_state_dict(filtered, strict=True)
+
+
 def timm_bundle(name: str, *, seed: int = 0, weights: bytes | None = None, filename: str = "",
                 class_names: list[str] | None = None, pretrained: bool = False, img_size: int | None = None,
                 device: torch.device | None = None) -> ModelBundle:
@@ -121,6 +176,12 @@ def timm_bundle(name: str, *, seed: int = 0, weights: bytes | None = None, filen
         raise ParameterError("Choose either timm's pretrained weights or your own file, not both.")
     digest = ""
     if pretrained:
+        if not _pretrained_cached(name) and not _hub_reachable():
+            # Fail at once instead of after the hub client's minute of retries.
+            raise ModelLoadError(
+                f"timm's pretrained weights of {name} are not in the local cache and {HUB_HOST} cannot be "
+                f"reached: this machine seems to be offline. Alternatives: random weights, your own weights "
+                f"file for {name}, or {OFFLINE_ALTERNATIVES}.")
         try:
             model = _create(name, seed=seed, img_size=img_size, pretrained=True)
         except Exception as e:  # noqa: BLE001 - hub, network and cache errors all mean "no weights"
@@ -141,7 +202,7 @@ def timm_bundle(name: str, *, seed: int = 0, weights: bytes | None = None, filen
             if n is not None and n != model.num_classes:
                 model = _create(name, seed=seed, img_size=img_size, num_classes=n)
             try:
-                model.load_state_dict(state, strict=True)
+                _load_state(model, name, state)
             except RuntimeError:
                 raise WeightsError(f"'{filename}' does not match timm's {name}: {_describe_mismatch(model, state)}. "
                                    "Pick the architecture (and input size, for ViT-like models) these weights "
