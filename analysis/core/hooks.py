@@ -117,9 +117,11 @@ def capture(model: nn.Module, layers: Sequence[str] | str, *, grads: bool = Fals
             def hook(mod, inputs, output, _name=name):
                 if threading.get_ident() != owner:
                     return  # another session's forward on the shared model: not ours
-                out, replacement = keep_output(output, detach=detach)
+                # with grads the module's own output stays in the graph (the rest of the
+                # forward runs on a clone), so its gradient is the one before any in-place op
+                out, replacement = keep_output(output, detach=detach and not grads)
                 store.calls[_name] = store.calls.get(_name, 0) + 1
-                store[_name] = out
+                store[_name] = out.detach() if detach else out
                 if grads and out.requires_grad:
                     def save_grad(g, __name=_name):
                         store.grads[__name] = g.detach()

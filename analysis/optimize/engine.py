@@ -91,7 +91,9 @@ def forward_context(bundle: ModelBundle, objective: Objective, image: torch.Tens
         missing = objective.layers - set(acts)
         if missing:
             raise LayerError(f"Layer(s) {', '.join(sorted(missing))} did not run in the forward pass.")
-        return Context(channels_first(bundle, acts), logits, image, pixels)
+        captured = dict(acts)
+    # after the hooks are gone: the layouts may need the layer table's own dry forward
+    return Context(channels_first(bundle, captured), logits, image, pixels)
 
 
 def channels_first(bundle: ModelBundle, acts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
