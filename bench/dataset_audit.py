@@ -176,7 +176,10 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads in-process (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = select_device(args.device)
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -204,12 +207,17 @@ def main() -> None:
                       f"| **{r['exec'] / r['floor']:.2f}×** |" for r in rows)
     lc, dc = costs["lite"], costs["digits"]
     below = [r for r in rows if r["exec"] / r["floor"] < 0.8]
+    above = [r for r in rows if r["exec"] / r["floor"] > 1.2]
     verdict = ("Every job meets the goal in this run." if not below else
                "Below the goal: " + ", ".join(f"{r['model']} {r['kind']} ({r['exec'] / r['floor']:.2f}×)" for r in below)
                + ". The executor also reads, decodes and resizes every image, which the floor does not: "
                f"{dc['preprocess'] / (dc['preprocess'] + dc['model']):.0%} of a digits batch and "
                f"{(lc['read'] + lc['preprocess']) / (lc['read'] + lc['preprocess'] + lc['model']):.0%} of an "
                "EfficientNet-Lite0 batch here (per-batch costs below); the cheaper the model, the larger that share.")
+    if above:
+        verdict += (" Ratios above 1 mean the floor's own run was slowed down by the shared machine (other "
+                    "processes and torch's thread pool competing for the cores); compare figures only from a quiet "
+                    "machine or with `--threads 1`.")
 
     def cost_row(name, c, b):
         tot = sum(c.values())
