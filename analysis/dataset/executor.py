@@ -42,9 +42,7 @@ import os
 import shutil
 import threading
 import time
-import uuid
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -56,7 +54,17 @@ from analysis.core.datasets import Dataset
 from analysis.core.errors import ConvlensError, ParameterError
 from analysis.core.models.bundle import ModelBundle
 from analysis.core.models.loaders import ModelSpec, load_bundle, select_device
-from analysis.dataset.manifest import DatasetRef, ImageReader, input_rows, open_dataset
+from analysis.dataset.manifest import DatasetRef, input_rows, open_dataset
+from analysis.dataset.runner import (  # noqa: F401 - re-exported
+    BatchRunner,
+    JobError,
+    _fsync_dir,
+    _slice,
+    concat_columns,
+    part_info,
+    to_arrow,
+    write_part,
+)
 from analysis.dataset.workers import WORKERS, Worker, model_spec_dict, model_spec_from
 
 __all__ = ["JobSpec", "JobResult", "JobError", "run", "load_result", "plan", "JobPlan", "KINDS",
@@ -66,10 +74,6 @@ KINDS = tuple(WORKERS)
 FORMAT = 1
 Progress = Callable[[int, int], None]
 ShouldStop = Callable[[], bool]
-
-
-class JobError(ConvlensError):
-    """A data-set job failed as a whole (a worker died too often, Ray is unreachable...)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -239,78 +243,6 @@ def _empty_table(meta: dict, columns):
 
 
 # --------------------------------------------------------------------------------------
-# Rows <-> Arrow
-# --------------------------------------------------------------------------------------
-def to_arrow(columns: dict, skipped: list | None = None):
-    """Worker output (dict of numpy arrays, equal first dimension) -> pyarrow Table; N-D
-    arrays become fixed-size-list columns. ``skipped`` goes into the schema metadata."""
-    import pyarrow as pa
-    arrays, names, shapes = [], [], {}
-    for name, a in columns.items():
-        a = np.asarray(a)
-        if a.dtype == object:
-            arr = pa.array([str(v) for v in a], type=pa.string())
-        elif a.ndim == 1:
-            arr = pa.array(a)
-        else:
-            flat = np.ascontiguousarray(a).reshape(-1)
-            arr = pa.FixedSizeListArray.from_arrays(pa.array(flat), int(np.prod(a.shape[1:])))
-            shapes[name] = list(a.shape[1:])
-        arrays.append(arr)
-        names.append(name)
-    t = pa.Table.from_arrays(arrays, names=names) if names else pa.table({})
-    meta = {b"convlens.arrays": json.dumps(shapes).encode(),
-            b"convlens.skipped": json.dumps(skipped or []).encode()}
-    return t.replace_schema_metadata(meta)
-
-
-def concat_columns(outs: list[dict]) -> dict:
-    """Concatenate worker outputs batch by batch."""
-    if not outs:
-        return {}
-    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_part(job_dir: Path, chunk: int, table) -> Path:
-    """Write one chunk's table as ``part-<chunk>.parquet`` atomically."""
-    import pyarrow.parquet as pq
-    target = job_dir / f"part-{chunk:06d}.parquet"
-    tmp = job_dir / f".tmp-{chunk:06d}-{uuid.uuid4().hex[:8]}.parquet"
-    try:
-        # No dictionary encoding: ids are unique and maps / features are floats (5x faster).
-        pq.write_table(table, tmp, use_dictionary=False)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
-
-
-def part_info(path: Path) -> tuple[int, list, dict, list[str]]:
-    """(rows, skipped, array shapes, column names) of a part file, from its footer only."""
-    import pyarrow.parquet as pq
-    pf = pq.ParquetFile(path)
-    md = pf.schema_arrow.metadata or {}
-    skipped = json.loads(md.get(b"convlens.skipped", b"[]"))
-    shapes = json.loads(md.get(b"convlens.arrays", b"{}"))
-    return pf.metadata.num_rows, skipped, shapes, pf.schema_arrow.names
-
-
-# --------------------------------------------------------------------------------------
 # Planning
 # --------------------------------------------------------------------------------------
 _BUNDLES: "OrderedDict[tuple, ModelBundle]" = OrderedDict()
@@ -413,100 +345,6 @@ def _memory_rows(ds: Dataset, idx) -> dict:
     return {"index": idx, "path": np.asarray([ds.ids[i] for i in idx], dtype=object),
             "label": ds.labels[idx].astype(np.int64), "loc": np.asarray([""] * n, dtype=object),
             "digest": np.asarray([""] * n, dtype=object), "mask": np.asarray([""] * n, dtype=object)}
-
-
-def _slice(rows: dict, a: int, b: int) -> dict:
-    return {k: v[a:b] for k, v in rows.items()}
-
-
-class BatchRunner:
-    """Reads a slice of input rows and runs the worker over it batch by batch: the one
-    loop both backends share (same batches -> same bits)."""
-
-    def __init__(self, worker: Worker, source: dict, batch_size: int, dataset: Dataset | None = None):
-        self.worker, self.batch_size = worker, batch_size
-        self.reader = ImageReader(source) if source.get("kind") != "memory" else None
-        self.dataset = dataset
-
-    def _read(self, rows: dict):
-        if self.reader is not None:
-            return self.reader.read(rows)
-        images, errors = [], []
-        for i in rows["index"]:
-            try:
-                images.append(self.dataset.get(int(i)))
-                errors.append("")
-            except ConvlensError as e:
-                images.append(None)
-                errors.append(str(e))
-        return images, [None] * len(images), errors
-
-    def prepare(self, rows: dict) -> tuple[dict | None, list]:
-        """Read, decode and preprocess one batch: (worker batch with the model input ``x``,
-        or None when no image could be read; skipped entries)."""
-        images, masks, errors = self._read(rows)
-        ok = [k for k, e in enumerate(errors) if not e]
-        skipped = [[int(rows["index"][k]), str(rows["path"][k]), errors[k]] for k, e in enumerate(errors) if e]
-        if not ok:
-            return None, skipped
-        batch = {"index": rows["index"][ok], "path": rows["path"][ok], "label": rows["label"][ok],
-                 "image": _objects([images[k] for k in ok]), "mask": _objects([masks[k] for k in ok])}
-        try:
-            batch["x"] = self.worker.inputs(batch)
-        except ConvlensError as e:        # an image the preprocessing refuses: skip the batch's images one by one
-            keep = []
-            for k in range(len(ok)):
-                try:
-                    self.worker.bundle.preprocess(batch["image"][k])
-                    keep.append(k)
-                except ConvlensError as e1:
-                    skipped.append([int(batch["index"][k]), str(batch["path"][k]), str(e1) or str(e)])
-            if not keep:
-                return None, skipped
-            batch = {key: v[keep] for key, v in batch.items() if key != "x"}
-            batch["x"] = self.worker.inputs(batch)
-        return batch, skipped
-
-    def run_batch(self, rows: dict) -> tuple[dict | None, list]:
-        """One batch: (worker output for the readable images or None, skipped entries)."""
-        batch, skipped = self.prepare(rows)
-        return (self.worker(batch) if batch is not None else None), skipped
-
-    def run_chunk(self, rows: dict, should_stop: ShouldStop | None = None,
-                  on_batch: Callable[[int], None] | None = None):
-        """All batches of ``rows`` -> (pyarrow table, skipped), or None when stopped.
-
-        The next batch is read and preprocessed in a helper thread while the model runs
-        the current one (same functions, same results; only the order of waiting changes).
-        """
-        outs, skipped = [], []
-        n = len(rows["index"])
-        starts = list(range(0, n, self.batch_size))
-        if not starts:
-            return to_arrow({}, []), []
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="convlens-prefetch") as pool:
-            nxt = pool.submit(self.prepare, _slice(rows, 0, min(n, self.batch_size)))
-            for j, a in enumerate(starts):
-                if should_stop is not None and should_stop():
-                    nxt.cancel()
-                    return None
-                batch, sk = nxt.result()
-                if j + 1 < len(starts):
-                    b = starts[j + 1]
-                    nxt = pool.submit(self.prepare, _slice(rows, b, min(n, b + self.batch_size)))
-                if batch is not None:
-                    outs.append(self.worker(batch))
-                skipped.extend(sk)
-                if on_batch is not None:
-                    on_batch(min(n, a + self.batch_size) - a)
-        return to_arrow(concat_columns(outs), skipped), skipped
-
-
-def _objects(items: list) -> np.ndarray:
-    a = np.empty(len(items), dtype=object)
-    for k, v in enumerate(items):
-        a[k] = v
-    return a
 
 
 # --------------------------------------------------------------------------------------
@@ -701,6 +539,11 @@ def run(spec: JobSpec, engine: str | None = None, progress: Progress | None = No
         raise ParameterError("This data set exists only in this process's memory; use engine='local', or "
                              "save it as a folder, zip or manifest for Ray.")
     from analysis.dataset.ray_backend import run_ray
-    return run_ray(p, progress=progress, should_stop=should_stop, address=ray_address,
+    t0 = time.perf_counter()
+    done = _prepare_partial(p)
+    info = run_ray(p, done, progress=progress, should_stop=should_stop, address=ray_address,
                    concurrency=concurrency, num_gpus=num_gpus, on_info=on_info,
                    **({} if retries is None else {"retries": int(retries)}))
+    if info.pop("stopped"):
+        return _partial_result(p, "ray", time.perf_counter() - t0)
+    return finalize(p, "ray", time.perf_counter() - t0, info)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -73,7 +72,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None,
                 info = (f"Started an embedded single-node Ray ({n} CPUs) in this process; set ray_address "
                         "(or RAY_ADDRESS) to use a cluster.")
         except Exception as e:  # noqa: BLE001 - any failure to reach Ray is one clear message
-            from analysis.dataset.executor import JobError
+            from analysis.dataset.runner import JobError
             raise JobError(f"Cannot start or reach Ray{f' at {address}' if address else ''}: "
                            f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}") from e
     if on_info:
@@ -104,7 +103,7 @@ class ChunkActor:
         import pyarrow.parquet as pq
         import torch
 
-        from analysis.dataset.executor import BatchRunner
+        from analysis.dataset.runner import BatchRunner
         from analysis.dataset.workers import WORKERS
         set_config(dataclasses.replace(get_config(), data_dir=Path(data_dir), cache_dir=Path(cache_dir)))
         if threads:
@@ -133,7 +132,7 @@ class ChunkActor:
             os._exit(1)          # a crash of the worker process, as an OOM kill would be
 
     def __call__(self, batch: dict) -> dict:
-        from analysis.dataset.executor import write_part
+        from analysis.dataset.runner import write_part
         chunks, rows, skipped = [], [], []
         for c in np.asarray(batch["chunk"]).tolist():
             self._fault(c)
@@ -162,12 +161,15 @@ def write_input(p, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def run_ray(p, *, progress=None, should_stop=None, address: str | None = None, concurrency: int | None = None,
+def run_ray(p, done_chunks: set[int], *, progress=None, should_stop=None, address: str | None = None, concurrency: int | None = None,
             num_gpus: float | None = None, on_info: Callable[[str], None] | None = None, retries: int = RETRIES):
-    """Run a planned job (:func:`analysis.dataset.executor.plan`) on Ray Data.
+    """Run the missing chunks of a planned job (:func:`analysis.dataset.executor.plan`)
+    on Ray Data; the executor prepares the job folder before and commits it after.
+    Returns ``{"stopped": bool, "ray_actors": n, "ray_gpus_per_actor": g}``.
 
     Args:
         p: the JobPlan.
+        done_chunks: chunks whose parts exist already (resume).
         progress: ``progress(done, total)`` in images, after each chunk.
         should_stop: polled after each chunk; True stops the job (result not complete).
         address: Ray address (see :func:`ensure_ray`).
@@ -179,11 +181,9 @@ def run_ray(p, *, progress=None, should_stop=None, address: str | None = None, c
     """
     import ray
 
-    from analysis.dataset.executor import JobError, _partial_result, _prepare_partial, finalize
+    from analysis.dataset.runner import JobError
 
     ensure_ray(address, on_info=on_info)
-    t0 = time.perf_counter()
-    done_chunks = _prepare_partial(p)
     input_path = p.partial_dir / "input.parquet"
     if not input_path.is_file():
         write_input(p, input_path)
@@ -244,10 +244,9 @@ def run_ray(p, *, progress=None, should_stop=None, address: str | None = None, c
             if close is not None:
                 close()
             del it, out, ds
-    if stopped:
-        return _partial_result(p, "ray", time.perf_counter() - t0)
-    input_path.unlink(missing_ok=True)
-    return finalize(p, "ray", time.perf_counter() - t0, {"ray_actors": concurrency, "ray_gpus_per_actor": num_gpus})
+    if not stopped:
+        input_path.unlink(missing_ok=True)
+    return {"stopped": stopped, "ray_actors": concurrency, "ray_gpus_per_actor": num_gpus}
 
 
 def _first_line(e: BaseException) -> str:
