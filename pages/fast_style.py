@@ -21,6 +21,7 @@ from dashboard import state
 from dashboard.errors import guard
 from dashboard.render import png_bytes
 from dashboard.style_ui import extractor_picker, image_choice, losses_figure, run_training
+from dashboard.text import plain
 
 st.title("Fast style transfer")
 st.caption("Gatys et al. optimise every image anew; Johnson et al. train a small image-to-image network once "
@@ -75,7 +76,7 @@ with t_train, guard("Training"):
                           help="A network of this name exists: resume it, or choose another name." if have else None)
     resume = False
     if have is not None and have.error is None:
-        resume = resume_col.button(f"Resume '{name}' (at step {have.steps}) up to {steps} steps", key="fs_resume",
+        resume = resume_col.button(f"Resume '{plain(name)}' (at step {have.steps}) up to {steps} steps", key="fs_resume",
                                    disabled=have.steps >= steps)
         resume_col.caption("Resuming uses the saved settings and style image; only the total steps change.")
     if train or resume:
@@ -87,7 +88,7 @@ with t_train, guard("Training"):
             checkpoint_every=ck, preview_every=pv, preview_image=state.current_image()))
         if result is not None:
             st.session_state["fs_last"] = result.name
-            st.success(f"Trained '{result.name}' to step {result.steps} ({result.seconds:.0f} s this run); saved in "
+            st.success(f"Trained '{plain(result.name)}' to step {result.steps} ({result.seconds:.0f} s this run); saved in "
                        f"{result.path}.")
     last = st.session_state.get("fs_last")
     if last:
@@ -105,7 +106,7 @@ with t_saved, guard("Saved networks"):
     for info in nets:
         with st.container(border=True):
             if info.error:
-                st.error(f"**{info.name}**: {info.error}")
+                st.error(f"**{plain(info.name)}**: {info.error}")
                 continue
             a, b, c = st.columns([1, 1, 2])
             if info.style_path.is_file():
@@ -113,14 +114,14 @@ with t_saved, guard("Saved networks"):
             if info.preview_path.is_file():
                 b.image(str(info.preview_path), caption="preview", width=140)
             s = info.settings
-            c.markdown(f"**{info.name}** · {info.steps} / {info.total_steps} steps"
+            c.markdown(f"**{plain(info.name)}** · {info.steps} / {info.total_steps} steps"
                        + (f" · final loss {info.final_loss:.3g}" if info.final_loss is not None else ""))
             c.caption(f"width {s.get('width')}, {s.get('n_res')} residual blocks, crops {s.get('size')} px, "
                       f"batch {s.get('batch')}, style weight {s.get('style_weight')}, updated {info.created}")
             c.download_button("Network (.safetensors)", (info.path / "network.safetensors").read_bytes(),
                               f"{info.name}.safetensors", key=f"fs_dl_{info.name}")
             if c.checkbox("delete…", key=f"fs_del_ck_{info.name}"):
-                if c.button(f"Delete '{info.name}'", key=f"fs_del_{info.name}"):
+                if c.button(f"Delete '{plain(info.name)}'", key=f"fs_del_{info.name}"):
                     delete_network(info.name)
                     st.rerun()
     with st.expander("Import a network (.safetensors saved by convlens)"):
@@ -128,7 +129,7 @@ with t_saved, guard("Saved networks"):
         iname = st.text_input("Name", "imported", key="fs_import_name")
         if st.button("Import", key="fs_import", disabled=up is None):
             info = import_network(up.getvalue(), iname, up.name)
-            st.success(f"Imported '{info.name}'.")
+            st.success(f"Imported '{plain(info.name)}'.")
 
 with t_apply, guard("Apply"):
     usable = [i for i in list_networks() if i.error is None]
@@ -158,7 +159,7 @@ with t_apply, guard("Apply"):
             ms = (time.perf_counter() - t0) * 1000
             l, r = st.columns(2)
             l.image(image, caption="input", width="stretch")
-            r.image(out, caption=f"'{info.name}' · one forward pass · {out.shape[1]}×{out.shape[0]} px in {ms:.0f} ms",
+            r.image(out, caption=f"'{plain(info.name)}' · one forward pass · {out.shape[1]}×{out.shape[0]} px in {ms:.0f} ms",
                     width="stretch")
             d1, d2 = st.columns(2)
             d1.download_button("Stylised image (PNG)", png_bytes(out), f"{info.name}_stylised.png", key="fs_apply_png")
