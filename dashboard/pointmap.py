@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from analysis.core.config import get_config
-from dashboard.embedding_map import _write_atomic, write_sheets
+from analysis.core.fsio import atomic_write
+from dashboard.embedding_map import write_sheets
 
 log = logging.getLogger("convlens")
 
@@ -47,7 +48,7 @@ def ensure_assets(root: Path | None = None) -> Path:
     html = HTML_SOURCE.read_bytes()
     index = root / "index.html"
     if not index.exists() or index.read_bytes() != html:
-        _write_atomic(index, html)
+        atomic_write(index, html)
     return root
 
 
@@ -117,7 +118,7 @@ def _store(root: Path, folder: str, data: bytes) -> str:
     key = hashlib.sha256(data).hexdigest()[:32]
     path = root / folder / f"{key}.bin"
     if not path.exists():
-        _write_atomic(path, data)
+        atomic_write(path, data)
     return f"{folder}/{key}.bin"
 
 

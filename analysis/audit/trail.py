@@ -43,6 +43,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from analysis.core.errors import ConvlensError, ParameterError
+from analysis.core.fsio import atomic_write, fsync_dir
 
 log = logging.getLogger("convlens.audit")
 
@@ -426,30 +427,6 @@ def _from_row(r, notes: list[Note] | None = None) -> RunRecord:
 
 # ====================================================================== files
 
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either nothing or the whole file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def png_bytes(rgb: np.ndarray) -> bytes:
     from PIL import Image
     a = np.asarray(rgb)
@@ -559,17 +536,17 @@ class AuditStore:
         taken_npy: set[str] = set()
         try:
             d.mkdir(parents=True, exist_ok=False)
-            _fsync_dir(d.parent)
+            fsync_dir(d.parent)
             for name, a in summary.images.items():
                 fn = _safe_name(name, taken_png) + ".png"
                 data = png_bytes(a)
-                write_atomic(d / fn, data)
+                atomic_write(d / fn, data)
                 files.append({"name": fn, "kind": "image", "label": name, "bytes": len(data),
                               "shape": list(np.shape(a))})
             for name, a in summary.arrays.items():
                 fn = _safe_name(name, taken_npy) + ".npy"
                 data = npy_bytes(a)
-                write_atomic(d / fn, data)
+                atomic_write(d / fn, data)
                 files.append({"name": fn, "kind": "array", "label": name, "bytes": len(data),
                               "shape": list(a.shape), "dtype": str(a.dtype)})
             params = dict(summary.params)

@@ -30,7 +30,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import threading
 import zipfile
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ import numpy as np
 
 from analysis.core.config import Limits, get_config
 from analysis.core.errors import ConvlensError, DatasetError, LimitError, ParameterError
+from analysis.core.fsio import atomic_write
 
 __all__ = [
     "DEFAULT_DATASET",
@@ -507,14 +507,7 @@ def _store_zip(data: bytes, digest: str, store_dir: Path) -> Path:
         target = store_dir / f"{digest}.zip"
         if target.is_file() and target.stat().st_size == len(data):
             return target
-        fd, tmp = tempfile.mkstemp(dir=store_dir, prefix=".upload-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(target, data)
     except OSError as e:
         raise DatasetError(f"Cannot store the uploaded zip in {store_dir}: {e}") from e
     return target

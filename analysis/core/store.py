@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
 from analysis.core.config import get_config
 from analysis.core.errors import LimitError, ParameterError
+from analysis.core.fsio import atomic_write
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 
@@ -53,9 +53,7 @@ def save_upload(data: bytes, filename: str, root: Path | None = None, max_bytes:
     d = uploads_dir(root)
     path = d / digest
     if not path.exists():
-        tmp = d / f".{digest}.tmp{os.getpid()}"
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic_write(path, data)
     meta = d / f"{digest}.json"
     if not meta.exists():
         meta.write_text(json.dumps({"filename": Path(filename).name, "bytes": len(data)}))

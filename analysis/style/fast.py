@@ -23,7 +23,6 @@ forward pass stylises any image.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
@@ -41,6 +40,7 @@ import analysis.optimize as O
 import analysis.style.gatys as S
 from analysis.core.config import get_config
 from analysis.core.errors import ConvlensError, ParameterError, WeightsError
+from analysis.core.fsio import atomic_write
 from analysis.core.models.bundle import ModelBundle
 
 FORMAT = "convlens-fast-style-v1"
@@ -144,12 +144,6 @@ def check_name(name: str) -> str:
         raise ParameterError(f"Network name {name!r} is not allowed: use 1-64 letters, digits, '_', '-' or '.', "
                              "starting with a letter or digit.")
     return name
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def network_bytes(net: TransformerNet) -> bytes:
@@ -318,10 +312,10 @@ def import_network(data: bytes, name: str, filename: str = "network.safetensors"
     if folder.exists():
         raise ParameterError(f"A network named {name!r} exists already; choose another name.")
     folder.mkdir(parents=True)
-    _atomic_write(folder / "network.safetensors", network_bytes(net))
+    atomic_write(folder / "network.safetensors", network_bytes(net))
     meta = {"format": FORMAT, "name": name, "steps_done": 0, "imported_from": Path(filename).name,
             "settings": {"width": net.width, "n_res": net.n_res}, "history": {}, "updated": _now()}
-    _atomic_write(folder / "meta.json", json.dumps(meta, indent=1).encode())
+    atomic_write(folder / "meta.json", json.dumps(meta, indent=1).encode())
     return next(i for i in list_networks() if i.name == name)
 
 
@@ -510,7 +504,7 @@ def train_fast_style(bundle: ModelBundle, style_image: np.ndarray | None, name: 
               "style_image_sha256": _sha(style_image), "created": meta.get("created", _now())}
     if not folder.exists():
         folder.mkdir(parents=True)
-    _atomic_write(folder / "style.png", _png(style_image))
+    atomic_write(folder / "style.png", _png(style_image))
     saved_at = [done]
 
     def preview() -> np.ndarray:
@@ -521,11 +515,11 @@ def train_fast_style(bundle: ModelBundle, style_image: np.ndarray | None, name: 
         return img
 
     def save() -> None:
-        _atomic_write(folder / "network.safetensors", network_bytes(net))
-        _atomic_write(folder / "optimizer.safetensors", _optimizer_bytes(opt))
-        _atomic_write(folder / "preview.png", _png(preview()))
+        atomic_write(folder / "network.safetensors", network_bytes(net))
+        atomic_write(folder / "optimizer.safetensors", _optimizer_bytes(opt))
+        atomic_write(folder / "preview.png", _png(preview()))
         rec = dict(record, steps_done=done, history=history, updated=_now(), device=str(dev))
-        _atomic_write(folder / "meta.json", json.dumps(rec, indent=1).encode())
+        atomic_write(folder / "meta.json", json.dumps(rec, indent=1).encode())
         saved_at[0] = done
 
     total, t0, stopped = s["steps"], time.perf_counter(), False

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -18,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from analysis.core.config import get_config
+from analysis.core.fsio import atomic_write
 from analysis.core.models.bundle import ModelBundle, Preprocessing
 
 DIGITS_PREPROCESS = Preprocessing(input_size=32, resize_size=32, mean=(0.25,), std=(0.35,),
@@ -159,11 +159,8 @@ def load_digits_model(config: DigitsTrainConfig = DigitsTrainConfig(), cache_dir
             except Exception:
                 path.unlink(missing_ok=True)  # corrupt cache entry: retrain below
         model, info = train_digits_cnn(config, progress=progress)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
-                  metadata={"info": json.dumps(info)})
-        os.replace(tmp, path)
+        atomic_write(path, save({k: v.contiguous() for k, v in model.state_dict().items()},
+                                metadata={"info": json.dumps(info)}))
         return model, info
 
 
