@@ -9,12 +9,11 @@ same schemas as the widgets before anything is computed.
 from __future__ import annotations
 
 import json
-import threading
 
 import numpy as np
 import streamlit as st
-from cachetools import LRUCache
 
+from analysis.core.lru import LockedLRU
 from analysis.core.schema import Param
 from analysis.saliency import registry
 from dashboard import schema_ui
@@ -32,26 +31,15 @@ DISPLAY = (
 TRUST_TABS = ("Deletion / insertion", "Model randomisation")
 TRUST_TAB = Param("trust", "choice", TRUST_TABS[0], choices=TRUST_TABS, label="Trust check")
 
-_lock = threading.Lock()
-_pngs: LRUCache = LRUCache(maxsize=256)          # (result key, display) -> PNG bytes, all sessions
-_preds: LRUCache = LRUCache(maxsize=64)          # (model id, image key) -> Prediction
-
-
-def _cached(cache: LRUCache, key, make):
-    with _lock:
-        if key in cache:
-            return cache[key]
-    value = make()
-    with _lock:
-        cache[key] = value
-    return value
+_pngs = LockedLRU(256)          # (result key, display) -> PNG bytes, all sessions
+_preds = LockedLRU(64)          # (model id, image key) -> Prediction
 
 
 def cached_prediction(bundle, image, image_key: str):
     """Top-5 of the sidebar image, computed once per (model, image) for all sessions, so a
     display-only rerun does not run the model again."""
     from analysis.core.predict import predict
-    return _cached(_preds, (bundle.model_id, image_key), lambda: predict(bundle, image, k=5))
+    return _preds.get_or_compute((bundle.model_id, image_key), lambda: predict(bundle, image, k=5))
 
 
 def spatial_layer_names(infos) -> list[str]:
@@ -150,7 +138,7 @@ def rendered_png(result_key, a, signed: bool, view: str, cmap: str, alpha: float
     """The overlay / heatmap of one result as PNG bytes, cached by result and display
     settings (a display change re-encodes only what it changes; switching back is free)."""
     disp = (view, cmap, round(alpha, 4) if view == "overlay" else None, round(outlier, 4))
-    return _cached(_pngs, (result_key, disp), lambda: _render(a, signed, view, cmap, alpha, outlier))
+    return _pngs.get_or_compute((result_key, disp), lambda: _render(a, signed, view, cmap, alpha, outlier))
 
 
 def draw_map(a, result_key, display: dict, key: str) -> None:
@@ -186,5 +174,5 @@ def trust_tab() -> str:
 
 def strip_pngs(result_key, maps, outlier: float) -> list[bytes]:
     """PNG thumbnails of the randomisation strip, cached by result and clip setting."""
-    return _cached(_pngs, ("strip", result_key, round(outlier, 4)),
+    return _pngs.get_or_compute(("strip", result_key, round(outlier, 4)),
                    lambda: [fast_png(colorize(clip_map(x, outlier))) for x in maps])

@@ -30,9 +30,7 @@ extraction stores nothing. The batch is halved after an out-of-memory error.
 """
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Generator, Sequence
 
@@ -48,6 +46,7 @@ from analysis.core.hooks import capture, get_module
 from analysis.core.layers import layer_layout
 from analysis.core.layout import Layout
 from analysis.core.layout import pool as layout_pool
+from analysis.core.lru import LockedLRU
 from analysis.core.models.bundle import ModelBundle
 
 __all__ = [
@@ -67,8 +66,7 @@ _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # --------------------------------------------------------------------------------------
 # Which layer
 # --------------------------------------------------------------------------------------
-_PENULTIMATE: "OrderedDict[tuple, str]" = OrderedDict()
-_PEN_LOCK = threading.Lock()
+_PENULTIMATE = LockedLRU(32)   # (model, preprocessing, class) -> layer name
 
 
 def penultimate_layer(bundle: ModelBundle) -> str:
@@ -79,16 +77,7 @@ def penultimate_layer(bundle: ModelBundle) -> str:
     convolution, or where nothing runs before the classifier.
     """
     key = (bundle.model_id, bundle.preprocess.spec_id, type(bundle.model).__qualname__)
-    with _PEN_LOCK:
-        if key in _PENULTIMATE:
-            _PENULTIMATE.move_to_end(key)
-            return _PENULTIMATE[key]
-    name = _find_penultimate(bundle)
-    with _PEN_LOCK:
-        _PENULTIMATE[key] = name
-        while len(_PENULTIMATE) > 32:
-            _PENULTIMATE.popitem(last=False)
-    return name
+    return _PENULTIMATE.get_or_compute(key, lambda: _find_penultimate(bundle))
 
 
 def _find_penultimate(bundle: ModelBundle) -> str:

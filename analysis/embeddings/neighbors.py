@@ -23,9 +23,7 @@ share colours and layout, not content. Both spaces are searched exactly here.
 """
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -36,6 +34,7 @@ from PIL import Image
 import analysis.core.diskcache as diskcache
 from analysis.core.datasets import Dataset
 from analysis.core.errors import DatasetError, ParameterError
+from analysis.core.lru import LockedLRU
 from analysis.core.models.bundle import ModelBundle
 from analysis.embeddings.features import FeatureSet, features_for_images
 
@@ -285,24 +284,14 @@ def pixel_vector(bundle: ModelBundle, image: np.ndarray, size: int = 32) -> np.n
     return _to_vectors(bundle, _thumbnail(bundle, image, size)[None])[0]
 
 
-_PIXELS: "OrderedDict[str, np.ndarray]" = OrderedDict()
-_PIXELS_LOCK = threading.Lock()
+_PIXELS = LockedLRU(2)   # pixel_key -> (N, s*s*C) pixel vectors
 
 
 def _cached_pixel_vectors(bundle, dataset, size, progress, should_stop) -> np.ndarray | None:
     """pixel_vectors kept in memory for the last two (data set, preprocessing, size)."""
     key = pixel_key(bundle, dataset, _check_size(bundle, size))
-    with _PIXELS_LOCK:
-        if key in _PIXELS:
-            _PIXELS.move_to_end(key)
-            return _PIXELS[key]
-    vec = pixel_vectors(bundle, dataset, size, progress=progress, should_stop=should_stop)
-    if vec is not None:
-        with _PIXELS_LOCK:
-            _PIXELS[key] = vec
-            while len(_PIXELS) > 2:
-                _PIXELS.popitem(last=False)
-    return vec
+    return _PIXELS.get_or_compute(
+        key, lambda: pixel_vectors(bundle, dataset, size, progress=progress, should_stop=should_stop))
 
 
 # --------------------------------------------------------------------------------------

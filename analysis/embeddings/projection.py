@@ -65,7 +65,6 @@ import os
 import threading
 import time
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -74,6 +73,7 @@ import numpy as np
 import analysis.core.diskcache as diskcache
 from analysis.core.config import get_config
 from analysis.core.errors import LimitError, ParameterError
+from analysis.core.lru import LockedLRU
 
 __all__ = ["Projection", "project", "warm_up_umap", "knn_accuracy", "METHODS", "METRICS",
            "DEFAULT_TSNE_ITER"]
@@ -126,44 +126,8 @@ def _is_real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-class _LRU:
-    """A tiny thread-safe LRU dictionary."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._d: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key):
-        with self._lock:
-            if key in self._d:
-                self._d.move_to_end(key)
-                return self._d[key]
-            return None
-
-    def put(self, key, value) -> None:
-        with self._lock:
-            self._d[key] = value
-            self._d.move_to_end(key)
-            while len(self._d) > self.size:
-                self._d.popitem(last=False)
-
-    def find(self, pred):
-        """The most recently used (key, value) for which ``pred(key, value)`` holds."""
-        with self._lock:
-            for k in reversed(self._d):
-                if pred(k, self._d[k]):
-                    self._d.move_to_end(k)
-                    return k, self._d[k]
-        return None
-
-    def clear(self) -> None:
-        with self._lock:
-            self._d.clear()
-
-
-_PREPARED = _LRU(2)    # (features digest, prep params) -> (prepared data, its digest)
-_KNN = _LRU(2)         # (prepared digest, mode, k) -> (indices int32, distances float32)
+_PREPARED = LockedLRU(2)    # (features digest, prep params) -> (prepared data, its digest)
+_KNN = LockedLRU(2)        # (prepared digest, mode, k) -> (indices int32, distances float32)
 
 
 def clear_memory_caches() -> None:

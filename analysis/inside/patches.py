@@ -31,9 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Generator
@@ -49,6 +47,7 @@ from analysis.core.errors import DatasetError, LayerError, LimitError, Parameter
 from analysis.core.hooks import get_module, run_truncated, truncate_after
 from analysis.core.layers import layer_layout
 from analysis.core.layout import to_nchw
+from analysis.core.lru import LockedLRU
 from analysis.core.models.bundle import ModelBundle
 
 __all__ = [
@@ -412,8 +411,7 @@ class PatchCrop:
     rank: int = 0
 
 
-_RF_CACHE: "OrderedDict[tuple, object]" = OrderedDict()
-_RF_LOCK = threading.Lock()
+_RF_CACHE = LockedLRU(64)   # (model, preprocessing, layer) -> ReceptiveField | TokenField
 
 
 @dataclass(frozen=True)
@@ -466,16 +464,7 @@ def _receptive_field(bundle: ModelBundle, layer: str):
     from analysis.inside.receptive import receptive_field  # lazy: optional dependency of this module
 
     key = (bundle.model_id, bundle.preprocess.spec_id, layer)
-    with _RF_LOCK:
-        if key in _RF_CACHE:
-            _RF_CACHE.move_to_end(key)
-            return _RF_CACHE[key]
-    rf = token_field(bundle, layer) or receptive_field(bundle, layer)
-    with _RF_LOCK:
-        _RF_CACHE[key] = rf
-        while len(_RF_CACHE) > 64:
-            _RF_CACHE.popitem(last=False)
-    return rf
+    return _RF_CACHE.get_or_compute(key, lambda: token_field(bundle, layer) or receptive_field(bundle, layer))
 
 
 def _check_index(bundle: ModelBundle, dataset: Dataset, index: PatchIndex) -> None:
