@@ -9,7 +9,6 @@ and in-place activations. The table is computed once per bundle (its model is fr
 """
 from __future__ import annotations
 
-import threading
 import weakref
 from dataclasses import dataclass, field
 
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from analysis.core.errors import LayerError
+from analysis.core.hooks import forward_hooks
 from analysis.core.layout import OTHER, Layout, LayoutProbe, classify, shape_guess
 from analysis.core.models.bundle import ModelBundle
 
@@ -100,46 +100,37 @@ def _layer_table(bundle: ModelBundle) -> list[LayerInfo]:
     layouts: dict[str, Layout] = {}
     calls: dict[str, int] = {}
     finished: dict[str, int] = {}
-    handles = []
-    owner = threading.get_ident()
     x = torch.zeros(1, bundle.preprocess.channels, bundle.input_size, bundle.input_size,
                     device=bundle.device)
-    with bundle.lock:
-        try:
-            for name, module in model.named_modules():
-                if name == "":
-                    continue
 
-                def hook(mod, inputs, output, _name=name):
-                    if threading.get_ident() != owner:
-                        return
-                    calls[_name] = calls.get(_name, 0) + 1
-                    finished[_name] = len(finished) + sum(calls.values())
-                    out = output
-                    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-                        out = output[0]
-                    if isinstance(out, torch.Tensor):
-                        shapes[_name] = tuple(out.shape[1:])
-                        found = classify(probe.tag(out))
-                        inp = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
-                        if found is None and inp is not None and inp.shape == out.shape:
-                            # A module that keeps its input's shape (attention, MLP, norm)
-                            # keeps its axes: the convention where the probe lost the labels.
-                            found = classify(probe.tag(inp))
-                        if found is not None:
-                            layouts[_name] = found
-                        else:
-                            layouts.pop(_name, None)
-                handles.append(module.register_forward_hook(hook))
-            probe = LayoutProbe(x)
-            try:
-                with torch.inference_mode(), probe:
-                    model(x)
-            except Exception as exc:  # noqa: BLE001 - keep what ran; the layers after it say why
-                failed = f"{type(exc).__name__}: {exc}"
-        finally:
-            for h in handles:
-                h.remove()
+    def make_hook(_name: str):
+        def hook(mod, inputs, output):
+            calls[_name] = calls.get(_name, 0) + 1
+            finished[_name] = len(finished) + sum(calls.values())
+            out = output
+            if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+                out = output[0]
+            if isinstance(out, torch.Tensor):
+                shapes[_name] = tuple(out.shape[1:])
+                found = classify(probe.tag(out))
+                inp = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+                if found is None and inp is not None and inp.shape == out.shape:
+                    # A module that keeps its input's shape (attention, MLP, norm)
+                    # keeps its axes: the convention where the probe lost the labels.
+                    found = classify(probe.tag(inp))
+                if found is not None:
+                    layouts[_name] = found
+                else:
+                    layouts.pop(_name, None)
+        return hook
+
+    probe = LayoutProbe(x)
+    with bundle.lock, forward_hooks((module, make_hook(name)) for name, module in model.named_modules() if name):
+        try:
+            with torch.inference_mode(), probe:
+                model(x)
+        except Exception as exc:  # noqa: BLE001 - keep what ran; the layers after it say why
+            failed = f"{type(exc).__name__}: {exc}"
 
     infos = []
     for name, module in model.named_modules():

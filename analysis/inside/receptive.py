@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import threading
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -64,7 +63,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from analysis.core.errors import LayerError, ParameterError
-from analysis.core.hooks import capture, get_module
+from analysis.core.hooks import capture, forward_hooks, get_module
 from analysis.core.models.bundle import ModelBundle
 
 __all__ = ["ReceptiveField", "ReceptiveFieldError", "receptive_field", "analytic_receptive_field",
@@ -563,20 +562,18 @@ def _trace(bundle: ModelBundle) -> dict[str, _Info]:
         size = bundle.input_size
         table: dict[str, _Info] = {}
         tracer = _Tracer()
-        owner = threading.get_ident()
-        handles = []
-        try:
-            for name, module in model.named_modules():
-                def hook(mod, inputs, output, _name=name):
-                    if threading.get_ident() != owner:
-                        return
-                    t = _first_tensor(output)
-                    info = tracer.get(t) if t is not None else _Unknown("the layer output is not a tensor")
-                    if info is None:
-                        info = _Unknown("the layer output is not computed from the input by "
-                                        "operations the analytic method can follow")
-                    table[_name] = info
-                handles.append(module.register_forward_hook(hook))
+
+        def make_hook(name: str):
+            def hook(mod, inputs, output):
+                t = _first_tensor(output)
+                info = tracer.get(t) if t is not None else _Unknown("the layer output is not a tensor")
+                if info is None:
+                    info = _Unknown("the layer output is not computed from the input by "
+                                    "operations the analytic method can follow")
+                table[name] = info
+            return hook
+
+        with forward_hooks((module, make_hook(name)) for name, module in model.named_modules()):
             x = torch.zeros(1, bundle.preprocess.channels, size, size, device=bundle.device,
                             dtype=_model_dtype(model))
             with torch.inference_mode(), tracer:
@@ -586,9 +583,6 @@ def _trace(bundle: ModelBundle) -> dict[str, _Info]:
                 except (RuntimeError, ValueError, TypeError, IndexError) as e:
                     raise ReceptiveFieldError(f"The model's forward failed on a blank "
                                               f"{size}x{size} image: {e}") from e
-        finally:
-            for h in handles:
-                h.remove()
         tracer.clear()
         bundle._receptive_cache = table   # derived data; the shared model is untouched
         return table

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Generator, Sequence
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 
 from analysis.core.errors import LayerError, ParameterError
-from analysis.core.hooks import get_module, keep_output
+from analysis.core.hooks import forward_hooks, get_module, keep_output
 from analysis.core.models.bundle import ModelBundle
 from analysis.core.sizes import fit_to_model
 from analysis.optimize.objectives import Context, Objective
@@ -55,26 +54,19 @@ def _captures(model, layers: frozenset, stop_early: bool):
     as all of them have run (the rest of the network is not needed). Hooks are
     thread-scoped and always removed."""
     store: dict[str, torch.Tensor] = {}
-    owner = threading.get_ident()
-    handles = []
-    try:
-        for name in sorted(layers):
-            module = get_module(model, name)
 
-            def hook(mod, inp, out, _name=name):
-                if threading.get_ident() != owner:
-                    return
-                # The forward continues on a clone: in-place ops after the layer (an
-                # in-place ReLU) cannot rewrite the kept activation or its gradient.
-                store[_name], replacement = keep_output(out, detach=False)
-                if stop_early and len(store) == len(layers):
-                    raise _Stop
-                return replacement
-            handles.append(module.register_forward_hook(hook))
+    def make_hook(name: str):
+        def hook(mod, inp, out):
+            # The forward continues on a clone: in-place ops after the layer (an
+            # in-place ReLU) cannot rewrite the kept activation or its gradient.
+            store[name], replacement = keep_output(out, detach=False)
+            if stop_early and len(store) == len(layers):
+                raise _Stop
+            return replacement
+        return hook
+
+    with forward_hooks((get_module(model, name), make_hook(name)) for name in sorted(layers)):
         yield store
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def forward_context(bundle: ModelBundle, objective: Objective, image: torch.Tensor,
