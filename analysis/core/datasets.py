@@ -43,6 +43,7 @@ import numpy as np
 from analysis.core.config import Limits, get_config
 from analysis.core.errors import ConvlensError, DatasetError, LimitError, ParameterError
 from analysis.core.fsio import atomic_write
+from analysis.core.schema import is_int
 
 __all__ = [
     "DEFAULT_DATASET",
@@ -133,7 +134,7 @@ class Dataset:
 
         ``batch_indices`` is an int64 array; only one batch of images is in memory at a time.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
         if indices is None:
             idx = np.arange(len(self), dtype=np.int64)

@@ -48,6 +48,7 @@ from analysis.core.layout import Layout
 from analysis.core.layout import pool as layout_pool
 from analysis.core.lru import LockedLRU
 from analysis.core.models.bundle import ModelBundle
+from analysis.core.schema import check_int
 
 __all__ = [
     "ExtractProgress", "FeatureSet", "penultimate_layer", "extract", "run_extract",
@@ -180,9 +181,7 @@ def _forward(bundle: ModelBundle, layer: str, x: torch.Tensor):
 
 
 def _check_batch(batch_size) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
+    return check_int("batch_size", batch_size, 1)
 
 
 def features_key(bundle: ModelBundle, dataset: Dataset, layer: str) -> str:

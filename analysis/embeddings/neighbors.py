@@ -36,6 +36,7 @@ from analysis.core.datasets import Dataset
 from analysis.core.errors import DatasetError, ParameterError
 from analysis.core.lru import LockedLRU
 from analysis.core.models.bundle import ModelBundle
+from analysis.core.schema import check_int, is_int
 from analysis.embeddings.features import FeatureSet, features_for_images
 
 __all__ = ["METRICS", "SPACES", "knn", "pixel_thumbnails", "pixel_vectors", "pixel_vector",
@@ -110,7 +111,7 @@ def knn(query, base, k: int, metric: str = "cosine", exclude_self: np.ndarray | 
     """
     if metric not in METRICS:
         raise ParameterError(f"Unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
+    if not is_int(k) or not 1 <= k <= MAX_K:
         raise ParameterError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
     q_arr, b_arr = _as_matrix(query, "query"), _as_matrix(base, "base")
     if q_arr.shape[1] != b_arr.shape[1]:
@@ -118,10 +119,10 @@ def knn(query, base, k: int, metric: str = "cosine", exclude_self: np.ndarray | 
     nq, nb = len(q_arr), len(b_arr)
     if nb == 0:
         raise ParameterError("The base has no vectors to search.")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
+    if chunk_size is not None and (not is_int(chunk_size)
                                    or chunk_size < 1):
         raise ParameterError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    if isinstance(block_elements, bool) or not isinstance(block_elements, (int, np.integer)) or block_elements < 1:
+    if not is_int(block_elements) or block_elements < 1:
         raise ParameterError(f"block_elements must be a positive integer, got {block_elements!r}")
     excl = None
     if exclude_self is not None:
@@ -201,9 +202,7 @@ def knn(query, base, k: int, metric: str = "cosine", exclude_self: np.ndarray | 
 # Pixel space
 # --------------------------------------------------------------------------------------
 def _check_size(bundle: ModelBundle, size) -> int:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= 256:
-        raise ParameterError(f"size must be an integer from 1 to 256, got {size!r}")
-    return int(min(size, bundle.input_size))     # a thumbnail is never larger than the crop
+    return min(check_int("size", size, 1, 256), bundle.input_size)     # a thumbnail is never larger than the crop
 
 
 def _thumbnail(bundle: ModelBundle, image: np.ndarray, size: int) -> np.ndarray:
@@ -340,7 +339,7 @@ def neighbors(bundle: ModelBundle, dataset: Dataset, features: FeatureSet, query
     features.check(bundle, dataset)
     qi = None
     if query_index is not None:
-        if isinstance(query_index, bool) or not isinstance(query_index, (int, np.integer)) \
+        if not is_int(query_index) \
                 or not 0 <= query_index < len(dataset):
             raise ParameterError(f"query_index must be an image index from 0 to {len(dataset) - 1}, "
                                  f"got {query_index!r}")

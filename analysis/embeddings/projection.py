@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import numbers
 import os
 import threading
 import time
@@ -74,6 +73,7 @@ import analysis.core.diskcache as diskcache
 from analysis.core.config import get_config
 from analysis.core.errors import LimitError, ParameterError
 from analysis.core.lru import LockedLRU
+from analysis.core.schema import is_int, is_real
 
 __all__ = ["Projection", "project", "warm_up_umap", "knn_accuracy", "METHODS", "METRICS",
            "DEFAULT_TSNE_ITER"]
@@ -116,14 +116,6 @@ def _threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _is_real(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 _PREPARED = LockedLRU(2)    # (features digest, prep params) -> (prepared data, its digest)
@@ -174,9 +166,9 @@ def _resolve(n: int, d: int, method: str, dims: int, *, seed, pca_dims, perplexi
     """Validate everything and return the effective parameters (no computation)."""
     if method not in METHODS:
         raise ParameterError(f"Unknown method {method!r}; use one of {', '.join(METHODS)}.")
-    if not _is_int(dims) or dims not in (2, 3):
+    if not is_int(dims) or dims not in (2, 3):
         raise ParameterError(f"dims must be 2 or 3, got {dims!r}.")
-    if not _is_int(seed) or not 0 <= seed < 2 ** 32:
+    if not is_int(seed) or not 0 <= seed < 2 ** 32:
         raise ParameterError(f"seed must be an integer in [0, 2**32), got {seed!r}.")
     if metric not in METRICS:
         raise ParameterError(f"Unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
@@ -191,9 +183,9 @@ def _resolve(n: int, d: int, method: str, dims: int, *, seed, pca_dims, perplexi
         params["n_components_fitted"] = max(dims, min(PCA_SCREE_MAX, n, d))
         return params
 
-    if pca_dims is None or (_is_int(pca_dims) and pca_dims == 0):
+    if pca_dims is None or (is_int(pca_dims) and pca_dims == 0):
         eff_pca = None
-    elif _is_int(pca_dims) and pca_dims >= 2:
+    elif is_int(pca_dims) and pca_dims >= 2:
         eff_pca = int(min(pca_dims, n, d))
         if eff_pca >= d:                 # nothing to reduce
             eff_pca = None
@@ -203,14 +195,14 @@ def _resolve(n: int, d: int, method: str, dims: int, *, seed, pca_dims, perplexi
     params["pca_dims"] = eff_pca
     width = eff_pca or d
     max_steps = get_config().limits.max_optimisation_steps
-    if n_iter is not None and (not _is_int(n_iter) or not 10 <= n_iter <= max_steps):
+    if n_iter is not None and (not is_int(n_iter) or not 10 <= n_iter <= max_steps):
         raise ParameterError(f"n_iter must be None (default) or an integer in [10, {max_steps}], "
                              f"got {n_iter!r}.")
     exact = n * n * width <= EXACT_KNN_BUDGET
     params["neighbors"] = "exact" if exact else "nndescent"
 
     if method == "tsne":
-        if not _is_real(perplexity) or not math.isfinite(perplexity) or perplexity < 1:
+        if not is_real(perplexity) or not math.isfinite(perplexity) or perplexity < 1:
             raise ParameterError(f"perplexity must be a number >= 1, got {perplexity!r}.")
         if 3 * perplexity >= n:
             raise ParameterError(f"perplexity must be less than N/3 = {n / 3:.4g} for {n} points "
@@ -226,12 +218,12 @@ def _resolve(n: int, d: int, method: str, dims: int, *, seed, pca_dims, perplexi
             learning_rate="N/12, then N" if dims == 2 else "N/12",
         )
     else:  # umap
-        if not _is_int(n_neighbors) or n_neighbors < 2:
+        if not is_int(n_neighbors) or n_neighbors < 2:
             raise ParameterError(f"n_neighbors must be an integer >= 2, got {n_neighbors!r}.")
         if n_neighbors >= n:
             raise ParameterError(f"n_neighbors must be less than the number of points "
                                  f"({n}), got {n_neighbors}.")
-        if not _is_real(min_dist) or not 0.0 <= min_dist <= 1.0:
+        if not is_real(min_dist) or not 0.0 <= min_dist <= 1.0:
             raise ParameterError(f"min_dist must be a number in [0, 1], got {min_dist!r}.")
         params.update(
             n_neighbors=int(n_neighbors),

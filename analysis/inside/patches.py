@@ -49,6 +49,7 @@ from analysis.core.layers import layer_layout
 from analysis.core.layout import to_nchw
 from analysis.core.lru import LockedLRU
 from analysis.core.models.bundle import ModelBundle
+from analysis.core.schema import check_int, is_int
 
 __all__ = [
     "GALLERY_SCALE", "GALLERY_RATIO", "gallery_dataset",
@@ -133,7 +134,7 @@ def gallery_dataset(crops_per_image: int = 40, seed: int = 0, size: int = 256) -
     Cached: equal arguments return the same object.
     """
     for name, v, lo in (("crops_per_image", crops_per_image, 1), ("seed", seed, 0), ("size", size, 8)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        if not is_int(v) or v < lo:
             raise ParameterError(f"{name} must be an integer >= {lo}, got {v!r}")
     if size > 1024:
         raise ParameterError(f"size must be at most 1024, got {size}")
@@ -221,9 +222,7 @@ class PatchIndex:
 
 
 def _check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
-        raise ParameterError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
-    return int(k)
+    return check_int("k", k, 1, MAX_K)
 
 
 def index_key(bundle: ModelBundle, dataset: Dataset, layer: str, k: int) -> str:
@@ -313,7 +312,7 @@ def scan(bundle: ModelBundle, dataset: Dataset, layer: str, *, k: int = 9, batch
     after an out-of-memory error.
     """
     k = _check_k(k)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
     get_module(bundle.model, layer)          # LayerError before any work for a bad name
     n = len(dataset)
@@ -520,9 +519,9 @@ def patch_crops(bundle: ModelBundle, dataset: Dataset, index: PatchIndex, channe
     field's extent, so every patch of a layer is shown at the same scale.
     """
     _check_index(bundle, dataset, index)
-    if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)) or not 0 <= channel < index.channels:
+    if not is_int(channel) or not 0 <= channel < index.channels:
         raise ParameterError(f"channel must be from 0 to {index.channels - 1}, got {channel!r}")
-    if isinstance(display_size, bool) or not isinstance(display_size, (int, np.integer)) or not 1 <= display_size <= 1024:
+    if not is_int(display_size) or not 1 <= display_size <= 1024:
         raise ParameterError(f"display_size must be from 1 to 1024, got {display_size!r}")
     rf = _receptive_field(bundle, index.layer)
     size = bundle.input_size

@@ -37,6 +37,7 @@ import torch
 from analysis.core.errors import LayerError, ParameterError
 from analysis.core.hooks import forward_hooks, get_module, keep_output
 from analysis.core.models.bundle import ModelBundle
+from analysis.core.schema import check_real
 from analysis.core.sizes import fit_to_model
 from analysis.optimize.objectives import Context, Objective
 from analysis.optimize.params import ImageParam, PixelImage
@@ -186,10 +187,8 @@ def _percentile_mask(v: torch.Tensor, pct: float) -> torch.Tensor:
 
 
 def _check(name, value, lo, hi=None):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= lo
-    if not ok or (hi is not None and value > hi):
-        raise ParameterError(f"{name} must be between {lo} and {hi} (got {value!r})." if hi is not None
-                             else f"{name} must be at least {lo} (got {value!r}).")
+    check_real(name, value, lo, hi, message=f"{name} must be between {lo} and {hi} (got {value!r})."
+               if hi is not None else f"{name} must be at least {lo} (got {value!r}).")
 
 
 def optimize(bundle: ModelBundle, objective: Objective, param: ImageParam, *, steps: int = 100,

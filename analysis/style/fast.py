@@ -42,6 +42,7 @@ from analysis.core.config import get_config
 from analysis.core.errors import ConvlensError, ParameterError, WeightsError
 from analysis.core.fsio import atomic_write
 from analysis.core.models.bundle import ModelBundle
+from analysis.core.schema import is_int
 
 FORMAT = "convlens-fast-style-v1"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -106,8 +107,7 @@ class TransformerNet(nn.Module):
 
 
 def _check_arch(width, n_res) -> tuple[int, int]:
-    ok = lambda v, lo, hi: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi  # noqa: E731
-    if not ok(width, 4, 128) or not ok(n_res, 1, 16):
+    if not (is_int(width) and 4 <= width <= 128) or not (is_int(n_res) and 1 <= n_res <= 16):
         raise ParameterError(f"Network width must be 4-128 and residual blocks 1-16 (got {width!r}, {n_res!r}).")
     return width, n_res
 
@@ -422,7 +422,7 @@ def _settings(bundle: ModelBundle, kw: dict) -> dict:
     for k, lo, hi in (("steps", 1, limit), ("size", 32, 1024), ("batch", 1, 64), ("checkpoint_every", 1, 10 ** 6),
                       ("preview_every", 0, 10 ** 6)):
         v = s[k]
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+        if not is_int(v) or not lo <= v <= hi:
             raise ParameterError(f"{k.replace('_', ' ')} must be a whole number between {lo} and {hi} (got {v!r}).")
         s[k] = int(v)
     _check_arch(s["width"], s["n_res"])

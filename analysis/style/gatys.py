@@ -34,6 +34,7 @@ import torch.nn.functional as F
 import analysis.optimize as O
 from analysis.core.errors import LayerError, ParameterError
 from analysis.core.models.bundle import ModelBundle
+from analysis.core.schema import is_int, is_real
 
 MIN_SIDE, MAX_SIDE = 32, 2048
 
@@ -182,7 +183,7 @@ def _check_rgb(image, what: str) -> np.ndarray:
 
 
 def _check_side(size, what="size"):
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not MIN_SIDE <= size <= MAX_SIDE:
+    if not is_int(size) or not MIN_SIDE <= size <= MAX_SIDE:
         raise ParameterError(f"The {what} must be a whole number of pixels between {MIN_SIDE} and {MAX_SIDE} "
                              f"(got {size!r}).")
     return int(size)
@@ -284,7 +285,7 @@ def _weights(d, what: str) -> dict[str, float]:
 
 
 def _nonneg(name, v) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+    if not is_real(v) or v < 0:
         raise ParameterError(f"{name} must be a number ≥ 0 (got {v!r}).")
     return float(v)
 
@@ -333,7 +334,7 @@ def _noise(shape, seed: int, device) -> torch.Tensor:
 
 def _pad(d: StyleDefaults, pad) -> int:
     pad = d.pad if pad is None else pad
-    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or not 0 <= pad <= 64:
+    if not is_int(pad) or not 0 <= pad <= 64:
         raise ParameterError(f"The reflection padding must be between 0 and 64 px (got {pad!r}).")
     return int(pad)
 
@@ -342,7 +343,7 @@ def _rules(optimizer: str, lr, defaults: StyleDefaults) -> tuple[str, float]:
     if optimizer not in ("lbfgs", "adam"):
         raise ParameterError(f"Unknown optimiser {optimizer!r}: use lbfgs or adam.")
     lr = (defaults.lr_lbfgs if optimizer == "lbfgs" else defaults.lr_adam) if lr is None else lr
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not np.isfinite(lr) or lr <= 0:
+    if not is_real(lr) or lr <= 0:
         raise ParameterError(f"The learning rate must be a positive number (got {lr!r}).")
     return optimizer, float(lr)
 
@@ -363,7 +364,7 @@ def synthesize_texture(bundle: ModelBundle, image: np.ndarray, layers=None, *, s
     _check_rgb(image, "texture image")
     d = default_settings(bundle)
     lw = _weights(d.texture_layers if layers is None else layers, "texture")
-    h, w = (size, size) if isinstance(size, (int, np.integer)) and not isinstance(size, bool) else tuple(size)
+    h, w = (size, size) if is_int(size) else tuple(size)
     h, w = _check_side(h), _check_side(w)
     if not isinstance(source_scale, (int, float)) or not 0.1 <= source_scale <= 4:
         raise ParameterError(f"The source scale must be between 0.1 and 4 (got {source_scale!r}).")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import threading
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -20,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 from analysis.core.errors import ParameterError
+from analysis.core.schema import is_real
 
 _INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
            "lanczos": Image.LANCZOS}
@@ -70,7 +70,7 @@ class Preprocessing:
                 f"mean and std need one value per input channel ({self.channels}: "
                 f"{'grey' if self.grayscale else 'RGB'}); got {len(self.mean)} mean and {len(self.std)} std values.")
         for v in (*self.mean, *self.std):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if not is_real(v):
                 raise ParameterError(f"mean/std values must be finite numbers (got {v!r}).")
         if any(s <= 0 for s in self.std):
             raise ParameterError("every std value must be positive.")
