@@ -81,10 +81,12 @@ def forward_context(bundle: ModelBundle, objective: Objective, image: torch.Tens
             logits = bundle.model(inp)
         except _Stop:
             logits = None
-        missing = objective.layers - set(acts)
-        if missing:
-            raise LayerError(f"Layer(s) {', '.join(sorted(missing))} did not run in the forward pass.")
-        return Context(channels_first(bundle, acts), logits, image, pixels)
+    # Outside the captures: channels_first may build the layer table, whose dry forward must
+    # not run through (and be stopped by) this objective's hooks.
+    missing = objective.layers - set(acts)
+    if missing:
+        raise LayerError(f"Layer(s) {', '.join(sorted(missing))} did not run in the forward pass.")
+    return Context(channels_first(bundle, acts), logits, image, pixels)
 
 
 def channels_first(bundle: ModelBundle, acts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
