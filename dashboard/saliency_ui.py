@@ -13,6 +13,7 @@ import json
 import numpy as np
 import streamlit as st
 
+from analysis.core.layers import spatial_layers
 from analysis.core.lru import LockedLRU
 from analysis.core.schema import Param
 from analysis.saliency import registry
@@ -44,7 +45,7 @@ def cached_prediction(bundle, image, image_key: str):
 
 def spatial_layer_names(infos) -> list[str]:
     """Layers a ``layer`` parameter may name (those the layer picker offers)."""
-    return [i.name for i in infos if i.calls > 0 and i.spatial]
+    return spatial_layers(infos)
 
 
 # ------------------------------------------------------------------ the request from a link

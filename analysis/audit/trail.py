@@ -44,6 +44,7 @@ import sqlalchemy as sa
 
 from analysis.core.errors import ConvlensError, ParameterError
 from analysis.core.fsio import atomic_write, fsync_dir
+from analysis.core.images import colormap_rgb
 
 log = logging.getLogger("convlens.audit")
 
@@ -197,7 +198,6 @@ def _map_like(a: np.ndarray) -> bool:
 def heatmap(a: np.ndarray, cmap: str = "inferno") -> np.ndarray:
     """A float map as an RGB uint8 picture: signed maps centred on grey (RdBu_r), others
     min-max scaled (inferno)."""
-    from matplotlib import colormaps
     a = np.nan_to_num(np.asarray(a, dtype=np.float64))
     lo, hi = float(a.min()), float(a.max())
     if lo < 0 < hi:
@@ -205,7 +205,7 @@ def heatmap(a: np.ndarray, cmap: str = "inferno") -> np.ndarray:
         norm, cmap = (a / m + 1) / 2, "RdBu_r"
     else:
         norm = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-    return (colormaps[cmap](norm)[..., :3] * 255 + 0.5).astype(np.uint8)
+    return colormap_rgb(norm, cmap)
 
 
 class _Walker:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Generator, Iterator
 
 from analysis.core.config import get_config
 from analysis.core.errors import LimitError
@@ -149,3 +149,25 @@ def reset() -> None:
     """Forget all semaphores (tests); jobs holding one keep it until they end."""
     with _lock:
         _slots.clear()
+
+
+def drive(gen: Generator, on_step: Callable[[Any], None] | None = None,
+          reply: Callable[[Any], Any] | None = None) -> Any:
+    """Run a generator job (one that yields steps and returns its result) to its end.
+
+    Args:
+        gen: the generator.
+        on_step: called with every yielded step (progress bars, logs).
+        reply: what to send back after each step, from the step (e.g. "stop"); None sends None.
+
+    Returns:
+        The generator's return value.
+    """
+    try:
+        step = next(gen)
+        while True:
+            if on_step is not None:
+                on_step(step)
+            step = gen.send(None if reply is None else reply(step))
+    except StopIteration as fin:
+        return fin.value

@@ -168,9 +168,22 @@ def _layer_table(bundle: ModelBundle) -> list[LayerInfo]:
     return infos
 
 
+def spatial_infos(infos: list[LayerInfo]) -> list[LayerInfo]:
+    """The layers that ran and whose output is a feature map (C, H, W), in forward order.
+
+    Args:
+        infos: a layer table (``layer_table(bundle)``).
+    """
+    return [i for i in infos if i.spatial and i.calls > 0]
+
+
 def spatial_layers(infos: list[LayerInfo]) -> list[str]:
-    """Names of layers whose output is a feature map (C, H, W), in forward order."""
-    return [i.name for i in infos if i.spatial and i.calls > 0]
+    """Names of the layers that ran and whose output is a feature map (C, H, W), in forward order.
+
+    Args:
+        infos: a layer table (``layer_table(bundle)``).
+    """
+    return [i.name for i in spatial_infos(infos)]
 
 
 _ADAPTIVE_POOLS = ("AdaptiveAvgPool2d", "AdaptiveMaxPool2d")
@@ -182,7 +195,7 @@ def last_conv_block(infos: list[LayerInfo]) -> str:
     whole last block (resnet "layer4", vgg "features", EfficientNet-Lite "_relu_head").
     Adaptive pooling layers are skipped: they only resample the last map. On token models
     (ViT) it is the input of the last attention (e.g. ``blocks.11.norm1``)."""
-    cands = [i for i in infos if i.spatial and i.calls > 0 and i.map_hw[0] * i.map_hw[1] > 1
+    cands = [i for i in spatial_infos(infos) if i.map_hw[0] * i.map_hw[1] > 1
              and i.type not in _ADAPTIVE_POOLS]
     if not cands:
         raise LayerError("The model has no layer with a spatial feature map.")
@@ -211,14 +224,14 @@ def check_layer(infos: list[LayerInfo], name: str) -> LayerInfo:
 def block_layers(infos: list[LayerInfo]) -> list[str]:
     """Spatial layers at most one level deep (whole blocks such as "_blocks.10", "layer3.1",
     "features.4"), in forward order: sensible defaults for layer pickers."""
-    cands = [i for i in infos if i.spatial and i.calls > 0 and i.name.count(".") <= 1
+    cands = [i for i in spatial_infos(infos) if i.name.count(".") <= 1
              and i.map_hw[0] * i.map_hw[1] > 1]
     return [i.name for i in sorted(cands, key=lambda i: i.finish_order)]
 
 
 def default_layer(infos: list[LayerInfo], fraction: float = 0.5) -> str:
     """A block ``fraction`` of the way through the network (0 = first, 1 = last)."""
-    blocks = block_layers(infos) or [i.name for i in infos if i.spatial and i.calls > 0]
+    blocks = block_layers(infos) or spatial_layers(infos)
     if not blocks:
         raise LayerError("The model has no layer with a spatial feature map.")
     return blocks[min(len(blocks) - 1, int(round(fraction * (len(blocks) - 1))))]

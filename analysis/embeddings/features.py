@@ -43,6 +43,7 @@ from analysis.core.batching import JobProgress, halve_after_oom
 from analysis.core.datasets import Dataset
 from analysis.core.errors import DatasetError, LayerError, ParameterError
 from analysis.core.hooks import capture, get_module
+from analysis.core.jobs import drive
 from analysis.core.layers import layer_layout
 from analysis.core.layout import Layout
 from analysis.core.layout import pool as layout_pool
@@ -295,13 +296,7 @@ def run_extract(bundle: ModelBundle, dataset: Dataset, layer: str | None = None,
     """``extract`` driven to the end: ``progress(done, total)`` after every batch; None if stopped."""
     gen = extract(bundle, dataset, layer, batch_size=batch_size, should_stop=should_stop,
                   save=save, cache_dir=cache_dir)
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(step.done, step.total)
+    return drive(gen, None if progress is None else (lambda step: progress(step.done, step.total)))
 
 
 def get_or_extract(bundle: ModelBundle, dataset: Dataset, layer: str | None = None, *,

@@ -45,6 +45,7 @@ from analysis.core.batching import JobProgress, halve_after_oom
 from analysis.core.datasets import Dataset
 from analysis.core.errors import DatasetError, LayerError, LimitError, ParameterError
 from analysis.core.hooks import get_module, run_truncated, truncate_after
+from analysis.core.jobs import drive
 from analysis.core.layers import layer_layout
 from analysis.core.layout import to_nchw
 from analysis.core.lru import LockedLRU
@@ -370,13 +371,7 @@ def run_scan(bundle: ModelBundle, dataset: Dataset, layer: str, *, k: int = 9, b
     """``scan`` driven to the end: ``progress(done, total)`` after every batch; None if stopped."""
     gen = scan(bundle, dataset, layer, k=k, batch_size=batch_size, should_stop=should_stop,
                save=save, cache_dir=cache_dir)
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(step.done, step.total)
+    return drive(gen, None if progress is None else (lambda step: progress(step.done, step.total)))
 
 
 def get_or_scan(bundle: ModelBundle, dataset: Dataset, layer: str, *, k: int = 9, batch_size: int = 32,

@@ -36,6 +36,7 @@ import torch
 
 from analysis.core.errors import LayerError, ParameterError
 from analysis.core.hooks import forward_hooks, get_module, keep_output
+from analysis.core.jobs import drive
 from analysis.core.models.bundle import ModelBundle
 from analysis.core.schema import check_real
 from analysis.core.sizes import fit_to_model
@@ -325,11 +326,4 @@ def optimize(bundle: ModelBundle, objective: Objective, param: ImageParam, *, st
 def run(gen: Generator, stop_after: int | None = None, on_step: Callable[[OptStep], None] | None = None):
     """Drive an engine generator to its end (or stop it after ``stop_after`` steps) and
     return its result."""
-    try:
-        s = next(gen)
-        while True:
-            if on_step is not None:
-                on_step(s)
-            s = gen.send("stop" if stop_after is not None and s.step >= stop_after else None)
-    except StopIteration as fin:
-        return fin.value
+    return drive(gen, on_step, lambda s: "stop" if stop_after is not None and s.step >= stop_after else None)

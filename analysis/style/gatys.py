@@ -109,9 +109,9 @@ def default_settings(bundle: ModelBundle, infos=None) -> StyleDefaults:
         return LITE0
     if arch in ("vgg16", "vgg19") and bundle.preprocess.channels == 3:
         return _vgg_defaults(arch)
-    from analysis.core.layers import block_layers, layer_table
+    from analysis.core.layers import block_layers, layer_table, spatial_layers
     infos = infos if infos is not None else layer_table(bundle)
-    blocks = block_layers(infos) or [i.name for i in infos if i.spatial and i.calls > 0]
+    blocks = block_layers(infos) or spatial_layers(infos)
     if not blocks:
         raise LayerError("The model has no layer with a spatial feature map: it cannot describe style.")
     upto = blocks[:max(1, int(np.ceil(len(blocks) * 2 / 3)))]
