@@ -21,7 +21,7 @@ Two independent methods:
   mixed back into a map (squeeze-and-excitation: every position then sees the whole
   image), mark the result "unknown"; asking for such a layer raises ``ReceptiveFieldError``
   and ``method="auto"`` falls back to the gradient method. The whole model is traced once
-  per bundle and the table cached on it (``bundle._receptive_cache``).
+  per bundle and the table cached on it (``bundle.receptive_cache``).
 
 * **gradient** (the check, and the fallback): on a deep copy made "linear and positive"
   (conv/linear weights ``1/fan_in``, normalisations and activations replaced by the
@@ -551,11 +551,11 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
 def _trace(bundle: ModelBundle) -> dict[str, _Info]:
     """Receptive-field info of every module's output (last call), from one forward of a
     zero image on the shared model (nothing mutated; hooks removed in ``finally``)."""
-    cached = getattr(bundle, "_receptive_cache", None)
+    cached = bundle.receptive_cache
     if cached is not None:
         return cached
     with bundle.lock:
-        cached = getattr(bundle, "_receptive_cache", None)
+        cached = bundle.receptive_cache
         if cached is not None:
             return cached
         model = bundle.model
@@ -584,7 +584,7 @@ def _trace(bundle: ModelBundle) -> dict[str, _Info]:
                     raise ReceptiveFieldError(f"The model's forward failed on a blank "
                                               f"{size}x{size} image: {e}") from e
         tracer.clear()
-        bundle._receptive_cache = table   # derived data; the shared model is untouched
+        bundle.receptive_cache = table   # derived data; the shared model is untouched
         return table
 
 

@@ -117,9 +117,9 @@ def stylize(net: TransformerNet, image: np.ndarray, max_side: int | None = None,
     """One forward pass: RGB uint8 (H, W, 3) -> stylised RGB uint8 of the same size (or
     of the image scaled so its longer side is ``max_side``, if it is longer; never more
     than 2048 px, whose activations already take about 2 GB)."""
-    S._check_rgb(image, "image")
+    S.check_rgb(image, "image")
     if max_side is not None:
-        S._check_side(max_side, "maximum side")
+        S.check_side(max_side, "maximum side")
     max_side = min(max_side or S.MAX_SIDE, S.MAX_SIDE)
     h, w = image.shape[:2]
     size = S.fit_size(h, w, max_side) if max(h, w) > max_side else None
@@ -351,7 +351,7 @@ class ContentSampler:
     def _image(self, i: int) -> Image.Image:
         if i not in self._cache:
             arr = self.images[i] if self.images is not None else self.dataset.get(i)
-            S._check_rgb(np.asarray(arr), "content image")
+            S.check_rgb(np.asarray(arr), "content image")
             im = Image.fromarray(np.ascontiguousarray(arr))
             s = 1.5 * self.size / min(im.size)            # keep only what the largest crop scale needs
             if s < 1:
@@ -427,14 +427,14 @@ def _settings(bundle: ModelBundle, kw: dict) -> dict:
         s[k] = int(v)
     _check_arch(s["width"], s["n_res"])
     for k in ("lr", "style_weight", "content_weight", "tv_weight", "style_scale"):
-        S._nonneg(k.replace("_", " "), s[k])
+        S.check_nonneg(k.replace("_", " "), s[k])
     if s["lr"] <= 0 or s["lr"] > 1:
         raise ParameterError(f"The learning rate must be in (0, 1] (got {s['lr']}).")
     if s["style_weight"] == 0 and s["content_weight"] == 0:
         raise ParameterError("Content and style weights are both 0: nothing to learn.")
     if not 0.1 <= s["style_scale"] <= 4:
         raise ParameterError("The style scale must be between 0.1 and 4.")
-    s["style_layers"] = S._weights(s["style_layers"], "style")
+    s["style_layers"] = S.layer_weights_of(s["style_layers"], "style")
     s["content_layer"] = str(s["content_layer"])
     return s
 
@@ -471,7 +471,7 @@ def train_fast_style(bundle: ModelBundle, style_image: np.ndarray | None, name: 
         done = int(meta.get("steps_done", 0))
         seed = int(meta.get("seed", seed))
     else:
-        S._check_rgb(style_image, "style image")
+        S.check_rgb(style_image, "style image")
         if folder.exists() and not overwrite:
             raise ParameterError(f"A network named {name!r} exists already: resume it, or choose another name.")
         s = _settings(bundle, settings)
@@ -491,12 +491,12 @@ def train_fast_style(bundle: ModelBundle, style_image: np.ndarray | None, name: 
     size = s["size"]
     style_unit = S.to_unit_tensor(style_image, S.fit_size(*style_image.shape[:2], max(16, round(size * s["style_scale"]))))
     lw, c_layer = s["style_layers"], s["content_layer"]
-    targets = S.gram_targets(bundle, [(S._model_channels(style_unit, bundle).to(dev), 1.0)], list(lw)) \
+    targets = S.gram_targets(bundle, [(S.model_channels(style_unit, bundle).to(dev), 1.0)], list(lw)) \
         if s["style_weight"] > 0 else {}
     if preview_image is None:
         from analysis.core.images import gallery_image
         preview_image = gallery_image("chelsea")
-    S._check_rgb(preview_image, "preview image")
+    S.check_rgb(preview_image, "preview image")
     prev_x = S.to_unit_tensor(preview_image, S.fit_size(*preview_image.shape[:2], preview_side)).to(dev)
 
     record = {"format": FORMAT, "name": name, "settings": s, "seed": seed, "model_id": bundle.model_id,
@@ -527,12 +527,12 @@ def train_fast_style(bundle: ModelBundle, style_image: np.ndarray | None, name: 
     try:
         while done < total:
             x = sampler.batch(done, s["batch"]).to(dev)
-            xm = S._model_channels(x, bundle)
+            xm = S.model_channels(x, bundle)
             with bundle.lock:
                 c_feat = S.features(bundle, xm, [c_layer])[c_layer] if cw > 0 else None
                 with torch.enable_grad():
                     y = net(x)
-                    ym = S._model_channels(y, bundle)
+                    ym = S.model_channels(y, bundle)
                     if sw > 0:
                         obj = S.style_objective(targets, lw, sw, (c_layer, c_feat) if cw > 0 else None, cw, tvw,
                                                 size * size)

@@ -207,6 +207,12 @@ class ModelBundle:
     # Derived copies of the model that methods build once and reuse (e.g. the attention
     # saliency's copy with timm's fused attention off); never the shared model itself.
     derived: dict = field(default_factory=dict, repr=False)
+    # Data derived from the model once and kept with it (declared here, never attached at
+    # run time): the guided-backprop copy (analysis.core.guided.guided_model) and the
+    # analytic receptive-field trace (analysis.inside.receptive). Not init fields, so that
+    # ``dataclasses.replace`` (a bundle with other preprocessing) starts them empty.
+    guided_cache: tuple | None = field(default=None, init=False, repr=False)
+    receptive_cache: dict | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         self.model.eval()
