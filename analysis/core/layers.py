@@ -215,6 +215,12 @@ def last_conv_block(infos: list[LayerInfo]) -> str:
 
 
 def check_layer(infos: list[LayerInfo], name: str) -> LayerInfo:
+    """The row of ``name`` in a layer table, else LayerError.
+
+    Args:
+        infos: the layer table (``layer_table(bundle)``).
+        name: the layer's module name.
+    """
     for i in infos:
         if i.name == name:
             return i

@@ -19,6 +19,11 @@ _HASH = re.compile(r"^[0-9a-f]{64}$")
 
 
 def uploads_dir(root: Path | None = None) -> Path:
+    """The uploads folder (created if needed).
+
+    Args:
+        root: the folder to use (default ``<data_dir>/uploads``).
+    """
     d = Path(root or get_config().data_dir / "uploads")
     d.mkdir(parents=True, exist_ok=True)
     return d

@@ -139,6 +139,12 @@ _TRAIN_LOCK = threading.Lock()
 
 
 def digits_weights_path(config: DigitsTrainConfig = DigitsTrainConfig(), cache_dir: Path | None = None) -> Path:
+    """Where the trained digits CNN of ``config`` is cached.
+
+    Args:
+        config: the training settings (part of the file name).
+        cache_dir: the cache root (default the configuration's ``cache_dir``).
+    """
     cache_dir = Path(cache_dir or get_config().cache_dir)
     return cache_dir / "models" / f"digits-cnn-{config.key}.safetensors"
 
@@ -165,6 +171,13 @@ def load_digits_model(config: DigitsTrainConfig = DigitsTrainConfig(), cache_dir
 
 
 def digits_bundle(device: torch.device | None = None, cache_dir: Path | None = None, progress=None) -> ModelBundle:
+    """The embedded digits CNN as a ModelBundle (trained on first use, then cached).
+
+    Args:
+        device: where the model runs (default CPU).
+        cache_dir: the weights cache root (default the configuration's ``cache_dir``).
+        progress: optional ``progress(done, total)`` callback while training.
+    """
     model, info = load_digits_model(cache_dir=cache_dir, progress=progress)
     acc = info.get("test_accuracy")
     return ModelBundle(
