@@ -45,16 +45,6 @@ from analysis.core.errors import ConvlensError, DatasetError, LimitError, Parame
 from analysis.core.fsio import atomic_write
 from analysis.core.schema import is_int
 
-__all__ = [
-    "DEFAULT_DATASET",
-    "IMAGE_EXTENSIONS",
-    "Dataset",
-    "load_digits_dataset",
-    "load_image_folder",
-    "load_zip_dataset",
-    "train_test_split_indices",
-]
-
 DEFAULT_DATASET = "digits"
 
 #: File extensions (lower case, with dot) recognised as images in folder / zip data sets.

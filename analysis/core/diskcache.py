@@ -28,8 +28,6 @@ from analysis.core.config import get_config
 from analysis.core.errors import ParameterError
 from analysis.core.fsio import atomic_open
 
-__all__ = ["cache_key", "cache_path", "save_arrays", "load_arrays", "clear"]
-
 _META = "__meta__"
 _KIND = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")

@@ -30,11 +30,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from analysis.core.config import Limits, MiB, get_config
 from analysis.core.errors import ConvlensError, ImageLoadError, LimitError, ParameterError
 
-__all__ = [
-    "SUPPORTED_FORMATS", "load_image", "to_rgb_array", "image_hash", "to_png_bytes",
-    "GalleryItem", "GALLERY", "DEFAULT_IMAGE", "gallery_names", "gallery_image", "colormap_rgb",
-]
-
 #: Pillow format ids we let Pillow try, in the order it tries them.
 _PIL_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 #: Human-readable names of the accepted formats (for messages and upload widgets).

@@ -52,13 +52,6 @@ from analysis.core.lru import LockedLRU
 from analysis.core.models.bundle import ModelBundle
 from analysis.core.schema import check_int, is_int
 
-__all__ = [
-    "GALLERY_SCALE", "GALLERY_RATIO", "gallery_dataset",
-    "ScanProgress", "PatchIndex", "PatchCrop",
-    "scan", "run_scan", "load_index", "save_index", "index_key", "get_or_scan",
-    "patch_crops", "patch_grid",
-]
-
 CACHE_KIND = "patches"
 _FORMAT = 1                      # bump when the stored layout or scan rules change
 MAX_K = 100

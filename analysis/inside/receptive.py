@@ -66,9 +66,6 @@ from analysis.core.errors import LayerError, ParameterError
 from analysis.core.hooks import capture, forward_hooks, get_module
 from analysis.core.models.bundle import ModelBundle
 
-__all__ = ["ReceptiveField", "ReceptiveFieldError", "receptive_field", "analytic_receptive_field",
-           "analytic_receptive_fields", "gradient_receptive_field", "METHODS"]
-
 METHODS = ("auto", "analytic", "gradient")
 
 
