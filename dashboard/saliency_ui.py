@@ -8,8 +8,6 @@ same schemas as the widgets before anything is computed.
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import streamlit as st
 
@@ -101,10 +99,6 @@ def parse_request(raw, num_classes: int, layer_names: list[str]) -> tuple[dict |
         msgs += [f"{where}: {x}" for x in more]
         params[m] = clean
     return {"methods": known, "target": target, "params": params}, msgs
-
-
-def request_key(req: dict) -> str:
-    return json.dumps(req, sort_keys=True)
 
 
 # ------------------------------------------------------------------ maps

@@ -84,15 +84,3 @@ def atomic_write(path: str | os.PathLike, data: bytes, *, fsync: bool = True) ->
     """
     with atomic_open(path, fsync=fsync) as f:
         f.write(data)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "utf-8", fsync: bool = True) -> None:
-    """``atomic_write`` for text.
-
-    Args:
-        path: the file to (re)write.
-        text: its content.
-        encoding: the text encoding (UTF-8 by default).
-        fsync: flush the file and its folder to disk before returning.
-    """
-    atomic_write(path, text.encode(encoding), fsync=fsync)
