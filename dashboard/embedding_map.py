@@ -82,10 +82,14 @@ def ensure_assets(root: Path | None = None) -> Path:
         if not js.exists() or js.stat().st_size != src.stat().st_size:
             root.mkdir(parents=True, exist_ok=True)
             atomic_write(js, src.read_bytes())
-        index = root / "index.html"
-        if not index.exists() or index.read_bytes() != html:
-            atomic_write(index, html)
+        write_if_changed(root / "index.html", html)
     return root
+
+
+def write_if_changed(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` (atomically) unless the file already holds exactly that."""
+    if not path.exists() or path.read_bytes() != data:
+        atomic_write(path, data)
 
 
 def _component(root: Path):

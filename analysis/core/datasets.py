@@ -272,6 +272,18 @@ def _check_count(n: int, limits: Limits, what: str) -> None:
 # Digits
 # --------------------------------------------------------------------------------------
 @lru_cache(maxsize=1)
+def image_count(dataset: Dataset) -> int:
+    """The number of images of ``dataset``; DatasetError if it has none (nothing to scan).
+
+    Args:
+        dataset: the data set a job is about to go through.
+    """
+    n = len(dataset)
+    if n == 0:
+        raise DatasetError(f"Data set {dataset.name!r} has no images.")
+    return n
+
+
 def load_digits_dataset() -> Dataset:
     """scikit-learn's hand-written digits: 1,797 RGB uint8 images of 8x8 pixels, 10 classes.
 

@@ -40,8 +40,8 @@ from torch import nn
 
 import analysis.core.diskcache as diskcache
 from analysis.core.batching import JobProgress, halve_after_oom
-from analysis.core.datasets import Dataset
-from analysis.core.errors import DatasetError, LayerError, ParameterError
+from analysis.core.datasets import Dataset, image_count
+from analysis.core.errors import LayerError, ParameterError
 from analysis.core.hooks import capture, get_module
 from analysis.core.jobs import drive
 from analysis.core.layers import layer_layout
@@ -253,9 +253,7 @@ def extract(bundle: ModelBundle, dataset: Dataset, layer: str | None = None, *, 
     if not isinstance(layer, str):
         raise ParameterError(f"layer must be a layer name, got {layer!r}")
     get_module(bundle.model, layer)          # LayerError before any work for a bad name
-    n = len(dataset)
-    if n == 0:
-        raise DatasetError(f"Data set {dataset.name!r} has no images.")
+    n = image_count(dataset)
     t0 = time.perf_counter()
     yield ExtractProgress(0, n, 0.0)
 

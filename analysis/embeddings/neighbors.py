@@ -32,8 +32,8 @@ import torch
 from PIL import Image
 
 import analysis.core.diskcache as diskcache
-from analysis.core.datasets import Dataset
-from analysis.core.errors import DatasetError, ParameterError
+from analysis.core.datasets import Dataset, image_count
+from analysis.core.errors import ParameterError
 from analysis.core.lru import LockedLRU
 from analysis.core.models.bundle import ModelBundle
 from analysis.core.schema import check_int, is_int
@@ -232,9 +232,7 @@ def pixel_thumbnails(bundle: ModelBundle, dataset: Dataset, size: int = 32, *,
     """(N, size, size, 3) uint8 thumbnails of the model-input crops, from the disk cache or
     computed now (then stored); None if ``should_stop()`` turned true (nothing stored)."""
     size = _check_size(bundle, size)
-    n = len(dataset)
-    if n == 0:
-        raise DatasetError(f"Data set {dataset.name!r} has no images.")
+    n = image_count(dataset)
     key = pixel_key(bundle, dataset, size)
     got = diskcache.load_arrays(PIXEL_KIND, key, cache_dir=cache_dir)
     if got is not None:

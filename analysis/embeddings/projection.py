@@ -233,15 +233,8 @@ def _resolve(n: int, d: int, method: str, dims: int, *, seed, pca_dims, perplexi
     return params
 
 
-def _prepare(x: np.ndarray, params: dict) -> tuple[np.ndarray, str]:
-    """Standardise / normalise / PCA-reduce; memoised on a hash of the input."""
-    dx = _digest(x)
-    if not (params["standardize"] or params["metric"] == "cosine" or params.get("pca_dims")):
-        return x, dx                         # used as is (and not held in memory)
-    key = (dx, params["standardize"], params["metric"], params.get("pca_dims"), params["seed"])
-    hit = _PREPARED.get(key)
-    if hit is not None:
-        return hit
+def _scaled(x: np.ndarray, params: dict) -> np.ndarray:
+    """``x`` standardised per dimension (``standardize``) and/or row-normalised (cosine metric)."""
     y = x
     if params["standardize"]:
         mu = y.mean(axis=0, dtype=np.float64)
@@ -251,11 +244,29 @@ def _prepare(x: np.ndarray, params: dict) -> tuple[np.ndarray, str]:
     if params["metric"] == "cosine":
         norm = np.linalg.norm(y, axis=1, keepdims=True)
         y = (y / np.maximum(norm, 1e-12)).astype(np.float32)
+    return y
+
+
+def _pca(k: int, y: np.ndarray, seed: int):
+    """scikit-learn's PCA with ``k`` components: randomised SVD unless ``k`` is close to full rank."""
+    from sklearn.decomposition import PCA
+    solver = "randomized" if k < 0.8 * min(y.shape) else "full"
+    return PCA(n_components=k, svd_solver=solver, random_state=seed)
+
+
+def _prepare(x: np.ndarray, params: dict) -> tuple[np.ndarray, str]:
+    """Standardise / normalise / PCA-reduce; memoised on a hash of the input."""
+    dx = _digest(x)
+    if not (params["standardize"] or params["metric"] == "cosine" or params.get("pca_dims")):
+        return x, dx                         # used as is (and not held in memory)
+    key = (dx, params["standardize"], params["metric"], params.get("pca_dims"), params["seed"])
+    hit = _PREPARED.get(key)
+    if hit is not None:
+        return hit
+    y = _scaled(x, params)
     k = params.get("pca_dims")
     if k:
-        from sklearn.decomposition import PCA
-        solver = "randomized" if k < 0.8 * min(y.shape) else "full"
-        y = PCA(n_components=k, svd_solver=solver, random_state=params["seed"]).fit_transform(y)
+        y = _pca(k, y, params["seed"]).fit_transform(y)
     y = np.ascontiguousarray(y, dtype=np.float32)
     out = (y, _digest(y))
     _PREPARED.put(key, out)
@@ -311,19 +322,9 @@ def _drop_self(ind: np.ndarray, dist: np.ndarray, k: int) -> tuple[np.ndarray, n
 # --------------------------------------------------------------------------- methods
 
 def _run_pca(x: np.ndarray, dims: int, params: dict, progress):
-    from sklearn.decomposition import PCA
     _report(progress, 0, 1)
-    y = x
-    if params["standardize"]:
-        mu = y.mean(axis=0, dtype=np.float64)
-        sd = y.std(axis=0, dtype=np.float64)
-        sd[sd == 0] = 1.0
-        y = ((y - mu) / sd).astype(np.float32)
-    if params["metric"] == "cosine":
-        y = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
-    k = params["n_components_fitted"]
-    solver = "randomized" if k < 0.8 * min(y.shape) else "full"
-    pca = PCA(n_components=k, svd_solver=solver, random_state=params["seed"])
+    y = _scaled(x, params)
+    pca = _pca(params["n_components_fitted"], y, params["seed"])
     z = pca.fit_transform(y)
     _report(progress, 1, 1)
     ratio = np.asarray(pca.explained_variance_ratio_, dtype=np.float64)

@@ -42,8 +42,8 @@ from PIL import Image
 
 import analysis.core.diskcache as diskcache
 from analysis.core.batching import JobProgress, halve_after_oom
-from analysis.core.datasets import Dataset
-from analysis.core.errors import DatasetError, LayerError, LimitError, ParameterError
+from analysis.core.datasets import Dataset, image_count
+from analysis.core.errors import LayerError, LimitError, ParameterError
 from analysis.core.hooks import get_module, run_truncated, truncate_after
 from analysis.core.jobs import drive
 from analysis.core.layers import layer_layout
@@ -309,9 +309,7 @@ def scan(bundle: ModelBundle, dataset: Dataset, layer: str, *, k: int = 9, batch
     if not is_int(batch_size) or batch_size < 1:
         raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
     get_module(bundle.model, layer)          # LayerError before any work for a bad name
-    n = len(dataset)
-    if n == 0:
-        raise DatasetError(f"Data set {dataset.name!r} has no images.")
+    n = image_count(dataset)
     t0 = time.perf_counter()
     yield ScanProgress(0, n, 0.0)
 
