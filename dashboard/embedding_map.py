@@ -191,7 +191,12 @@ def selection_from_value(value, n: int) -> list[int]:
     integers in [0, n), first occurrence kept, anything else dropped."""
     if not isinstance(value, dict):
         return []
-    pts = value.get("points")
+    return valid_indices(value.get("points"), n)
+
+
+def valid_indices(pts, n: int) -> list[int]:
+    """The whole numbers in ``pts`` (a list from the browser) that index ``range(n)``, first
+    occurrence kept, in order; anything else (bools, fractions, text, out of range) dropped."""
     if not isinstance(pts, list):
         return []
     out, seen = [], set()

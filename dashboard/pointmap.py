@@ -29,7 +29,7 @@ import numpy as np
 
 from analysis.core.config import get_config
 from analysis.core.fsio import atomic_write
-from dashboard.embedding_map import write_if_changed, write_sheets
+from dashboard.embedding_map import valid_indices, write_if_changed, write_sheets
 
 log = logging.getLogger("convlens")
 
@@ -134,16 +134,7 @@ def selection(value, n: int) -> tuple[list[int], int]:
         return [], 0
     pts = value.get("points")
     count = value.get("count")
-    out = []
-    if isinstance(pts, list):
-        seen = set()
-        for p in pts:
-            if isinstance(p, bool) or not isinstance(p, (int, float)) or p != int(p):
-                continue
-            i = int(p)
-            if 0 <= i < n and i not in seen:
-                seen.add(i)
-                out.append(i)
+    out = valid_indices(pts, n)
     if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= n:
         count = len(out)
     return out, int(count)
