@@ -271,7 +271,6 @@ def _check_count(n: int, limits: Limits, what: str) -> None:
 # --------------------------------------------------------------------------------------
 # Digits
 # --------------------------------------------------------------------------------------
-@lru_cache(maxsize=1)
 def image_count(dataset: Dataset) -> int:
     """The number of images of ``dataset``; DatasetError if it has none (nothing to scan).
 
@@ -284,6 +283,7 @@ def image_count(dataset: Dataset) -> int:
     return n
 
 
+@lru_cache(maxsize=1)
 def load_digits_dataset() -> Dataset:
     """scikit-learn's hand-written digits: 1,797 RGB uint8 images of 8x8 pixels, 10 classes.
 
