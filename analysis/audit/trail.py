@@ -142,6 +142,11 @@ def jsonable(v: Any, depth: int = 0) -> Any:
 
 
 def dumps(v: Any) -> str:
+    """Canonical JSON of ``v`` (made JSON-able, sorted keys, compact).
+
+    Args:
+        v: any value ``jsonable`` accepts.
+    """
     return json.dumps(jsonable(v), sort_keys=True, separators=(",", ":"))
 
 
@@ -428,6 +433,11 @@ def _from_row(r, notes: list[Note] | None = None) -> RunRecord:
 # ====================================================================== files
 
 def png_bytes(rgb: np.ndarray) -> bytes:
+    """An RGB (or grey) uint8 image as PNG bytes.
+
+    Args:
+        rgb: (H, W, 3) or (H, W) array.
+    """
     from PIL import Image
     a = np.asarray(rgb)
     if a.ndim == 3 and a.shape[-1] == 1:
@@ -438,6 +448,11 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 
 def npy_bytes(a: np.ndarray) -> bytes:
+    """An array as .npy bytes (no pickles).
+
+    Args:
+        a: a numeric array.
+    """
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
     return buf.getvalue()

@@ -54,6 +54,13 @@ class DeviceSlots:
 
     def acquire(self, *, on_wait: Callable[[QueueState], None] | None = None, poll: float = 0.25,
                 timeout: float | None = None) -> None:
+        """Take a slot, waiting in arrival order while all are busy.
+
+        Args:
+            on_wait: called with the queue state while waiting (may raise to leave the queue).
+            poll: seconds between checks while waiting.
+            timeout: give up (LimitError) after this many seconds; None waits for ever.
+        """
         ticket = object()
         start = time.monotonic()
         with self._cond:
@@ -87,6 +94,7 @@ class DeviceSlots:
             raise
 
     def release(self) -> None:
+        """Give the slot back and wake the next waiting job. Takes no arguments."""
         with self._cond:
             if self._running <= 0:
                 raise RuntimeError("release without acquire")

@@ -198,6 +198,12 @@ def _meta(fs: FeatureSet) -> dict:
 
 
 def save_features(fs: FeatureSet, cache_dir=None) -> None:
+    """Store a feature set in the disk cache (found again by ``load_features``).
+
+    Args:
+        fs: the feature set.
+        cache_dir: the cache root (default the configuration's).
+    """
     key = diskcache.cache_key("features", fs.model_id, fs.layer, fs.dataset_hash, fs.preprocess_id)
     diskcache.save_arrays(CACHE_KIND, key, {"features": fs.features, "predictions": fs.predictions,
                                             "confidences": fs.confidences, "labels": fs.labels},

@@ -222,6 +222,13 @@ def _to_vectors(bundle: ModelBundle, thumbs: np.ndarray) -> np.ndarray:
 
 
 def pixel_key(bundle: ModelBundle, dataset: Dataset, size: int) -> str:
+    """Disk-cache key of the pixel vectors of ``dataset`` at thumbnail ``size``.
+
+    Args:
+        bundle: the model (its preprocessing decides the crop).
+        dataset: the data set.
+        size: the thumbnail side in pixels.
+    """
     return diskcache.cache_key("pixels", dataset.content_hash, bundle.preprocess.spec_id, int(size))
 
 

@@ -233,6 +233,12 @@ def _meta(index: PatchIndex) -> dict:
 
 
 def save_index(index: PatchIndex, cache_dir=None) -> None:
+    """Store a patch index in the disk cache (found again by ``load_index``).
+
+    Args:
+        index: the index.
+        cache_dir: the cache root (default the configuration's).
+    """
     key = diskcache.cache_key("patches", index.model_id, index.layer, index.dataset_hash,
                               index.preprocess_id, index.k)
     diskcache.save_arrays(CACHE_KIND, key, {"values": index.values, "image_idx": index.image_idx,

@@ -134,12 +134,18 @@ def stylize(net: TransformerNet, image: np.ndarray, max_side: int | None = None,
 
 
 def networks_dir() -> Path:
+    """The folder of saved fast-style networks (created if needed). Takes no arguments."""
     d = get_config().data_dir / "style_networks"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
 
 def check_name(name: str) -> str:
+    """``name`` if it is an allowed network name (1-64 letters, digits, "_", "-", "."), else ParameterError.
+
+    Args:
+        name: the network's name.
+    """
     if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
         raise ParameterError(f"Network name {name!r} is not allowed: use 1-64 letters, digits, '_', '-' or '.', "
                              "starting with a letter or digit.")
@@ -320,6 +326,11 @@ def import_network(data: bytes, name: str, filename: str = "network.safetensors"
 
 
 def delete_network(name: str) -> None:
+    """Delete a saved fast-style network (nothing happens if there is none).
+
+    Args:
+        name: the network's name.
+    """
     folder = networks_dir() / check_name(name)
     if folder.is_dir():
         shutil.rmtree(folder)

@@ -135,6 +135,11 @@ def rgb_to_yiq(x: torch.Tensor) -> torch.Tensor:
 
 
 def yiq_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """YIQ images back to RGB (the inverse of ``rgb_to_yiq``).
+
+    Args:
+        x: (B, 3, H, W) YIQ tensor.
+    """
     return torch.einsum("dc,bchw->bdhw", _YIQ_INV.to(x.device, x.dtype), x)
 
 
