@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis.audit.trail import VERDICTS, AuditError, AuditStore, RunInput, is_result, open_store, summarise
+from analysis.audit.trail import AuditError, AuditStore, RunInput, is_result, open_store, summarise
 from analysis.core.config import get_config
 from dashboard import auth, share, state
 from dashboard.text import plain
@@ -320,4 +320,3 @@ def verdict_label(v: str) -> str:
     return v or "(none)"
 
 
-__all__ = ["record", "finalise_views", "store", "VERDICTS"]

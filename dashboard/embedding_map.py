@@ -32,13 +32,10 @@ keeps zoom and lasso. WebGL (``scattergl``) above 2,000 points is kept from
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import logging
-import os
-import tempfile
 import threading
 from pathlib import Path
 
@@ -48,6 +45,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.core.config import get_config
+from analysis.core.fsio import atomic_write
 
 log = logging.getLogger("convlens")
 
@@ -71,18 +69,6 @@ def _plotly_js_source() -> Path:
     return Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
 
 def ensure_assets(root: Path | None = None) -> Path:
     """Write index.html and copy plotly.min.js into the component folder (once per
@@ -95,11 +81,15 @@ def ensure_assets(root: Path | None = None) -> Path:
         src = _plotly_js_source()
         if not js.exists() or js.stat().st_size != src.stat().st_size:
             root.mkdir(parents=True, exist_ok=True)
-            _write_atomic(js, src.read_bytes())
-        index = root / "index.html"
-        if not index.exists() or index.read_bytes() != html:
-            _write_atomic(index, html)
+            atomic_write(js, src.read_bytes())
+        write_if_changed(root / "index.html", html)
     return root
+
+
+def write_if_changed(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` (atomically) unless the file already holds exactly that."""
+    if not path.exists() or path.read_bytes() != data:
+        atomic_write(path, data)
 
 
 def _component(root: Path):
@@ -173,9 +163,9 @@ def write_sheets(thumbs: np.ndarray, key: str, root: Path | None = None) -> dict
         ext = "png"
         for k, sheet in enumerate(tile_sheets(thumbs)):
             data, ext = _encode(sheet)
-            _write_atomic(folder / f"{k}.{ext}", data)
+            atomic_write(folder / f"{k}.{ext}", data)
         meta = {"n": n, "size": s, "ext": ext}
-        _write_atomic(done, json.dumps(meta).encode())
+        atomic_write(done, json.dumps(meta).encode())
     return {"base": f"thumbs/{key}", "ext": meta["ext"], "n": n, "cols": SHEET_COLS,
             "per_sheet": PER_SHEET, "display": DISPLAY_PX, "pixelated": s <= 16}
 
@@ -201,7 +191,12 @@ def selection_from_value(value, n: int) -> list[int]:
     integers in [0, n), first occurrence kept, anything else dropped."""
     if not isinstance(value, dict):
         return []
-    pts = value.get("points")
+    return valid_indices(value.get("points"), n)
+
+
+def valid_indices(pts, n: int) -> list[int]:
+    """The whole numbers in ``pts`` (a list from the browser) that index ``range(n)``, first
+    occurrence kept, in order; anything else (bools, fractions, text, out of range) dropped."""
     if not isinstance(pts, list):
         return []
     out, seen = [], set()

@@ -170,4 +170,3 @@ class SessionGate:
         await self.app(scope, receive, send)
 
 
-__all__ = ["SessionGate", "issue_ticket", "redeem", "revoke", "has_pass", "valid_pass", "active"]

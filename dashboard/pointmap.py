@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from analysis.core.config import get_config
-from dashboard.embedding_map import _write_atomic, write_sheets
+from analysis.core.fsio import atomic_write
+from dashboard.embedding_map import valid_indices, write_if_changed, write_sheets
 
 log = logging.getLogger("convlens")
 
@@ -45,9 +46,7 @@ def component_root() -> Path:
 def ensure_assets(root: Path | None = None) -> Path:
     root = component_root() if root is None else root
     html = HTML_SOURCE.read_bytes()
-    index = root / "index.html"
-    if not index.exists() or index.read_bytes() != html:
-        _write_atomic(index, html)
+    write_if_changed(root / "index.html", html)
     return root
 
 
@@ -117,7 +116,7 @@ def _store(root: Path, folder: str, data: bytes) -> str:
     key = hashlib.sha256(data).hexdigest()[:32]
     path = root / folder / f"{key}.bin"
     if not path.exists():
-        _write_atomic(path, data)
+        atomic_write(path, data)
     return f"{folder}/{key}.bin"
 
 
@@ -163,16 +162,7 @@ def selection(value, n: int) -> tuple[list[int], int]:
         return [], 0
     pts = value.get("points")
     count = value.get("count")
-    out = []
-    if isinstance(pts, list):
-        seen = set()
-        for p in pts:
-            if isinstance(p, bool) or not isinstance(p, (int, float)) or p != int(p):
-                continue
-            i = int(p)
-            if 0 <= i < n and i not in seen:
-                seen.add(i)
-                out.append(i)
+    out = valid_indices(pts, n)
     if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= n:
         count = len(out)
     return out, int(count)

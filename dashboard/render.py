@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
+from analysis.core.images import colormap_rgb
 from analysis.core.predict import Prediction
 
 
@@ -56,10 +57,7 @@ def clip_map(m: np.ndarray, outlier_perc: float = 2.0, signed: bool = False) -> 
 
 def colorize(norm: np.ndarray, cmap: str = "inferno", signed: bool = False) -> np.ndarray:
     """[0, 1] (or [-1, 1] if signed) map -> RGB uint8 with a matplotlib colormap."""
-    import matplotlib
-    cm = matplotlib.colormaps[cmap]
-    v = (norm + 1) / 2 if signed else norm
-    return (cm(np.clip(v, 0, 1))[..., :3] * 255 + 0.5).astype(np.uint8)
+    return colormap_rgb((norm + 1) / 2 if signed else norm, cmap)
 
 
 def overlay(image: np.ndarray, heat_rgb: np.ndarray, alpha: float = 0.5, weight: np.ndarray | None = None) -> np.ndarray:
@@ -79,10 +77,8 @@ def display_cmap(cmap: str, signed: bool) -> str:
 def plotly_colorscale(cmap: str, n: int = 64) -> list[list]:
     """A matplotlib colormap as a plotly colorscale of ``n`` stops, with the same uint8
     colours as :func:`colorize` at each stop (so both views draw a value alike)."""
-    import matplotlib
-    cm = matplotlib.colormaps[cmap]
     pos = np.linspace(0.0, 1.0, n)
-    rgb = (cm(pos)[:, :3] * 255 + 0.5).astype(np.uint8)
+    rgb = colormap_rgb(pos, cmap)
     return [[float(p), f"rgb({r},{g},{b})"] for p, (r, g, b) in zip(pos, rgb)]
 
 

@@ -8,13 +8,11 @@ same schemas as the widgets before anything is computed.
 """
 from __future__ import annotations
 
-import json
-import threading
-
 import numpy as np
 import streamlit as st
-from cachetools import LRUCache
 
+from analysis.core.layers import spatial_layers
+from analysis.core.lru import LockedLRU
 from analysis.core.schema import Param
 from analysis.saliency import registry
 from dashboard import schema_ui
@@ -32,31 +30,20 @@ DISPLAY = (
 TRUST_TABS = ("Deletion / insertion", "Model randomisation")
 TRUST_TAB = Param("trust", "choice", TRUST_TABS[0], choices=TRUST_TABS, label="Trust check")
 
-_lock = threading.Lock()
-_pngs: LRUCache = LRUCache(maxsize=256)          # (result key, display) -> PNG bytes, all sessions
-_preds: LRUCache = LRUCache(maxsize=64)          # (model id, image key) -> Prediction
-
-
-def _cached(cache: LRUCache, key, make):
-    with _lock:
-        if key in cache:
-            return cache[key]
-    value = make()
-    with _lock:
-        cache[key] = value
-    return value
+_pngs = LockedLRU(256)          # (result key, display) -> PNG bytes, all sessions
+_preds = LockedLRU(64)          # (model id, image key) -> Prediction
 
 
 def cached_prediction(bundle, image, image_key: str):
     """Top-5 of the sidebar image, computed once per (model, image) for all sessions, so a
     display-only rerun does not run the model again."""
     from analysis.core.predict import predict
-    return _cached(_preds, (bundle.model_id, image_key), lambda: predict(bundle, image, k=5))
+    return _preds.get_or_compute((bundle.model_id, image_key), lambda: predict(bundle, image, k=5))
 
 
 def spatial_layer_names(infos) -> list[str]:
     """Layers a ``layer`` parameter may name (those the layer picker offers)."""
-    return [i.name for i in infos if i.calls > 0 and i.spatial]
+    return spatial_layers(infos)
 
 
 # ------------------------------------------------------------------ the request from a link
@@ -114,10 +101,6 @@ def parse_request(raw, num_classes: int, layer_names: list[str]) -> tuple[dict |
     return {"methods": known, "target": target, "params": params}, msgs
 
 
-def request_key(req: dict) -> str:
-    return json.dumps(req, sort_keys=True)
-
-
 # ------------------------------------------------------------------ maps
 
 def display_controls() -> tuple[dict, list[str]]:
@@ -150,7 +133,7 @@ def rendered_png(result_key, a, signed: bool, view: str, cmap: str, alpha: float
     """The overlay / heatmap of one result as PNG bytes, cached by result and display
     settings (a display change re-encodes only what it changes; switching back is free)."""
     disp = (view, cmap, round(alpha, 4) if view == "overlay" else None, round(outlier, 4))
-    return _cached(_pngs, (result_key, disp), lambda: _render(a, signed, view, cmap, alpha, outlier))
+    return _pngs.get_or_compute((result_key, disp), lambda: _render(a, signed, view, cmap, alpha, outlier))
 
 
 def draw_map(a, result_key, display: dict, key: str) -> None:
@@ -186,5 +169,5 @@ def trust_tab() -> str:
 
 def strip_pngs(result_key, maps, outlier: float, cmap: str = "inferno") -> list[bytes]:
     """PNG thumbnails of the randomisation strip, cached by result, clip and colormap."""
-    return _cached(_pngs, ("strip", result_key, round(outlier, 4), cmap),
-                   lambda: [fast_png(colorize(clip_map(x, outlier), cmap)) for x in maps])
+    return _pngs.get_or_compute(("strip", result_key, round(outlier, 4), cmap),
+                                lambda: [fast_png(colorize(clip_map(x, outlier), cmap)) for x in maps])

@@ -17,6 +17,7 @@ from typing import Sequence
 
 import streamlit as st
 
+from analysis.core.layers import spatial_layers
 from analysis.core.schema import Param, clamp
 
 
@@ -90,7 +91,7 @@ def draw_params(schema: Sequence[Param], prefix: str, *, columns: int = 3, layer
     shown = [p for p in schema if p.ui]
     messages = [m for p in shown if (m := sanitize(f"{prefix}_{p.name}", p))]
     if layers is not None:
-        names = [i.name for i in layers if i.calls > 0 and i.spatial]
+        names = spatial_layers(layers)
         for p in shown:
             key = f"{prefix}_{p.name}"
             if p.kind == "layer" and key in st.session_state and st.session_state[key] not in names:

@@ -190,9 +190,7 @@ def snapshot() -> dict[str, str]:
 
 # ------------------------------------------------------------------ restoring
 
-_LOADERS = {"model": lambda spec: state._bundle(state._key(spec)),
-            "image": lambda ref: state._image(state._key(ref)),
-            "dataset": lambda ref: state._dataset(state._key(ref))}
+_LOADERS = {"model": state.bundle_for, "image": state.image_for, "dataset": state.dataset_for}
 
 
 def _ref_error(exc: BaseException) -> str:

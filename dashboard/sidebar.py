@@ -20,7 +20,7 @@ from dashboard.text import plain
 def _try_select(spec: ModelSpec) -> bool:
     """Load ``spec`` first; switch to it only if it loads, so a failure keeps the old model."""
     try:
-        state._bundle(state._key(spec))
+        state.bundle_for(spec)
     except Exception as exc:  # noqa: BLE001
         report(exc, f"Could not load {spec.label()}")
         return False

@@ -79,6 +79,21 @@ def _dataset(ref_key: str) -> Dataset:
         bar.empty()
 
 
+def bundle_for(spec: ModelSpec) -> ModelBundle:
+    """The shared (cached) bundle of a model spec."""
+    return _bundle(_key(spec))
+
+
+def layers_for(spec: ModelSpec) -> list[LayerInfo]:
+    """The cached layer table of a model spec's bundle."""
+    return _layers(_key(spec))
+
+
+def image_for(ref: ImageRef) -> np.ndarray:
+    """The cached (read-only) RGB array of an image reference."""
+    return _image(_key(ref))
+
+
 # ---------------------------------------------------------------- selections
 
 def model_spec() -> ModelSpec:
@@ -107,7 +122,7 @@ def set_dataset_ref(ref: DatasetRef) -> None:
 
 def current_bundle() -> ModelBundle:
     """The selected model's shared bundle (raises ConvlensError if it cannot load)."""
-    return _bundle(_key(model_spec()))
+    return bundle_for(model_spec())
 
 
 def current_layers() -> list[LayerInfo]:

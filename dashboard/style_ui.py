@@ -47,7 +47,7 @@ def extractor_picker(key: str) -> tuple[ModelBundle, list]:
             return side
         try:
             with st.spinner(f"Loading {choice.upper()}…"):
-                state._bundle(state._key(spec))
+                state.bundle_for(spec)
         except ModelLoadError as e:
             failed[choice] = str(e)
             st.session_state[f"{key}_vgg_failed"] = failed
@@ -55,7 +55,7 @@ def extractor_picker(key: str) -> tuple[ModelBundle, list]:
             return side
         loaded.add(choice)
         st.session_state[f"{key}_vgg_loaded"] = loaded
-    return state._bundle(state._key(spec)), state._layers(state._key(spec))
+    return state.bundle_for(spec), state.layers_for(spec)
 
 
 def image_choice(label: str, key: str, default: str, *, allow_sidebar: bool = True,

@@ -59,4 +59,3 @@ def st_text(value, container=None) -> None:
     (container or st).markdown(plain(value, one_line=False))
 
 
-__all__ = ["plain", "st_text"]

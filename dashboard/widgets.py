@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Generator
 
@@ -18,6 +16,7 @@ import streamlit as st
 
 from analysis.core.jobs import QueueState, heavy_job
 from analysis.core.layers import LayerInfo
+from analysis.core.lru import LockedLRU
 from analysis.core.models.bundle import ModelBundle
 from analysis.core.predict import Prediction, search_classes
 from dashboard import share
@@ -54,30 +53,10 @@ def layer_picker(infos: list[LayerInfo], default: str, key: str, label: str = "L
                         format_func=lambda n: f"{n}  {'x'.join(map(str, shapes[n]))}")
 
 
-class _ResultCache:
-    """A small LRU shared by all sessions: results of unchanged requests come back at once."""
-
-    def __init__(self, size: int = 128):
-        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
-
-    def get(self, key):
-        with self.lock:
-            if key in self.items:
-                self.items.move_to_end(key)
-                return self.items[key]
-        return None
-
-    def put(self, key, value):
-        with self.lock:
-            self.items[key] = value
-            self.items.move_to_end(key)
-            while len(self.items) > self.size:
-                self.items.popitem(last=False)
-
-
 @st.cache_resource
-def result_cache() -> _ResultCache:
-    return _ResultCache()
+def result_cache() -> LockedLRU:
+    """A small LRU shared by all sessions: results of unchanged requests come back at once."""
+    return LockedLRU(128)
 
 
 def queue_message(q: QueueState) -> str:

@@ -2,7 +2,7 @@
 wants, optionally a diverse batch, beside that channel's maximally activating patches."""
 import streamlit as st
 
-from analysis.core.layers import default_layer
+from analysis.core.layers import default_layer, spatial_infos
 from analysis.optimize.featurevis import channel_visualization
 from dashboard import state
 from dashboard.errors import guard
@@ -17,7 +17,7 @@ st.caption("What excites one channel of a layer: optimise a decorrelated Fourier
 with guard("Channel visualisation"):
     bundle = state.current_bundle()
     infos = state.current_layers()
-    spatial = [i for i in infos if i.spatial and i.calls > 0]
+    spatial = spatial_infos(infos)
     if not spatial:
         st.info("This model has no spatial layers.")
         st.stop()

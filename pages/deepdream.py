@@ -1,7 +1,7 @@
 """DeepDream: amplify what a layer already sees in the sidebar image (google/deepdream)."""
 import streamlit as st
 
-from analysis.core.layers import default_layer
+from analysis.core.layers import default_layer, spatial_infos
 from analysis.optimize.featurevis import DEEPDREAM_DEFAULTS, deepdream
 from dashboard import state
 from dashboard.errors import guard
@@ -17,7 +17,7 @@ with guard("DeepDream"):
     bundle = state.current_bundle()
     infos = state.current_layers()
     image = state.current_image()
-    spatial = [i for i in infos if i.spatial and i.calls > 0]
+    spatial = spatial_infos(infos)
     if not spatial:
         st.info("This model has no spatial layers.")
         st.stop()

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis.core.layers import default_layer
+from analysis.core.layers import default_layer, spatial_layers
 from analysis.inside.activations import activations, conv_layers, filters, neuron_gradient
 from dashboard import state
 from dashboard.errors import guard
@@ -22,7 +22,7 @@ with guard("Inside the network"):
     bundle = state.current_bundle()
     infos = state.current_layers()
     image = state.current_image()
-    spatial = [i.name for i in infos if i.spatial and i.calls > 0]
+    spatial = spatial_layers(infos)
     mid = default_layer(infos, 0.5) if spatial else ""
     t_f, t_a, t_g, t_p = st.tabs(["Filters", "Activations", "Channel gradient", "Maximally activating patches"],
                                   key="in_tab", on_change="rerun")      # the active tab goes into share links

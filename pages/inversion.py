@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from analysis.core.layers import block_layers, default_layer
+from analysis.core.layers import block_layers, default_layer, spatial_infos
 from analysis.optimize.featurevis import flag_strip_outliers, invert
 from dashboard import state
 from dashboard.errors import guard
@@ -20,7 +20,7 @@ with guard("Feature inversion"):
     bundle = state.current_bundle()
     infos = state.current_layers()
     image = state.current_image()
-    spatial = [i for i in infos if i.spatial and i.calls > 0]
+    spatial = spatial_infos(infos)
     if not spatial:
         st.info("This model has no spatial layers.")
         st.stop()

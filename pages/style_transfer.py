@@ -3,6 +3,7 @@ style images' Gram matrices at several (Gatys, Ecker & Bethge 2016; CS231n lectu
 import numpy as np
 import streamlit as st
 
+from analysis.core.layers import spatial_layers
 from analysis.style.gatys import default_settings, fit_size, style_losses, style_transfer
 from dashboard import state
 from dashboard.errors import guard
@@ -26,7 +27,7 @@ with guard("Style transfer"):
     if not styles:
         st.info("Choose at least one style image (gallery or upload).")
         st.stop()
-    spatial = [i.name for i in infos if i.spatial and i.calls > 0]
+    spatial = spatial_layers(infos)
     shapes = {i.name: i.output_shape for i in infos}
     k = f"sx_{bundle.short_id}"
     l1, l2 = st.columns([1, 2])

@@ -4,6 +4,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
+from analysis.core.layers import spatial_layers
 from analysis.style.gatys import default_settings, synthesize_texture, texture_strip, texture_strip_sets
 from dashboard.errors import guard
 from dashboard.optimize_ui import live_run, show_result
@@ -26,7 +27,7 @@ with guard("Texture synthesis"):
         st.image(image, caption="source", width=220)
     cpu = bundle.device.type == "cpu"
     with set_col:
-        spatial = [i.name for i in infos if i.spatial and i.calls > 0]
+        spatial = spatial_layers(infos)
         shapes = {i.name: i.output_shape for i in infos}
         lw = layer_weights("Layers whose Gram matrices are matched (shallow → deep)", spatial, d.texture_layers,
                            f"tx_layers_{bundle.short_id}", shapes)

@@ -43,6 +43,8 @@ import numpy as np
 import sqlalchemy as sa
 
 from analysis.core.errors import ConvlensError, ParameterError
+from analysis.core.fsio import atomic_write, fsync_dir
+from analysis.core.images import colormap_rgb
 
 log = logging.getLogger("convlens.audit")
 
@@ -140,6 +142,11 @@ def jsonable(v: Any, depth: int = 0) -> Any:
 
 
 def dumps(v: Any) -> str:
+    """Canonical JSON of ``v`` (made JSON-able, sorted keys, compact).
+
+    Args:
+        v: any value ``jsonable`` accepts.
+    """
     return json.dumps(jsonable(v), sort_keys=True, separators=(",", ":"))
 
 
@@ -196,7 +203,6 @@ def _map_like(a: np.ndarray) -> bool:
 def heatmap(a: np.ndarray, cmap: str = "inferno") -> np.ndarray:
     """A float map as an RGB uint8 picture: signed maps centred on grey (RdBu_r), others
     min-max scaled (inferno)."""
-    from matplotlib import colormaps
     a = np.nan_to_num(np.asarray(a, dtype=np.float64))
     lo, hi = float(a.min()), float(a.max())
     if lo < 0 < hi:
@@ -204,7 +210,7 @@ def heatmap(a: np.ndarray, cmap: str = "inferno") -> np.ndarray:
         norm, cmap = (a / m + 1) / 2, "RdBu_r"
     else:
         norm = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-    return (colormaps[cmap](norm)[..., :3] * 255 + 0.5).astype(np.uint8)
+    return colormap_rgb(norm, cmap)
 
 
 class _Walker:
@@ -426,31 +432,12 @@ def _from_row(r, notes: list[Note] | None = None) -> RunRecord:
 
 # ====================================================================== files
 
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either nothing or the whole file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def png_bytes(rgb: np.ndarray) -> bytes:
+    """An RGB (or grey) uint8 image as PNG bytes.
+
+    Args:
+        rgb: (H, W, 3) or (H, W) array.
+    """
     from PIL import Image
     a = np.asarray(rgb)
     if a.ndim == 3 and a.shape[-1] == 1:
@@ -461,6 +448,11 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 
 def npy_bytes(a: np.ndarray) -> bytes:
+    """An array as .npy bytes (no pickles).
+
+    Args:
+        a: a numeric array.
+    """
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
     return buf.getvalue()
@@ -559,17 +551,17 @@ class AuditStore:
         taken_npy: set[str] = set()
         try:
             d.mkdir(parents=True, exist_ok=False)
-            _fsync_dir(d.parent)
+            fsync_dir(d.parent)
             for name, a in summary.images.items():
                 fn = _safe_name(name, taken_png) + ".png"
                 data = png_bytes(a)
-                write_atomic(d / fn, data)
+                atomic_write(d / fn, data)
                 files.append({"name": fn, "kind": "image", "label": name, "bytes": len(data),
                               "shape": list(np.shape(a))})
             for name, a in summary.arrays.items():
                 fn = _safe_name(name, taken_npy) + ".npy"
                 data = npy_bytes(a)
-                write_atomic(d / fn, data)
+                atomic_write(d / fn, data)
                 files.append({"name": fn, "kind": "array", "label": name, "bytes": len(data),
                               "shape": list(a.shape), "dtype": str(a.dtype)})
             params = dict(summary.params)

@@ -36,6 +36,8 @@ def _off(name: str) -> bool:
 
 
 def settings() -> dict[int, int]:
+    """The glibc malloc settings convlens applies ({mallopt parameter: value}); environment
+    variables CONVLENS_MALLOC_* switch parts off. Takes no arguments."""
     s = {M_MMAP_THRESHOLD: 32 * 2**20, M_TRIM_THRESHOLD: 2**30, M_TOP_PAD: 64 * 2**20}
     if not _off("CONVLENS_MALLOC_NOMMAP"):
         s[M_MMAP_MAX] = 0

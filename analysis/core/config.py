@@ -98,6 +98,12 @@ def _users(value, name: str) -> tuple[tuple[str, str], ...]:
 
 
 def load_config(path: str | os.PathLike | None = None, env: dict | None = None) -> Config:
+    """Read the configuration: defaults, then the TOML file, then CONVLENS_* environment variables.
+
+    Args:
+        path: the TOML file (default ``$CONVLENS_CONFIG`` or ``convlens.toml``; a missing file is fine).
+        env: the environment to read (default ``os.environ``).
+    """
     env = os.environ if env is None else env
     path = Path(path or env.get("CONVLENS_CONFIG", "convlens.toml"))
     raw: dict = {}

@@ -30,7 +30,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import threading
 import zipfile
 from dataclasses import dataclass, field
@@ -43,16 +42,8 @@ import numpy as np
 
 from analysis.core.config import Limits, get_config
 from analysis.core.errors import ConvlensError, DatasetError, LimitError, ParameterError
-
-__all__ = [
-    "DEFAULT_DATASET",
-    "IMAGE_EXTENSIONS",
-    "Dataset",
-    "load_digits_dataset",
-    "load_image_folder",
-    "load_zip_dataset",
-    "train_test_split_indices",
-]
+from analysis.core.fsio import atomic_write
+from analysis.core.schema import is_int
 
 DEFAULT_DATASET = "digits"
 
@@ -133,7 +124,7 @@ class Dataset:
 
         ``batch_indices`` is an int64 array; only one batch of images is in memory at a time.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
         if indices is None:
             idx = np.arange(len(self), dtype=np.int64)
@@ -280,6 +271,18 @@ def _check_count(n: int, limits: Limits, what: str) -> None:
 # --------------------------------------------------------------------------------------
 # Digits
 # --------------------------------------------------------------------------------------
+def image_count(dataset: Dataset) -> int:
+    """The number of images of ``dataset``; DatasetError if it has none (nothing to scan).
+
+    Args:
+        dataset: the data set a job is about to go through.
+    """
+    n = len(dataset)
+    if n == 0:
+        raise DatasetError(f"Data set {dataset.name!r} has no images.")
+    return n
+
+
 @lru_cache(maxsize=1)
 def load_digits_dataset() -> Dataset:
     """scikit-learn's hand-written digits: 1,797 RGB uint8 images of 8x8 pixels, 10 classes.
@@ -507,14 +510,7 @@ def _store_zip(data: bytes, digest: str, store_dir: Path) -> Path:
         target = store_dir / f"{digest}.zip"
         if target.is_file() and target.stat().st_size == len(data):
             return target
-        fd, tmp = tempfile.mkstemp(dir=store_dir, prefix=".upload-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(target, data)
     except OSError as e:
         raise DatasetError(f"Cannot store the uploaded zip in {store_dir}: {e}") from e
     return target

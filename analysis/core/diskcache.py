@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,7 @@ import numpy as np
 
 from analysis.core.config import get_config
 from analysis.core.errors import ParameterError
-
-__all__ = ["cache_key", "cache_path", "save_arrays", "load_arrays", "clear"]
+from analysis.core.fsio import atomic_open
 
 _META = "__meta__"
 _KIND = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -99,20 +97,8 @@ def save_arrays(kind: str, key: str, arrays: dict[str, np.ndarray], meta: dict |
             raise ParameterError(f"Array {name!r} has dtype object; the cache stores no pickles.")
         payload[str(name)] = a
     payload[_META] = np.array(json.dumps(_canonical(meta or {}), sort_keys=True, allow_nan=False))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, allow_pickle=False, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(path) as f:
+        np.savez(f, allow_pickle=False, **payload)
     return path
 
 

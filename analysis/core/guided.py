@@ -91,7 +91,7 @@ class _CountRectifiers(TorchFunctionMode):
 def guided_model(bundle: ModelBundle) -> tuple[nn.Module, int, int]:
     """Guided copy of the bundle's model, cached on the bundle; with the number of guided
     modules and of functional rectifier calls that could not be guided."""
-    cached = getattr(bundle, "_guided_cache", None)
+    cached = bundle.guided_cache
     if cached is None:
         gm, n = guided_copy(bundle.model)
         x = torch.zeros(1, bundle.preprocess.channels, bundle.input_size, bundle.input_size, device=bundle.device)
@@ -99,5 +99,5 @@ def guided_model(bundle: ModelBundle) -> tuple[nn.Module, int, int]:
         with torch.inference_mode(), counter:
             gm(x)
         cached = (gm, n, counter.calls)
-        bundle._guided_cache = cached          # a derived copy; the shared model is untouched
+        bundle.guided_cache = cached         # a derived copy; the shared model is untouched
     return cached

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -84,6 +84,43 @@ def keep_output(output, *, detach: bool = True):
     return out, replacement
 
 
+ForwardHook = Callable[[nn.Module, Any, Any], Any]
+
+
+def _scoped(fn: ForwardHook, owner: int) -> ForwardHook:
+    def hook(mod, inputs, output):
+        if threading.get_ident() != owner:
+            return None   # another session's forward on the shared model: not ours
+        return fn(mod, inputs, output)
+    return hook
+
+
+@contextlib.contextmanager
+def forward_hooks(hooks: Iterable[tuple[nn.Module, ForwardHook]], *,
+                  this_thread_only: bool = True) -> Iterator[None]:
+    """Register forward hooks for the duration of a ``with`` block; all are removed on exit,
+    even when the registration itself, the forward or the block raises.
+
+    >>> with forward_hooks((m, fn) for m in blocks):
+    ...     model(x)
+
+    Args:
+        hooks: ``(module, hook)`` pairs; each hook has torch's signature
+            ``hook(module, inputs, output)`` and may return a replacement output.
+        this_thread_only: call the hooks only for forwards run by the thread that entered the
+            block (another session's inference on the shared model passes untouched).
+    """
+    owner = threading.get_ident()
+    handles = []
+    try:
+        for module, fn in hooks:
+            handles.append(module.register_forward_hook(_scoped(fn, owner) if this_thread_only else fn))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 class Captured(dict):
     """name -> tensor captured during the forward (the last call if a module is reused),
     plus ``calls[name]``: how many times the module ran."""
@@ -110,28 +147,23 @@ def capture(model: nn.Module, layers: Sequence[str] | str, *, grads: bool = Fals
     ``backward()``; tensor hooks die with the graph, module hooks are removed on exit.
     """
     store = Captured()
-    handles = []
-    owner = threading.get_ident()
-    try:
-        for name, module in _resolve(model, layers):
-            def hook(mod, inputs, output, _name=name):
-                if threading.get_ident() != owner:
-                    return  # another session's forward on the shared model: not ours
-                # with grads the module's own output stays in the graph (the rest of the
-                # forward runs on a clone), so its gradient is the one before any in-place op
-                out, replacement = keep_output(output, detach=detach and not grads)
-                store.calls[_name] = store.calls.get(_name, 0) + 1
-                store[_name] = out.detach() if detach else out
-                if grads and out.requires_grad:
-                    def save_grad(g, __name=_name):
-                        store.grads[__name] = g.detach()
-                    out.register_hook(save_grad)
-                return replacement
-            handles.append(module.register_forward_hook(hook))
+
+    def make_hook(name: str) -> ForwardHook:
+        def hook(mod, inputs, output):
+            # with grads the module's own output stays in the graph (the rest of the
+            # forward runs on a clone), so its gradient is the one before any in-place op
+            out, replacement = keep_output(output, detach=detach and not grads)
+            store.calls[name] = store.calls.get(name, 0) + 1
+            store[name] = out.detach() if detach else out
+            if grads and out.requires_grad:
+                def save_grad(g):
+                    store.grads[name] = g.detach()
+                out.register_hook(save_grad)
+            return replacement
+        return hook
+
+    with forward_hooks((module, make_hook(name)) for name, module in _resolve(model, layers)):
         yield store
-    finally:
-        for h in handles:
-            h.remove()
 
 
 class _StopForward(Exception):
@@ -148,21 +180,15 @@ def truncate_after(model: nn.Module, layer: str) -> Iterator[Captured]:
     """
     store = Captured()
     module = get_module(model, layer)
-    owner = threading.get_ident()
 
     def hook(mod, inputs, output):
-        if threading.get_ident() != owner:
-            return
         # No copy needed: the forward stops here, so no later in-place op can rewrite it.
         store[layer] = _first_tensor(output).detach()
         store.calls[layer] = store.calls.get(layer, 0) + 1
         raise _StopForward
 
-    handle = module.register_forward_hook(hook)
-    try:
+    with forward_hooks([(module, hook)]):
         yield store
-    finally:
-        handle.remove()
 
 
 def run_truncated(model: nn.Module, x: torch.Tensor) -> None:

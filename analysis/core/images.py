@@ -34,11 +34,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from analysis.core.config import Limits, MiB, get_config
 from analysis.core.errors import ConvlensError, ImageLoadError, LimitError, ParameterError
 
-__all__ = [
-    "SUPPORTED_FORMATS", "load_image", "to_rgb_array", "image_hash", "to_png_bytes",
-    "GalleryItem", "GALLERY", "DEFAULT_IMAGE", "gallery_names", "gallery_image",
-]
-
 #: Pillow format ids we let Pillow try, in the order it tries them.
 _PIL_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 #: Human-readable names of the accepted formats (for messages and upload widgets).
@@ -444,3 +439,15 @@ def _load_gallery(name: str) -> np.ndarray:
     arr = np.array(raw[..., :3], dtype=np.uint8, order="C")  # own, contiguous copy
     arr.setflags(write=False)
     return arr
+
+
+def colormap_rgb(values: np.ndarray, cmap: str = "inferno") -> np.ndarray:
+    """Values in [0, 1] (clipped) through a matplotlib colormap -> RGB uint8 (..., 3), rounded.
+
+    Args:
+        values: an array of any shape, 0 = the colormap's first colour, 1 = its last.
+        cmap: a matplotlib colormap name ("inferno", "RdBu_r", ...).
+    """
+    from matplotlib import colormaps
+    v = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
+    return (colormaps[cmap](v)[..., :3] * 255 + 0.5).astype(np.uint8)

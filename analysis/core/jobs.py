@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Generator, Iterator
 
 from analysis.core.config import get_config
 from analysis.core.errors import LimitError
@@ -54,6 +54,13 @@ class DeviceSlots:
 
     def acquire(self, *, on_wait: Callable[[QueueState], None] | None = None, poll: float = 0.25,
                 timeout: float | None = None) -> None:
+        """Take a slot, waiting in arrival order while all are busy.
+
+        Args:
+            on_wait: called with the queue state while waiting (may raise to leave the queue).
+            poll: seconds between checks while waiting.
+            timeout: give up (LimitError) after this many seconds; None waits for ever.
+        """
         ticket = object()
         start = time.monotonic()
         with self._cond:
@@ -87,6 +94,7 @@ class DeviceSlots:
             raise
 
     def release(self) -> None:
+        """Give the slot back and wake the next waiting job. Takes no arguments."""
         with self._cond:
             if self._running <= 0:
                 raise RuntimeError("release without acquire")
@@ -149,3 +157,25 @@ def reset() -> None:
     """Forget all semaphores (tests); jobs holding one keep it until they end."""
     with _lock:
         _slots.clear()
+
+
+def drive(gen: Generator, on_step: Callable[[Any], None] | None = None,
+          reply: Callable[[Any], Any] | None = None) -> Any:
+    """Run a generator job (one that yields steps and returns its result) to its end.
+
+    Args:
+        gen: the generator.
+        on_step: called with every yielded step (progress bars, logs).
+        reply: what to send back after each step, from the step (e.g. "stop"); None sends None.
+
+    Returns:
+        The generator's return value.
+    """
+    try:
+        step = next(gen)
+        while True:
+            if on_step is not None:
+                on_step(step)
+            step = gen.send(None if reply is None else reply(step))
+    except StopIteration as fin:
+        return fin.value

@@ -9,7 +9,6 @@ and in-place activations. The table is computed once per bundle (its model is fr
 """
 from __future__ import annotations
 
-import threading
 import weakref
 from dataclasses import dataclass, field
 
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from analysis.core.errors import LayerError
+from analysis.core.hooks import forward_hooks
 from analysis.core.layout import OTHER, Layout, LayoutProbe, classify, shape_guess
 from analysis.core.models.bundle import ModelBundle
 
@@ -100,46 +100,37 @@ def _layer_table(bundle: ModelBundle) -> list[LayerInfo]:
     layouts: dict[str, Layout] = {}
     calls: dict[str, int] = {}
     finished: dict[str, int] = {}
-    handles = []
-    owner = threading.get_ident()
     x = torch.zeros(1, bundle.preprocess.channels, bundle.input_size, bundle.input_size,
                     device=bundle.device)
-    with bundle.lock:
-        try:
-            for name, module in model.named_modules():
-                if name == "":
-                    continue
 
-                def hook(mod, inputs, output, _name=name):
-                    if threading.get_ident() != owner:
-                        return
-                    calls[_name] = calls.get(_name, 0) + 1
-                    finished[_name] = len(finished) + sum(calls.values())
-                    out = output
-                    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-                        out = output[0]
-                    if isinstance(out, torch.Tensor):
-                        shapes[_name] = tuple(out.shape[1:])
-                        found = classify(probe.tag(out))
-                        inp = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
-                        if found is None and inp is not None and inp.shape == out.shape:
-                            # A module that keeps its input's shape (attention, MLP, norm)
-                            # keeps its axes: the convention where the probe lost the labels.
-                            found = classify(probe.tag(inp))
-                        if found is not None:
-                            layouts[_name] = found
-                        else:
-                            layouts.pop(_name, None)
-                handles.append(module.register_forward_hook(hook))
-            probe = LayoutProbe(x)
-            try:
-                with torch.inference_mode(), probe:
-                    model(x)
-            except Exception as exc:  # noqa: BLE001 - keep what ran; the layers after it say why
-                failed = f"{type(exc).__name__}: {exc}"
-        finally:
-            for h in handles:
-                h.remove()
+    def make_hook(_name: str):
+        def hook(mod, inputs, output):
+            calls[_name] = calls.get(_name, 0) + 1
+            finished[_name] = len(finished) + sum(calls.values())
+            out = output
+            if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+                out = output[0]
+            if isinstance(out, torch.Tensor):
+                shapes[_name] = tuple(out.shape[1:])
+                found = classify(probe.tag(out))
+                inp = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+                if found is None and inp is not None and inp.shape == out.shape:
+                    # A module that keeps its input's shape (attention, MLP, norm)
+                    # keeps its axes: the convention where the probe lost the labels.
+                    found = classify(probe.tag(inp))
+                if found is not None:
+                    layouts[_name] = found
+                else:
+                    layouts.pop(_name, None)
+        return hook
+
+    probe = LayoutProbe(x)
+    with bundle.lock, forward_hooks((module, make_hook(name)) for name, module in model.named_modules() if name):
+        try:
+            with torch.inference_mode(), probe:
+                model(x)
+        except Exception as exc:  # noqa: BLE001 - keep what ran; the layers after it say why
+            failed = f"{type(exc).__name__}: {exc}"
 
     infos = []
     for name, module in model.named_modules():
@@ -177,9 +168,22 @@ def _layer_table(bundle: ModelBundle) -> list[LayerInfo]:
     return infos
 
 
+def spatial_infos(infos: list[LayerInfo]) -> list[LayerInfo]:
+    """The layers that ran and whose output is a feature map (C, H, W), in forward order.
+
+    Args:
+        infos: a layer table (``layer_table(bundle)``).
+    """
+    return [i for i in infos if i.spatial and i.calls > 0]
+
+
 def spatial_layers(infos: list[LayerInfo]) -> list[str]:
-    """Names of layers whose output is a feature map (C, H, W), in forward order."""
-    return [i.name for i in infos if i.spatial and i.calls > 0]
+    """Names of the layers that ran and whose output is a feature map (C, H, W), in forward order.
+
+    Args:
+        infos: a layer table (``layer_table(bundle)``).
+    """
+    return [i.name for i in spatial_infos(infos)]
 
 
 _ADAPTIVE_POOLS = ("AdaptiveAvgPool2d", "AdaptiveMaxPool2d")
@@ -191,7 +195,7 @@ def last_conv_block(infos: list[LayerInfo]) -> str:
     whole last block (resnet "layer4", vgg "features", EfficientNet-Lite "_relu_head").
     Adaptive pooling layers are skipped: they only resample the last map. On token models
     (ViT) it is the input of the last attention (e.g. ``blocks.11.norm1``)."""
-    cands = [i for i in infos if i.spatial and i.calls > 0 and i.map_hw[0] * i.map_hw[1] > 1
+    cands = [i for i in spatial_infos(infos) if i.map_hw[0] * i.map_hw[1] > 1
              and i.type not in _ADAPTIVE_POOLS]
     if not cands:
         raise LayerError("The model has no layer with a spatial feature map.")
@@ -211,6 +215,12 @@ def last_conv_block(infos: list[LayerInfo]) -> str:
 
 
 def check_layer(infos: list[LayerInfo], name: str) -> LayerInfo:
+    """The row of ``name`` in a layer table, else LayerError.
+
+    Args:
+        infos: the layer table (``layer_table(bundle)``).
+        name: the layer's module name.
+    """
     for i in infos:
         if i.name == name:
             return i
@@ -220,14 +230,14 @@ def check_layer(infos: list[LayerInfo], name: str) -> LayerInfo:
 def block_layers(infos: list[LayerInfo]) -> list[str]:
     """Spatial layers at most one level deep (whole blocks such as "_blocks.10", "layer3.1",
     "features.4"), in forward order: sensible defaults for layer pickers."""
-    cands = [i for i in infos if i.spatial and i.calls > 0 and i.name.count(".") <= 1
+    cands = [i for i in spatial_infos(infos) if i.name.count(".") <= 1
              and i.map_hw[0] * i.map_hw[1] > 1]
     return [i.name for i in sorted(cands, key=lambda i: i.finish_order)]
 
 
 def default_layer(infos: list[LayerInfo], fraction: float = 0.5) -> str:
     """A block ``fraction`` of the way through the network (0 = first, 1 = last)."""
-    blocks = block_layers(infos) or [i.name for i in infos if i.spatial and i.calls > 0]
+    blocks = block_layers(infos) or spatial_layers(infos)
     if not blocks:
         raise LayerError("The model has no layer with a spatial feature map.")
     return blocks[min(len(blocks) - 1, int(round(fraction * (len(blocks) - 1))))]

@@ -82,8 +82,71 @@ class Param:
         return "a layer name"
 
 
-def _real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+def is_int(value) -> bool:
+    """Whether ``value`` is an integer (Python or NumPy) and not a bool.
+
+    Args:
+        value: anything.
+    """
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value) -> bool:
+    """Whether ``value`` is a finite real number (Python or NumPy), not a bool, NaN or infinity.
+
+    Args:
+        value: anything.
+    """
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def _range_words(lo, hi, fmt) -> str:
+    if lo is not None and hi is not None:
+        return f"from {fmt(lo)} to {fmt(hi)}"
+    if lo is not None:
+        return f"of at least {fmt(lo)}"
+    return f"of at most {fmt(hi)}"
+
+
+def check_int(name: str, value, lo: int | None = None, hi: int | None = None, *, message: str | None = None) -> int:
+    """``value`` as an int if it is an integer (not a bool) in ``[lo, hi]``, else ParameterError.
+
+    Args:
+        name: the parameter's name, for the message.
+        value: the value to check.
+        lo: smallest allowed value (None: no lower bound).
+        hi: largest allowed value (None: no upper bound).
+        message: the error text to use instead of the standard one
+            ("k must be an integer from 1 to 50, got 0").
+    """
+    if not is_int(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
+        if message is None:
+            words = "a positive integer" if (lo == 1 and hi is None) else (
+                "an integer" + ("" if lo is None and hi is None else " " + _range_words(lo, hi, int)))
+            message = f"{name} must be {words}, got {value!r}"
+        raise ParameterError(message)
+    return int(value)
+
+
+def check_real(name: str, value, lo: float | None = None, hi: float | None = None, *,
+               message: str | None = None) -> float:
+    """``value`` as a float if it is a finite real (not a bool, NaN or infinity) in ``[lo, hi]``,
+    else ParameterError.
+
+    Args:
+        name: the parameter's name, for the message.
+        value: the value to check.
+        lo: smallest allowed value (None: no lower bound).
+        hi: largest allowed value (None: no upper bound).
+        message: the error text to use instead of the standard one
+            ("lr must be a number from 0 to 1, got nan").
+    """
+    if not is_real(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
+        if message is None:
+            words = "a number" + ("" if lo is None and hi is None else " " + _range_words(lo, hi, "{:g}".format))
+            message = f"{name} must be {words}, got {value!r}"
+        raise ParameterError(message)
+    return float(value)
 
 
 def check(param: Param, value) -> Any:
@@ -92,9 +155,7 @@ def check(param: Param, value) -> Any:
     def bad(why: str = ""):
         return ParameterError(f"{param.name} must be {param.describe()}{why}; got {value!r}.")
     if param.kind in ("int", "float"):
-        if not _real(value):
-            raise bad()
-        if not math.isfinite(float(value)):
+        if not is_real(value):
             raise bad()
         if param.kind == "int":
             if float(value) != int(value):
@@ -146,7 +207,7 @@ def clamp(param: Param, value) -> tuple[Any, str | None]:
     try:
         return check(param, value), None
     except ParameterError as e:
-        if param.kind in ("int", "float") and _real(value) and math.isfinite(float(value)):
+        if param.kind in ("int", "float") and is_real(value):
             v = min(max(float(value), param.lo), param.hi)
             v = int(round(v)) if param.kind == "int" else v
             return v, f"{param.name}: {value!r} is out of range ({param.describe()}); using {v!r}."

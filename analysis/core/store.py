@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
 from analysis.core.config import get_config
 from analysis.core.errors import LimitError, ParameterError
+from analysis.core.fsio import atomic_write
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 
 
 def uploads_dir(root: Path | None = None) -> Path:
+    """The uploads folder (created if needed).
+
+    Args:
+        root: the folder to use (default ``<data_dir>/uploads``).
+    """
     d = Path(root or get_config().data_dir / "uploads")
     d.mkdir(parents=True, exist_ok=True)
     return d
@@ -53,9 +58,7 @@ def save_upload(data: bytes, filename: str, root: Path | None = None, max_bytes:
     d = uploads_dir(root)
     path = d / digest
     if not path.exists():
-        tmp = d / f".{digest}.tmp{os.getpid()}"
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic_write(path, data)
     meta = d / f"{digest}.json"
     if not meta.exists():
         meta.write_text(json.dumps({"filename": Path(filename).name, "bytes": len(data)}))

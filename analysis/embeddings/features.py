@@ -30,9 +30,7 @@ extraction stores nothing. The batch is halved after an out-of-memory error.
 """
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Generator, Sequence
 
@@ -42,13 +40,16 @@ from torch import nn
 
 import analysis.core.diskcache as diskcache
 from analysis.core.batching import JobProgress, halve_after_oom
-from analysis.core.datasets import Dataset
-from analysis.core.errors import DatasetError, LayerError, ParameterError
+from analysis.core.datasets import Dataset, image_count
+from analysis.core.errors import LayerError, ParameterError
 from analysis.core.hooks import capture, get_module
+from analysis.core.jobs import drive
 from analysis.core.layers import layer_layout
 from analysis.core.layout import Layout
 from analysis.core.layout import pool as layout_pool
+from analysis.core.lru import LockedLRU
 from analysis.core.models.bundle import ModelBundle
+from analysis.core.schema import check_int
 
 __all__ = [
     "ExtractProgress", "FeatureSet", "penultimate_layer", "extract", "run_extract",
@@ -67,8 +68,7 @@ _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # --------------------------------------------------------------------------------------
 # Which layer
 # --------------------------------------------------------------------------------------
-_PENULTIMATE: "OrderedDict[tuple, str]" = OrderedDict()
-_PEN_LOCK = threading.Lock()
+_PENULTIMATE = LockedLRU(32)   # (model, preprocessing, class) -> layer name
 
 
 def penultimate_layer(bundle: ModelBundle) -> str:
@@ -79,16 +79,7 @@ def penultimate_layer(bundle: ModelBundle) -> str:
     convolution, or where nothing runs before the classifier.
     """
     key = (bundle.model_id, bundle.preprocess.spec_id, type(bundle.model).__qualname__)
-    with _PEN_LOCK:
-        if key in _PENULTIMATE:
-            _PENULTIMATE.move_to_end(key)
-            return _PENULTIMATE[key]
-    name = _find_penultimate(bundle)
-    with _PEN_LOCK:
-        _PENULTIMATE[key] = name
-        while len(_PENULTIMATE) > 32:
-            _PENULTIMATE.popitem(last=False)
-    return name
+    return _PENULTIMATE.get_or_compute(key, lambda: _find_penultimate(bundle))
 
 
 def _find_penultimate(bundle: ModelBundle) -> str:
@@ -191,9 +182,7 @@ def _forward(bundle: ModelBundle, layer: str, x: torch.Tensor):
 
 
 def _check_batch(batch_size) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
+    return check_int("batch_size", batch_size, 1)
 
 
 def features_key(bundle: ModelBundle, dataset: Dataset, layer: str) -> str:
@@ -209,6 +198,12 @@ def _meta(fs: FeatureSet) -> dict:
 
 
 def save_features(fs: FeatureSet, cache_dir=None) -> None:
+    """Store a feature set in the disk cache (found again by ``load_features``).
+
+    Args:
+        fs: the feature set.
+        cache_dir: the cache root (default the configuration's).
+    """
     key = diskcache.cache_key("features", fs.model_id, fs.layer, fs.dataset_hash, fs.preprocess_id)
     diskcache.save_arrays(CACHE_KIND, key, {"features": fs.features, "predictions": fs.predictions,
                                             "confidences": fs.confidences, "labels": fs.labels},
@@ -264,9 +259,7 @@ def extract(bundle: ModelBundle, dataset: Dataset, layer: str | None = None, *, 
     if not isinstance(layer, str):
         raise ParameterError(f"layer must be a layer name, got {layer!r}")
     get_module(bundle.model, layer)          # LayerError before any work for a bad name
-    n = len(dataset)
-    if n == 0:
-        raise DatasetError(f"Data set {dataset.name!r} has no images.")
+    n = image_count(dataset)
     t0 = time.perf_counter()
     yield ExtractProgress(0, n, 0.0)
 
@@ -307,13 +300,7 @@ def run_extract(bundle: ModelBundle, dataset: Dataset, layer: str | None = None,
     """``extract`` driven to the end: ``progress(done, total)`` after every batch; None if stopped."""
     gen = extract(bundle, dataset, layer, batch_size=batch_size, should_stop=should_stop,
                   save=save, cache_dir=cache_dir)
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(step.done, step.total)
+    return drive(gen, None if progress is None else (lambda step: progress(step.done, step.total)))
 
 
 def get_or_extract(bundle: ModelBundle, dataset: Dataset, layer: str | None = None, *,

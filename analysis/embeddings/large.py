@@ -35,6 +35,7 @@ from typing import Callable
 import numpy as np
 
 from analysis.core.errors import ConvlensError, ParameterError
+from analysis.core.schema import is_int
 from analysis.embeddings.neighbors import knn
 from analysis.embeddings.projection import project
 
@@ -137,7 +138,7 @@ def large_map(features, method: str = "tsne", *, sample: int = DEFAULT_SAMPLE, k
         raise ParameterError(f"method must be 'tsne' or 'umap', got {method!r}.")
     for name, v, lo, hi in (("sample", sample, 100, MAX_POINTS), ("k", k, 1, 100),
                             ("pca_dims", pca_dims, 0, 512), ("chunk", chunk, 100, 10_000_000)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+        if not is_int(v) or not lo <= v <= hi:
             raise ParameterError(f"{name} must be an integer from {lo} to {hi}, got {v!r}.")
     stop = should_stop or (lambda: False)
     seconds: dict[str, float] = {}

@@ -23,9 +23,7 @@ share colours and layout, not content. Both spaces are searched exactly here.
 """
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -34,9 +32,11 @@ import torch
 from PIL import Image
 
 import analysis.core.diskcache as diskcache
-from analysis.core.datasets import Dataset
-from analysis.core.errors import DatasetError, ParameterError
+from analysis.core.datasets import Dataset, image_count
+from analysis.core.errors import ParameterError
+from analysis.core.lru import LockedLRU
 from analysis.core.models.bundle import ModelBundle
+from analysis.core.schema import check_int, is_int
 from analysis.embeddings.features import FeatureSet, features_for_images
 
 __all__ = ["METRICS", "SPACES", "knn", "pixel_thumbnails", "pixel_vectors", "pixel_vector",
@@ -111,7 +111,7 @@ def knn(query, base, k: int, metric: str = "cosine", exclude_self: np.ndarray | 
     """
     if metric not in METRICS:
         raise ParameterError(f"Unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
+    if not is_int(k) or not 1 <= k <= MAX_K:
         raise ParameterError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
     q_arr, b_arr = _as_matrix(query, "query"), _as_matrix(base, "base")
     if q_arr.shape[1] != b_arr.shape[1]:
@@ -119,10 +119,10 @@ def knn(query, base, k: int, metric: str = "cosine", exclude_self: np.ndarray | 
     nq, nb = len(q_arr), len(b_arr)
     if nb == 0:
         raise ParameterError("The base has no vectors to search.")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
+    if chunk_size is not None and (not is_int(chunk_size)
                                    or chunk_size < 1):
         raise ParameterError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    if isinstance(block_elements, bool) or not isinstance(block_elements, (int, np.integer)) or block_elements < 1:
+    if not is_int(block_elements) or block_elements < 1:
         raise ParameterError(f"block_elements must be a positive integer, got {block_elements!r}")
     excl = None
     if exclude_self is not None:
@@ -202,9 +202,7 @@ def knn(query, base, k: int, metric: str = "cosine", exclude_self: np.ndarray | 
 # Pixel space
 # --------------------------------------------------------------------------------------
 def _check_size(bundle: ModelBundle, size) -> int:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= 256:
-        raise ParameterError(f"size must be an integer from 1 to 256, got {size!r}")
-    return int(min(size, bundle.input_size))     # a thumbnail is never larger than the crop
+    return min(check_int("size", size, 1, 256), bundle.input_size)     # a thumbnail is never larger than the crop
 
 
 def _thumbnail(bundle: ModelBundle, image: np.ndarray, size: int) -> np.ndarray:
@@ -224,6 +222,13 @@ def _to_vectors(bundle: ModelBundle, thumbs: np.ndarray) -> np.ndarray:
 
 
 def pixel_key(bundle: ModelBundle, dataset: Dataset, size: int) -> str:
+    """Disk-cache key of the pixel vectors of ``dataset`` at thumbnail ``size``.
+
+    Args:
+        bundle: the model (its preprocessing decides the crop).
+        dataset: the data set.
+        size: the thumbnail side in pixels.
+    """
     return diskcache.cache_key("pixels", dataset.content_hash, bundle.preprocess.spec_id, int(size))
 
 
@@ -234,9 +239,7 @@ def pixel_thumbnails(bundle: ModelBundle, dataset: Dataset, size: int = 32, *,
     """(N, size, size, 3) uint8 thumbnails of the model-input crops, from the disk cache or
     computed now (then stored); None if ``should_stop()`` turned true (nothing stored)."""
     size = _check_size(bundle, size)
-    n = len(dataset)
-    if n == 0:
-        raise DatasetError(f"Data set {dataset.name!r} has no images.")
+    n = image_count(dataset)
     key = pixel_key(bundle, dataset, size)
     got = diskcache.load_arrays(PIXEL_KIND, key, cache_dir=cache_dir)
     if got is not None:
@@ -285,24 +288,14 @@ def pixel_vector(bundle: ModelBundle, image: np.ndarray, size: int = 32) -> np.n
     return _to_vectors(bundle, _thumbnail(bundle, image, size)[None])[0]
 
 
-_PIXELS: "OrderedDict[str, np.ndarray]" = OrderedDict()
-_PIXELS_LOCK = threading.Lock()
+_PIXELS = LockedLRU(2)   # pixel_key -> (N, s*s*C) pixel vectors
 
 
 def _cached_pixel_vectors(bundle, dataset, size, progress, should_stop) -> np.ndarray | None:
     """pixel_vectors kept in memory for the last two (data set, preprocessing, size)."""
     key = pixel_key(bundle, dataset, _check_size(bundle, size))
-    with _PIXELS_LOCK:
-        if key in _PIXELS:
-            _PIXELS.move_to_end(key)
-            return _PIXELS[key]
-    vec = pixel_vectors(bundle, dataset, size, progress=progress, should_stop=should_stop)
-    if vec is not None:
-        with _PIXELS_LOCK:
-            _PIXELS[key] = vec
-            while len(_PIXELS) > 2:
-                _PIXELS.popitem(last=False)
-    return vec
+    return _PIXELS.get_or_compute(
+        key, lambda: pixel_vectors(bundle, dataset, size, progress=progress, should_stop=should_stop))
 
 
 # --------------------------------------------------------------------------------------
@@ -351,7 +344,7 @@ def neighbors(bundle: ModelBundle, dataset: Dataset, features: FeatureSet, query
     features.check(bundle, dataset)
     qi = None
     if query_index is not None:
-        if isinstance(query_index, bool) or not isinstance(query_index, (int, np.integer)) \
+        if not is_int(query_index) \
                 or not 0 <= query_index < len(dataset):
             raise ParameterError(f"query_index must be an image index from 0 to {len(dataset) - 1}, "
                                  f"got {query_index!r}")

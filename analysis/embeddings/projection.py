@@ -60,12 +60,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-import numbers
 import os
 import threading
 import time
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -74,6 +72,8 @@ import numpy as np
 import analysis.core.diskcache as diskcache
 from analysis.core.config import get_config
 from analysis.core.errors import LimitError, ParameterError
+from analysis.core.lru import LockedLRU
+from analysis.core.schema import is_int, is_real
 
 __all__ = ["Projection", "project", "warm_up_umap", "knn_accuracy", "METHODS", "METRICS",
            "DEFAULT_TSNE_ITER"]
@@ -118,52 +118,8 @@ def _threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _is_real(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-class _LRU:
-    """A tiny thread-safe LRU dictionary."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._d: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key):
-        with self._lock:
-            if key in self._d:
-                self._d.move_to_end(key)
-                return self._d[key]
-            return None
-
-    def put(self, key, value) -> None:
-        with self._lock:
-            self._d[key] = value
-            self._d.move_to_end(key)
-            while len(self._d) > self.size:
-                self._d.popitem(last=False)
-
-    def find(self, pred):
-        """The most recently used (key, value) for which ``pred(key, value)`` holds."""
-        with self._lock:
-            for k in reversed(self._d):
-                if pred(k, self._d[k]):
-                    self._d.move_to_end(k)
-                    return k, self._d[k]
-        return None
-
-    def clear(self) -> None:
-        with self._lock:
-            self._d.clear()
-
-
-_PREPARED = _LRU(2)    # (features digest, prep params) -> (prepared data, its digest)
-_KNN = _LRU(2)         # (prepared digest, mode, k) -> (indices int32, distances float32)
+_PREPARED = LockedLRU(2)    # (features digest, prep params) -> (prepared data, its digest)
+_KNN = LockedLRU(2)        # (prepared digest, mode, k) -> (indices int32, distances float32)
 
 
 def clear_memory_caches() -> None:
@@ -210,9 +166,9 @@ def _resolve(n: int, d: int, method: str, dims: int, *, seed, pca_dims, perplexi
     """Validate everything and return the effective parameters (no computation)."""
     if method not in METHODS:
         raise ParameterError(f"Unknown method {method!r}; use one of {', '.join(METHODS)}.")
-    if not _is_int(dims) or dims not in (2, 3):
+    if not is_int(dims) or dims not in (2, 3):
         raise ParameterError(f"dims must be 2 or 3, got {dims!r}.")
-    if not _is_int(seed) or not 0 <= seed < 2 ** 32:
+    if not is_int(seed) or not 0 <= seed < 2 ** 32:
         raise ParameterError(f"seed must be an integer in [0, 2**32), got {seed!r}.")
     if metric not in METRICS:
         raise ParameterError(f"Unknown metric {metric!r}; use one of {', '.join(METRICS)}.")
@@ -227,9 +183,9 @@ def _resolve(n: int, d: int, method: str, dims: int, *, seed, pca_dims, perplexi
         params["n_components_fitted"] = max(dims, min(PCA_SCREE_MAX, n, d))
         return params
 
-    if pca_dims is None or (_is_int(pca_dims) and pca_dims == 0):
+    if pca_dims is None or (is_int(pca_dims) and pca_dims == 0):
         eff_pca = None
-    elif _is_int(pca_dims) and pca_dims >= 2:
+    elif is_int(pca_dims) and pca_dims >= 2:
         eff_pca = int(min(pca_dims, n, d))
         if eff_pca >= d:                 # nothing to reduce
             eff_pca = None
@@ -239,14 +195,14 @@ def _resolve(n: int, d: int, method: str, dims: int, *, seed, pca_dims, perplexi
     params["pca_dims"] = eff_pca
     width = eff_pca or d
     max_steps = get_config().limits.max_optimisation_steps
-    if n_iter is not None and (not _is_int(n_iter) or not 10 <= n_iter <= max_steps):
+    if n_iter is not None and (not is_int(n_iter) or not 10 <= n_iter <= max_steps):
         raise ParameterError(f"n_iter must be None (default) or an integer in [10, {max_steps}], "
                              f"got {n_iter!r}.")
     exact = n * n * width <= EXACT_KNN_BUDGET
     params["neighbors"] = "exact" if exact else "nndescent"
 
     if method == "tsne":
-        if not _is_real(perplexity) or not math.isfinite(perplexity) or perplexity < 1:
+        if not is_real(perplexity) or not math.isfinite(perplexity) or perplexity < 1:
             raise ParameterError(f"perplexity must be a number >= 1, got {perplexity!r}.")
         if 3 * perplexity >= n:
             raise ParameterError(f"perplexity must be less than N/3 = {n / 3:.4g} for {n} points "
@@ -262,12 +218,12 @@ def _resolve(n: int, d: int, method: str, dims: int, *, seed, pca_dims, perplexi
             learning_rate="N/12, then N" if dims == 2 else "N/12",
         )
     else:  # umap
-        if not _is_int(n_neighbors) or n_neighbors < 2:
+        if not is_int(n_neighbors) or n_neighbors < 2:
             raise ParameterError(f"n_neighbors must be an integer >= 2, got {n_neighbors!r}.")
         if n_neighbors >= n:
             raise ParameterError(f"n_neighbors must be less than the number of points "
                                  f"({n}), got {n_neighbors}.")
-        if not _is_real(min_dist) or not 0.0 <= min_dist <= 1.0:
+        if not is_real(min_dist) or not 0.0 <= min_dist <= 1.0:
             raise ParameterError(f"min_dist must be a number in [0, 1], got {min_dist!r}.")
         params.update(
             n_neighbors=int(n_neighbors),
@@ -275,6 +231,27 @@ def _resolve(n: int, d: int, method: str, dims: int, *, seed, pca_dims, perplexi
             n_epochs=(500 if n <= 10_000 else 200) if n_iter is None else int(n_iter),
         )
     return params
+
+
+def _scaled(x: np.ndarray, params: dict) -> np.ndarray:
+    """``x`` standardised per dimension (``standardize``) and/or row-normalised (cosine metric)."""
+    y = x
+    if params["standardize"]:
+        mu = y.mean(axis=0, dtype=np.float64)
+        sd = y.std(axis=0, dtype=np.float64)
+        sd[sd == 0] = 1.0
+        y = ((y - mu) / sd).astype(np.float32)
+    if params["metric"] == "cosine":
+        norm = np.linalg.norm(y, axis=1, keepdims=True)
+        y = (y / np.maximum(norm, 1e-12)).astype(np.float32)
+    return y
+
+
+def _pca(k: int, y: np.ndarray, seed: int):
+    """scikit-learn's PCA with ``k`` components: randomised SVD unless ``k`` is close to full rank."""
+    from sklearn.decomposition import PCA
+    solver = "randomized" if k < 0.8 * min(y.shape) else "full"
+    return PCA(n_components=k, svd_solver=solver, random_state=seed)
 
 
 def _prepare(x: np.ndarray, params: dict) -> tuple[np.ndarray, str]:
@@ -286,20 +263,10 @@ def _prepare(x: np.ndarray, params: dict) -> tuple[np.ndarray, str]:
     hit = _PREPARED.get(key)
     if hit is not None:
         return hit
-    y = x
-    if params["standardize"]:
-        mu = y.mean(axis=0, dtype=np.float64)
-        sd = y.std(axis=0, dtype=np.float64)
-        sd[sd == 0] = 1.0
-        y = ((y - mu) / sd).astype(np.float32)
-    if params["metric"] == "cosine":
-        norm = np.linalg.norm(y, axis=1, keepdims=True)
-        y = (y / np.maximum(norm, 1e-12)).astype(np.float32)
+    y = _scaled(x, params)
     k = params.get("pca_dims")
     if k:
-        from sklearn.decomposition import PCA
-        solver = "randomized" if k < 0.8 * min(y.shape) else "full"
-        y = PCA(n_components=k, svd_solver=solver, random_state=params["seed"]).fit_transform(y)
+        y = _pca(k, y, params["seed"]).fit_transform(y)
     y = np.ascontiguousarray(y, dtype=np.float32)
     out = (y, _digest(y))
     _PREPARED.put(key, out)
@@ -355,19 +322,9 @@ def _drop_self(ind: np.ndarray, dist: np.ndarray, k: int) -> tuple[np.ndarray, n
 # --------------------------------------------------------------------------- methods
 
 def _run_pca(x: np.ndarray, dims: int, params: dict, progress):
-    from sklearn.decomposition import PCA
     _report(progress, 0, 1)
-    y = x
-    if params["standardize"]:
-        mu = y.mean(axis=0, dtype=np.float64)
-        sd = y.std(axis=0, dtype=np.float64)
-        sd[sd == 0] = 1.0
-        y = ((y - mu) / sd).astype(np.float32)
-    if params["metric"] == "cosine":
-        y = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
-    k = params["n_components_fitted"]
-    solver = "randomized" if k < 0.8 * min(y.shape) else "full"
-    pca = PCA(n_components=k, svd_solver=solver, random_state=params["seed"])
+    y = _scaled(x, params)
+    pca = _pca(params["n_components_fitted"], y, params["seed"])
     z = pca.fit_transform(y)
     _report(progress, 1, 1)
     ratio = np.asarray(pca.explained_variance_ratio_, dtype=np.float64)

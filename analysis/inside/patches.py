@@ -31,9 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Generator
@@ -44,19 +42,15 @@ from PIL import Image
 
 import analysis.core.diskcache as diskcache
 from analysis.core.batching import JobProgress, halve_after_oom
-from analysis.core.datasets import Dataset
-from analysis.core.errors import DatasetError, LayerError, LimitError, ParameterError
+from analysis.core.datasets import Dataset, image_count
+from analysis.core.errors import LayerError, LimitError, ParameterError
 from analysis.core.hooks import get_module, run_truncated, truncate_after
+from analysis.core.jobs import drive
 from analysis.core.layers import layer_layout
 from analysis.core.layout import to_nchw
+from analysis.core.lru import LockedLRU
 from analysis.core.models.bundle import ModelBundle
-
-__all__ = [
-    "GALLERY_SCALE", "GALLERY_RATIO", "gallery_dataset",
-    "ScanProgress", "PatchIndex", "PatchCrop",
-    "scan", "run_scan", "load_index", "save_index", "index_key", "get_or_scan",
-    "patch_crops", "patch_grid",
-]
+from analysis.core.schema import check_int, is_int
 
 CACHE_KIND = "patches"
 _FORMAT = 1                      # bump when the stored layout or scan rules change
@@ -134,7 +128,7 @@ def gallery_dataset(crops_per_image: int = 40, seed: int = 0, size: int = 256) -
     Cached: equal arguments return the same object.
     """
     for name, v, lo in (("crops_per_image", crops_per_image, 1), ("seed", seed, 0), ("size", size, 8)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        if not is_int(v) or v < lo:
             raise ParameterError(f"{name} must be an integer >= {lo}, got {v!r}")
     if size > 1024:
         raise ParameterError(f"size must be at most 1024, got {size}")
@@ -222,9 +216,7 @@ class PatchIndex:
 
 
 def _check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
-        raise ParameterError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
-    return int(k)
+    return check_int("k", k, 1, MAX_K)
 
 
 def index_key(bundle: ModelBundle, dataset: Dataset, layer: str, k: int) -> str:
@@ -241,6 +233,12 @@ def _meta(index: PatchIndex) -> dict:
 
 
 def save_index(index: PatchIndex, cache_dir=None) -> None:
+    """Store a patch index in the disk cache (found again by ``load_index``).
+
+    Args:
+        index: the index.
+        cache_dir: the cache root (default the configuration's).
+    """
     key = diskcache.cache_key("patches", index.model_id, index.layer, index.dataset_hash,
                               index.preprocess_id, index.k)
     diskcache.save_arrays(CACHE_KIND, key, {"values": index.values, "image_idx": index.image_idx,
@@ -314,12 +312,10 @@ def scan(bundle: ModelBundle, dataset: Dataset, layer: str, *, k: int = 9, batch
     after an out-of-memory error.
     """
     k = _check_k(k)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
     get_module(bundle.model, layer)          # LayerError before any work for a bad name
-    n = len(dataset)
-    if n == 0:
-        raise DatasetError(f"Data set {dataset.name!r} has no images.")
+    n = image_count(dataset)
     t0 = time.perf_counter()
     yield ScanProgress(0, n, 0.0)
 
@@ -372,13 +368,7 @@ def run_scan(bundle: ModelBundle, dataset: Dataset, layer: str, *, k: int = 9, b
     """``scan`` driven to the end: ``progress(done, total)`` after every batch; None if stopped."""
     gen = scan(bundle, dataset, layer, k=k, batch_size=batch_size, should_stop=should_stop,
                save=save, cache_dir=cache_dir)
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(step.done, step.total)
+    return drive(gen, None if progress is None else (lambda step: progress(step.done, step.total)))
 
 
 def get_or_scan(bundle: ModelBundle, dataset: Dataset, layer: str, *, k: int = 9, batch_size: int = 32,
@@ -412,8 +402,7 @@ class PatchCrop:
     rank: int = 0
 
 
-_RF_CACHE: "OrderedDict[tuple, object]" = OrderedDict()
-_RF_LOCK = threading.Lock()
+_RF_CACHE = LockedLRU(64)   # (model, preprocessing, layer) -> ReceptiveField | TokenField
 
 
 @dataclass(frozen=True)
@@ -466,16 +455,7 @@ def _receptive_field(bundle: ModelBundle, layer: str):
     from analysis.inside.receptive import receptive_field  # lazy: optional dependency of this module
 
     key = (bundle.model_id, bundle.preprocess.spec_id, layer)
-    with _RF_LOCK:
-        if key in _RF_CACHE:
-            _RF_CACHE.move_to_end(key)
-            return _RF_CACHE[key]
-    rf = token_field(bundle, layer) or receptive_field(bundle, layer)
-    with _RF_LOCK:
-        _RF_CACHE[key] = rf
-        while len(_RF_CACHE) > 64:
-            _RF_CACHE.popitem(last=False)
-    return rf
+    return _RF_CACHE.get_or_compute(key, lambda: token_field(bundle, layer) or receptive_field(bundle, layer))
 
 
 def _check_index(bundle: ModelBundle, dataset: Dataset, index: PatchIndex) -> None:
@@ -531,9 +511,9 @@ def patch_crops(bundle: ModelBundle, dataset: Dataset, index: PatchIndex, channe
     field's extent, so every patch of a layer is shown at the same scale.
     """
     _check_index(bundle, dataset, index)
-    if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)) or not 0 <= channel < index.channels:
+    if not is_int(channel) or not 0 <= channel < index.channels:
         raise ParameterError(f"channel must be from 0 to {index.channels - 1}, got {channel!r}")
-    if isinstance(display_size, bool) or not isinstance(display_size, (int, np.integer)) or not 1 <= display_size <= 1024:
+    if not is_int(display_size) or not 1 <= display_size <= 1024:
         raise ParameterError(f"display_size must be from 1 to 1024, got {display_size!r}")
     rf = _receptive_field(bundle, index.layer)
     size = bundle.input_size

@@ -21,7 +21,7 @@ Two independent methods:
   mixed back into a map (squeeze-and-excitation: every position then sees the whole
   image), mark the result "unknown"; asking for such a layer raises ``ReceptiveFieldError``
   and ``method="auto"`` falls back to the gradient method. The whole model is traced once
-  per bundle and the table cached on it (``bundle._receptive_cache``).
+  per bundle and the table cached on it (``bundle.receptive_cache``).
 
 * **gradient** (the check, and the fallback): on a deep copy made "linear and positive"
   (conv/linear weights ``1/fan_in``, normalisations and activations replaced by the
@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import threading
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -64,11 +63,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from analysis.core.errors import LayerError, ParameterError
-from analysis.core.hooks import capture, get_module
+from analysis.core.hooks import capture, forward_hooks, get_module
 from analysis.core.models.bundle import ModelBundle
-
-__all__ = ["ReceptiveField", "ReceptiveFieldError", "receptive_field", "analytic_receptive_field",
-           "analytic_receptive_fields", "gradient_receptive_field", "METHODS"]
 
 METHODS = ("auto", "analytic", "gradient")
 
@@ -552,31 +548,29 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
 def _trace(bundle: ModelBundle) -> dict[str, _Info]:
     """Receptive-field info of every module's output (last call), from one forward of a
     zero image on the shared model (nothing mutated; hooks removed in ``finally``)."""
-    cached = getattr(bundle, "_receptive_cache", None)
+    cached = bundle.receptive_cache
     if cached is not None:
         return cached
     with bundle.lock:
-        cached = getattr(bundle, "_receptive_cache", None)
+        cached = bundle.receptive_cache
         if cached is not None:
             return cached
         model = bundle.model
         size = bundle.input_size
         table: dict[str, _Info] = {}
         tracer = _Tracer()
-        owner = threading.get_ident()
-        handles = []
-        try:
-            for name, module in model.named_modules():
-                def hook(mod, inputs, output, _name=name):
-                    if threading.get_ident() != owner:
-                        return
-                    t = _first_tensor(output)
-                    info = tracer.get(t) if t is not None else _Unknown("the layer output is not a tensor")
-                    if info is None:
-                        info = _Unknown("the layer output is not computed from the input by "
-                                        "operations the analytic method can follow")
-                    table[_name] = info
-                handles.append(module.register_forward_hook(hook))
+
+        def make_hook(name: str):
+            def hook(mod, inputs, output):
+                t = _first_tensor(output)
+                info = tracer.get(t) if t is not None else _Unknown("the layer output is not a tensor")
+                if info is None:
+                    info = _Unknown("the layer output is not computed from the input by "
+                                    "operations the analytic method can follow")
+                table[name] = info
+            return hook
+
+        with forward_hooks((module, make_hook(name)) for name, module in model.named_modules()):
             x = torch.zeros(1, bundle.preprocess.channels, size, size, device=bundle.device,
                             dtype=_model_dtype(model))
             with torch.inference_mode(), tracer:
@@ -586,11 +580,8 @@ def _trace(bundle: ModelBundle) -> dict[str, _Info]:
                 except (RuntimeError, ValueError, TypeError, IndexError) as e:
                     raise ReceptiveFieldError(f"The model's forward failed on a blank "
                                               f"{size}x{size} image: {e}") from e
-        finally:
-            for h in handles:
-                h.remove()
         tracer.clear()
-        bundle._receptive_cache = table   # derived data; the shared model is untouched
+        bundle.receptive_cache = table   # derived data; the shared model is untouched
         return table
 
 

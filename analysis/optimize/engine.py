@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Generator, Sequence
@@ -36,8 +35,10 @@ import numpy as np
 import torch
 
 from analysis.core.errors import LayerError, ParameterError
-from analysis.core.hooks import get_module, keep_output
+from analysis.core.hooks import forward_hooks, get_module, keep_output
+from analysis.core.jobs import drive
 from analysis.core.models.bundle import ModelBundle
+from analysis.core.schema import check_real
 from analysis.core.sizes import fit_to_model
 from analysis.optimize.objectives import Context, Objective
 from analysis.optimize.params import ImageParam, PixelImage
@@ -55,26 +56,19 @@ def _captures(model, layers: frozenset, stop_early: bool):
     as all of them have run (the rest of the network is not needed). Hooks are
     thread-scoped and always removed."""
     store: dict[str, torch.Tensor] = {}
-    owner = threading.get_ident()
-    handles = []
-    try:
-        for name in sorted(layers):
-            module = get_module(model, name)
 
-            def hook(mod, inp, out, _name=name):
-                if threading.get_ident() != owner:
-                    return
-                # The forward continues on a clone: in-place ops after the layer (an
-                # in-place ReLU) cannot rewrite the kept activation or its gradient.
-                store[_name], replacement = keep_output(out, detach=False)
-                if stop_early and len(store) == len(layers):
-                    raise _Stop
-                return replacement
-            handles.append(module.register_forward_hook(hook))
+    def make_hook(name: str):
+        def hook(mod, inp, out):
+            # The forward continues on a clone: in-place ops after the layer (an
+            # in-place ReLU) cannot rewrite the kept activation or its gradient.
+            store[name], replacement = keep_output(out, detach=False)
+            if stop_early and len(store) == len(layers):
+                raise _Stop
+            return replacement
+        return hook
+
+    with forward_hooks((get_module(model, name), make_hook(name)) for name in sorted(layers)):
         yield store
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def forward_context(bundle: ModelBundle, objective: Objective, image: torch.Tensor,
@@ -88,12 +82,12 @@ def forward_context(bundle: ModelBundle, objective: Objective, image: torch.Tens
             logits = bundle.model(inp)
         except _Stop:
             logits = None
-        missing = objective.layers - set(acts)
-        if missing:
-            raise LayerError(f"Layer(s) {', '.join(sorted(missing))} did not run in the forward pass.")
-        captured = dict(acts)
-    # after the hooks are gone: the layouts may need the layer table's own dry forward
-    return Context(channels_first(bundle, captured), logits, image, pixels)
+    # Outside the captures: channels_first may build the layer table, whose dry forward must
+    # not run through (and be stopped by) this objective's hooks.
+    missing = objective.layers - set(acts)
+    if missing:
+        raise LayerError(f"Layer(s) {', '.join(sorted(missing))} did not run in the forward pass.")
+    return Context(channels_first(bundle, acts), logits, image, pixels)
 
 
 def channels_first(bundle: ModelBundle, acts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -196,10 +190,8 @@ def _percentile_mask(v: torch.Tensor, pct: float) -> torch.Tensor:
 
 
 def _check(name, value, lo, hi=None):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= lo
-    if not ok or (hi is not None and value > hi):
-        raise ParameterError(f"{name} must be between {lo} and {hi} (got {value!r})." if hi is not None
-                             else f"{name} must be at least {lo} (got {value!r}).")
+    check_real(name, value, lo, hi, message=f"{name} must be between {lo} and {hi} (got {value!r})."
+               if hi is not None else f"{name} must be at least {lo} (got {value!r}).")
 
 
 def optimize(bundle: ModelBundle, objective: Objective, param: ImageParam, *, steps: int = 100,
@@ -334,11 +326,4 @@ def optimize(bundle: ModelBundle, objective: Objective, param: ImageParam, *, st
 def run(gen: Generator, stop_after: int | None = None, on_step: Callable[[OptStep], None] | None = None):
     """Drive an engine generator to its end (or stop it after ``stop_after`` steps) and
     return its result."""
-    try:
-        s = next(gen)
-        while True:
-            if on_step is not None:
-                on_step(s)
-            s = gen.send("stop" if stop_after is not None and s.step >= stop_after else None)
-    except StopIteration as fin:
-        return fin.value
+    return drive(gen, on_step, lambda s: "stop" if stop_after is not None and s.step >= stop_after else None)

@@ -205,6 +205,13 @@ def _input_grad(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
 
 
 def guided_backprop(bundle: ModelBundle, x: torch.Tensor, target: int) -> tuple[torch.Tensor, list[str]]:
+    """Guided backpropagation on the bundle's guided copy; returns (attribution, warnings).
+
+    Args:
+        bundle: the model (its shared copy is untouched).
+        x: the normalised input batch (N, C, H, W).
+        target: the class index.
+    """
     gm, n_guided, n_functional = guided_model(bundle)
     warnings = []
     if n_guided == 0:
@@ -246,6 +253,17 @@ def _captum_batched(run: Callable[[int], torch.Tensor], batch: int) -> torch.Ten
 
 
 def integrated_gradients(bundle, x, target, *, steps=50, baseline="zero", batch_size=25, progress=None):
+    """Integrated gradients from a baseline to the input (Captum ``IntegratedGradients``).
+
+    Args:
+        bundle: the model.
+        x: the normalised input batch (N, C, H, W).
+        target: the class index.
+        steps: points on the path (Riemann steps).
+        baseline: the baseline's name ("zero", "blur", ...; see ``baseline_tensor``).
+        batch_size: path points per forward.
+        progress: optional ``progress(done, total)`` callback.
+    """
     from captum.attr import IntegratedGradients
     fwd = _CountingForward(bundle.model, steps, progress)
     base = baseline_tensor(bundle, x, baseline)
@@ -255,6 +273,18 @@ def integrated_gradients(bundle, x, target, *, steps=50, baseline="zero", batch_
 
 
 def smoothgrad(bundle, x, target, *, samples=25, noise=0.15, batch_size=25, seed=0, progress=None):
+    """SmoothGrad: gradients averaged over noisy copies of the input (Captum ``NoiseTunnel``).
+
+    Args:
+        bundle: the model.
+        x: the normalised input batch (N, C, H, W).
+        target: the class index.
+        samples: number of noisy copies.
+        noise: noise standard deviation, as a fraction of the input's valid range.
+        batch_size: copies per forward.
+        seed: the noise seed.
+        progress: optional ``progress(done, total)`` callback.
+    """
     from captum.attr import NoiseTunnel, Saliency
     fwd = _CountingForward(bundle.model, samples, progress)
     lo, hi = bundle.preprocess.valid_range()
@@ -297,6 +327,13 @@ def gradcam(bundle, x, target, layer: str) -> torch.Tensor:
 
 
 def vanilla_gradient(bundle, x, target) -> torch.Tensor:
+    """Gradient of the target logit w.r.t. the input (Simonyan et al.; Captum ``Saliency``).
+
+    Args:
+        bundle: the model.
+        x: the normalised input batch (N, C, H, W).
+        target: the class index.
+    """
     from captum.attr import Saliency
     with bundle.lock, torch.enable_grad():
         return Saliency(bundle.model).attribute(x, target=target, abs=False)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from analysis.core.errors import ParameterError
+from analysis.core.hooks import forward_hooks
 from analysis.core.models.bundle import ModelBundle
 
 HEAD_FUSIONS = ("mean", "max", "min")
@@ -115,19 +116,16 @@ class _AttentionCopy:
         in block order. timm: forward hooks on each block's ``attn_drop`` (the softmax
         output), removed on exit even on error."""
         store: list[torch.Tensor] = []
-        handles = []
-        try:
-            if self.family == "timm":
-                for m in self.attn:
-                    handles.append(m.attn_drop.register_forward_hook(lambda mod, i, o: store.append(o)))
-            elif self.family == "torchvision":
-                self.sink.append(store)
-            yield store
-        finally:
-            for h in handles:
-                h.remove()
-            if self.family == "torchvision" and self.sink:
-                self.sink.pop()
+        timm = ([(m.attn_drop, lambda mod, i, o: store.append(o)) for m in self.attn]
+                if self.family == "timm" else [])
+        with forward_hooks(timm, this_thread_only=False):
+            try:
+                if self.family == "torchvision":
+                    self.sink.append(store)
+                yield store
+            finally:
+                if self.family == "torchvision" and self.sink:
+                    self.sink.pop()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(logits, attention probabilities of every block)."""

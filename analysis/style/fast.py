@@ -23,7 +23,6 @@ forward pass stylises any image.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
@@ -41,7 +40,9 @@ import analysis.optimize as O
 import analysis.style.gatys as S
 from analysis.core.config import get_config
 from analysis.core.errors import ConvlensError, ParameterError, WeightsError
+from analysis.core.fsio import atomic_write
 from analysis.core.models.bundle import ModelBundle
+from analysis.core.schema import is_int
 
 FORMAT = "convlens-fast-style-v1"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -106,8 +107,7 @@ class TransformerNet(nn.Module):
 
 
 def _check_arch(width, n_res) -> tuple[int, int]:
-    ok = lambda v, lo, hi: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi  # noqa: E731
-    if not ok(width, 4, 128) or not ok(n_res, 1, 16):
+    if not (is_int(width) and 4 <= width <= 128) or not (is_int(n_res) and 1 <= n_res <= 16):
         raise ParameterError(f"Network width must be 4-128 and residual blocks 1-16 (got {width!r}, {n_res!r}).")
     return width, n_res
 
@@ -117,9 +117,9 @@ def stylize(net: TransformerNet, image: np.ndarray, max_side: int | None = None,
     """One forward pass: RGB uint8 (H, W, 3) -> stylised RGB uint8 of the same size (or
     of the image scaled so its longer side is ``max_side``, if it is longer; never more
     than 2048 px, whose activations already take about 2 GB)."""
-    S._check_rgb(image, "image")
+    S.check_rgb(image, "image")
     if max_side is not None:
-        S._check_side(max_side, "maximum side")
+        S.check_side(max_side, "maximum side")
     max_side = min(max_side or S.MAX_SIDE, S.MAX_SIDE)
     h, w = image.shape[:2]
     size = S.fit_size(h, w, max_side) if max(h, w) > max_side else None
@@ -134,22 +134,22 @@ def stylize(net: TransformerNet, image: np.ndarray, max_side: int | None = None,
 
 
 def networks_dir() -> Path:
+    """The folder of saved fast-style networks (created if needed). Takes no arguments."""
     d = get_config().data_dir / "style_networks"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
 
 def check_name(name: str) -> str:
+    """``name`` if it is an allowed network name (1-64 letters, digits, "_", "-", "."), else ParameterError.
+
+    Args:
+        name: the network's name.
+    """
     if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
         raise ParameterError(f"Network name {name!r} is not allowed: use 1-64 letters, digits, '_', '-' or '.', "
                              "starting with a letter or digit.")
     return name
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def network_bytes(net: TransformerNet) -> bytes:
@@ -318,14 +318,19 @@ def import_network(data: bytes, name: str, filename: str = "network.safetensors"
     if folder.exists():
         raise ParameterError(f"A network named {name!r} exists already; choose another name.")
     folder.mkdir(parents=True)
-    _atomic_write(folder / "network.safetensors", network_bytes(net))
+    atomic_write(folder / "network.safetensors", network_bytes(net))
     meta = {"format": FORMAT, "name": name, "steps_done": 0, "imported_from": Path(filename).name,
             "settings": {"width": net.width, "n_res": net.n_res}, "history": {}, "updated": _now()}
-    _atomic_write(folder / "meta.json", json.dumps(meta, indent=1).encode())
+    atomic_write(folder / "meta.json", json.dumps(meta, indent=1).encode())
     return next(i for i in list_networks() if i.name == name)
 
 
 def delete_network(name: str) -> None:
+    """Delete a saved fast-style network (nothing happens if there is none).
+
+    Args:
+        name: the network's name.
+    """
     folder = networks_dir() / check_name(name)
     if folder.is_dir():
         shutil.rmtree(folder)
@@ -357,7 +362,7 @@ class ContentSampler:
     def _image(self, i: int) -> Image.Image:
         if i not in self._cache:
             arr = self.images[i] if self.images is not None else self.dataset.get(i)
-            S._check_rgb(np.asarray(arr), "content image")
+            S.check_rgb(np.asarray(arr), "content image")
             im = Image.fromarray(np.ascontiguousarray(arr))
             s = 1.5 * self.size / min(im.size)            # keep only what the largest crop scale needs
             if s < 1:
@@ -428,19 +433,19 @@ def _settings(bundle: ModelBundle, kw: dict) -> dict:
     for k, lo, hi in (("steps", 1, limit), ("size", 32, 1024), ("batch", 1, 64), ("checkpoint_every", 1, 10 ** 6),
                       ("preview_every", 0, 10 ** 6)):
         v = s[k]
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+        if not is_int(v) or not lo <= v <= hi:
             raise ParameterError(f"{k.replace('_', ' ')} must be a whole number between {lo} and {hi} (got {v!r}).")
         s[k] = int(v)
     _check_arch(s["width"], s["n_res"])
     for k in ("lr", "style_weight", "content_weight", "tv_weight", "style_scale"):
-        S._nonneg(k.replace("_", " "), s[k])
+        S.check_nonneg(k.replace("_", " "), s[k])
     if s["lr"] <= 0 or s["lr"] > 1:
         raise ParameterError(f"The learning rate must be in (0, 1] (got {s['lr']}).")
     if s["style_weight"] == 0 and s["content_weight"] == 0:
         raise ParameterError("Content and style weights are both 0: nothing to learn.")
     if not 0.1 <= s["style_scale"] <= 4:
         raise ParameterError("The style scale must be between 0.1 and 4.")
-    s["style_layers"] = S._weights(s["style_layers"], "style")
+    s["style_layers"] = S.layer_weights_of(s["style_layers"], "style")
     s["content_layer"] = str(s["content_layer"])
     return s
 
@@ -477,7 +482,7 @@ def train_fast_style(bundle: ModelBundle, style_image: np.ndarray | None, name: 
         done = int(meta.get("steps_done", 0))
         seed = int(meta.get("seed", seed))
     else:
-        S._check_rgb(style_image, "style image")
+        S.check_rgb(style_image, "style image")
         if folder.exists() and not overwrite:
             raise ParameterError(f"A network named {name!r} exists already: resume it, or choose another name.")
         s = _settings(bundle, settings)
@@ -497,12 +502,12 @@ def train_fast_style(bundle: ModelBundle, style_image: np.ndarray | None, name: 
     size = s["size"]
     style_unit = S.to_unit_tensor(style_image, S.fit_size(*style_image.shape[:2], max(16, round(size * s["style_scale"]))))
     lw, c_layer = s["style_layers"], s["content_layer"]
-    targets = S.gram_targets(bundle, [(S._model_channels(style_unit, bundle).to(dev), 1.0)], list(lw)) \
+    targets = S.gram_targets(bundle, [(S.model_channels(style_unit, bundle).to(dev), 1.0)], list(lw)) \
         if s["style_weight"] > 0 else {}
     if preview_image is None:
         from analysis.core.images import gallery_image
         preview_image = gallery_image("chelsea")
-    S._check_rgb(preview_image, "preview image")
+    S.check_rgb(preview_image, "preview image")
     prev_x = S.to_unit_tensor(preview_image, S.fit_size(*preview_image.shape[:2], preview_side)).to(dev)
 
     record = {"format": FORMAT, "name": name, "settings": s, "seed": seed, "model_id": bundle.model_id,
@@ -510,7 +515,7 @@ def train_fast_style(bundle: ModelBundle, style_image: np.ndarray | None, name: 
               "style_image_sha256": _sha(style_image), "created": meta.get("created", _now())}
     if not folder.exists():
         folder.mkdir(parents=True)
-    _atomic_write(folder / "style.png", _png(style_image))
+    atomic_write(folder / "style.png", _png(style_image))
     saved_at = [done]
 
     def preview() -> np.ndarray:
@@ -521,11 +526,11 @@ def train_fast_style(bundle: ModelBundle, style_image: np.ndarray | None, name: 
         return img
 
     def save() -> None:
-        _atomic_write(folder / "network.safetensors", network_bytes(net))
-        _atomic_write(folder / "optimizer.safetensors", _optimizer_bytes(opt))
-        _atomic_write(folder / "preview.png", _png(preview()))
+        atomic_write(folder / "network.safetensors", network_bytes(net))
+        atomic_write(folder / "optimizer.safetensors", _optimizer_bytes(opt))
+        atomic_write(folder / "preview.png", _png(preview()))
         rec = dict(record, steps_done=done, history=history, updated=_now(), device=str(dev))
-        _atomic_write(folder / "meta.json", json.dumps(rec, indent=1).encode())
+        atomic_write(folder / "meta.json", json.dumps(rec, indent=1).encode())
         saved_at[0] = done
 
     total, t0, stopped = s["steps"], time.perf_counter(), False
@@ -533,12 +538,12 @@ def train_fast_style(bundle: ModelBundle, style_image: np.ndarray | None, name: 
     try:
         while done < total:
             x = sampler.batch(done, s["batch"]).to(dev)
-            xm = S._model_channels(x, bundle)
+            xm = S.model_channels(x, bundle)
             with bundle.lock:
                 c_feat = S.features(bundle, xm, [c_layer])[c_layer] if cw > 0 else None
                 with torch.enable_grad():
                     y = net(x)
-                    ym = S._model_channels(y, bundle)
+                    ym = S.model_channels(y, bundle)
                     if sw > 0:
                         obj = S.style_objective(targets, lw, sw, (c_layer, c_feat) if cw > 0 else None, cw, tvw,
                                                 size * size)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 import analysis.optimize as O
 from analysis.core.errors import LayerError, ParameterError
 from analysis.core.models.bundle import ModelBundle
+from analysis.core.schema import is_int, is_real
 
 MIN_SIDE, MAX_SIDE = 32, 2048
 
@@ -108,9 +109,9 @@ def default_settings(bundle: ModelBundle, infos=None) -> StyleDefaults:
         return LITE0
     if arch in ("vgg16", "vgg19") and bundle.preprocess.channels == 3:
         return _vgg_defaults(arch)
-    from analysis.core.layers import block_layers, layer_table
+    from analysis.core.layers import block_layers, layer_table, spatial_layers
     infos = infos if infos is not None else layer_table(bundle)
-    blocks = block_layers(infos) or [i.name for i in infos if i.spatial and i.calls > 0]
+    blocks = block_layers(infos) or spatial_layers(infos)
     if not blocks:
         raise LayerError("The model has no layer with a spatial feature map: it cannot describe style.")
     upto = blocks[:max(1, int(np.ceil(len(blocks) * 2 / 3)))]
@@ -134,6 +135,11 @@ def rgb_to_yiq(x: torch.Tensor) -> torch.Tensor:
 
 
 def yiq_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """YIQ images back to RGB (the inverse of ``rgb_to_yiq``).
+
+    Args:
+        x: (B, 3, H, W) YIQ tensor.
+    """
     return torch.einsum("dc,bchw->bdhw", _YIQ_INV.to(x.device, x.dtype), x)
 
 
@@ -172,7 +178,13 @@ def chroma_distance(a: np.ndarray, b: np.ndarray) -> float:
 # ===================================================================== images
 
 
-def _check_rgb(image, what: str) -> np.ndarray:
+def check_rgb(image, what: str) -> np.ndarray:
+    """``image`` if it is an RGB uint8 array (H, W, 3) of at least 8x8 pixels, else ParameterError.
+
+    Args:
+        image: the array to check.
+        what: what it is, for the message ("style image").
+    """
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ParameterError(f"The {what} must be an RGB uint8 image (H, W, 3); got "
                              f"{getattr(image, 'dtype', type(image).__name__)} {getattr(image, 'shape', '')}.")
@@ -181,8 +193,14 @@ def _check_rgb(image, what: str) -> np.ndarray:
     return image
 
 
-def _check_side(size, what="size"):
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not MIN_SIDE <= size <= MAX_SIDE:
+def check_side(size, what="size"):
+    """``size`` as an int if it is a whole number of pixels in [MIN_SIDE, MAX_SIDE], else ParameterError.
+
+    Args:
+        size: the side length to check.
+        what: what it is, for the message.
+    """
+    if not is_int(size) or not MIN_SIDE <= size <= MAX_SIDE:
         raise ParameterError(f"The {what} must be a whole number of pixels between {MIN_SIDE} and {MAX_SIDE} "
                              f"(got {size!r}).")
     return int(size)
@@ -202,8 +220,13 @@ def to_unit_tensor(image: np.ndarray, size: tuple[int, int] | None = None) -> to
     return x
 
 
-def _model_channels(x: torch.Tensor, bundle: ModelBundle) -> torch.Tensor:
-    """RGB [0, 1] -> the model's channel count (grey models get the mean)."""
+def model_channels(x: torch.Tensor, bundle: ModelBundle) -> torch.Tensor:
+    """RGB [0, 1] -> the model's channel count (grey models get the mean).
+
+    Args:
+        x: (B, 3, H, W) images in [0, 1].
+        bundle: the model whose input channels are wanted.
+    """
     return x.mean(1, keepdim=True) if bundle.preprocess.channels == 1 else x
 
 
@@ -266,7 +289,14 @@ def gram_targets(bundle: ModelBundle, images: Sequence[tuple[torch.Tensor, float
     return out
 
 
-def _weights(d, what: str) -> dict[str, float]:
+def layer_weights_of(d, what: str) -> dict[str, float]:
+    """Layer weights as ``{layer: weight > 0}`` from a list of names (weight 1 each) or a dict;
+    ParameterError when none is left or a weight is negative or not finite.
+
+    Args:
+        d: a list/tuple of layer names or a ``{layer: weight}`` dict.
+        what: "style" or "content", for the message.
+    """
     if isinstance(d, (list, tuple)):
         d = {k: 1.0 for k in d}
     if not isinstance(d, dict) or not d:
@@ -283,8 +313,14 @@ def _weights(d, what: str) -> dict[str, float]:
     return out
 
 
-def _nonneg(name, v) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+def check_nonneg(name, v) -> float:
+    """``v`` as a float if it is a finite real ≥ 0, else ParameterError.
+
+    Args:
+        name: the parameter's name, for the message.
+        v: the value to check.
+    """
+    if not is_real(v) or v < 0:
         raise ParameterError(f"{name} must be a number ≥ 0 (got {v!r}).")
     return float(v)
 
@@ -333,7 +369,7 @@ def _noise(shape, seed: int, device) -> torch.Tensor:
 
 def _pad(d: StyleDefaults, pad) -> int:
     pad = d.pad if pad is None else pad
-    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or not 0 <= pad <= 64:
+    if not is_int(pad) or not 0 <= pad <= 64:
         raise ParameterError(f"The reflection padding must be between 0 and 64 px (got {pad!r}).")
     return int(pad)
 
@@ -342,7 +378,7 @@ def _rules(optimizer: str, lr, defaults: StyleDefaults) -> tuple[str, float]:
     if optimizer not in ("lbfgs", "adam"):
         raise ParameterError(f"Unknown optimiser {optimizer!r}: use lbfgs or adam.")
     lr = (defaults.lr_lbfgs if optimizer == "lbfgs" else defaults.lr_adam) if lr is None else lr
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not np.isfinite(lr) or lr <= 0:
+    if not is_real(lr) or lr <= 0:
         raise ParameterError(f"The learning rate must be a positive number (got {lr!r}).")
     return optimizer, float(lr)
 
@@ -360,17 +396,17 @@ def synthesize_texture(bundle: ModelBundle, image: np.ndarray, layers=None, *, s
     ``size``: output side (or (h, w)); the source is resized so its longer side is
     ``source_scale × size`` (the texture's scale in the output). The result's params
     record the layers, sizes and the final relative Gram error per layer."""
-    _check_rgb(image, "texture image")
+    check_rgb(image, "texture image")
     d = default_settings(bundle)
-    lw = _weights(d.texture_layers if layers is None else layers, "texture")
-    h, w = (size, size) if isinstance(size, (int, np.integer)) and not isinstance(size, bool) else tuple(size)
-    h, w = _check_side(h), _check_side(w)
+    lw = layer_weights_of(d.texture_layers if layers is None else layers, "texture")
+    h, w = (size, size) if is_int(size) else tuple(size)
+    h, w = check_side(h), check_side(w)
     if not isinstance(source_scale, (int, float)) or not 0.1 <= source_scale <= 4:
         raise ParameterError(f"The source scale must be between 0.1 and 4 (got {source_scale!r}).")
-    tv_weight = _nonneg("TV weight", tv_weight)
+    tv_weight = check_nonneg("TV weight", tv_weight)
     rule, lr = _rules(optimizer, lr, d)
     src_size = fit_size(*image.shape[:2], min(MAX_SIDE, max(16, round(max(h, w) * source_scale))))
-    src = _model_channels(to_unit_tensor(image, src_size), bundle)
+    src = model_channels(to_unit_tensor(image, src_size), bundle)
     pad = _pad(d, pad)
     targets = gram_targets(bundle, [(src, 1.0)], list(lw))
     obj = style_objective(targets, lw, tv_weight=tv_weight, pixels=h * w)
@@ -420,7 +456,7 @@ def texture_strip(bundle: ModelBundle, image: np.ndarray, layers=None, *, size: 
     shallow-vs-deep strip. Yields ``OptStep`` with the overall step count; ``send("stop")``
     stops after the current step and returns the sets finished so far (and the stopped one)."""
     d = default_settings(bundle)
-    names = list(_weights(d.texture_layers if layers is None else layers, "texture"))
+    names = list(layer_weights_of(d.texture_layers if layers is None else layers, "texture"))
     sets = texture_strip_sets(names)
     total, done, t0, results, stopped = steps * len(sets), 0, time.perf_counter(), [], False
     for s in sets:
@@ -458,24 +494,24 @@ def style_transfer(bundle: ModelBundle, content: np.ndarray, styles: Sequence[tu
     The output has the content's aspect ratio with its longer side ``size``; each style
     image is resized so its longer side is ``style_scale × size``. ``init``: "content" or
     "noise". ``preserve_colour``: luminance-only transfer, then the content's chroma."""
-    _check_rgb(content, "content image")
+    check_rgb(content, "content image")
     if not isinstance(styles, (list, tuple)) or not styles:
         raise ParameterError("Choose at least one style image.")
     for s in styles:
         if not (isinstance(s, (list, tuple)) and len(s) == 2):
             raise ParameterError("Styles must be (image, weight) pairs.")
-        _check_rgb(s[0], "style image")
+        check_rgb(s[0], "style image")
     d = default_settings(bundle)
-    size = _check_side(size)
+    size = check_side(size)
     if not isinstance(style_scale, (int, float)) or not 0.1 <= style_scale <= 4:
         raise ParameterError(f"The style scale must be between 0.1 and 4 (got {style_scale!r}).")
     if init not in ("content", "noise"):
         raise ParameterError(f"Unknown initialisation {init!r}: use content or noise.")
-    lw = _weights(d.style_layers if style_layers is None else style_layers, "style")
+    lw = layer_weights_of(d.style_layers if style_layers is None else style_layers, "style")
     c_layer = d.content_layer if content_layer is None else str(content_layer)
-    cw = _nonneg("Content weight", d.content_weight if content_weight is None else content_weight)
-    sw = _nonneg("Style weight", d.style_weight if style_weight is None else style_weight)
-    tvw = _nonneg("TV weight", d.tv_weight if tv_weight is None else tv_weight)
+    cw = check_nonneg("Content weight", d.content_weight if content_weight is None else content_weight)
+    sw = check_nonneg("Style weight", d.style_weight if style_weight is None else style_weight)
+    tvw = check_nonneg("TV weight", d.tv_weight if tv_weight is None else tv_weight)
     if cw == 0 and sw == 0:
         raise ParameterError("Content and style weights are both 0: nothing to optimise.")
     rule, lr = _rules(optimizer, lr, d)
@@ -496,8 +532,8 @@ def style_transfer(bundle: ModelBundle, content: np.ndarray, styles: Sequence[tu
         init_t = cy if init == "content" else _noise((1, 1, h, w), seed, bundle.device)
         param = LuminanceImage(bundle, init_t)
     else:
-        c_in = _model_channels(content_rgb, bundle)
-        style_in = [(_model_channels(s, bundle), wt) for s, wt in style_imgs]
+        c_in = model_channels(content_rgb, bundle)
+        style_in = [(model_channels(s, bundle), wt) for s, wt in style_imgs]
         init_t = c_in if init == "content" else _noise(c_in.shape, seed, bundle.device)
         param = O.PixelImage(bundle, space="unit", init=init_t)
 

@@ -276,7 +276,7 @@ def _ok(at):
 def empty_cache():
     """Results cached by earlier tests in this process would not be recorded again."""
     from dashboard.widgets import result_cache
-    result_cache().items.clear()
+    result_cache().clear()
 
 
 def test_audit_page_notes_verdict_compare_export_delete(empty_cache):

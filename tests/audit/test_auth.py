@@ -23,7 +23,7 @@ def _records_since(t0, page="home"):
 def _empty_result_cache():
     """Results cached by earlier tests would not be recorded again."""
     from dashboard.widgets import result_cache
-    result_cache().items.clear()
+    result_cache().clear()
 
 
 def _app_shown(at) -> bool:

@@ -379,7 +379,7 @@ def test_box_center_and_clipping():
 
 def test_shared_model_unchanged(lite0):
     before = weights_sha256(lite0.model)
-    lite0._receptive_cache = None                                   # force a fresh trace
+    lite0.receptive_cache = None                                   # force a fresh trace
     a = receptive_field(lite0, "_blocks.3", "analytic")
     assert a.size == (35, 35) and a.jump == (8, 8) and a.output_shape == (28, 28)
     g = gradient_receptive_field(lite0, "_blocks.3")

@@ -36,7 +36,7 @@ def _runs(since):
 
 def _start(model="digits"):
     from dashboard.widgets import result_cache
-    result_cache().items.clear()
+    result_cache().clear()
     at = AppTest.from_file(APP, default_timeout=600).run()
     if model != "default":
         at.selectbox(key="sb_model_kind").set_value(model).run()
@@ -125,7 +125,7 @@ def test_audit_page_digits_end_to_end():
     q = dict(at.query_params)
     assert q["da_tab"] == "Failure slices" and "da_eval_req" in q and "da_sl_req" in q
     from dashboard.widgets import result_cache
-    result_cache().items.clear()
+    result_cache().clear()
     b = AppTest.from_file(APP, default_timeout=600)
     b.query_params.update(q)
     b.query_params["page"] = "dataset-audit"

@@ -17,7 +17,7 @@ def _ok(at):
 
 def _fresh(page: str | None = None) -> AppTest:
     from dashboard.widgets import result_cache
-    result_cache().items.clear()
+    result_cache().clear()
     at = AppTest.from_file(APP, default_timeout=600).run()
     _ok(at)
     if page:

@@ -22,7 +22,7 @@ def _ok(at):
 
 def session(page: str | None = None) -> AppTest:
     from dashboard.widgets import result_cache
-    result_cache().items.clear()              # results cached by earlier tests would not be recorded
+    result_cache().clear()              # results cached by earlier tests would not be recorded
     at = AppTest.from_file(APP, default_timeout=600).run()
     _ok(at)
     if page:
@@ -42,7 +42,7 @@ def open_link(page: str, params: dict, *, clear_cache: bool = True) -> AppTest:
     the result is computed again rather than served)."""
     if clear_cache:
         from dashboard.widgets import result_cache
-        result_cache().items.clear()
+        result_cache().clear()
     at = AppTest.from_file(APP, default_timeout=600)
     at.query_params.update(params)
     at.query_params["page"] = page
@@ -239,7 +239,7 @@ def test_inside_link():
 def test_embeddings_link():
     t0 = time.time()
     from dashboard.widgets import result_cache
-    result_cache().items.clear()
+    result_cache().clear()
     a = AppTest.from_file(APP, default_timeout=600).run()
     a.selectbox(key="sb_model_kind").set_value("digits").run()
     a.session_state["em_method"] = "pca"                         # skip the default t-SNE: faster

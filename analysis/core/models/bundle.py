@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import threading
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -20,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 from analysis.core.errors import ParameterError
+from analysis.core.schema import is_real
 
 _INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
            "lanczos": Image.LANCZOS}
@@ -70,7 +70,7 @@ class Preprocessing:
                 f"mean and std need one value per input channel ({self.channels}: "
                 f"{'grey' if self.grayscale else 'RGB'}); got {len(self.mean)} mean and {len(self.std)} std values.")
         for v in (*self.mean, *self.std):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if not is_real(v):
                 raise ParameterError(f"mean/std values must be finite numbers (got {v!r}).")
         if any(s <= 0 for s in self.std):
             raise ParameterError("every std value must be positive.")
@@ -207,6 +207,12 @@ class ModelBundle:
     # Derived copies of the model that methods build once and reuse (e.g. the attention
     # saliency's copy with timm's fused attention off); never the shared model itself.
     derived: dict = field(default_factory=dict, repr=False)
+    # Data derived from the model once and kept with it (declared here, never attached at
+    # run time): the guided-backprop copy (analysis.core.guided.guided_model) and the
+    # analytic receptive-field trace (analysis.inside.receptive). Not init fields, so that
+    # ``dataclasses.replace`` (a bundle with other preprocessing) starts them empty.
+    guided_cache: tuple | None = field(default=None, init=False, repr=False)
+    receptive_cache: dict | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         self.model.eval()

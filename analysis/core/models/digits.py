@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -18,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from analysis.core.config import get_config
+from analysis.core.fsio import atomic_write
 from analysis.core.models.bundle import ModelBundle, Preprocessing
 
 DIGITS_PREPROCESS = Preprocessing(input_size=32, resize_size=32, mean=(0.25,), std=(0.35,),
@@ -139,6 +139,12 @@ _TRAIN_LOCK = threading.Lock()
 
 
 def digits_weights_path(config: DigitsTrainConfig = DigitsTrainConfig(), cache_dir: Path | None = None) -> Path:
+    """Where the trained digits CNN of ``config`` is cached.
+
+    Args:
+        config: the training settings (part of the file name).
+        cache_dir: the cache root (default the configuration's ``cache_dir``).
+    """
     cache_dir = Path(cache_dir or get_config().cache_dir)
     return cache_dir / "models" / f"digits-cnn-{config.key}.safetensors"
 
@@ -159,15 +165,19 @@ def load_digits_model(config: DigitsTrainConfig = DigitsTrainConfig(), cache_dir
             except Exception:
                 path.unlink(missing_ok=True)  # corrupt cache entry: retrain below
         model, info = train_digits_cnn(config, progress=progress)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
-                  metadata={"info": json.dumps(info)})
-        os.replace(tmp, path)
+        atomic_write(path, save({k: v.contiguous() for k, v in model.state_dict().items()},
+                                metadata={"info": json.dumps(info)}))
         return model, info
 
 
 def digits_bundle(device: torch.device | None = None, cache_dir: Path | None = None, progress=None) -> ModelBundle:
+    """The embedded digits CNN as a ModelBundle (trained on first use, then cached).
+
+    Args:
+        device: where the model runs (default CPU).
+        cache_dir: the weights cache root (default the configuration's ``cache_dir``).
+        progress: optional ``progress(done, total)`` callback while training.
+    """
     model, info = load_digits_model(cache_dir=cache_dir, progress=progress)
     acc = info.get("test_accuracy")
     return ModelBundle(

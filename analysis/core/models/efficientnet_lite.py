@@ -111,4 +111,9 @@ class EfficientNetLite(nn.Module):
 
 
 def efficientnet_lite0(num_classes: int = 1000) -> EfficientNetLite:
+    """EfficientNet-Lite0 with random weights.
+
+    Args:
+        num_classes: size of the classifier output.
+    """
     return EfficientNetLite(LITE0_STAGES, num_classes=num_classes)
