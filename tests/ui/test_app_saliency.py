@@ -126,7 +126,7 @@ def test_bad_link_values_give_messages_and_the_page_renders():
     # a refused value falls back to the widget's default (the link check of dashboard/share.py)
     assert at.slider(key="sal_alpha").value == 0.6 and at.selectbox(key="sal_cmap").value == "inferno"
     assert at.number_input(key="sal_occlusion_window").value == 16
-    assert at.number_input(key="sal_occlusion_stride").value == 112
+    assert at.number_input(key="sal_occlusion_stride").value == 8                 # refused: the default
     at2 = open_link({"sal_active": {"methods": ["nope"], "target": "x", "params": 5}})
     _ok(at2)
     assert any("nope" in w.value for w in at2.warning)

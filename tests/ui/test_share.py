@@ -258,6 +258,12 @@ def test_embeddings_link():
     assert any("PCA" in c.value for c in b.caption) and captions
     assert link(b) == q
     rec = runs("embeddings", t0)
+    # what the page shows on a visit is not recorded until asked (issue 13: no audit noise)
+    assert not [r for r in rec if r.method == "pca" or r.params.get("space") == "feature"]
+    a.button(key="em_map_record").click().run()
+    a.button(key="em_nn_feature_record").click().run()
+    _ok(a)
+    rec = runs("embeddings", t0)
     assert any(r.method == "pca" for r in rec)
     nn = [r for r in rec if r.params.get("space") == "feature" and r.params.get("metric") == "l2"]
     assert nn and nn[0].dataset_hash and nn[0].model_name.startswith("Digits")
