@@ -27,7 +27,7 @@ def patch_dataset(bundle: ModelBundle, choice: str):
 
 
 def patches_tab(bundle: ModelBundle, infos, spatial: list[str]) -> None:
-    from analysis.inside.patches import load_index, patch_crops, patch_grid, scan
+    from analysis.inside.patches import load_index, patch_crops, patch_grid, scan, token_field
     st.caption("Scan a data set, keep for every channel the images whose strongest response is "
                "highest, and show the receptive-field crop around that position.")
     if not spatial:
@@ -55,6 +55,9 @@ def patches_tab(bundle: ModelBundle, infos, spatial: list[str]) -> None:
             st.rerun()                               # redraw from the stored index
         st.caption(f"`{layer}`: {index.channels} channels, {index.n_images:,} images scanned in "
                    f"{index.seconds:.1f} s; one patch per image per channel.")
+        tf = token_field(bundle, layer)
+        if tf is not None:                           # a token layer: say what its "receptive field" is
+            st.info(tf.note)
         best = list(index.values[:, 0].argsort()[::-1])
         chosen = st.multiselect("Channels", list(range(index.channels)), default=[int(c) for c in best[:4]],
                                 key=f"in_p_ch_{layer}", help="Default: the channels with the strongest top patch.")

@@ -95,8 +95,8 @@ def draw_params(schema: Sequence[Param], prefix: str, *, columns: int = 3, layer
         for p in shown:
             key = f"{prefix}_{p.name}"
             if p.kind == "layer" and key in st.session_state and st.session_state[key] not in names:
-                messages.append(f"Link value {key}={ss_repr(st.session_state[key])}: not a layer with a "
-                                "spatial map here; using the default.")
+                messages.append(f"{key}={ss_repr(st.session_state[key])} (from a link or an earlier model) is "
+                                "not a layer with a spatial map in this model; using the default.")
                 del st.session_state[key]
     values: dict = {}
     if not shown:

@@ -100,8 +100,19 @@ def model_spec() -> ModelSpec:
     return st.session_state.get(MODEL_KEY, ModelSpec())
 
 
+MODEL_HISTORY_KEY = "_model_history"
+
+
 def set_model_spec(spec: ModelSpec) -> None:
     st.session_state[MODEL_KEY] = spec
+    history = [s for s in st.session_state.get(MODEL_HISTORY_KEY, []) if s != spec]
+    st.session_state[MODEL_HISTORY_KEY] = ([spec] + history)[:10]
+
+
+def model_history() -> list[ModelSpec]:
+    """The models this session made active, newest first (at most 10, any source): the
+    Compare page offers them as model B."""
+    return list(st.session_state.get(MODEL_HISTORY_KEY, []))
 
 
 def image_ref() -> ImageRef:
