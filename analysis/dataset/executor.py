@@ -52,13 +52,13 @@ import numpy as np
 from analysis.core.config import ENGINES, get_config
 from analysis.core.datasets import Dataset
 from analysis.core.errors import ConvlensError, ParameterError
+from analysis.core.fsio import fsync_dir
 from analysis.core.models.bundle import ModelBundle
 from analysis.core.models.loaders import ModelSpec, load_bundle, select_device
 from analysis.dataset.manifest import DatasetRef, input_rows, open_dataset
 from analysis.dataset.runner import (  # noqa: F401 - re-exported
     BatchRunner,
     JobError,
-    _fsync_dir,
     _slice,
     concat_columns,
     part_info,
@@ -454,7 +454,7 @@ def finalize(p: JobPlan, engine: str, seconds: float, extra: dict | None = None)
     (d / "job.json").unlink(missing_ok=True)
     for t in d.glob(".tmp-*"):
         t.unlink(missing_ok=True)
-    _fsync_dir(d)
+    fsync_dir(d)
     try:
         os.rename(d, p.final_dir)
     except OSError:
@@ -462,7 +462,7 @@ def finalize(p: JobPlan, engine: str, seconds: float, extra: dict | None = None)
         if not (p.final_dir / "meta.json").is_file():
             raise
         shutil.rmtree(d, ignore_errors=True)
-    _fsync_dir(p.final_dir.parent)
+    fsync_dir(p.final_dir.parent)
     return _result_from(p.spec, p.final_dir, meta, True)
 
 

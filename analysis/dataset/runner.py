@@ -8,8 +8,6 @@ same batches produce the same bits.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -18,6 +16,7 @@ import numpy as np
 
 from analysis.core.datasets import Dataset
 from analysis.core.errors import ConvlensError
+from analysis.core.fsio import atomic_open
 from analysis.dataset.manifest import ImageReader
 from analysis.dataset.workers import Worker
 
@@ -61,32 +60,13 @@ def concat_columns(outs: list[dict]) -> dict:
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_part(job_dir: Path, chunk: int, table) -> Path:
     """Write one chunk's table as ``part-<chunk>.parquet`` atomically."""
     import pyarrow.parquet as pq
     target = job_dir / f"part-{chunk:06d}.parquet"
-    tmp = job_dir / f".tmp-{chunk:06d}-{uuid.uuid4().hex[:8]}.parquet"
-    try:
+    with atomic_open(target) as f:
         # No dictionary encoding: ids are unique and maps / features are floats (5x faster).
-        pq.write_table(table, tmp, use_dictionary=False)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+        pq.write_table(table, f, use_dictionary=False)
     return target
 
 
