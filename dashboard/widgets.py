@@ -47,10 +47,24 @@ def target_picker(bundle: ModelBundle, pred: Prediction, key: str) -> int:
 def layer_picker(infos: list[LayerInfo], default: str, key: str, label: str = "Layer",
                  spatial_only: bool = True) -> str:
     names = [i.name for i in infos if i.calls > 0 and (i.spatial or not spatial_only)]
-    shapes = {i.name: i.output_shape for i in infos}
+    by_name = {i.name: i for i in infos}
     index = names.index(default) if default in names else len(names) - 1
-    return st.selectbox(label, names, index=index, key=key,
-                        format_func=lambda n: f"{n}  {'x'.join(map(str, shapes[n]))}")
+    help_text = None
+    if spatial_only:                 # say which layers are offered and why the others are not
+        left = [i for i in infos if i.calls > 0 and not i.spatial]
+        kinds = sorted({str(i.layout.kind) for i in left})
+        help_text = (f"{len(names)} layers with a spatial map are offered (channels-first, channels-last or "
+                     f"patch tokens on their grid; the layout is shown after the shape). "
+                     + (f"Not offered: {len(left)} layers without one (layouts: {', '.join(kinds)}), such as "
+                        "pooled vectors, the classifier, attention internals or class tokens alone: there is "
+                        "no map of positions to show." if left else ""))
+
+    def fmt(n: str) -> str:
+        i = by_name[n]
+        shape = "x".join(map(str, i.output_shape or ()))
+        return f"{n}  {shape}" + ("" if i.layout.kind == "nchw" else f"  ({i.layout})")
+
+    return st.selectbox(label, names, index=index, key=key, format_func=fmt, help=help_text)
 
 
 @st.cache_resource
