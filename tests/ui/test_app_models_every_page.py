@@ -26,5 +26,5 @@ def test_layer_pickers_say_which_layers_are_offered_and_why():
     at.switch_page("../pages/inside.py").run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     picker = at.selectbox(key="in_a_layer")
-    assert "Not offered" in picker.help and "tokens" in picker.help or "patch tokens" in picker.help
+    assert "Not offered" in picker.help and "layers without one" in picker.help
     assert any(o.startswith("blocks.") for o in picker.options)
