@@ -387,6 +387,24 @@ def test_every_page_analysis_runs_on_the_models_people_bring(arch, hf_dir):
     from analysis.style import gatys
     r = run(gatys.style_transfer(b, IMAGE, [(IMAGE[:, ::-1].copy(), 1.0)], steps=1, size=56))   # not square
     _finite_varied(r.unit, f"{arch} style transfer")
+    r = run(FV.deepdream(b, IMAGE, layer, octaves=1, steps_per_octave=1, max_side=64, preview_every=0))
+    _finite_varied(r.unit, f"{arch} DeepDream")
+    r = run(FV.invert(b, IMAGE, layer, steps=2, preview_every=0))
+    _finite_varied(r.unit, f"{arch} feature inversion")
+    r = run(gatys.synthesize_texture(b, IMAGE, size=56, steps=1, preview_every=0))
+    _finite_varied(r.unit, f"{arch} texture")
+    from analysis.core.datasets import Dataset
+    from analysis.inside.patches import scan
+    imgs = [np.roll(IMAGE, 9 * i, axis=1) for i in range(4)]
+    ds = Dataset(name="four", source="folder", class_names=["x"], labels=[0] * 4, ids=[f"x/{i}.png" for i in range(4)],
+                 content_hash=f"four-{arch}", _loader=lambda i: imgs[i])
+    gen = scan(b, ds, layer, k=2, batch_size=4, save=False)
+    try:
+        while True:
+            next(gen)
+    except StopIteration as done:
+        index = done.value
+    _finite_varied(index.values, f"{arch} patch scan")
     assert hooks_left(b.model) == own_hooks
     assert weights_sha256(b.model) == before
 
@@ -399,3 +417,15 @@ def test_a_spec_with_preprocessing_survives_a_share_link():
                      preprocess=overrides_json({"input_size": 96, "mean": [0.5, 0.5, 0.5]}))
     assert _parse_ref(ModelSpec, encode_value(dataclasses.asdict(spec))) == spec
     assert "own preprocessing" in spec.label() and "vit_tiny_patch16_224 (timm, random, seed 3)" in spec.label()
+
+
+def test_maxvit_style_transfer_at_a_size_it_does_not_accept():
+    """torchvision's MaxViT (fixed 224 px input, window partitions) crashed in style transfer:
+    the optimisation image is now resized to what the model accepts."""
+    from analysis.core.models.registry import ModelSpec
+    from analysis.optimize.engine import run
+    from analysis.style import gatys
+    b = load_bundle(ModelSpec(kind="random", arch="maxvit_t", seed=0), device=CPU)
+    r = run(gatys.style_transfer(b, IMAGE, [(IMAGE[:, ::-1].copy(), 1.0)], steps=1, size=56))
+    _finite_varied(r.unit, "maxvit style transfer")
+    assert r.unit.shape[-2:] == (46, 56)                 # the user's size, not the model's
