@@ -4,46 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
-import urllib.request
 from contextlib import contextmanager
 
 from tests.paths import REPO
-from tests.ui.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, free_port
+from tests.ui.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, _serve
 
 
 @contextmanager
 def serve(n: int, log_path, cache_dir):
-    port = free_port()
-    env = dict(os.environ, CONVLENS_POINTMAP_N=str(n), CONVLENS_CACHE_DIR=str(cache_dir),
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(REPO / "tests" / "ui" / "pointmap_app.py"),
-                             "--server.port", str(port), "--server.address", "127.0.0.1",
-                             "--server.headless", "true"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.5)
-            if proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited: {open(log_path).read()[-2000:]}")
-        else:
-            raise RuntimeError("streamlit did not become healthy in 90 s")
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    """The point-map test page with ``n`` points on a free port (tests/ui/test_e2e_browser._serve)."""
+    yield from _serve(log_path, {"CONVLENS_POINTMAP_N": str(n), "CONVLENS_CACHE_DIR": str(cache_dir),
+                                 "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")},
+                      script="tests/ui/pointmap_app.py")
 
 
 def drive(url: str, shot=None) -> dict:

@@ -27,13 +27,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(log_path, env_overrides):
-    """Start ``streamlit run dashboard/app.py`` on a free port; yield its URL once healthy
-    (bounded: 90 s), stop it afterwards."""
+def _serve(log_path, env_overrides, script: str = "dashboard/app.py"):
+    """Start ``streamlit run <script>`` (the app by default) on a free port; yield its URL once
+    healthy (bounded: 90 s), stop it afterwards."""
     port = free_port()
     env = dict(os.environ, CONVLENS_DEVICE="cpu", **env_overrides)
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "app.py"),
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(REPO / script),
                              "--server.port", str(port), "--server.address", "127.0.0.1",
                              "--server.headless", "true"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
