@@ -114,7 +114,13 @@ class AuditError(ConvlensError):
 
 def jsonable(v: Any, depth: int = 0) -> Any:
     """A JSON-safe copy: numpy scalars to numbers, small arrays to lists, dataclasses to
-    dicts, NaN/inf to strings, anything else to its ``str``."""
+    dicts, NaN/inf to strings, anything else to its ``str``.
+
+    Args:
+        v: any value: a result field, a parameter dict, a dataclass, an array.
+        depth: recursion depth reached so far; deeper than 8 levels the value becomes its ``str``
+            (guards against cyclic or very deep structures). Callers pass 0.
+    """
     if depth > 8:
         return str(v)
     if v is None or isinstance(v, (bool, str)):
@@ -173,7 +179,11 @@ _COLUMNS = ("method", "layer", "target", "seed")
 
 
 def is_result(obj: Any) -> bool:
-    """Results worth recording: analysis dataclasses, or lists / dicts of them."""
+    """Results worth recording: analysis dataclasses, or lists / dicts of them.
+
+    Args:
+        obj: the value a page computed (what ``run_job`` returned).
+    """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return True
     if isinstance(obj, (list, tuple)) and obj:
@@ -202,7 +212,13 @@ def _map_like(a: np.ndarray) -> bool:
 
 def heatmap(a: np.ndarray, cmap: str = "inferno") -> np.ndarray:
     """A float map as an RGB uint8 picture: signed maps centred on grey (RdBu_r), others
-    min-max scaled (inferno)."""
+    min-max scaled (inferno).
+
+    Args:
+        a: a 2-D float map (NaN and inf are set to 0 before scaling).
+        cmap: matplotlib colormap name for unsigned maps; ignored (RdBu_r) when the map holds both
+            signs.
+    """
     a = np.nan_to_num(np.asarray(a, dtype=np.float64))
     lo, hi = float(a.min()), float(a.max())
     if lo < 0 < hi:
@@ -337,7 +353,14 @@ def summarise(result: Any, title: str = "", max_bytes: int = 64 * 1024 * 1024) -
     or a list / dict of them), found by field names and types: ``method``, ``layer``,
     ``target``, ``seed`` and ``params`` fill the columns; numbers are metrics; numpy arrays
     are stored (up to ``max_bytes`` in all), uint8 pictures and picture-shaped float maps
-    also as PNG images; a ``summary()`` method adds metrics and ``as_image()`` an image."""
+    also as PNG images; a ``summary()`` method adds metrics and ``as_image()`` an image.
+
+    Args:
+        result: the analysis result to summarise.
+        title: the run's title; empty takes the method (or the result's type name).
+        max_bytes: budget for the stored numpy arrays in all; arrays beyond it are listed in
+            ``Summary.skipped`` instead of stored.
+    """
     s = Summary(title=title)
     w = _Walker(s, max_bytes)
     if isinstance(result, (list, tuple)):
@@ -400,9 +423,11 @@ class RunRecord:
         return datetime.fromtimestamp(self.created, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
     def image_files(self) -> list[str]:
+        """The names of the run's stored PNG images (its ``files`` entries of kind ``image``)."""
         return [f["name"] for f in self.files if f.get("kind") == "image"]
 
     def array_files(self) -> list[str]:
+        """The names of the run's stored ``.npy`` arrays (its ``files`` entries of kind ``array``)."""
         return [f["name"] for f in self.files if f.get("kind") == "array"]
 
     def row(self) -> dict:
@@ -538,12 +563,24 @@ class AuditStore:
     # ------------------------------------------------------------------ writing
 
     def run_dir(self, uid: str) -> Path:
+        """The folder of one run's files: ``files_dir/<uid[:2]>/<uid>``.
+
+        Args:
+            uid: the run's 32-hex-digit uid; anything else raises ``ParameterError`` (so a crafted
+                uid cannot point outside ``files_dir``).
+        """
         if not _UID.match(uid or ""):
             raise ParameterError("Not a run id.")
         return self.files_dir / uid[:2] / uid
 
     def record(self, run: RunInput, summary: Summary) -> str:
-        """Write the run's files, then commit its row. Returns the run's uid."""
+        """Write the run's files, then commit its row. Returns the run's uid.
+
+        Args:
+            run: what the dashboard knows about the run (user, page, model, image, data set, timing).
+            summary: the result's summary from ``summarise``: its images are written as PNG, its arrays
+                as ``.npy`` (each atomically), its columns, params and metrics go into the row.
+        """
         uid = uuid.uuid4().hex
         d = self.run_dir(uid)
         files: list[dict] = []
@@ -584,6 +621,13 @@ class AuditStore:
         return uid
 
     def update_view(self, uids: Sequence[str], view: dict) -> None:
+        """Replace the display settings (``view`` column) of runs, e.g. after the user changed a
+        colormap; the computation itself is not touched. No-op for an empty ``uids``.
+
+        Args:
+            uids: the runs' uids.
+            view: the JSON-able display settings to store.
+        """
         if not uids:
             return
         with self._write_lock, self.engine.begin() as c:
@@ -591,6 +635,15 @@ class AuditStore:
                       .values(view=dumps(view), updated=time.time()))
 
     def set_verdict(self, uid: str, verdict: str) -> None:
+        """Set a run's review verdict.
+
+        Args:
+            uid: the run's uid.
+            verdict: one of ``VERDICTS`` ("" clears it); anything else raises ``ParameterError``.
+
+        Raises:
+            AuditError: no run has this uid.
+        """
         if verdict not in VERDICTS:
             raise ParameterError(f"Verdict must be one of {', '.join(v or '(none)' for v in VERDICTS)}.")
         with self._write_lock, self.engine.begin() as c:
@@ -600,6 +653,14 @@ class AuditStore:
             raise AuditError("This run is not in the audit trail (it may have been deleted).")
 
     def add_note(self, uid: str, user: str, text: str, kind: str = "note") -> None:
+        """Attach a note or a finding to a run.
+
+        Args:
+            uid: the run's uid; an unknown one raises ``AuditError``.
+            user: who writes the note ("" for anonymous).
+            text: the note; stripped, empty raises ``ParameterError``, cut at 20,000 characters.
+            kind: one of ``NOTE_KINDS`` ("note" or "finding").
+        """
         text = (text or "").strip()
         if not text:
             raise ParameterError("The note is empty.")
@@ -613,7 +674,11 @@ class AuditStore:
             c.execute(runs_table.update().where(runs_table.c.uid == uid).values(updated=time.time()))
 
     def delete(self, uids: Iterable[str]) -> int:
-        """Delete runs, their notes and files. Returns how many runs were deleted."""
+        """Delete runs, their notes and files. Returns how many runs were deleted.
+
+        Args:
+            uids: the runs' uids; strings that are not run uids are ignored.
+        """
         uids = [u for u in uids if _UID.match(u or "")]
         if not uids:
             return 0
@@ -627,6 +692,14 @@ class AuditStore:
     # ------------------------------------------------------------------ reading
 
     def get(self, uid: str) -> RunRecord:
+        """One run with its notes.
+
+        Args:
+            uid: the run's uid; a malformed one raises ``ParameterError``.
+
+        Raises:
+            AuditError: no run has this uid (e.g. it was deleted).
+        """
         if not _UID.match(uid or ""):
             raise ParameterError("Not a run id.")
         with self.engine.connect() as c:
@@ -652,7 +725,19 @@ class AuditStore:
                   since: float | None = None, until: float | None = None, limit: int = 200,
                   offset: int = 0) -> list[RunRecord]:
         """Runs, newest first. ``user`` None = everyone's; ``text`` matches title, method,
-        layer, model, image and notes (case-insensitive)."""
+        layer, model, image and notes (case-insensitive).
+
+        Args:
+            user: only this user's runs; None for everyone's.
+            pages: only runs from these page names; None or empty for all pages.
+            text: case-insensitive substring searched in the columns and the notes; blank for no filter.
+            verdicts: only runs with one of these verdicts ("" is "no verdict"); None or empty for all.
+            model_id: only runs of this model id; None or "" for all.
+            since: earliest creation time (Unix seconds, inclusive); None for no bound.
+            until: latest creation time (Unix seconds, inclusive); None for no bound.
+            limit: at most this many runs.
+            offset: skip this many runs first (paging).
+        """
         q = sa.select(runs_table)
         if user is not None:
             q = q.where(runs_table.c.username == user)
@@ -679,31 +764,60 @@ class AuditStore:
         return [_from_row(r, notes.get(r._mapping["uid"], [])) for r in rows]
 
     def count(self) -> int:
+        """How many runs the trail holds (all users)."""
         with self.engine.connect() as c:
             return int(c.execute(sa.select(sa.func.count()).select_from(runs_table)).scalar() or 0)
 
     def users(self) -> list[str]:
+        """The distinct user names that recorded runs, sorted ("" for anonymous runs)."""
         with self.engine.connect() as c:
             return [r[0] for r in c.execute(sa.select(runs_table.c.username).distinct().order_by(runs_table.c.username))]
 
     def file_path(self, uid: str, name: str) -> Path:
+        """The path of one stored file of a run.
+
+        Args:
+            uid: the run's uid (checked as in ``run_dir``).
+            name: the file's name as listed in the run's ``files``; a name with a path separator or a
+                leading dot raises ``ParameterError``.
+        """
         if "/" in name or "\\" in name or name.startswith("."):
             raise ParameterError("Bad file name.")
         return self.run_dir(uid) / name
 
     def read_file(self, uid: str, name: str) -> bytes:
+        """The bytes of one stored file of a run.
+
+        Args:
+            uid: the run's uid.
+            name: the file's name as listed in the run's ``files``.
+
+        Raises:
+            AuditError: the file is missing on disk.
+        """
         try:
             return self.file_path(uid, name).read_bytes()
         except OSError as e:
             raise AuditError(f"The file {name} of this run is missing ({e.strerror}).") from e
 
     def load_array(self, uid: str, name: str) -> np.ndarray:
+        """One stored ``.npy`` array of a run, loaded without pickle.
+
+        Args:
+            uid: the run's uid.
+            name: the ``.npy`` file's name as listed in the run's ``files``.
+        """
         return np.load(io.BytesIO(self.read_file(uid, name)), allow_pickle=False)
 
     # ------------------------------------------------------------------ export
 
     def export_zip(self, uids: Sequence[str]) -> bytes:
-        """The raw arrays (``.npy``), images and a ``run.json`` of each run, one folder per run."""
+        """The raw arrays (``.npy``), images and a ``run.json`` of each run, one folder per run.
+
+        Args:
+            uids: the runs to export, in this order; a missing file is replaced by a
+                ``MISSING-<name>.txt`` note in the zip.
+        """
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
             for uid in uids:
@@ -761,6 +875,7 @@ class AuditStore:
         return self.sweep_orphans(older_than=max(0.0, time.time() - started + SWEEP_GRACE_S))
 
     def close(self) -> None:
+        """Dispose of the database engine's connection pool."""
         self.engine.dispose()
 
 
