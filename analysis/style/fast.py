@@ -61,6 +61,11 @@ class ConvLayer(nn.Module):
         self.conv = nn.Conv2d(cin, cout, k, stride)
 
     def forward(self, x):
+        """Reflection-pad then convolve.
+
+        Args:
+            x: feature batch (B, C_in, H, W); the output is (B, C_out, ceil(H / stride), ceil(W / stride)).
+        """
         return self.conv(self.pad(x))
 
 
@@ -71,6 +76,11 @@ class ResidualBlock(nn.Module):
         self.conv2, self.in2 = ConvLayer(ch, ch, 3), nn.InstanceNorm2d(ch, affine=True)
 
     def forward(self, x):
+        """``x`` plus two instance-normalised 3×3 convolutions of it (ReLU between them).
+
+        Args:
+            x: feature batch (B, C, H, W); the output has the same shape.
+        """
         return x + self.in2(self.conv2(F.relu(self.in1(self.conv1(x)))))
 
 
@@ -95,6 +105,12 @@ class TransformerNet(nn.Module):
         return {"width": self.width, "n_res": self.n_res}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Stylise a batch.
+
+        Args:
+            x: RGB batch (B, 3, H, W) in [0, 1], any H and W (the upsampling returns to the input
+                size); the output has the same shape, values not clamped.
+        """
         s0 = x.shape[-2:]
         y = F.relu(self.in1(self.conv1(x)))
         y = F.relu(self.in2(self.conv2(y)))
@@ -116,7 +132,14 @@ def stylize(net: TransformerNet, image: np.ndarray, max_side: int | None = None,
             device: torch.device | str | None = None) -> np.ndarray:
     """One forward pass: RGB uint8 (H, W, 3) -> stylised RGB uint8 of the same size (or
     of the image scaled so its longer side is ``max_side``, if it is longer; never more
-    than 2048 px, whose activations already take about 2 GB)."""
+    than 2048 px, whose activations already take about 2 GB).
+
+    Args:
+        net: the trained network.
+        image: RGB uint8 (H, W, 3).
+        max_side: upper bound of the longer side in pixels (None: 2048).
+        device: where to run; None for the device the network's parameters are on.
+    """
     S.check_rgb(image, "image")
     if max_side is not None:
         S.check_side(max_side, "maximum side")
@@ -153,7 +176,11 @@ def check_name(name: str) -> str:
 
 
 def network_bytes(net: TransformerNet) -> bytes:
-    """The network as safetensors bytes, its architecture in the metadata."""
+    """The network as safetensors bytes, its architecture in the metadata.
+
+    Args:
+        net: the network; its weights are saved as float32 on the CPU.
+    """
     from safetensors.torch import save
     state = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
     return save(state, metadata={"format": FORMAT, "width": str(net.width), "n_res": str(net.n_res)})
@@ -162,7 +189,12 @@ def network_bytes(net: TransformerNet) -> bytes:
 def read_network(data: bytes, filename: str = "network.safetensors") -> TransformerNet:
     """A TransformerNet from safetensors bytes, validated: safetensors only (pickles and
     anything else are refused), architecture from the metadata, exact parameter names and
-    shapes, finite float values. Every failure is a ``WeightsError``."""
+    shapes, finite float values. Every failure is a ``WeightsError``.
+
+    Args:
+        data: the file's bytes (at most the configured ``max_weights_bytes``).
+        filename: the name shown in error messages; must end in ``.safetensors``.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
     if not isinstance(data, (bytes, bytearray)) or not data:
@@ -296,7 +328,12 @@ def list_networks() -> list[NetworkInfo]:
 
 
 def load_network(name: str, device: torch.device | str | None = None) -> tuple[TransformerNet, dict]:
-    """A saved network (safetensors only) and its meta record."""
+    """A saved network (safetensors only) and its meta record.
+
+    Args:
+        name: the saved network's name (checked as a safe folder name).
+        device: move the network there; None leaves it on the CPU.
+    """
     folder = networks_dir() / check_name(name)
     if not folder.is_dir():
         raise ParameterError(f"No saved style network named {name!r}.")
@@ -311,7 +348,13 @@ def load_network(name: str, device: torch.device | str | None = None) -> tuple[T
 
 
 def import_network(data: bytes, name: str, filename: str = "network.safetensors") -> NetworkInfo:
-    """Store an uploaded network (validated first) under ``name`` so it can be listed and applied."""
+    """Store an uploaded network (validated first) under ``name`` so it can be listed and applied.
+
+    Args:
+        data: the uploaded file's bytes.
+        name: the name to store it under (a new, safe folder name).
+        filename: the upload's file name (must end in ``.safetensors``), recorded in the meta.
+    """
     check_name(name)
     net = read_network(data, filename)
     folder = networks_dir() / name
@@ -374,6 +417,15 @@ class ContentSampler:
         return self._cache[i]
 
     def batch(self, step: int, batch: int) -> torch.Tensor:
+        """One training batch of content crops, the same for the same (seed, step).
+
+        Args:
+            step: the training step (seeds the draw together with the sampler's seed).
+            batch: how many crops.
+
+        Returns:
+            (batch, 3, size, size) float in [0, 1].
+        """
         rng = np.random.default_rng([self.seed, int(step)])
         out = []
         for i in rng.integers(0, self.n, batch):
@@ -460,7 +512,20 @@ def train_fast_style(bundle: ModelBundle, style_image: np.ndarray | None, name: 
     (default: the extractor's style defaults). ``steps`` is the total to reach;
     resuming continues from the last checkpoint with the saved settings, style image and
     history (``steps`` may be raised). ``send("stop")`` (or closing the generator) saves a
-    checkpoint; so does every ``checkpoint_every``-th step."""
+    checkpoint; so does every ``checkpoint_every``-th step.
+
+    Args:
+        bundle: the feature extractor whose Gram matrices define the loss.
+        style_image: RGB uint8 style image; ignored (may be None) when resuming.
+        name: the network's name (a safe folder name).
+        content: see above.
+        preview_image: RGB uint8 image stylised for the progress previews (None: the gallery cat).
+        preview_side: the preview image's longer side in pixels.
+        resume: continue the saved network ``name`` (same feature extractor required).
+        overwrite: allow training a new network under the name of an existing one.
+        seed: seed of the initial weights and of the content batches (a resumed run keeps its own).
+        **settings: see above.
+    """
     check_name(name)
     folder = networks_dir() / name
     dev = bundle.device

@@ -56,6 +56,7 @@ class StyleDefaults:
     source: str = ""
 
     def as_dict(self) -> dict:
+        """The settings as a plain dict, one entry per field (for the UI and the run's params)."""
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
@@ -103,7 +104,16 @@ def _vgg_defaults(arch: str) -> StyleDefaults:
 def default_settings(bundle: ModelBundle, infos=None) -> StyleDefaults:
     """Content / style / texture layers and weights for ``bundle``: tuned ones for
     EfficientNet-Lite0, the published ones for VGG-16/19, and for any other model block
-    outputs spread over its first two thirds (content at about 45 % depth)."""
+    outputs spread over its first two thirds (content at about 45 % depth).
+
+    Args:
+        bundle: the feature extractor.
+        infos: its layer table (``layer_table(bundle)``) if the caller has it already; None
+            computes it.
+
+    Raises:
+        LayerError: the model has no layer with a spatial feature map.
+    """
     arch = (bundle.architecture or "").lower()
     if arch == "efficientnet-lite0":
         return LITE0
@@ -130,7 +140,11 @@ _YIQ_INV = torch.linalg.inv(_YIQ)
 
 
 def rgb_to_yiq(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) RGB in [0, 1] -> YIQ (Y in [0, 1])."""
+    """(B, 3, H, W) RGB in [0, 1] -> YIQ (Y in [0, 1]).
+
+    Args:
+        x: RGB batch (B, 3, H, W), values in [0, 1]; I and Q come out signed (about ±0.6).
+    """
     return torch.einsum("dc,bchw->bdhw", _YIQ.to(x.device, x.dtype), x)
 
 
@@ -144,14 +158,24 @@ def yiq_to_rgb(x: torch.Tensor) -> torch.Tensor:
 
 
 def luminance(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, 1, H, W) luminance Y (a 1-channel input is returned as is)."""
+    """(B, 3, H, W) -> (B, 1, H, W) luminance Y (a 1-channel input is returned as is).
+
+    Args:
+        x: image batch (B, 3, H, W) RGB in [0, 1], or (B, 1, H, W) already grey.
+    """
     if x.shape[1] == 1:
         return x
     return rgb_to_yiq(x)[:, :1]
 
 
 def match_luminance(style_y: torch.Tensor, content_y: torch.Tensor) -> torch.Tensor:
-    """Gatys et al. 2017: L_s' = σ_c / σ_s · (L_s − μ_s) + μ_c, clipped to [0, 1]."""
+    """Gatys et al. 2017: L_s' = σ_c / σ_s · (L_s − μ_s) + μ_c, clipped to [0, 1].
+
+    Args:
+        style_y: the style image's luminance (1, 1, H, W) in [0, 1].
+        content_y: the content image's luminance (any size) in [0, 1]; only its mean and standard
+            deviation are used.
+    """
     mu_s, sd_s = style_y.mean(), style_y.std().clamp_min(1e-6)
     mu_c, sd_c = content_y.mean(), content_y.std()
     return ((style_y - mu_s) * (sd_c / sd_s) + mu_c).clamp(0, 1)
@@ -169,7 +193,12 @@ def recombine_chroma(y: torch.Tensor, content_rgb: torch.Tensor) -> torch.Tensor
 
 def chroma_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Mean absolute difference of the chroma (YIQ's I and Q, 0-1 units) of two RGB uint8
-    images of equal size: 0 means the same colours."""
+    images of equal size: 0 means the same colours.
+
+    Args:
+        a: RGB uint8 image (H, W, 3).
+        b: RGB uint8 image of the same size as ``a``.
+    """
     ta = torch.from_numpy(np.array(a, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].float() / 255
     tb = torch.from_numpy(np.array(b, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].float() / 255
     return float((rgb_to_yiq(ta)[:, 1:] - rgb_to_yiq(tb)[:, 1:]).abs().mean())
@@ -213,7 +242,12 @@ def fit_size(h: int, w: int, long_side: int) -> tuple[int, int]:
 
 
 def to_unit_tensor(image: np.ndarray, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) -> (1, 3, h, w) float in [0, 1], resized (antialiased) to ``size``."""
+    """RGB uint8 (H, W, 3) -> (1, 3, h, w) float in [0, 1], resized (antialiased) to ``size``.
+
+    Args:
+        image: RGB uint8 image (H, W, 3).
+        size: target (h, w); None (or the image's own size) keeps it.
+    """
     x = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].float() / 255.0
     if size is not None and tuple(size) != tuple(x.shape[-2:]):
         x = F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
@@ -235,7 +269,14 @@ def model_channels(x: torch.Tensor, bundle: ModelBundle) -> torch.Tensor:
 
 def features(bundle: ModelBundle, unit: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
     """Activations of ``layers`` for [0, 1] images (B, C, H, W), no graph; the forward stops
-    after the last needed layer."""
+    after the last needed layer.
+
+    Args:
+        bundle: the feature extractor; held under ``bundle.lock`` for the forward.
+        unit: image batch (B, C, H, W) in [0, 1] with the model's channel count, any device.
+        layers: layer names (duplicates ignored); each must have a (C, H, W) output, else
+            ``LayerError``.
+    """
     layers = list(dict.fromkeys(layers))
     if not layers:
         raise ParameterError("Choose at least one layer.")
@@ -271,7 +312,14 @@ class ReflectPad(O.Transform):
 def gram_targets(bundle: ModelBundle, images: Sequence[tuple[torch.Tensor, float]],
                  layers: Sequence[str]) -> dict[str, torch.Tensor]:
     """Weighted mean of the Gram matrices of several [0, 1] images (each (1, C, H, W), any
-    size): the target of a style mix. Weights must be ≥ 0 with a positive sum."""
+    size): the target of a style mix. Weights must be ≥ 0 with a positive sum.
+
+    Args:
+        bundle: the feature extractor.
+        images: (image, weight) pairs, each image (1, C, H, W) in [0, 1]; a weight of 0 skips its
+            image.
+        layers: the layers whose Gram matrices are matched.
+    """
     weights = [float(w) for _, w in images]
     if not images:
         raise ParameterError("Choose at least one style image.")
@@ -329,7 +377,17 @@ def style_objective(style_targets: dict[str, torch.Tensor], layer_weights: dict[
                     style_weight: float = 1.0, content: tuple[str, torch.Tensor] | None = None,
                     content_weight: float = 1.0, tv_weight: float = 0.0, pixels: int = 1) -> O.Objective:
     """The maximised objective: content_weight·feature_match + style_weight·Σ w_l gram_match
-    (layer weights normalised to sum 1) − tv_weight·TV/pixels."""
+    (layer weights normalised to sum 1) − tv_weight·TV/pixels.
+
+    Args:
+        style_targets: layer -> target Gram matrix (from ``gram_targets``).
+        layer_weights: layer -> relative weight of its Gram term (> 0 in total).
+        style_weight: factor of the whole style term.
+        content: (content layer, its target activations) or None for no content term.
+        content_weight: factor of the content term (a term with weight 0 is left out).
+        tv_weight: total-variation weight per pixel; 0 leaves the term out.
+        pixels: the image's h·w, dividing ``tv_weight`` so it does not depend on the size.
+    """
     total_w = sum(layer_weights.values())
     obj = None
     for layer, w in layer_weights.items():
@@ -359,6 +417,9 @@ class LuminanceImage(O.PixelImage):
         self.init_desc = "luminance"
 
     def image(self) -> torch.Tensor:
+        """The image the model sees: the grey channel repeated to the model's channel count,
+        (1, C, H, W) in [0, 1].
+        """
         return self.p.expand(-1, self.channels, -1, -1)
 
 
@@ -395,7 +456,22 @@ def synthesize_texture(bundle: ModelBundle, image: np.ndarray, layers=None, *, s
 
     ``size``: output side (or (h, w)); the source is resized so its longer side is
     ``source_scale × size`` (the texture's scale in the output). The result's params
-    record the layers, sizes and the final relative Gram error per layer."""
+    record the layers, sizes and the final relative Gram error per layer.
+
+    Args:
+        bundle: the feature extractor.
+        image: the texture, RGB uint8 (H, W, 3).
+        layers: layers to match, a list or dict layer -> weight; None for the defaults.
+        size: output side in pixels, or (h, w).
+        steps: optimisation steps.
+        source_scale: 0.1-4, the source's longer side relative to the output's.
+        optimizer: "lbfgs" or "adam".
+        lr: learning rate; None for the defaults' ``lr_lbfgs`` / ``lr_adam``.
+        tv_weight: total-variation weight per pixel (≥ 0; 0 for none).
+        pad: reflection padding in pixels (0-64) added before each forward; None for the defaults'.
+        seed: seed of the initial noise and of the optimiser.
+        preview_every: yield a preview image every this many steps (0: no previews).
+    """
     check_rgb(image, "texture image")
     d = default_settings(bundle)
     lw = layer_weights_of(d.texture_layers if layers is None else layers, "texture")
@@ -454,7 +530,20 @@ def texture_strip(bundle: ModelBundle, image: np.ndarray, layers=None, *, size: 
                   seed: int = 0, preview_every: int = 10, **kw) -> Generator[O.OptStep, str | None, StripResult]:
     """Texture synthesis once per cumulative layer set (``texture_strip_sets``): the
     shallow-vs-deep strip. Yields ``OptStep`` with the overall step count; ``send("stop")``
-    stops after the current step and returns the sets finished so far (and the stopped one)."""
+    stops after the current step and returns the sets finished so far (and the stopped one).
+
+    Args:
+        bundle: the feature extractor.
+        image: the texture, RGB uint8 (H, W, 3).
+        layers: the full layer list (or dict layer -> weight), shallow to deep; None for the
+            defaults' texture layers.
+        size: output side in pixels of each synthesis.
+        steps: optimisation steps per layer set.
+        seed: seed of each synthesis (the same for every set, so they differ only by the layers).
+        preview_every: yield a preview image every this many steps (0: none).
+        **kw: further arguments of :func:`synthesize_texture` (optimizer, lr, tv_weight, pad,
+            source_scale).
+    """
     d = default_settings(bundle)
     names = list(layer_weights_of(d.texture_layers if layers is None else layers, "texture"))
     sets = texture_strip_sets(names)
@@ -493,7 +582,28 @@ def style_transfer(bundle: ModelBundle, content: np.ndarray, styles: Sequence[tu
 
     The output has the content's aspect ratio with its longer side ``size``; each style
     image is resized so its longer side is ``style_scale × size``. ``init``: "content" or
-    "noise". ``preserve_colour``: luminance-only transfer, then the content's chroma."""
+    "noise". ``preserve_colour``: luminance-only transfer, then the content's chroma.
+
+    Args:
+        bundle: the feature extractor.
+        content: the content photo, RGB uint8 (H, W, 3).
+        styles: (RGB uint8 style image, mixing weight ≥ 0) pairs with a positive weight sum.
+        content_layer: layer whose activations are matched to the content's.
+        style_layers: layers whose Gram matrices are matched, list or dict layer -> weight.
+        content_weight: weight of the content term (≥ 0).
+        style_weight: weight of the style term (≥ 0; not both weights 0).
+        tv_weight: total-variation weight per pixel (≥ 0).
+        optimizer: "lbfgs" or "adam".
+        lr: learning rate; None for the defaults' ``lr_lbfgs`` / ``lr_adam``.
+        init: "content" (start from the photo) or "noise".
+        size: longer side of the output in pixels.
+        style_scale: 0.1-4, a style image's longer side relative to ``size``.
+        preserve_colour: optimise luminance only and put the content's chroma back.
+        steps: optimisation steps.
+        pad: reflection padding in pixels (0-64) added before each forward; None for the defaults'.
+        seed: seed of the noise initialisation and of the optimiser.
+        preview_every: yield a preview image every this many steps (0: no previews).
+    """
     check_rgb(content, "content image")
     if not isinstance(styles, (list, tuple)) or not styles:
         raise ParameterError("Choose at least one style image.")
