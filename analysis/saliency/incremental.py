@@ -96,11 +96,21 @@ class FusedConv:
         return y.clamp_(0.0, 6.0) if self.relu6 else y
 
     def box(self, t: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-        """On a tile that already holds its halo (no padding)."""
+        """On a tile that already holds its halo (no padding).
+
+        Args:
+            t: the input tile (N, C_in, h, w) including the halo the kernel needs.
+            add: residual (N, C_out, h', w') added before the ReLU6, or None.
+        """
         return self._conv(t, (0, 0), add)
 
     def full(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-        """On whole maps, with TF "SAME" padding."""
+        """On whole maps, with TF "SAME" padding.
+
+        Args:
+            x: whole input maps (N, C_in, H, W).
+            add: residual of the output's shape added before the ReLU6, or None.
+        """
         _, pt, pb = self.axis(x.shape[-2])
         _, pl, pr = self.axis(x.shape[-1])
         if pt != pb or pl != pr:
@@ -170,11 +180,26 @@ class LitePlan:
         return out
 
     def logits(self, feat: torch.Tensor, target: int) -> torch.Tensor:
+        """The target's logit of each image from the head's last feature maps (global mean pool,
+        then the classifier row of ``target``).
+
+        Args:
+            feat: the head's output (N, C, H, W).
+            target: class index.
+
+        Returns:
+            (N,) logits.
+        """
         pooled = feat.mean((2, 3))
         return pooled @ self.fc_w[target] + self.fc_b[target]
 
     def forward(self, x: torch.Tensor, target: int) -> torch.Tensor:
-        """Dense forward (the target's logit per image), equal to the model's to ~1e-5."""
+        """Dense forward (the target's logit per image), equal to the model's to ~1e-5.
+
+        Args:
+            x: model-space input batch (N, C, H, W).
+            target: class index whose logit is returned.
+        """
         stack = []
         for st in self.steps():
             if st[0] == "push":
@@ -412,5 +437,9 @@ class IncrementalOcclusion:
             return self.plan.logits(cur, self.target)
 
     def deltas(self, pos: torch.Tensor) -> np.ndarray:
-        """Clean score minus the occluded copies' scores (float64)."""
+        """Clean score minus the occluded copies' scores (float64).
+
+        Args:
+            pos: (N, 2) (row index, column index) pairs into ``ys`` / ``xs``.
+        """
         return self.clean - self.scores(pos).double().cpu().numpy()

@@ -70,7 +70,14 @@ class Attribution:
 # ------------------------------------------------------------------------------- helpers
 
 def resolve_target(bundle: ModelBundle, x: torch.Tensor, target: int | str | None) -> int:
-    """None -> the predicted class; int -> checked index; str -> class by (unique) name."""
+    """None -> the predicted class; int -> checked index; str -> class by (unique) name.
+
+    Args:
+        bundle: the model (its ``categories`` for names; a forward for None).
+        x: the model-space input (1, C, H, W), used only when ``target`` is None.
+        target: None, a class index in ``[0, num_classes)``, or a class name (an exact,
+            case-insensitive match first, then a unique substring); else ``ParameterError``.
+    """
     if target is None:
         with bundle.lock, torch.inference_mode():
             return int(bundle.model(x).argmax(1)[0])
@@ -90,7 +97,14 @@ def resolve_target(bundle: ModelBundle, x: torch.Tensor, target: int | str | Non
 
 def baseline_tensor(bundle: ModelBundle, x: torch.Tensor, kind: str, blur_sigma: float = 10.0) -> torch.Tensor:
     """Baseline in model space: "zero" = black image, "mean" = the data set's mean colour
-    (the normalisation mean, i.e. model-space zero), "blur" = the image Gaussian-blurred."""
+    (the normalisation mean, i.e. model-space zero), "blur" = the image Gaussian-blurred.
+
+    Args:
+        bundle: the model (its normalisation turns black into model space).
+        x: the model-space input (B, C, H, W); the baseline has its shape.
+        kind: "zero", "mean" or "blur"; else ``ParameterError``.
+        blur_sigma: Gaussian sigma in pixels for "blur".
+    """
     if kind == "zero":
         return bundle.preprocess.normalize(torch.zeros_like(x))
     if kind == "mean":
@@ -112,7 +126,22 @@ def occlusion_deltas(bundle: ModelBundle, x: torch.Tensor, target: int, window: 
                      baseline: torch.Tensor, positions: list[tuple[int, int]], batch: int,
                      progress: Progress | None = None) -> tuple[float, np.ndarray]:
     """Score of the clean image and score drops when each window (top-left corners
-    ``positions``) is replaced by ``baseline``; forward passes batched."""
+    ``positions``) is replaced by ``baseline``; forward passes batched.
+
+    Args:
+        bundle: the model (held under ``bundle.lock``).
+        x: the model-space input (1, C, H, W).
+        target: class index whose logit is read.
+        window: side of the square window in pixels.
+        stride: unused here (the caller's ``positions`` already follow it).
+        baseline: the values pasted into a window, (1, C, H, W) in model space.
+        positions: the windows' top-left (row, column) corners.
+        batch: occluded copies per forward (halved on out-of-memory by ``run_batched``).
+        progress: ``progress(done, total)`` callback, or None.
+
+    Returns:
+        (clean logit, the drop per position in ``positions`` order, float64).
+    """
     out = np.zeros(len(positions), np.float64)
     model = bundle.model
     with bundle.lock, torch.inference_mode():
@@ -147,7 +176,22 @@ def incremental_deltas(bundle: ModelBundle, x: torch.Tensor, target: int, window
                        xs: list[int], baseline: torch.Tensor, batch: int,
                        progress: Progress | None = None) -> tuple[float, np.ndarray] | None:
     """Exact score drops of every window (ys × xs), by incremental inference
-    (analysis/saliency/incremental.py); None when the model is not an EfficientNet-Lite."""
+    (analysis/saliency/incremental.py); None when the model is not an EfficientNet-Lite.
+
+    Args:
+        bundle: the model; only an EfficientNet-Lite has a plan.
+        x: the model-space input (1, C, H, W).
+        target: class index whose logit is read.
+        window: side of the square window in pixels.
+        ys: the windows' top rows.
+        xs: the windows' left columns.
+        baseline: the values pasted into a window, (1, C, H, W) in model space.
+        batch: windows per incremental batch.
+        progress: ``progress(done, total)`` callback, or None.
+
+    Returns:
+        (clean logit, the drops as a (len(ys), len(xs)) float64 array), or None.
+    """
     from analysis.saliency.incremental import IncrementalOcclusion, plan_for
     plan = plan_for(bundle)
     if plan is None:
@@ -171,7 +215,24 @@ def occlusion(bundle: ModelBundle, x: torch.Tensor, target: int, *, window: int 
     (only the activations each window changes are recomputed; ``batch_size`` windows per
     batch); on other models, exact deltas on every other window position per axis (about
     1/4 of them, always including the last) and linear interpolation for the rest
-    (``incremental=False`` forces that on any model, for comparisons)."""
+    (``incremental=False`` forces that on any model, for comparisons).
+
+    Args:
+        bundle: the model.
+        x: the model-space input (1, C, H, W).
+        target: class index whose logit drop is mapped.
+        window: side of the square occluding patch in pixels.
+        stride: step between window positions in pixels: corners 0, stride, 2·stride, ... while
+            the window fits (a remainder at the right / bottom border is not a corner).
+        baseline: what a window pastes: "mean", "zero" or "blur" (see :func:`baseline_tensor`).
+        batch_size: occluded copies (or windows) per batch.
+        fast: see above.
+        progress: ``progress(done, total)`` callback, or None.
+        incremental: see above.
+
+    Returns:
+        (the (H, W) map, info on how it was computed).
+    """
     h, w = x.shape[-2:]
     ys, xs = _window_grid(h, window, stride), _window_grid(w, window, stride)
     base = baseline_tensor(bundle, x, baseline)
@@ -303,7 +364,14 @@ def gradcam(bundle, x, target, layer: str) -> torch.Tensor:
     (channels-last maps permuted, token layers' patch tokens put on their grid with the
     class / register tokens dropped), and are the layer's own values even when an in-place
     op follows it (``capture`` continues the forward on a copy). On channels-first maps
-    this is Captum's ``LayerGradCam`` with ``relu_attributions=True``."""
+    this is Captum's ``LayerGradCam`` with ``relu_attributions=True``.
+
+    Args:
+        bundle: the model (held under ``bundle.lock`` for the forward and backward).
+        x: the model-space input (B, C, H, W); the scores of ``target`` are summed over the batch.
+        target: class index.
+        layer: the layer's qualified name; it must have a spatial or token layout.
+    """
     from analysis.core.hooks import capture
     from analysis.core.layers import layer_layout
     from analysis.core.layout import to_nchw
@@ -449,7 +517,14 @@ def _guided_gradcam_map(bundle, x, target, *, progress=None, layer=None) -> MapO
 
 def blank_warnings(bundle: ModelBundle, x: torch.Tensor, m: np.ndarray, title: str) -> list[str]:
     """Warnings for a constant map ``m`` (all-zero included), naming the cause when the
-    model gives every class the same score for the input ``x``."""
+    model gives every class the same score for the input ``x``.
+
+    Args:
+        bundle: the model (one extra forward when the map is constant).
+        x: the model-space input the map was computed on.
+        m: the map.
+        title: the method's display name for the message.
+    """
     from analysis.core.sanity import constant_warning, output_warning
     w = constant_warning(m, f"The {title} map")
     if w is None:

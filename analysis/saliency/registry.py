@@ -77,18 +77,38 @@ class Method:
         return textwrap.fill(" ".join(self.description.split()), DESCRIPTION_WIDTH)
 
     def param(self, name: str) -> Param:
+        """The schema entry of one of this method's parameters.
+
+        Args:
+            name: the parameter's name.
+
+        Raises:
+            KeyError: the method has no such parameter.
+        """
         for p in self.params:
             if p.name == name:
                 return p
         raise KeyError(name)
 
     def validate(self, params: dict) -> dict:
-        """Strict check (ParameterError naming the parameter); defaults filled in."""
+        """Strict check (ParameterError naming the parameter); defaults filled in.
+
+        Args:
+            params: parameter name -> value; unknown names are refused, missing ones defaulted.
+        """
         return validate(self.params, params, owner=self.title)
 
     def coerce(self, params) -> tuple[dict, list[str]]:
         """Lenient check of values from a link: only the parameters the UI offers, each
-        clamped into range or replaced by its default, with a message per change."""
+        clamped into range or replaced by its default, with a message per change.
+
+        Args:
+            params: parameter name -> value as read from a share link (any JSON value; a
+                non-dict gives the defaults and a message).
+
+        Returns:
+            (the parameters to use, one message per value changed or dropped).
+        """
         return coerce(self.params, params, ui_only=True, owner=self.title)
 
 
@@ -102,7 +122,18 @@ def register(name: str, title: str, description: str, *, params: tuple[Param, ..
 
     Arguments are those of :class:`Method`. A second registration under the same name
     raises ValueError unless ``replace`` (for reloading a module). Returns the function
-    unchanged, so it stays callable directly."""
+    unchanged, so it stays callable directly.
+
+    Args:
+        name: identifier, ``[a-z][a-z0-9_]*`` (at most 40 characters).
+        title: display name.
+        description: one line for the page (any length; :attr:`Method.wrapped` re-wraps it).
+        params: the parameter schema; names unique identifiers.
+        signed: the map keeps a sign (negative = evidence against the target).
+        perturbation: the method runs many forward passes.
+        reference: the paper or library it follows.
+        replace: overwrite an existing entry of the same name.
+    """
     def deco(fn: Callable[..., MapOutput]) -> Callable[..., MapOutput]:
         add(Method(name=name, title=title, description=description, fn=fn, signed=signed,
                    params=tuple(params), perturbation=perturbation, reference=reference), replace=replace)
@@ -111,7 +142,13 @@ def register(name: str, title: str, description: str, *, params: tuple[Param, ..
 
 
 def add(method: Method, *, replace: bool = False) -> Method:
-    """Add a ready :class:`Method` to the table (``register`` is the decorator form)."""
+    """Add a ready :class:`Method` to the table (``register`` is the decorator form).
+
+    Args:
+        method: the method; its name and parameter names must be identifiers and ``fn`` callable,
+            else ValueError.
+        replace: overwrite an existing entry of the same name instead of raising ValueError.
+    """
     if not _NAME.match(method.name):
         raise ValueError(f"method name {method.name!r} must match {_NAME.pattern}")
     if method.name in _REGISTRY and not replace:
@@ -126,7 +163,11 @@ def add(method: Method, *, replace: bool = False) -> Method:
 
 
 def unregister(name: str) -> None:
-    """Remove a method (tests that register a toy method clean up with this)."""
+    """Remove a method (tests that register a toy method clean up with this).
+
+    Args:
+        name: the method's name; an unknown name is ignored.
+    """
     _REGISTRY.pop(name, None)
 
 
@@ -154,7 +195,11 @@ def methods() -> list[Method]:
 
 
 def as_map(t) -> np.ndarray:
-    """A torch tensor or array as float32 CPU numpy (helper for method functions)."""
+    """A torch tensor or array as float32 CPU numpy (helper for method functions).
+
+    Args:
+        t: a torch tensor (detached, any device and dtype) or anything ``np.asarray`` takes.
+    """
     if hasattr(t, "detach"):
         t = t.detach().float().cpu().numpy()
     return np.asarray(t, np.float32)

@@ -253,7 +253,11 @@ SMOOTH_ACTIVATIONS = (nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.ELU, nn.Softpl
 
 def unguided_activations(model: nn.Module) -> dict[str, int]:
     """Counts of non-rectifier activation modules (GELU, SiLU, ...) by type name: guided
-    backprop has no rule for them and passes their gradients unchanged."""
+    backprop has no rule for them and passes their gradients unchanged.
+
+    Args:
+        model: the model whose modules are counted.
+    """
     out: dict[str, int] = {}
     for m in model.modules():
         if isinstance(m, SMOOTH_ACTIVATIONS):
@@ -262,7 +266,11 @@ def unguided_activations(model: nn.Module) -> dict[str, int]:
 
 
 def guided_note(model: nn.Module) -> str | None:
-    """The warning guided backprop owes its user on models with smooth activations, or None."""
+    """The warning guided backprop owes its user on models with smooth activations, or None.
+
+    Args:
+        model: the model guided backprop runs on.
+    """
     smooth = unguided_activations(model)
     if not smooth:
         return None

@@ -84,12 +84,23 @@ def trapezoid_auc(fractions: np.ndarray, scores: np.ndarray) -> float:
 
 
 def blur_sigma_for(input_size: int) -> float:
-    """The blur substrate's sigma: 10 px at 224 px, proportionally smaller for small inputs."""
+    """The blur substrate's sigma: 10 px at 224 px, proportionally smaller for small inputs.
+
+    Args:
+        input_size: the model's input side in pixels.
+    """
     return 10.0 * input_size / 224.0
 
 
 def substrate_tensor(bundle: ModelBundle, x: torch.Tensor, substrate: str) -> torch.Tensor:
-    """The image with "nothing" of ``x`` in it, in model space (same shape as ``x``)."""
+    """The image with "nothing" of ``x`` in it, in model space (same shape as ``x``).
+
+    Args:
+        bundle: the model (its normalisation gives the black image in model space).
+        x: the input (B, C, H, W) in model space.
+        substrate: "blur" (Gaussian blur, sigma from ``blur_sigma_for``), "zero" (black) or
+            "mean" (the normalisation mean, model-space zero); else ``ParameterError``.
+    """
     if substrate == "blur":
         return gaussian_blur(x, blur_sigma_for(x.shape[-1]))
     if substrate == "zero":
@@ -103,7 +114,11 @@ def pixel_ranks(saliency: np.ndarray) -> np.ndarray:
     """Rank (0 = most salient) of every pixel of an (H, W) map, flattened row-major.
 
     Descending by value; ties (and NaNs, which count as least salient) are broken by
-    pixel index, so the order is deterministic."""
+    pixel index, so the order is deterministic.
+
+    Args:
+        saliency: the (H, W) map (any real dtype).
+    """
     v = np.asarray(saliency, dtype=np.float64).ravel()
     v = np.where(np.isnan(v), -np.inf, v)
     order = np.argsort(-v, kind="stable")
@@ -134,7 +149,12 @@ def patch_ranks(saliency: np.ndarray, patch: int) -> np.ndarray:
 
 
 def random_map(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
-    """Uniform random (H, W) map: the baseline every real map should beat."""
+    """Uniform random (H, W) map: the baseline every real map should beat.
+
+    Args:
+        shape: (H, W).
+        seed: NumPy generator seed; the same seed gives the same map.
+    """
     return np.random.default_rng(seed).random(tuple(shape)).astype(np.float32)
 
 
@@ -164,6 +184,20 @@ def deletion_insertion(bundle: ModelBundle, attribution_or_map: Attribution | np
     ``patch`` x ``patch`` squares ranked by mean saliency (scattered single-pixel deletion
     produces images unlike any training image and favours random maps). The steps + 1 images run in batched
     forwards of ``batch_size`` (halved on out-of-memory) under ``bundle.lock``.
+
+    Args:
+        bundle: the model.
+        attribution_or_map: see above.
+        image_crop: see above.
+        target: class index or name; see above.
+        kind: "deletion" or "insertion".
+        steps: 1-10,000 steps between no and all pixels.
+        substrate: what a removed pixel becomes: "blur", "zero" or "mean" (see
+            :func:`substrate_tensor`); deletion pastes it, insertion starts from it.
+        batch_size: images per forward.
+        progress: ``progress(done, total)`` callback, or None.
+        method_name: the map's method for the curve's label.
+        patch: side of the squares removed together (1 = single pixels).
     """
     if kind not in KINDS:
         raise ParameterError(f"Unknown curve kind {kind!r}; use 'deletion' or 'insertion'.")
@@ -275,7 +309,13 @@ def default_patch(input_size: int) -> int:
 
 def verdict(method: str, curves: dict[str, Curve], random_curves: list[dict[str, Curve]]) -> Verdict:
     """Compare one map's deletion and insertion AUCs with those of ``random_curves`` (at
-    least 2 random maps on the same image, target and setting). See :class:`Verdict`."""
+    least 2 random maps on the same image, target and setting). See :class:`Verdict`.
+
+    Args:
+        method: the map's method name (recorded in the verdict).
+        curves: "deletion" and "insertion" -> the map's curve.
+        random_curves: the same two curves for each random map.
+    """
     if len(random_curves) < 2:
         raise ParameterError("A verdict needs at least 2 random maps to estimate their spread.")
     auc, mean, std, z, better, worse = {}, {}, {}, {}, {}, {}
@@ -328,7 +368,11 @@ class CurveComparison:
     target: int
 
     def random_summary(self, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(fractions, mean scores, standard deviation of scores) of the random maps' curves."""
+        """(fractions, mean scores, standard deviation of scores) of the random maps' curves.
+
+        Args:
+            kind: "deletion" or "insertion".
+        """
         s = np.array([c[kind].scores for c in self.random], np.float64)
         return self.random[0][kind].fractions, s.mean(0), s.std(0, ddof=1) if len(s) > 1 else np.zeros(s.shape[1])
 
@@ -445,7 +489,11 @@ def randomisation_layers(bundle: ModelBundle) -> list[str]:
     EfficientNet-Lite0 ``["_fc", "_conv_head", "_blocks.15", ..., "_blocks.0", "_conv_stem"]``,
     resnet18 ``["fc", "layer4.1", "layer4.0", ..., "layer1.0", "conv1"]``, vgg16
     ``["classifier.6", "classifier.3", "classifier.0", "features.28", ...]``.
-    See ``_block_names`` for what counts as a block."""
+    See ``_block_names`` for what counts as a block.
+
+    Args:
+        bundle: the model whose blocks are randomised.
+    """
     return [label for label, _ in _randomisation_steps(bundle)]
 
 
@@ -469,7 +517,13 @@ def randomise_modules(model: nn.Module, names: list[str], seed: int) -> None:
     """Re-initialise, in place, every parameter inside the named submodules of ``model``
     (a copy!): ``reset_parameters()`` of each submodule that has one (conv, linear, batch
     norm, which also resets its running statistics); parameters of modules without one are
-    randomly permuted. Seeded: the same seed gives the same weights."""
+    randomly permuted. Seeded: the same seed gives the same weights.
+
+    Args:
+        model: the model to change in place; pass a copy, never the cached model.
+        names: qualified submodule names ("" is the whole model).
+        seed: torch seed (the global RNG state is restored afterwards).
+    """
     device = next(model.parameters()).device
     devices = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []
@@ -540,6 +594,16 @@ def cascading_randomisation(bundle: ModelBundle, image: np.ndarray, target: int 
 
     Returns a :class:`RandomisationResult`: ``maps[m]`` = original + one map per step,
     ``layers`` and ``correlations[m]`` = one entry per randomised step (no "original").
+
+    Args:
+        bundle: the model; it is copied before its weights are changed.
+        image: see above.
+        target: see above.
+        methods: saliency method names of the method table.
+        max_steps: see above.
+        seed: see above.
+        method_params: see above.
+        progress: ``progress(done, total)`` callback over all maps, or None.
     """
     t0 = time.perf_counter()
     methods = list(dict.fromkeys(methods))          # each method once
