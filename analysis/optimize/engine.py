@@ -74,7 +74,16 @@ def _captures(model, layers: frozenset, stop_early: bool):
 def forward_context(bundle: ModelBundle, objective: Objective, image: torch.Tensor,
                     transformed: torch.Tensor, pixels: torch.Tensor | None) -> Context:
     """Run the shared model on a transformed [0, 1] image and build the objective's context.
-    The caller holds ``bundle.lock``."""
+    The caller holds ``bundle.lock``.
+
+    Args:
+        bundle: the model.
+        objective: says which layers to capture and whether the logits are needed (else the
+            forward stops after the last captured layer).
+        image: the untransformed image (B, C, H, W) in [0, 1], passed to the context.
+        transformed: the transformed image that is normalised and fed to the model.
+        pixels: the raw pixel parameter (plain pixels only), or None.
+    """
     inp = fit_to_model(bundle, bundle.preprocess.normalize(transformed))   # fixed-size models (ViT)
     need_out = objective.needs_output or not objective.layers
     with _captures(bundle.model, objective.layers, stop_early=not need_out) as acts:
@@ -94,7 +103,12 @@ def channels_first(bundle: ModelBundle, acts: dict[str, torch.Tensor]) -> dict[s
     """Captured activations with every feature map channels-first (N, C, H, W), by the
     layer table's layouts: channels-last maps are permuted, token layers put their patch
     tokens on the grid (class tokens left out). Objectives (channel, neuron, Gram,
-    diversity, feature match) then read channels on the right axis for every model."""
+    diversity, feature match) then read channels on the right axis for every model.
+
+    Args:
+        bundle: the model (its layer table gives each layer's layout).
+        acts: layer name -> captured activation.
+    """
     from analysis.core.layers import layer_layout
     from analysis.core.layout import to_nchw
     out = {}
@@ -175,7 +189,11 @@ def convergence(history: Sequence[float], steps: int | None = None, stopped: boo
 
 
 def to_uint8(unit: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [0, 1] -> (B, H, W, 3) uint8."""
+    """(B, C, H, W) in [0, 1] -> (B, H, W, 3) uint8.
+
+    Args:
+        unit: images (B, C, H, W) in [0, 1] (clamped), C 1 (repeated to grey RGB) or 3.
+    """
     u = unit.detach().float().clamp(0, 1).cpu()
     if u.shape[1] == 1:
         u = u.expand(-1, 3, -1, -1)
@@ -206,6 +224,26 @@ def optimize(bundle: ModelBundle, objective: Objective, param: ImageParam, *, st
     pixels only. Step rules: "adam" and "lbfgs" (torch.optim, ``lr``), "normalized"
     (``p += lr·g/‖g‖``), "constant" (``p += lr·g``), "progress" (``lr = min(max_lr,
     desired_progress/‖g‖²)``), "mean_abs" (``p += lr·g/mean|g|``).
+
+    Args:
+        bundle: the model (held under ``bundle.lock`` for each forward and backward).
+        objective: what to maximise.
+        param: the image parameterisation (its ``tensors`` are optimised).
+        steps: 1 to the configured ``max_optimisation_steps``.
+        step_rule: "adam", "lbfgs", "normalized", "constant", "progress" or "mean_abs".
+        lr: learning rate (> 0).
+        transforms: random robustness transforms applied in order before each forward.
+        decay: L2 decay of the pixels per step, in [0, 1].
+        blur_every: blur the pixels every this many steps (0: never).
+        blur_sigma: Gaussian sigma of that blur in pixels.
+        clip: clamp the pixels to the valid range after each step.
+        small_norm_pct: zero the pixels whose norm over channels is below this percentile.
+        small_contrib_pct: zero the pixels whose contribution (|pixel·gradient|) is below this
+            percentile.
+        max_lr: upper bound of the "progress" rule's step.
+        desired_progress: the objective gain per step the "progress" rule aims at.
+        seed: seed of the random transforms.
+        preview_every: yield a preview image every this many steps and at the last (0: none).
     """
     from analysis.core.config import get_config
     from analysis.core.filters import gaussian_blur
@@ -325,5 +363,11 @@ def optimize(bundle: ModelBundle, objective: Objective, param: ImageParam, *, st
 
 def run(gen: Generator, stop_after: int | None = None, on_step: Callable[[OptStep], None] | None = None):
     """Drive an engine generator to its end (or stop it after ``stop_after`` steps) and
-    return its result."""
+    return its result.
+
+    Args:
+        gen: a generator of this engine (or a preset built on it).
+        stop_after: send "stop" once this many steps are done; None runs to the end.
+        on_step: called with each ``OptStep``, or None.
+    """
     return drive(gen, on_step, lambda s: "stop" if stop_after is not None and s.step >= stop_after else None)

@@ -50,6 +50,7 @@ class Preset:
     crop_noise: float = 0.05
 
     def as_dict(self) -> dict:
+        """The preset's settings as a plain dict, one entry per field."""
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
@@ -78,7 +79,12 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
 
 
 def default_size(preset: Preset, bundle: ModelBundle) -> int:
-    """The image side a preset uses when none is given: its own, else its canvas × the model's input."""
+    """The image side a preset uses when none is given: its own, else its canvas × the model's input.
+
+    Args:
+        preset: the preset.
+        bundle: the model (its ``input_size``).
+    """
     return int(preset.size or max(8, round(bundle.input_size * preset.canvas)))
 
 
@@ -119,7 +125,18 @@ def class_visualization(bundle: ModelBundle, classes: int | list[int], preset: s
                         *, steps: int | None = None, seed: int = 0, size: int | None = None,
                         preview_every: int = 10, probability: bool = False) -> Generator:
     """I* = argmax_I S_c(I) + R(I) for one class (or the mean of several), with a preset's
-    parameterisation, step rule and regularisers."""
+    parameterisation, step rule and regularisers.
+
+    Args:
+        bundle: the model.
+        classes: a class index, or several whose mean score is maximised.
+        preset: a name in ``PRESETS`` or a :class:`Preset`.
+        steps: optimisation steps; None for the preset's.
+        seed: seed of the initialisation and the random transforms.
+        size: image side in pixels; None for :func:`default_size`.
+        preview_every: yield a preview image every this many steps (0: none).
+        probability: maximise the log-probability instead of the logit.
+    """
     p = PRESETS[preset] if isinstance(preset, str) else preset
     cs = [classes] if isinstance(classes, int) else list(classes)
     if not cs:
@@ -137,7 +154,21 @@ def channel_visualization(bundle: ModelBundle, layer: str, channel: int, *, neur
                           size: int | None = 128, seed: int = 0, preview_every: int = 16) -> Generator:
     """The image a channel (mean over positions) or its centre neuron wants, lucent-style:
     Fourier + decorrelated colour + robustness; ``batch`` > 1 with ``diversity`` > 0 gives
-    several different images of the same channel."""
+    several different images of the same channel.
+
+    Args:
+        bundle: the model.
+        layer: the layer's qualified name.
+        channel: channel index in the layer's (channels-first) output.
+        neuron: the centre position's value instead of the channel mean.
+        batch: images optimised together.
+        diversity: weight of the diversity term (needs ``batch`` ≥ 2).
+        steps: Adam steps.
+        lr: Adam learning rate.
+        size: image side in pixels (None: the model's input size).
+        seed: seed of the spectrum initialisation and the random transforms.
+        preview_every: yield a preview image every this many steps (0: none).
+    """
     obj = O.neuron(layer, channel) if neuron else O.channel(layer, channel)
     if diversity:
         if batch < 2:
@@ -159,7 +190,23 @@ def deepdream(bundle: ModelBundle, image: np.ndarray, layer: str, *, channel: in
               preview_every: int = 5) -> Generator:
     """google/deepdream on any image: maximise the L2 norm of ``layer`` (or one channel's mean)
     with normalised steps (``step_size / mean|g|`` in 0-255 units), random roll jitter and
-    clipping, over an octave pyramid whose detail is carried up from small to full size."""
+    clipping, over an octave pyramid whose detail is carried up from small to full size.
+
+    Args:
+        bundle: the model.
+        image: RGB uint8 (H, W, 3).
+        layer: the layer whose activations are amplified.
+        channel: one channel of it (its mean) instead of the whole layer's L2 norm.
+        octaves: 1-8 pyramid levels (fewer if a level would fall below 16 px).
+        octave_scale: size ratio between levels, in (1, 4].
+        steps_per_octave: steps at each level (steps × octaves within the configured limit).
+        step_size: in (0, 100], in 0-255 units per mean absolute gradient.
+        jitter: maximum random roll in pixels (≥ 0) before each step.
+        clip: clamp the image to [0, 1] after each step.
+        max_side: the image is first scaled down so its longer side is at most this.
+        seed: seed of the jitter.
+        preview_every: yield a preview image every this many steps (0: none).
+    """
     from analysis.core.config import get_config
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ParameterError("DeepDream needs an RGB uint8 image.")
@@ -233,7 +280,13 @@ def deepdream(bundle: ModelBundle, image: np.ndarray, layer: str, *, channel: in
 # ---------------------------------------------------------------- inversion
 
 def layer_features(bundle: ModelBundle, unit: torch.Tensor, layer: str) -> torch.Tensor:
-    """Features of ``layer`` for [0, 1] images (B, C, H, W), no graph."""
+    """Features of ``layer`` for [0, 1] images (B, C, H, W), no graph.
+
+    Args:
+        bundle: the model (held under ``bundle.lock``).
+        unit: image batch (B, C, H, W) in [0, 1], on the bundle's device.
+        layer: the layer's qualified name.
+    """
     with bundle.lock, torch.no_grad():
         ctx = O.forward_context(bundle, O.channel(layer, 0), unit, unit, None)
     return ctx.acts[layer].detach()
@@ -243,7 +296,19 @@ def invert(bundle: ModelBundle, image: np.ndarray, layer: str, *, steps: int = 2
            lr: float = 0.02, step_rule: str = "adam", seed: int = 0, preview_every: int = 10) -> Generator:
     """Feature inversion (Mahendran & Vedaldi 2015): from noise, find the image whose features
     at ``layer`` match those of ``image`` (cropped like the model's input), with a total
-    variation prior. The result's params hold the relative feature error and pixel RMSE."""
+    variation prior. The result's params hold the relative feature error and pixel RMSE.
+
+    Args:
+        bundle: the model.
+        image: RGB uint8 (H, W, 3).
+        layer: the layer whose features are matched.
+        steps: optimisation steps.
+        tv_weight: total-variation weight (≥ 0; 0-255 units, summed over pixels).
+        lr: learning rate.
+        step_rule: a step rule of :func:`analysis.optimize.engine.optimize`.
+        seed: seed of the noise initialisation.
+        preview_every: yield a preview image every this many steps (0: none).
+    """
     if tv_weight < 0:
         raise ParameterError("TV weight must be ≥ 0.")
     target_img = bundle.preprocess.to_unit(bundle.preprocess.geometry(image)).to(bundle.device)

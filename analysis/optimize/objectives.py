@@ -31,6 +31,11 @@ class Context:
     pixel_scale: torch.Tensor | None = None
 
     def act(self, layer: str) -> torch.Tensor:
+        """The captured activation of one layer (channels-first for feature maps).
+
+        Args:
+            layer: the layer's qualified name; one not captured raises ``LayerError``.
+        """
         if layer not in self.acts:
             raise LayerError(f"Layer {layer!r} did not run in the forward pass.")
         return self.acts[layer]
@@ -52,6 +57,15 @@ class Objective:
 
     @classmethod
     def of(cls, name: str, fn, layers: Iterable[str] = (), needs_output: bool = False) -> "Objective":
+        """An objective of one term with coefficient 1.
+
+        Args:
+            name: the term's display name (its value is reported under it each step).
+            fn: ``fn(ctx: Context) -> scalar tensor``, the value to maximise.
+            layers: the layers ``fn`` reads through ``ctx.act``; they are captured in the forward.
+            needs_output: ``fn`` reads ``ctx.logits``, so the forward must run to the end (without
+                it the forward stops after the last captured layer).
+        """
         return cls([(1.0, Term(name, fn, frozenset(layers), needs_output))])
 
     @property
@@ -83,6 +97,14 @@ class Objective:
         return self + (-other)
 
     def evaluate(self, ctx: Context) -> tuple[torch.Tensor, dict[str, float]]:
+        """The weighted sum of the terms on one step's context.
+
+        Args:
+            ctx: the step's activations, logits and image (from ``forward_context``).
+
+        Returns:
+            (total with graph, term name -> its unweighted value as a float).
+        """
         total, values = 0.0, {}
         for c, t in self.terms:
             v = t.fn(ctx)
@@ -91,6 +113,7 @@ class Objective:
         return total, values
 
     def describe(self) -> str:
+        """The objective as text, e.g. ``logit[3] - 0.1·TV``."""
         parts = []
         for c, t in self.terms:
             sign = "-" if c < 0 else "+"
@@ -111,7 +134,11 @@ def _channels_of(a: torch.Tensor, c: int, layer: str) -> torch.Tensor:
 
 
 def class_logit(c: int) -> Objective:
-    """The class score before the softmax (the CS231n / Simonyan objective)."""
+    """The class score before the softmax (the CS231n / Simonyan objective).
+
+    Args:
+        c: class index (checked against the model's class count on the first step).
+    """
     def fn(ctx):
         if not 0 <= c < ctx.logits.shape[1]:
             raise ParameterError(f"Class {c} is out of range (the model has {ctx.logits.shape[1]} classes).")
@@ -120,7 +147,12 @@ def class_logit(c: int) -> Objective:
 
 
 def class_prob(c: int, log: bool = True) -> Objective:
-    """The class probability (log-softmax by default: its gradient does not vanish near 1)."""
+    """The class probability (log-softmax by default: its gradient does not vanish near 1).
+
+    Args:
+        c: class index.
+        log: maximise the log-probability (default) instead of the probability.
+    """
     def fn(ctx):
         if not 0 <= c < ctx.logits.shape[1]:
             raise ParameterError(f"Class {c} is out of range (the model has {ctx.logits.shape[1]} classes).")
@@ -155,7 +187,13 @@ def layer_l2(layer: str) -> Objective:
 
 def feature_match(layer: str, target: torch.Tensor) -> Objective:
     """Feature inversion: minus the squared error to ``target`` features, relative to the
-    target's energy (Mahendran & Vedaldi 2015); 0 is a perfect reconstruction."""
+    target's energy (Mahendran & Vedaldi 2015); 0 is a perfect reconstruction.
+
+    Args:
+        layer: the layer whose features are matched.
+        target: the target features (1 or B, C, H, W), detached; the optimised image must give
+            the same (C, H, W).
+    """
     t = target.detach()
     energy = float(t.float().pow(2).sum().clamp_min(1e-12))
 
@@ -169,7 +207,11 @@ def feature_match(layer: str, target: torch.Tensor) -> Objective:
 
 
 def gram(a: torch.Tensor) -> torch.Tensor:
-    """Gram matrices (B, C, C) of feature maps (B, C, H, W), divided by the positions H·W."""
+    """Gram matrices (B, C, C) of feature maps (B, C, H, W), divided by the positions H·W.
+
+    Args:
+        a: feature maps (B, C, H, W), channels-first.
+    """
     b, c = a.shape[:2]
     f = a.float().reshape(b, c, -1)
     return f @ f.transpose(1, 2) / f.shape[-1]
@@ -177,7 +219,12 @@ def gram(a: torch.Tensor) -> torch.Tensor:
 
 def gram_match(layer: str, target_gram: torch.Tensor) -> Objective:
     """Texture / style: minus the squared error of Gram matrices at ``layer``, relative to the
-    target's energy."""
+    target's energy.
+
+    Args:
+        layer: the layer whose Gram matrix is matched.
+        target_gram: target Gram matrices (1 or B, C, C), e.g. from :func:`gram`.
+    """
     t = target_gram.detach().float()
     energy = float(t.pow(2).sum().clamp_min(1e-12)) / max(1, t.shape[0])
 
@@ -212,7 +259,11 @@ def l2() -> Objective:
 
 def total_variation(beta: float = 2.0) -> Objective:
     """Total variation of the [0, 1] image, sum over pixels of (dx² + dy²)^(β/2), in 0–255
-    units (Mahendran & Vedaldi's R_TV^β). Subtract it to regularise."""
+    units (Mahendran & Vedaldi's R_TV^β). Subtract it to regularise.
+
+    Args:
+        beta: the exponent β (2 = squared gradient magnitude; smaller values favour sharp edges).
+    """
     def fn(ctx):
         x = ctx.image.float() * 255.0
         dx = x[..., :-1, 1:] - x[..., :-1, :-1]

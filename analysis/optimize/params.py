@@ -20,6 +20,9 @@ class ImageParam:
     tensors: list[torch.Tensor]
 
     def image(self) -> torch.Tensor:
+        """The current images (B, C, H, W) in [0, 1], with a graph to ``tensors``; each
+        parameterisation implements it.
+        """
         raise NotImplementedError
 
     @property
@@ -27,6 +30,7 @@ class ImageParam:
         return None
 
     def describe(self) -> dict:
+        """A JSON-able record of the parameterisation for the run's params (at least ``kind``)."""
         return {"kind": self.kind}
 
 
@@ -83,6 +87,9 @@ class PixelImage(ImageParam):
         self.lo, self.hi = (0 - self.offset) / self.scale, (1 - self.offset) / self.scale
 
     def image(self) -> torch.Tensor:
+        """The images (B, C, H, W) in [0, 1]: the raw pixels mapped out of their space
+        (``p * scale + offset``).
+        """
         return self.p * self.scale + self.offset
 
     @property
@@ -90,10 +97,12 @@ class PixelImage(ImageParam):
         return self.p
 
     def clip_(self):
+        """Clamp the raw pixels in place to the range that maps to [0, 1] in every channel."""
         with torch.no_grad():
             self.p.copy_(torch.maximum(torch.minimum(self.p, self.hi), self.lo))
 
     def describe(self) -> dict:
+        """``kind``, pixel ``space``, initialisation, batch and (H, W) size."""
         return {"kind": self.kind, "space": self.space, "init": self.init_desc,
                 "batch": self.p.shape[0], "size": list(self.p.shape[-2:])}
 
@@ -127,6 +136,9 @@ class FourierImage(ImageParam):
                      "batch": batch, "size": [self.h, self.w]}
 
     def image(self) -> torch.Tensor:
+        """The images (B, C, H, W) in [0, 1]: inverse FFT of the scaled spectrum, colour
+        decorrelation undone (if on), then a sigmoid.
+        """
         s = torch.view_as_complex(self.spectrum * self.spec_scale)
         x = torch.fft.irfftn(s, s=(self.h, self.w), norm="ortho") / 4.0
         if self.decorrelate:
@@ -135,6 +147,7 @@ class FourierImage(ImageParam):
         return torch.sigmoid(x)
 
     def describe(self) -> dict:
+        """The settings recorded at construction (kind, sd, decay power, decorrelation, batch, size)."""
         return dict(self.meta)
 
 
@@ -147,7 +160,13 @@ def natural_magnitude(h: int, w: int, channels: int = 3) -> torch.Tensor:
     """The mean amplitude spectrum (C, H, W//2+1) of natural photographs in the decorrelated
     colour space, each standardised first: MACO's magnitude template (Fel et al. 2023), here
     measured on the gallery's seven photographs (the paper averages ImageNet, which is not
-    available offline). Cached per size."""
+    available offline). Cached per size.
+
+    Args:
+        h: image height in pixels.
+        w: image width in pixels.
+        channels: 3 (decorrelated colour) or 1 (grey).
+    """
     key = (int(h), int(w), int(channels))
     with _MAGNITUDES_LOCK:
         if key in _MAGNITUDES:
@@ -209,12 +228,16 @@ class MacoImage(ImageParam):
         return self._standardise(torch.fft.irfft2(spectrum, s=(self.h, self.w)))
 
     def image(self) -> torch.Tensor:
+        """The images (B, C, H, W) in [0, 1]: the fixed magnitude with the optimised phase,
+        inverse FFT, colour decorrelation undone for 3 channels, contrast, then a sigmoid.
+        """
         x = self.spatial()
         if self.c == 3:
             x = torch.einsum("bchw,dc->bdhw", x, _COLOR_SQRT.to(x.device))
         return torch.sigmoid(x * self.contrast)
 
     def describe(self) -> dict:
+        """The settings recorded at construction (kind, magnitude source, contrast, batch, size)."""
         return dict(self.meta)
 
 
