@@ -77,6 +77,9 @@ def penultimate_layer(bundle: ModelBundle) -> str:
     Found from the layer table's dry forward (cached per model and preprocessing).
     LayerError for TorchScript models (no layer hooks) and models without a Linear or
     convolution, or where nothing runs before the classifier.
+
+    Args:
+        bundle: the model.
     """
     key = (bundle.model_id, bundle.preprocess.spec_id, type(bundle.model).__qualname__)
     return _PENULTIMATE.get_or_compute(key, lambda: _find_penultimate(bundle))
@@ -139,6 +142,12 @@ class FeatureSet:
         return float(np.mean(self.predictions == self.labels)) if self.n else float("nan")
 
     def same_as(self, other: "FeatureSet") -> bool:
+        """Whether ``other`` holds the same features: the same identifying fields (layer, model,
+        data set, preprocessing, size) and equal arrays (features, predictions, confidences, labels).
+
+        Args:
+            other: another feature set (e.g. one read back from the disk cache).
+        """
         scalars = ("layer", "model_id", "dataset_hash", "preprocess_id", "n")
         return (all(getattr(self, a) == getattr(other, a) for a in scalars)
                 and all(np.array_equal(getattr(self, a), getattr(other, a))
@@ -186,7 +195,13 @@ def _check_batch(batch_size) -> int:
 
 
 def features_key(bundle: ModelBundle, dataset: Dataset, layer: str) -> str:
-    """Disk-cache key of the feature set of ``layer`` over ``dataset``."""
+    """Disk-cache key of the feature set of ``layer`` over ``dataset``.
+
+    Args:
+        bundle: the model (its ``model_id`` and preprocessing id enter the key).
+        dataset: the data set (its content hash enters the key).
+        layer: the layer's qualified name.
+    """
     return diskcache.cache_key("features", bundle.model_id, layer, dataset.content_hash,
                                bundle.preprocess.spec_id)
 
@@ -213,7 +228,14 @@ def save_features(fs: FeatureSet, cache_dir=None) -> None:
 def load_features(bundle: ModelBundle, dataset: Dataset, layer: str | None = None,
                   cache_dir=None) -> FeatureSet | None:
     """The stored feature set for exactly this model, layer, data set and preprocessing;
-    None if there is none (or it does not match / cannot be read)."""
+    None if there is none (or it does not match / cannot be read).
+
+    Args:
+        bundle: the model.
+        dataset: the data set the features were extracted from.
+        layer: the layer's qualified name; None for ``penultimate_layer``.
+        cache_dir: disk-cache root; None for the configured one.
+    """
     layer = penultimate_layer(bundle) if layer is None else layer
     got = diskcache.load_arrays(CACHE_KIND, features_key(bundle, dataset, layer), cache_dir=cache_dir)
     if got is None:
@@ -253,6 +275,16 @@ def extract(bundle: ModelBundle, dataset: Dataset, layer: str | None = None, *, 
     nothing) when ``should_stop()`` turns true (checked before every batch). LayerError for
     an unknown layer or one whose output is neither a map nor a vector. The batch is halved
     after an out-of-memory error.
+
+    Args:
+        bundle: the model (held under ``bundle.lock`` for each forward).
+        dataset: the images.
+        layer: the layer's qualified name; None for ``penultimate_layer``. A map is mean-pooled
+            over its positions.
+        batch_size: images per forward.
+        should_stop: polled before every batch; None never stops.
+        save: store the finished set in the disk cache.
+        cache_dir: disk-cache root; None for the configured one.
     """
     bs = _check_batch(batch_size)
     layer = penultimate_layer(bundle) if layer is None else layer
@@ -297,7 +329,18 @@ def run_extract(bundle: ModelBundle, dataset: Dataset, layer: str | None = None,
                 progress: Callable[[int, int], None] | None = None,
                 should_stop: Callable[[], bool] | None = None, save: bool = True,
                 cache_dir=None) -> FeatureSet | None:
-    """``extract`` driven to the end: ``progress(done, total)`` after every batch; None if stopped."""
+    """``extract`` driven to the end: ``progress(done, total)`` after every batch; None if stopped.
+
+    Args:
+        bundle: the model.
+        dataset: the images.
+        layer: the layer's qualified name; None for ``penultimate_layer``.
+        batch_size: images per forward.
+        progress: ``progress(done, total)`` in images, or None.
+        should_stop: polled before every batch; None never stops.
+        save: store the finished set in the disk cache.
+        cache_dir: disk-cache root; None for the configured one.
+    """
     gen = extract(bundle, dataset, layer, batch_size=batch_size, should_stop=should_stop,
                   save=save, cache_dir=cache_dir)
     return drive(gen, None if progress is None else (lambda step: progress(step.done, step.total)))
@@ -306,7 +349,18 @@ def run_extract(bundle: ModelBundle, dataset: Dataset, layer: str | None = None,
 def get_or_extract(bundle: ModelBundle, dataset: Dataset, layer: str | None = None, *,
                    batch_size: int = 64, progress: Callable[[int, int], None] | None = None,
                    should_stop: Callable[[], bool] | None = None, cache_dir=None) -> FeatureSet | None:
-    """The stored feature set if there is one, else ``run_extract`` (which stores it)."""
+    """The stored feature set if there is one, else ``run_extract`` (which stores it).
+
+    Args:
+        bundle: the model.
+        dataset: the images.
+        layer: the layer's qualified name; None for ``penultimate_layer``.
+        batch_size: images per forward for a new extraction.
+        progress: ``progress(done, total)`` in images (called once with done = total on a
+            cache hit), or None.
+        should_stop: polled before every batch of a new extraction; None never stops.
+        cache_dir: disk-cache root; None for the configured one.
+    """
     layer = penultimate_layer(bundle) if layer is None else layer
     fs = load_features(bundle, dataset, layer, cache_dir=cache_dir)
     if fs is not None:
@@ -322,7 +376,14 @@ def features_for_images(bundle: ModelBundle, images: np.ndarray | Sequence[np.nd
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Raw RGB uint8 image(s) outside any data set (e.g. the sidebar image) ->
     ``(features (N, D) float32, predictions (N,) int64, confidences (N,) float32)``,
-    computed exactly as ``extract`` does, so they can be compared with a FeatureSet."""
+    computed exactly as ``extract`` does, so they can be compared with a FeatureSet.
+
+    Args:
+        bundle: the model.
+        images: one RGB uint8 image (H, W, 3), or a sequence / (N, H, W, 3) array of them.
+        layer: the layer's qualified name; None for ``penultimate_layer``.
+        batch_size: images per forward.
+    """
     bs = _check_batch(batch_size)
     layer = penultimate_layer(bundle) if layer is None else layer
     get_module(bundle.model, layer)

@@ -237,7 +237,17 @@ def pixel_thumbnails(bundle: ModelBundle, dataset: Dataset, size: int = 32, *,
                      should_stop: Callable[[], bool] | None = None, save: bool = True,
                      cache_dir=None) -> np.ndarray | None:
     """(N, size, size, 3) uint8 thumbnails of the model-input crops, from the disk cache or
-    computed now (then stored); None if ``should_stop()`` turned true (nothing stored)."""
+    computed now (then stored); None if ``should_stop()`` turned true (nothing stored).
+
+    Args:
+        bundle: the model (its preprocessing gives the crop).
+        dataset: the images.
+        size: thumbnail side in pixels, 1-256, capped at the model's input size.
+        progress: ``progress(done, total)`` in images while computing, or None.
+        should_stop: polled between images; None never stops.
+        save: store computed thumbnails in the disk cache.
+        cache_dir: disk-cache root; None for the configured one.
+    """
     size = _check_size(bundle, size)
     n = image_count(dataset)
     key = pixel_key(bundle, dataset, size)
@@ -276,14 +286,30 @@ def pixel_vectors(bundle: ModelBundle, dataset: Dataset, size: int = 32, *,
                   cache_dir=None) -> np.ndarray | None:
     """Pixel-space vectors (N, s*s*C) float32 in [0, 1] of every image: its model-input
     crop area-averaged to ``s = min(size, input_size)`` pixels square, C = 3 (1 for grey
-    models). See the module docstring for why thumbnails. None if stopped."""
+    models). See the module docstring for why thumbnails. None if stopped.
+
+    Args:
+        bundle: the model (its preprocessing gives the crop).
+        dataset: the images.
+        size: thumbnail side ``s`` before the cap, 1-256.
+        progress: ``progress(done, total)`` in images while computing, or None.
+        should_stop: polled between images; None never stops.
+        save: store computed thumbnails in the disk cache.
+        cache_dir: disk-cache root; None for the configured one.
+    """
     thumbs = pixel_thumbnails(bundle, dataset, size, progress=progress, should_stop=should_stop,
                               save=save, cache_dir=cache_dir)
     return None if thumbs is None else _to_vectors(bundle, thumbs)
 
 
 def pixel_vector(bundle: ModelBundle, image: np.ndarray, size: int = 32) -> np.ndarray:
-    """The pixel-space vector (s*s*C,) of one raw RGB uint8 image, as ``pixel_vectors``."""
+    """The pixel-space vector (s*s*C,) of one raw RGB uint8 image, as ``pixel_vectors``.
+
+    Args:
+        bundle: the model (its preprocessing gives the crop).
+        image: RGB uint8 (H, W, 3).
+        size: thumbnail side, 1-256, capped at the model's input size.
+    """
     size = _check_size(bundle, size)
     return _to_vectors(bundle, _thumbnail(bundle, image, size)[None])[0]
 
@@ -334,7 +360,22 @@ def neighbors(bundle: ModelBundle, dataset: Dataset, features: FeatureSet, query
     space of ``features`` (same layer, same model) or in pixel space (thumbnails of
     ``pixel_size``). ``features`` must come from ``bundle`` and ``dataset`` (it also gives
     the neighbours' predictions). Pixel space may have to read the whole data set once
-    (``progress`` / ``should_stop``; None if stopped)."""
+    (``progress`` / ``should_stop``; None if stopped).
+
+    Args:
+        bundle: the model.
+        dataset: the images searched.
+        features: the data set's feature set (see above).
+        query_index: index of the query image in ``dataset``; exactly one of ``query_index``
+            and ``query_image`` is given.
+        query_image: an outside RGB uint8 query image.
+        k: how many neighbours, at most 1000 (and fewer than the data set has).
+        metric: "cosine" or "l2".
+        space: "feature" or "pixel".
+        pixel_size: thumbnail side for the pixel space.
+        progress: ``progress(done, total)`` while thumbnails are computed, or None.
+        should_stop: polled while thumbnails are computed; None never stops.
+    """
     if space not in SPACES:
         raise ParameterError(f"Unknown space {space!r}; use one of {', '.join(SPACES)}.")
     if metric not in METRICS:

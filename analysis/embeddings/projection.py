@@ -441,6 +441,24 @@ def project(features, method: str = "tsne", dims: int = 2, *, seed: int = 0,
     Raises ParameterError for impossible parameters (and for features whose vectors are all
     identical: nothing to map), LimitError above max_dataset_images; all of them before any
     computation.
+
+    Args:
+        features: (N, D) float array (finite; not all rows equal).
+        method: "tsne", "umap" or "pca".
+        dims: 2 or 3.
+        seed: integer in [0, 2**32): seeds PCA's randomised SVD, the neighbour search, t-SNE and
+            UMAP (the same seed gives the same map).
+        pca_dims: see above.
+        perplexity: see above.
+        n_neighbors: see above.
+        min_dist: see above.
+        metric: see above.
+        standardize: see above.
+        n_iter: see above.
+        progress: see above.
+        cache_parts: see above.
+        labels: see above.
+        cache_dir: disk-cache root; None for the configured one.
     """
     x = _check_features(features)
     n, d = x.shape
@@ -488,7 +506,16 @@ def project(features, method: str = "tsne", dims: int = 2, *, seed: int = 0,
 
 def projection_key(cache_parts, method: str, dims: int, n: int, d: int, params: dict) -> str:
     """Disk-cache key of a map: the caller's parts (the features' key), the method, dims,
-    the shape of the features and every effective parameter."""
+    the shape of the features and every effective parameter.
+
+    Args:
+        cache_parts: the caller's key parts (e.g. the features' cache key).
+        method: projection method name.
+        dims: 2 or 3.
+        n: number of points.
+        d: feature dimension.
+        params: the effective parameters after defaults and caps.
+    """
     return diskcache.cache_key("projection", _VERSION, *cache_parts, method, dims, n, d, params)
 
 
@@ -516,7 +543,15 @@ def _add_label_quality(result: Projection, labels) -> None:
 def knn_accuracy(coords, labels, k: int = 5, folds: int = 5, seed: int = 0) -> float | None:
     """Cross-validated accuracy of a k-NN classifier on the map (stratified folds when
     every class has at least ``folds`` members). None when it cannot be estimated (fewer
-    than 2 classes or too few points)."""
+    than 2 classes or too few points).
+
+    Args:
+        coords: (N, dims) map coordinates.
+        labels: (N,) class labels.
+        k: neighbours of the classifier.
+        folds: cross-validation folds.
+        seed: seed of the fold shuffling.
+    """
     from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
     from sklearn.neighbors import KNeighborsClassifier
     coords = np.asarray(coords)

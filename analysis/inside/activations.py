@@ -32,7 +32,11 @@ class Filters:
         return self.weight.shape[1] == 3
 
     def order(self, by: str = "index") -> np.ndarray:
-        """Filter indices in display order: "index" or "norm" (largest first)."""
+        """Filter indices in display order: "index" or "norm" (largest first).
+
+        Args:
+            by: "index" or "norm"; else ``ParameterError``.
+        """
         if by == "index":
             return np.arange(len(self.norms))
         if by == "norm":
@@ -49,7 +53,11 @@ class Filters:
         return ((w / np.maximum(scale, 1e-12) * 0.5 + 0.5) * 255 + 0.5).clip(0, 255).astype(np.uint8)
 
     def slices(self, out_channel: int) -> np.ndarray:
-        """One filter's per-input-channel kernels (in, kh, kw) as grey uint8, normalised together."""
+        """One filter's per-input-channel kernels (in, kh, kw) as grey uint8, normalised together.
+
+        Args:
+            out_channel: the filter's index (output channel), 0 to the filter count - 1.
+        """
         if not 0 <= out_channel < self.weight.shape[0]:
             raise ParameterError(f"Filter {out_channel} does not exist ({self.weight.shape[0]} filters).")
         w = self.weight[out_channel]
@@ -58,14 +66,23 @@ class Filters:
 
 
 def conv_layers(bundle: ModelBundle) -> list[str]:
-    """Conv2d layers in forward order (the first is the one the lecture visualises)."""
+    """Conv2d layers in forward order (the first is the one the lecture visualises).
+
+    Args:
+        bundle: the model (its layer table's dry forward gives the order).
+    """
     infos = [i for i in layer_table(bundle) if i.type in ("Conv2d", "Conv2dSame") or i.is_conv]
     infos = [i for i in infos if isinstance(bundle.model.get_submodule(i.name), nn.Conv2d) and i.calls > 0]
     return [i.name for i in sorted(infos, key=lambda i: i.finish_order)]
 
 
 def filters(bundle: ModelBundle, layer: str | None = None) -> Filters:
-    """Weights of a conv layer (default: the first conv layer of the forward pass)."""
+    """Weights of a conv layer (default: the first conv layer of the forward pass).
+
+    Args:
+        bundle: the model.
+        layer: qualified name of a ``nn.Conv2d``; None for the first one run.
+    """
     names = conv_layers(bundle)
     if not names:
         raise LayerError("The model has no Conv2d layer.")
@@ -91,10 +108,16 @@ class Activations:
         return self.maps.shape[0]
 
     def channel_stats(self) -> dict[str, np.ndarray]:
+        """Per-channel statistics of the maps: ``mean``, ``max`` and ``zero_fraction`` (share
+        of positions ≤ 0), each a (C,) array.
+        """
         flat = self.maps.reshape(self.channels, -1)
         return {"mean": flat.mean(1), "max": flat.max(1), "zero_fraction": (flat <= 0).mean(1)}
 
     def summary(self) -> dict[str, float]:
+        """Whole-layer figures for the audit trail: channel count, map height and width, share
+        of values ≤ 0, mean, max and min.
+        """
         return {"channels": self.channels, "height": self.maps.shape[1], "width": self.maps.shape[2],
                 "zero_fraction": float((self.maps <= 0).mean()), "mean": float(self.maps.mean()),
                 "max": float(self.maps.max()), "min": float(self.maps.min())}
@@ -118,7 +141,13 @@ class Activations:
 def activations(bundle: ModelBundle, image: np.ndarray, layer: str) -> Activations:
     """The output of ``layer`` for one RGB uint8 image (any map layer: channels-first,
     channels-last or patch tokens, always returned as (C, H, W); a token layer's class /
-    register tokens are left out)."""
+    register tokens are left out).
+
+    Args:
+        bundle: the model (held under ``bundle.lock`` for the forward).
+        image: RGB uint8 (H, W, 3), cropped and normalised as the model's input.
+        layer: the layer's qualified name; it must run in the forward.
+    """
     crop = bundle.preprocess.geometry(image)
     x = bundle.preprocess.normalize(bundle.preprocess.to_unit(crop)).to(bundle.device)
     with bundle.lock, torch.inference_mode(), capture(bundle.model, [layer]) as acts:
@@ -157,7 +186,17 @@ class NeuronGradient:
 def neuron_gradient(bundle: ModelBundle, image: np.ndarray, layer: str, channel: int,
                     position: tuple[int, int] | None = None, guided: bool = True) -> NeuronGradient:
     """Gradient of one channel (mean over positions) or one neuron of ``layer`` w.r.t. the
-    input pixels, through the guided copy of the model (guided=True) or the shared model."""
+    input pixels, through the guided copy of the model (guided=True) or the shared model.
+
+    Args:
+        bundle: the model; the guided path uses a guided copy, never the cached model.
+        image: RGB uint8 (H, W, 3), cropped and normalised as the model's input.
+        layer: the layer's qualified name.
+        channel: channel index in the layer's channels-first output.
+        position: (y, x) on the layer's map for one neuron; None for the channel mean.
+        guided: guided backprop (only positive gradients through rectifiers) instead of the
+            plain gradient.
+    """
     from analysis.core.guided import guided_model
     crop = bundle.preprocess.geometry(image)
     x = bundle.preprocess.normalize(bundle.preprocess.to_unit(crop)).to(bundle.device)

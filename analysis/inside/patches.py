@@ -208,6 +208,12 @@ class PatchIndex:
         return np.lexsort((np.arange(self.channels), -top))
 
     def same_as(self, other: "PatchIndex") -> bool:
+        """Whether ``other`` holds the same index: the same identifying fields (layer, model,
+        data set, preprocessing, k, shapes) and equal arrays (values, image indices, positions).
+
+        Args:
+            other: another index (e.g. one read back from the disk cache).
+        """
         scalars = ("layer", "model_id", "dataset_hash", "preprocess_id", "k", "channels",
                    "output_shape", "n_images")
         return (all(getattr(self, a) == getattr(other, a) for a in scalars)
@@ -220,7 +226,14 @@ def _check_k(k) -> int:
 
 
 def index_key(bundle: ModelBundle, dataset: Dataset, layer: str, k: int) -> str:
-    """Disk-cache key of the index of ``layer`` over ``dataset`` with top-``k``."""
+    """Disk-cache key of the index of ``layer`` over ``dataset`` with top-``k``.
+
+    Args:
+        bundle: the model (its ``model_id`` and preprocessing id enter the key).
+        dataset: the data set (its content hash enters the key).
+        layer: the layer's qualified name.
+        k: images kept per channel.
+    """
     return diskcache.cache_key("patches", bundle.model_id, layer, dataset.content_hash,
                                bundle.preprocess.spec_id, int(k))
 
@@ -249,7 +262,15 @@ def save_index(index: PatchIndex, cache_dir=None) -> None:
 def load_index(bundle: ModelBundle, dataset: Dataset, layer: str, k: int = 9,
                cache_dir=None) -> PatchIndex | None:
     """The stored index for exactly this model, layer, data set, preprocessing and k;
-    None if there is none (or the stored one does not match / cannot be read)."""
+    None if there is none (or the stored one does not match / cannot be read).
+
+    Args:
+        bundle: the model.
+        dataset: the data set the index was built on.
+        layer: the layer's qualified name.
+        k: images kept per channel (checked as in ``scan``).
+        cache_dir: disk-cache root; None for the configured one.
+    """
     k = _check_k(k)
     got = diskcache.load_arrays(CACHE_KIND, index_key(bundle, dataset, layer, k), cache_dir=cache_dir)
     if got is None:
@@ -310,6 +331,16 @@ def scan(bundle: ModelBundle, dataset: Dataset, layer: str, *, k: int = 9, batch
     nothing) when ``should_stop()`` turns true (checked before every batch). LayerError
     for an unknown layer or one whose output is not a (C, H, W) map. The batch is halved
     after an out-of-memory error.
+
+    Args:
+        bundle: the model (held under ``bundle.lock`` for each forward).
+        dataset: the images to index.
+        layer: the layer's qualified name.
+        k: images kept per channel (the top-k maxima, one per image).
+        batch_size: images per forward (a positive integer).
+        should_stop: polled before every batch; None never stops.
+        save: store the finished index in the disk cache.
+        cache_dir: disk-cache root; None for the configured one.
     """
     k = _check_k(k)
     if not is_int(batch_size) or batch_size < 1:
@@ -365,7 +396,19 @@ def run_scan(bundle: ModelBundle, dataset: Dataset, layer: str, *, k: int = 9, b
              progress: Callable[[int, int], None] | None = None,
              should_stop: Callable[[], bool] | None = None, save: bool = True,
              cache_dir=None) -> PatchIndex | None:
-    """``scan`` driven to the end: ``progress(done, total)`` after every batch; None if stopped."""
+    """``scan`` driven to the end: ``progress(done, total)`` after every batch; None if stopped.
+
+    Args:
+        bundle: the model.
+        dataset: the images to index.
+        layer: the layer's qualified name.
+        k: images kept per channel.
+        batch_size: images per forward.
+        progress: ``progress(done, total)`` in images, or None.
+        should_stop: polled before every batch; None never stops.
+        save: store the finished index in the disk cache.
+        cache_dir: disk-cache root; None for the configured one.
+    """
     gen = scan(bundle, dataset, layer, k=k, batch_size=batch_size, should_stop=should_stop,
                save=save, cache_dir=cache_dir)
     return drive(gen, None if progress is None else (lambda step: progress(step.done, step.total)))
@@ -374,7 +417,19 @@ def run_scan(bundle: ModelBundle, dataset: Dataset, layer: str, *, k: int = 9, b
 def get_or_scan(bundle: ModelBundle, dataset: Dataset, layer: str, *, k: int = 9, batch_size: int = 32,
                 progress: Callable[[int, int], None] | None = None,
                 should_stop: Callable[[], bool] | None = None, cache_dir=None) -> PatchIndex | None:
-    """The stored index if there is one, else ``run_scan`` (which stores it)."""
+    """The stored index if there is one, else ``run_scan`` (which stores it).
+
+    Args:
+        bundle: the model.
+        dataset: the images to index.
+        layer: the layer's qualified name.
+        k: images kept per channel.
+        batch_size: images per forward for a new scan.
+        progress: ``progress(done, total)`` in images (called once with done = total on a
+            cache hit), or None.
+        should_stop: polled before every batch of a new scan; None never stops.
+        cache_dir: disk-cache root; None for the configured one.
+    """
     index = load_index(bundle, dataset, layer, k, cache_dir=cache_dir)
     if index is not None:
         if progress is not None:
@@ -429,6 +484,14 @@ class TokenField:
         return f"{self.layer} comes before any attention: each token sees exactly its own patch."
 
     def box(self, y: int, x: int, size: int) -> tuple[int, int, int, int]:
+        """The pixel box (top, left, bottom, right), bottom / right exclusive, of one token on
+        the displayed input; the whole image once attention has mixed the tokens.
+
+        Args:
+            y: the token's row on the patch grid.
+            x: the token's column on the patch grid.
+            size: side of the displayed (square) input in pixels.
+        """
         if self.whole:
             return 0, 0, size, size
         ph, pw = size / self.grid[0], size / self.grid[1]
@@ -440,7 +503,12 @@ _ATTENTION = ("Attention", "MultiheadAttention", "SelfAttention")
 
 def token_field(bundle: ModelBundle, layer: str) -> TokenField | None:
     """A :class:`TokenField` for a token layer (None for other layouts): whole-image once
-    any attention module has run before the layer finishes."""
+    any attention module has run before the layer finishes.
+
+    Args:
+        bundle: the model.
+        layer: the layer's qualified name (``LayerError`` if unknown).
+    """
     from analysis.core.layers import check_layer, layer_table
     infos = layer_table(bundle)
     info = check_layer(infos, layer)
@@ -509,6 +577,14 @@ def patch_crops(bundle: ModelBundle, dataset: Dataset, index: PatchIndex, channe
     With ``pad`` a box clipped at the image border is padded on its clipped side(s) with
     the normalisation mean colour (what zero padding means at the input) back to the
     field's extent, so every patch of a layer is shown at the same scale.
+
+    Args:
+        bundle: the model the index was built with.
+        dataset: the data set the index was built on (its images are read again).
+        index: the scan's index (checked against ``bundle`` and ``dataset``).
+        channel: channel index, 0 to ``index.channels - 1``.
+        display_size: side of each crop in pixels, 1-1024.
+        pad: pad border-clipped boxes back to the field's extent (see above).
     """
     _check_index(bundle, dataset, index)
     if not is_int(channel) or not 0 <= channel < index.channels:
@@ -543,7 +619,18 @@ def patch_grid(bundle: ModelBundle, dataset: Dataset, index: PatchIndex, channel
                display_size: int = 64, *, separator: int = 2, background: int = 255,
                pad: bool = True) -> np.ndarray:
     """One RGB uint8 image: a row per channel (in the given order), a column per rank,
-    ``separator`` pixels of ``background`` between cells (for display and download)."""
+    ``separator`` pixels of ``background`` between cells (for display and download).
+
+    Args:
+        bundle: the model the index was built with.
+        dataset: the data set the index was built on.
+        index: the scan's index.
+        channels: the channels to show, one row each.
+        display_size: side of each cell in pixels.
+        separator: gap between cells in pixels.
+        background: grey level (0-255) of the gaps.
+        pad: pad border-clipped boxes back to the field's extent (see :func:`patch_crops`).
+    """
     channels = list(channels)
     if not channels:
         raise ParameterError("patch_grid needs at least one channel.")

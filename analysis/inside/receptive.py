@@ -616,13 +616,22 @@ def _entry(bundle: ModelBundle, layer: str) -> _Info:
 def analytic_receptive_field(bundle: ModelBundle, layer: str) -> ReceptiveField:
     """Receptive-field arithmetic along the traced forward graph. Raises LayerError for an
     unknown layer and ReceptiveFieldError for a non-spatial layer or an operation that is
-    not understood."""
+    not understood.
+
+    Args:
+        bundle: the model (its forward is traced once and cached).
+        layer: the layer's qualified name.
+    """
     return _from_entry(layer, _entry(bundle, layer))
 
 
 def analytic_receptive_fields(bundle: ModelBundle) -> dict[str, ReceptiveField | ReceptiveFieldError]:
     """Every layer called in the forward -> its analytic field or the error explaining why
-    there is none (one cached trace for the whole model)."""
+    there is none (one cached trace for the whole model).
+
+    Args:
+        bundle: the model.
+    """
     out: dict[str, ReceptiveField | ReceptiveFieldError] = {}
     for name, entry in _trace(bundle).items():
         if name == "":
@@ -806,7 +815,14 @@ def gradient_receptive_field(bundle: ModelBundle, layer: str, y: int | None = No
     position (y, x) of ``layer`` depends on (default: the central position (H//2, W//2)),
     from the gradient support on a linearised copy of the model. Only outputs that are not
     feature maps raise ReceptiveFieldError here: a 1x1 map after global pooling gives the
-    whole image."""
+    whole image.
+
+    Args:
+        bundle: the model (a linearised copy is built; the cached model is not changed).
+        layer: the layer's qualified name.
+        y: output row; None for the centre.
+        x: output column; None for the centre.
+    """
     boxes, _ = _gradient_boxes(bundle, [(layer, y, x)])
     return boxes[0]
 
@@ -883,6 +899,11 @@ def receptive_field(bundle: ModelBundle, layer: str, method: str = "auto") -> Re
     falling back to gradient when an operation is not understood). Raises LayerError for
     an unknown layer and ReceptiveFieldError for a layer without spatial output (after
     global pooling), with every method.
+
+    Args:
+        bundle: the model.
+        layer: the layer's qualified name.
+        method: "auto", "analytic" or "gradient".
     """
     if method not in METHODS:
         raise ParameterError(f"Unknown receptive-field method {method!r}; choose from {', '.join(METHODS)}.")
