@@ -57,7 +57,11 @@ def _c():
 
 
 def tune(force: bool = False) -> bool:
-    """Apply the settings once per process; True when glibc accepted all of them."""
+    """Apply the settings once per process; True when glibc accepted all of them.
+
+    Args:
+        force: apply them again even if done already in this process.
+    """
     global _done
     with _lock:
         if _done is not None and not force:

@@ -25,7 +25,11 @@ class JobProgress:
 
 
 def is_oom(exc: BaseException) -> bool:
-    """CUDA out-of-memory, or the CPU allocator failing."""
+    """CUDA out-of-memory, or the CPU allocator failing.
+
+    Args:
+        exc: the exception a batch raised.
+    """
     return isinstance(exc, torch.cuda.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc)))
 
@@ -42,7 +46,15 @@ def halve_after_oom(exc: BaseException, batch: int) -> int:
 
 def run_batched(n: int, batch: int, fn: Callable[[int, int], None], progress: Progress | None = None) -> int:
     """Call ``fn(start, stop)`` over ``range(n)`` in chunks of ``batch``, halving the chunk
-    after an out-of-memory error. Returns the batch size that worked."""
+    after an out-of-memory error. Returns the batch size that worked.
+
+    Args:
+        n: number of items.
+        batch: first chunk size (≥ 1).
+        fn: ``fn(start, stop)`` processes items ``start`` to ``stop - 1``; an out-of-memory error
+            retries the same start with half the chunk, any other exception propagates.
+        progress: ``progress(done, n)`` after each chunk, or None.
+    """
     if batch < 1:
         raise ParameterError("batch size must be at least 1")
     start = 0

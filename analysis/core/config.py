@@ -195,6 +195,10 @@ def get_config() -> Config:
 
 
 def set_config(config: Config | None) -> None:
-    """Replace the process-wide configuration (tests; None re-reads on next use)."""
+    """Replace the process-wide configuration (tests; None re-reads on next use).
+
+    Args:
+        config: the configuration to use from now on, or None.
+    """
     global _CONFIG
     _CONFIG = config

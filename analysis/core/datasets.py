@@ -123,6 +123,10 @@ class Dataset:
         """Yield ``(batch_indices, images)`` over ``indices`` (default: all images in order).
 
         ``batch_indices`` is an int64 array; only one batch of images is in memory at a time.
+
+        Args:
+            batch_size: images per batch (a positive integer).
+            indices: image indices to read, in this order; None for all.
         """
         if not is_int(batch_size) or batch_size < 1:
             raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -536,6 +540,13 @@ def load_zip_dataset(
         LimitError: zip larger than ``max_upload_bytes``, declared uncompressed total over
             ``max_dataset_bytes``, too many members or images.
         DatasetError: not a zip, no class folders / images, no image could be decoded.
+
+    Args:
+        data: the zip file's bytes.
+        name: the upload's file name (the data set's label and error messages).
+        store_dir: where the zip is stored; None for the default store.
+        limits: size and count limits; None for the configured ones.
+        progress: ``progress(done, total)`` while members are decoded, or None.
     """
     limits = _resolve_limits(limits)
     data = bytes(data)
@@ -643,6 +654,11 @@ def train_test_split_indices(
 
     Each class contributes ``round(n_c * test_fraction)`` test images, clamped so that a
     class with at least two images has at least one image on each side.
+
+    Args:
+        labels: (N,) integer class label per image.
+        test_fraction: share of each class in the test set, strictly between 0 and 1.
+        seed: NumPy generator seed of the shuffle within each class.
     """
     labels = np.asarray(labels)
     if labels.ndim != 1:

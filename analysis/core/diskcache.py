@@ -78,7 +78,13 @@ def _check(kind: str, key: str | None = None) -> None:
 
 
 def cache_path(kind: str, key: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where the entry ``kind``/``key`` is (or would be) stored."""
+    """Where the entry ``kind``/``key`` is (or would be) stored.
+
+    Args:
+        kind: the entry's family (letters, digits, ``_``, ``.``, ``-``), one folder per kind.
+        key: the entry's key (from ``cache_key``; letters, digits, ``_``, ``-``).
+        cache_dir: cache root; None for the configured ``cache_dir``.
+    """
     _check(kind, key)
     return _root(cache_dir) / kind / f"{key}.npz"
 
@@ -86,7 +92,15 @@ def cache_path(kind: str, key: str, cache_dir: str | os.PathLike | None = None) 
 def save_arrays(kind: str, key: str, arrays: dict[str, np.ndarray], meta: dict | None = None,
                 cache_dir: str | os.PathLike | None = None) -> Path:
     """Store ``arrays`` (name -> numeric/bool/string array) and JSON-able ``meta``
-    atomically; replaces an existing entry. Returns the file's path."""
+    atomically; replaces an existing entry. Returns the file's path.
+
+    Args:
+        kind: the entry's family (one folder per kind).
+        key: the entry's key (from ``cache_key``).
+        arrays: name -> array; object arrays are refused (no pickles).
+        meta: JSON-able metadata (NaN not allowed), stored inside the file.
+        cache_dir: cache root; None for the configured ``cache_dir``.
+    """
     path = cache_path(kind, key, cache_dir)
     if _META in arrays:
         raise ParameterError(f"The array name {_META!r} is reserved.")
@@ -105,7 +119,13 @@ def save_arrays(kind: str, key: str, arrays: dict[str, np.ndarray], meta: dict |
 def load_arrays(kind: str, key: str, cache_dir: str | os.PathLike | None = None
                 ) -> tuple[dict[str, np.ndarray], dict] | None:
     """``(arrays, meta)`` of a stored entry, or None when it is missing or unreadable
-    (an unreadable file is deleted so the caller recomputes and stores it again)."""
+    (an unreadable file is deleted so the caller recomputes and stores it again).
+
+    Args:
+        kind: the entry's family.
+        key: the entry's key.
+        cache_dir: cache root; None for the configured ``cache_dir``.
+    """
     path = cache_path(kind, key, cache_dir)
     if not path.is_file():
         return None
@@ -126,7 +146,12 @@ def load_arrays(kind: str, key: str, cache_dir: str | os.PathLike | None = None
 
 
 def clear(kind: str, cache_dir: str | os.PathLike | None = None) -> int:
-    """Delete every entry of ``kind``; returns how many entry files were removed."""
+    """Delete every entry of ``kind``; returns how many entry files were removed.
+
+    Args:
+        kind: the family to clear.
+        cache_dir: cache root; None for the configured ``cache_dir``.
+    """
     _check(kind)
     folder = _root(cache_dir) / kind
     if not folder.is_dir():

@@ -9,7 +9,12 @@ import torch.nn.functional as F
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of an (N, C, H, W) tensor with reflect padding; ``sigma`` in
-    pixels (0 returns a copy). The kernel is capped at the image size."""
+    pixels (0 returns a copy). The kernel is capped at the image size.
+
+    Args:
+        x: image batch (N, C, H, W), H and W at least 2.
+        sigma: standard deviation in pixels; the kernel spans ±3 sigma.
+    """
     if sigma <= 0:
         return x.clone()
     k = int(2 * math.ceil(3 * sigma) + 1)

@@ -42,9 +42,16 @@ class GuidedRectifier(nn.Module):
         self.lo, self.hi, self.slope, self.kind = lo, hi, slope, kind
 
     def forward(self, x):
+        """The rectifier's own output (clamp to [lo, hi], leaky slope below lo); its backward
+        passes only positive gradients where the rectifier is open (guided backprop).
+
+        Args:
+            x: any tensor.
+        """
         return _GuidedClamp.apply(x, self.lo, self.hi, self.slope)
 
     def extra_repr(self) -> str:
+        """``guided <kind>`` in the module's repr, naming the rectifier it replaced."""
         return f"guided {self.kind}"
 
 

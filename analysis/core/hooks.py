@@ -192,7 +192,12 @@ def truncate_after(model: nn.Module, layer: str) -> Iterator[Captured]:
 
 
 def run_truncated(model: nn.Module, x: torch.Tensor) -> None:
-    """Run the forward inside ``truncate_after``; returns when the layer has been captured."""
+    """Run the forward inside ``truncate_after``; returns when the layer has been captured.
+
+    Args:
+        model: the model ``truncate_after`` is active on.
+        x: its input batch.
+    """
     try:
         model(x)
     except _StopForward:

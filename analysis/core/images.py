@@ -309,6 +309,9 @@ def to_rgb_array(im: Image.Image) -> np.ndarray:
     Transparency (alpha channels, palette or colour-key transparency) is composited on
     white; 16-bit and float images are rescaled rather than clipped; CMYK, YCbCr, LAB,
     HSV, palette and bilevel images are colour-converted by Pillow.
+
+    Args:
+        im: the decoded Pillow image, any mode.
     """
     mode = im.mode
     if mode in _GRAY16_MODES:
@@ -327,7 +330,11 @@ def to_rgb_array(im: Image.Image) -> np.ndarray:
 # --------------------------------------------------------------------------- helpers
 
 def image_hash(arr: np.ndarray) -> str:
-    """Content address of an array: sha256 hex of its dtype, shape and bytes."""
+    """Content address of an array: sha256 hex of its dtype, shape and bytes.
+
+    Args:
+        arr: any array (e.g. RGB uint8 pixels).
+    """
     arr = np.asarray(arr)
     h = hashlib.sha256()
     h.update(f"{arr.dtype.str}|{arr.shape}|".encode())
@@ -336,7 +343,11 @@ def image_hash(arr: np.ndarray) -> str:
 
 
 def to_png_bytes(arr: np.ndarray) -> bytes:
-    """Encode a uint8 array ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` as PNG bytes."""
+    """Encode a uint8 array ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` as PNG bytes.
+
+    Args:
+        arr: uint8 grey, RGB or RGBA pixels, not empty.
+    """
     arr = np.asarray(arr)
     if arr.dtype != np.uint8:
         raise ParameterError(f"to_png_bytes needs a uint8 array, got {arr.dtype}.")

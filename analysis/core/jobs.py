@@ -129,7 +129,17 @@ def slots(device=None) -> DeviceSlots:
 @contextlib.contextmanager
 def heavy_job(device=None, *, on_wait: Callable[[QueueState], None] | None = None,
               timeout: float | None = None) -> Iterator[None]:
-    """Hold one of the device's job slots for the body (queue until one is free)."""
+    """Hold one of the device's job slots for the body (queue until one is free).
+
+    Nested use in the same thread takes no second slot. When the last job on the device ends,
+    the reused allocator buffers are released.
+
+    Args:
+        device: the device whose slots are used; None for the one models run on.
+        on_wait: called with the :class:`QueueState` while queued (may raise to leave the queue).
+        timeout: give up with ``LimitError`` after this many seconds of queueing; None for the
+            configured ``max_queue_seconds``.
+    """
     depth = getattr(_held, "depth", 0)
     if depth:
         _held.depth = depth + 1

@@ -59,6 +59,9 @@ class LayerInfo:
         return None if self.output_shape is None else self.layout.map_hw(self.output_shape)
 
     def as_row(self) -> dict:
+        """The layer as one row of the layer table on the page (name, type, output shape,
+        layout, channels, parameters, calls per forward, warnings).
+        """
         return {"layer": self.name or "(model)", "type": self.type,
                 "output shape": "x".join(map(str, self.output_shape)) if self.output_shape else "-",
                 "layout": str(self.layout), "channels": self.channels,
@@ -82,7 +85,12 @@ def layer_table(bundle: ModelBundle) -> list[LayerInfo]:
 
 
 def layer_layout(bundle: ModelBundle, layer: str) -> Layout:
-    """The output layout of ``layer`` (LayerError for an unknown name)."""
+    """The output layout of ``layer`` (LayerError for an unknown name).
+
+    Args:
+        bundle: the model (its cached layer table).
+        layer: the layer's qualified name.
+    """
     return check_layer(layer_table(bundle), layer).layout
 
 
@@ -194,7 +202,11 @@ def last_conv_block(infos: list[LayerInfo]) -> str:
     Grad-CAM's usual target. A container finishes after its children, so this names the
     whole last block (resnet "layer4", vgg "features", EfficientNet-Lite "_relu_head").
     Adaptive pooling layers are skipped: they only resample the last map. On token models
-    (ViT) it is the input of the last attention (e.g. ``blocks.11.norm1``)."""
+    (ViT) it is the input of the last attention (e.g. ``blocks.11.norm1``).
+
+    Args:
+        infos: the model's layer table (``layer_table(bundle)``).
+    """
     cands = [i for i in spatial_infos(infos) if i.map_hw[0] * i.map_hw[1] > 1
              and i.type not in _ADAPTIVE_POOLS]
     if not cands:
@@ -229,14 +241,24 @@ def check_layer(infos: list[LayerInfo], name: str) -> LayerInfo:
 
 def block_layers(infos: list[LayerInfo]) -> list[str]:
     """Spatial layers at most one level deep (whole blocks such as "_blocks.10", "layer3.1",
-    "features.4"), in forward order: sensible defaults for layer pickers."""
+    "features.4"), in forward order: sensible defaults for layer pickers.
+
+    Args:
+        infos: the model's layer table (``layer_table(bundle)``).
+    """
     cands = [i for i in spatial_infos(infos) if i.name.count(".") <= 1
              and i.map_hw[0] * i.map_hw[1] > 1]
     return [i.name for i in sorted(cands, key=lambda i: i.finish_order)]
 
 
 def default_layer(infos: list[LayerInfo], fraction: float = 0.5) -> str:
-    """A block ``fraction`` of the way through the network (0 = first, 1 = last)."""
+    """A block ``fraction`` of the way through the network (0 = first, 1 = last).
+
+    Args:
+        infos: the model's layer table (``layer_table(bundle)``).
+        fraction: position in [0, 1] along the block layers (or the spatial layers when no
+            block qualifies).
+    """
     blocks = block_layers(infos) or spatial_layers(infos)
     if not blocks:
         raise LayerError("The model has no layer with a spatial feature map.")

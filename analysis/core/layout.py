@@ -90,7 +90,13 @@ OTHER = Layout("other")
 def to_nchw(t: torch.Tensor, layout: Layout, layer: str = "this layer") -> torch.Tensor:
     """A layer output (N, ...) as a channels-first map (N, C, H, W), differentiably (a
     permuted view or a reshape); token layers drop their class / register tokens and put the
-    patch tokens on their grid. LayerError for outputs that are not maps."""
+    patch tokens on their grid. LayerError for outputs that are not maps.
+
+    Args:
+        t: the layer's output, batch first.
+        layout: its layout (from the layer table).
+        layer: the layer's name for error messages.
+    """
     if layout.kind == "nchw" and t.dim() == 4:
         return t
     if layout.kind == "nhwc" and t.dim() == 4:
@@ -108,7 +114,13 @@ def to_nchw(t: torch.Tensor, layout: Layout, layer: str = "this layer") -> torch
 def pool(t: torch.Tensor, layout: Layout, layer: str = "this layer") -> torch.Tensor:
     """A layer output (N, ...) as one feature vector per image (N, C): the global average of a
     map, the class token of a token layer (the mean of the patch tokens when it has none),
-    a vector as it is."""
+    a vector as it is.
+
+    Args:
+        t: the layer's output, batch first.
+        layout: its layout (from the layer table).
+        layer: the layer's name for error messages.
+    """
     if layout.kind == "vector" and t.dim() == 2:
         return t
     if layout.kind == "tokens" and t.dim() == 3:
@@ -120,7 +132,11 @@ def pool(t: torch.Tensor, layout: Layout, layer: str = "this layer") -> torch.Te
 
 
 def shape_guess(shape: tuple | None) -> Layout:
-    """The fallback when the probe labels nothing: by the number of axes only."""
+    """The fallback when the probe labels nothing: by the number of axes only.
+
+    Args:
+        shape: the output shape without the batch axis, or None when unknown.
+    """
     if shape is None:
         return OTHER
     return {3: NCHW, 1: VECTOR}.get(len(shape), OTHER)
@@ -225,6 +241,11 @@ class LayoutProbe(TorchFunctionMode):
         self.tags[image] = ("N", "C", "H", "W")
 
     def tag(self, t) -> tuple | None:
+        """The axis labels the probe has followed to ``t`` (batch first), or None.
+
+        Args:
+            t: any value; only tensors seen during the probed forward have labels.
+        """
         return self.tags.get(t) if isinstance(t, torch.Tensor) else None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -315,7 +336,12 @@ def _flat(args):
 
 
 def classify(tag: tuple | None) -> Layout | None:
-    """The layout named by a tensor's axis labels (batch first), or None."""
+    """The layout named by a tensor's axis labels (batch first), or None.
+
+    Args:
+        tag: axis labels such as ``("N", "C", "H", "W")``; a token axis is
+            ``("L", prefix, grid_h, grid_w)`` (prefix: class / register tokens before the patches).
+    """
     if not tag or tag[0] != "N":
         return None
     body = tuple(tag[1:])

@@ -203,7 +203,12 @@ def validate(schema: tuple[Param, ...] | list[Param], params: dict, *, owner: st
 
 def clamp(param: Param, value) -> tuple[Any, str | None]:
     """(usable value, message or None) for a value from outside: valid values pass; numbers
-    out of range are clamped; anything else gives the default. Never raises."""
+    out of range are clamped; anything else gives the default. Never raises.
+
+    Args:
+        param: the parameter's schema entry.
+        value: the value from outside (a share link, an old record); any type.
+    """
     try:
         return check(param, value), None
     except ParameterError as e:

@@ -59,7 +59,11 @@ def fit_to_model(bundle: ModelBundle, x: torch.Tensor) -> torch.Tensor:
 
 
 def size_note(bundle: ModelBundle) -> str | None:
-    """A sentence for pages when the model takes only one input size, else None."""
+    """A sentence for pages when the model takes only one input size, else None.
+
+    Args:
+        bundle: the model.
+    """
     side = fixed_input_size(bundle)
     if side is None:
         return None

@@ -35,7 +35,12 @@ def upload_digest(data: bytes) -> str:
 
 
 def has_upload(digest: str, root: Path | None = None) -> bool:
-    """Whether an upload with this digest is stored."""
+    """Whether an upload with this digest is stored.
+
+    Args:
+        digest: sha256 hex digest of the upload's bytes.
+        root: the uploads folder; None for ``<data_dir>/uploads``.
+    """
     return bool(_HASH.match(digest or "")) and (uploads_dir(root) / digest).is_file()
 
 
@@ -66,7 +71,12 @@ def save_upload(data: bytes, filename: str, root: Path | None = None, max_bytes:
 
 
 def read_upload(digest: str, root: Path | None = None) -> tuple[bytes, str]:
-    """(bytes, original file name) of a stored upload. ParameterError if unknown."""
+    """(bytes, original file name) of a stored upload. ParameterError if unknown.
+
+    Args:
+        digest: sha256 hex digest of the upload's bytes.
+        root: the uploads folder; None for ``<data_dir>/uploads``.
+    """
     if not _HASH.match(digest or ""):
         raise ParameterError("Not an upload reference (expected a sha256 hex digest).")
     d = uploads_dir(root)
@@ -81,7 +91,12 @@ def read_upload(digest: str, root: Path | None = None) -> tuple[bytes, str]:
 
 
 def discard_upload(digest: str, root: Path | None = None) -> bool:
-    """Remove a stored upload (and its sidecar) that was refused after storing. True if removed."""
+    """Remove a stored upload (and its sidecar) that was refused after storing. True if removed.
+
+    Args:
+        digest: sha256 hex digest of the upload's bytes.
+        root: the uploads folder; None for ``<data_dir>/uploads``.
+    """
     if not _HASH.match(digest or ""):
         return False
     d = uploads_dir(root)
