@@ -7,9 +7,16 @@ not start with "_" (so dunder methods are exempt); properties are exempt. ``forw
 module counts like any other method: its inputs are documented. Each parameter other than
 ``self`` / ``cls`` (``*args`` / ``**kwargs`` included where the function has them) must occur
 in the docstring as a whole word, e.g. in an "Args:" block or in the prose.
+
+The texts of the saliency method table (titles, descriptions, parameter help) are checked
+statically too: each description is one short paragraph, and no source line of them is longer
+than ``MAX_PIECE`` characters.
 """
 import ast
+import io
 import re
+import textwrap
+import tokenize
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,48 +58,7 @@ REWRITTEN_ELSEWHERE = frozenset({
     "analysis.embeddings.large.sample_indices",
 })
 
-# still being documented in this branch (emptied before it ends)
-_NOT_YET = frozenset({
-    "analysis.audit.passwords.check_login",
-    "analysis.audit.passwords.hash_password",
-    "analysis.audit.passwords.main",
-    "analysis.audit.report.html_report",
-    "analysis.core.models.bundle.ModelBundle.card",
-    "analysis.core.models.bundle.ModelBundle.denormalize",
-    "analysis.core.models.bundle.ModelBundle.inputs",
-    "analysis.core.models.bundle.Preprocessing.denormalize",
-    "analysis.core.models.bundle.Preprocessing.geometry",
-    "analysis.core.models.bundle.Preprocessing.normalize",
-    "analysis.core.models.bundle.Preprocessing.to_display",
-    "analysis.core.models.bundle.Preprocessing.to_unit",
-    "analysis.core.models.bundle.weights_sha256",
-    "analysis.core.models.digits.DigitsCNN.forward",
-    "analysis.core.models.digits.load_digits_model",
-    "analysis.core.models.digits.train_digits_cnn",
-    "analysis.core.models.efficientnet_lite.Conv2dSame.forward",
-    "analysis.core.models.efficientnet_lite.EfficientNetLite.features",
-    "analysis.core.models.efficientnet_lite.EfficientNetLite.forward",
-    "analysis.core.models.efficientnet_lite.MBConvBlock.forward",
-    "analysis.core.models.hf_source.HFImageClassifier.attentions",
-    "analysis.core.models.hf_source.HFImageClassifier.forward",
-    "analysis.core.models.hf_source.check_config",
-    "analysis.core.models.hf_source.hf_bundle_from_zip",
-    "analysis.core.models.hf_source.hf_model_folders",
-    "analysis.core.models.hf_source.processor_preprocessing",
-    "analysis.core.models.loaders.default_bundle",
-    "analysis.core.models.loaders.select_device",
-    "analysis.core.models.loaders.torchvision_bundle",
-    "analysis.core.models.loaders.trusted_bundle",
-    "analysis.core.models.loaders.trusted_model_files",
-    "analysis.core.models.loaders.user_weights_bundle",
-    "analysis.core.models.registry.ModelSpec.label",
-    "analysis.core.models.registry.apply_overrides",
-    "analysis.core.models.registry.parse_overrides",
-    "analysis.core.models.timm_source.timm_categories",
-    "analysis.relevance.workers.CRPWorker.normalize",
-})
-
-ALLOWED = REWRITTEN_ELSEWHERE | _NOT_YET
+ALLOWED = REWRITTEN_ELSEWHERE
 
 
 def _is_property(fn) -> bool:
@@ -162,3 +128,69 @@ def test_allow_list_only_shrinks():
     stale = sorted(n for n in ALLOWED if n not in problems)
     assert not stale, "documented or removed, delete from the allow-list:\n  " + "\n  ".join(stale)
     assert all(n.startswith(("analysis.dataset.", "analysis.embeddings.large.")) for n in REWRITTEN_ELSEWHERE)
+
+
+# ------------------------------------------------------------------ the saliency method table
+
+MAX_PIECE = 100          # characters (quotes included) of one source line's piece of a table text
+
+
+def _table_texts() -> list[tuple[str, str, ast.Constant, list[str]]]:
+    """(file, what, literal, source lines) of every title, description, parameter label and
+    help text of the saliency method table: the arguments of ``register`` / ``Method`` /
+    ``Param`` in analysis/saliency and analysis/relevance, and the LRP ``COMPOSITES``."""
+    out = []
+    files = sorted((ROOT / "analysis" / "saliency").glob("*.py")) + sorted((ROOT / "analysis" / "relevance").glob("*.py"))
+    for path in files:
+        src = path.read_text(encoding="utf-8")
+        lines, rel = src.splitlines(), str(path.relative_to(ROOT))
+        for node in ast.walk(ast.parse(src)):
+            picked = []
+            if isinstance(node, ast.Call):
+                fn = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
+                if fn == "register":
+                    picked += [("title", a) for a in node.args[1:2]] + [("description", a) for a in node.args[2:3]]
+                if fn in ("register", "Method"):
+                    picked += [(k.arg, k.value) for k in node.keywords if k.arg in ("title", "description")]
+                if fn == "Param":
+                    picked += [(k.arg, k.value) for k in node.keywords if k.arg in ("help", "label")]
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                if any(isinstance(t, ast.Name) and t.id == "COMPOSITES" for t in targets):
+                    for pair in node.value.values:
+                        picked += [("title", pair.elts[0]), ("description", pair.elts[1])]
+            out += [(rel, what, v, lines) for what, v in picked
+                    if isinstance(v, ast.Constant) and isinstance(v.value, str)]
+    return out
+
+
+def _pieces(node: ast.Constant, lines: list[str]) -> list[str]:
+    """The string tokens of a literal as written (one per source line when it is implicitly
+    concatenated over several lines)."""
+    raw = [line.encode() for line in lines[node.lineno - 1:node.end_lineno]]
+    raw[-1] = raw[-1][:node.end_col_offset]
+    raw[0] = raw[0][node.col_offset:]
+    src = "(" + b"\n".join(raw).decode() + ")"
+    return [t.string for t in tokenize.generate_tokens(io.StringIO(src).readline) if t.type == tokenize.STRING]
+
+
+def test_method_table_texts_wrap_at_a_readable_width():
+    """Descriptions are one paragraph that reads in a few lines (the page shows it as a caption,
+    ``Method.wrapped`` re-wraps it at ``DESCRIPTION_WIDTH`` for tooltips and docs), and their
+    source is wrapped: no piece of a title, description or help text longer than MAX_PIECE."""
+    reg = ast.parse((ROOT / "analysis" / "saliency" / "registry.py").read_text(encoding="utf-8"))
+    width = next(n.value.value for n in reg.body if isinstance(n, ast.Assign)
+                 and any(isinstance(t, ast.Name) and t.id == "DESCRIPTION_WIDTH" for t in n.targets))
+    texts = _table_texts()
+    descriptions = [v.value for _, what, v, _ in texts if what == "description"]
+    assert len(descriptions) >= 14 and any("Zeiler & Fergus" in d for d in descriptions)   # the walk finds the table
+    too_long, unreadable = [], []
+    for rel, what, v, lines in texts:
+        pieces = _pieces(v, lines)
+        assert "".join(ast.literal_eval(p) for p in pieces) == v.value, (rel, v.lineno)
+        too_long += [f"{rel}:{v.lineno} {what}: {len(p)} characters" for p in pieces if len(p) > MAX_PIECE]
+        if what == "description" and ("\n" in v.value or len(textwrap.wrap(v.value, width)) > 4):
+            unreadable.append(f"{rel}:{v.lineno}: {v.value[:60]}...")
+    assert not too_long, f"wrap these in the source (at most {MAX_PIECE} characters a line):\n  " + "\n  ".join(too_long)
+    assert not unreadable, ("descriptions must be one paragraph of at most 4 lines at "
+                            f"{width} characters:\n  " + "\n  ".join(unreadable))

@@ -31,6 +31,14 @@ def _unb64(s: str) -> bytes:
 
 
 def hash_password(password: str, *, iterations: int = ITERATIONS, salt: bytes | None = None) -> str:
+    """A ``pbkdf2_sha256$<iterations>$<salt>$<digest>`` hash of ``password`` for the config
+    file (PBKDF2-HMAC-SHA256, salt and digest URL-safe base64 without padding).
+
+    Args:
+        password: the plain password (UTF-8 encoded before hashing).
+        iterations: PBKDF2 iterations (default ``ITERATIONS``, the OWASP 2023 figure).
+        salt: the salt bytes; None draws 16 random bytes (tests pass a fixed one).
+    """
     salt = salt if salt is not None else secrets.token_bytes(16)
     digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
     return f"{ALGORITHM}${iterations}${_b64(salt)}${_b64(digest)}"
@@ -50,7 +58,13 @@ def verify_password(password: str, encoded: str) -> bool:
 
 
 def check_login(users: dict[str, str] | tuple[tuple[str, str], ...], name: str, password: str) -> bool:
-    """Constant work whether or not the user exists (no user enumeration by timing)."""
+    """Constant work whether or not the user exists (no user enumeration by timing).
+
+    Args:
+        users: user name -> encoded hash (a dict, or the config's tuple of pairs).
+        name: the user name typed at login.
+        password: the password typed at login.
+    """
     table = dict(users)
     encoded = table.get(name)
     if encoded is None:
@@ -65,6 +79,9 @@ def _dummy() -> str:
 
 
 def main() -> None:  # pragma: no cover - interactive
+    """Command line (``python -m analysis.audit.passwords``): ask for a password twice (at least
+    8 characters) and print its hash for the ``[auth.users]`` table.
+    """
     import getpass
     import sys
     first = getpass.getpass("Password: ")

@@ -98,7 +98,15 @@ def _run_html(store: AuditStore, r: RunRecord, link: str | None) -> str:
 
 def html_report(store: AuditStore, uids: Sequence[str], *, title: str = "convlens audit report",
                 links: dict[str, str] | None = None, author: str = "") -> str:
-    """The report of ``uids`` (in the given order). ``links``: uid -> URL of its view."""
+    """The report of ``uids`` (in the given order). ``links``: uid -> URL of its view.
+
+    Args:
+        store: the audit trail the runs are read from.
+        uids: the runs' uids, in report order (an unknown uid raises ``AuditError``).
+        title: the report's heading and HTML title.
+        links: uid -> URL of the run's view in the dashboard, or None for no links.
+        author: who made the report, shown under the title ("" for nobody).
+    """
     runs = [store.get(u) for u in uids]
     made = datetime.now(tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     index = "".join(f"<li><a href='#run-{r.id}'>#{r.id}</a> {_e(r.when)} · {_e(r.page)} · "

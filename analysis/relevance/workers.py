@@ -34,6 +34,15 @@ class CRPWorker(Worker):
 
     @classmethod
     def normalize(cls, params, bundle):
+        """The job's parameters completed and checked: ``layer`` defaults to the model's last
+        conv block and must give (C, H, W) maps, ``composite`` is a key of ``COMPOSITES``,
+        ``target`` is "pred" or "label"; the model must be one LRP can explain (checked before
+        any image is read). Errors are ``ParameterError`` (or the LRP plan's ``RelevanceError``).
+
+        Args:
+            params: the job's parameters as given (unknown keys refused).
+            bundle: the model the job runs on.
+        """
         from analysis.core.layers import check_layer, last_conv_block, layer_table
         p = super().normalize(params, bundle)
         infos = layer_table(bundle)

@@ -103,7 +103,11 @@ class Preprocessing:
         return hashlib.sha256(json.dumps(self.spec, sort_keys=True).encode()).hexdigest()[:16]
 
     def geometry(self, image: np.ndarray) -> np.ndarray:
-        """Resize + centre crop: the RGB uint8 view (input_size x input_size) the model sees."""
+        """Resize + centre crop: the RGB uint8 view (input_size x input_size) the model sees.
+
+        Args:
+            image: RGB uint8 (H, W, 3), any size.
+        """
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ParameterError(f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
         im = Image.fromarray(np.ascontiguousarray(image))
@@ -125,7 +129,12 @@ class Preprocessing:
         return mean, std
 
     def to_unit(self, images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
-        """Already-cropped RGB uint8 image(s) -> float tensor N,C,H,W in [0, 1]."""
+        """Already-cropped RGB uint8 image(s) -> float tensor N,C,H,W in [0, 1].
+
+        Args:
+            images: one (H, W, 3) RGB uint8 crop, or a sequence / (N, H, W, 3) array of them, all of
+                the same size (grey models average the channels).
+        """
         arr = np.asarray(images)
         if arr.ndim == 3:
             arr = arr[None]
@@ -135,14 +144,22 @@ class Preprocessing:
         return x
 
     def normalize(self, x01: torch.Tensor) -> torch.Tensor:
-        """[0, 1] RGB (or grey) tensor N,C,H,W -> model input (channel order and mean/std)."""
+        """[0, 1] RGB (or grey) tensor N,C,H,W -> model input (channel order and mean/std).
+
+        Args:
+            x01: (N, C, H, W) in [0, 1], RGB order (flipped to BGR here when the model wants it).
+        """
         if self.flips_channels:
             x01 = x01.flip(1)
         mean, std = self._stats(x01)
         return (x01 - mean) / std
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Model space -> [0, 1] RGB space (not clipped)."""
+        """Model space -> [0, 1] RGB space (not clipped).
+
+        Args:
+            x: model-space tensor (N, C, H, W).
+        """
         mean, std = self._stats(x)
         u = x * std + mean
         return u.flip(1) if self.flips_channels else u
@@ -161,7 +178,11 @@ class Preprocessing:
         return self.normalize(self.to_unit(np.stack([self.geometry(im) for im in images])))
 
     def to_display(self, x: torch.Tensor) -> np.ndarray:
-        """Model-space tensor (C,H,W or N,C,H,W) -> RGB uint8 (H,W,3 or N,H,W,3), clipped."""
+        """Model-space tensor (C,H,W or N,C,H,W) -> RGB uint8 (H,W,3 or N,H,W,3), clipped.
+
+        Args:
+            x: model-space tensor (C, H, W) or (N, C, H, W), any device (grey models give grey RGB).
+        """
         single = x.dim() == 3
         x = x[None] if single else x
         u = self.denormalize(x.detach().float().cpu()).clamp(0, 1)
@@ -172,7 +193,11 @@ class Preprocessing:
 
 
 def weights_sha256(model: nn.Module) -> str:
-    """sha256 over the state dict (names, dtypes, shapes and bytes), in key order."""
+    """sha256 over the state dict (names, dtypes, shapes and bytes), in key order.
+
+    Args:
+        model: the model whose ``state_dict`` (parameters and buffers) is hashed.
+    """
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
         t = t.detach().cpu().contiguous()
@@ -245,10 +270,20 @@ class ModelBundle:
         return self.model_id[:12]
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space -> [0, 1] RGB (not clipped), as ``preprocess.denormalize``.
+
+        Args:
+            x: model-space tensor (N, C, H, W).
+        """
         return self.preprocess.denormalize(x)
 
     def inputs(self, images) -> torch.Tensor:
-        """Raw RGB uint8 image(s) -> model input on the bundle's device."""
+        """Raw RGB uint8 image(s) -> model input on the bundle's device.
+
+        Args:
+            images: one RGB uint8 image (H, W, 3), or a sequence / (N, H, W, 3) array of them (any
+                sizes: each is resized and cropped by the preprocessing).
+        """
         return self.preprocess(images).to(self.device)
 
     def copy_model(self) -> nn.Module:
@@ -257,6 +292,9 @@ class ModelBundle:
             return copy.deepcopy(self.model)
 
     def card(self) -> dict:
+        """The model card shown on the home page and stored with audit runs: name, architecture,
+        source, parameter count, input size, classes, ``model_id``, device and preprocessing.
+        """
         return {"name": self.name, "architecture": self.architecture, "source": self.source,
                 "parameters": self.num_parameters, "input_size": self.input_size,
                 "classes": self.num_classes, "model_id": self.model_id,

@@ -67,6 +67,14 @@ class DigitsCNN(nn.Module):
         self.fc = nn.Linear(64, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits.
+
+        Args:
+            x: model-space batch (N, 1, 32, 32) (other sizes work: the pooling is adaptive).
+
+        Returns:
+            (N, 10) logits.
+        """
         return self.fc(self.avgpool(self.features(x)).flatten(1))
 
 
@@ -94,6 +102,11 @@ def train_digits_cnn(config: DigitsTrainConfig = DigitsTrainConfig(), progress=N
     """Train from scratch; returns (model, info) with held-out ``test_accuracy``.
 
     ``progress(epoch, epochs, loss)`` is called after each epoch.
+
+    Args:
+        config: epochs, batch size, learning rate, weight decay, augmentation shift, test
+            fraction and seed.
+        progress: the per-epoch callback above, or None.
     """
     from analysis.core.datasets import train_test_split_indices
     x, y, ds = digits_tensors()
@@ -151,7 +164,13 @@ def digits_weights_path(config: DigitsTrainConfig = DigitsTrainConfig(), cache_d
 
 def load_digits_model(config: DigitsTrainConfig = DigitsTrainConfig(), cache_dir: Path | None = None,
                       progress=None) -> tuple[DigitsCNN, dict]:
-    """The trained digits CNN, from the cache or trained now (then cached atomically)."""
+    """The trained digits CNN, from the cache or trained now (then cached atomically).
+
+    Args:
+        config: the training settings (part of the cache file name).
+        cache_dir: the cache root; None for the configuration's ``cache_dir``.
+        progress: ``progress(epoch, epochs, loss)`` while training, or None.
+    """
     path = digits_weights_path(config, cache_dir)
     with _TRAIN_LOCK:
         if path.is_file():

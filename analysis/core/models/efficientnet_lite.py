@@ -34,6 +34,12 @@ class Conv2dSame(nn.Conv2d):
     extra pixel of an odd total padding going to the bottom/right."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolution with TensorFlow "SAME" padding: the output side is ``ceil(input / stride)``,
+        the padding split with the extra pixel after (bottom / right), as the TF weights expect.
+
+        Args:
+            x: feature batch (N, C_in, H, W).
+        """
         ih, iw = x.shape[-2:]
         kh, kw = self.weight.shape[-2:]
         sh, sw = self.stride
@@ -69,6 +75,12 @@ class MBConvBlock(nn.Module):
         self.skip = stride == 1 and in_ch == out_ch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Expand (1×1, when the ratio is not 1), depthwise conv, project (1×1); plus the input
+        when the block keeps its shape (no drop-connect at inference).
+
+        Args:
+            x: feature batch (N, C_in, H, W).
+        """
         y = x
         if self.expand:
             y = self._relu0(self._bn0(self._expand_conv(y)))
@@ -100,12 +112,25 @@ class EfficientNetLite(nn.Module):
         self._fc = nn.Linear(head_ch, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's feature maps (stem, blocks, 1×1 head conv, ReLU6).
+
+        Args:
+            x: model-space batch (N, 3, H, W).
+
+        Returns:
+            (N, 1280, H/32, W/32) for Lite0.
+        """
         x = self._relu_stem(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
             x = block(x)
         return self._relu_head(self._bn1(self._conv_head(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits: features, global average pool, dropout (inactive in eval), classifier.
+
+        Args:
+            x: model-space batch (N, 3, H, W).
+        """
         x = self._avg_pooling(self.features(x)).flatten(1)
         return self._fc(self._dropout(x))
 

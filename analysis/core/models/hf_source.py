@@ -44,10 +44,19 @@ class HFImageClassifier(nn.Module):
         self.hf = hf
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The wrapped model's logits as a tensor.
+
+        Args:
+            x: model-space batch (N, C, H, W), passed as ``pixel_values``.
+        """
         return self.hf(pixel_values=x).logits
 
     def attentions(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """(logits, attention probabilities (N, heads, T, T) of every layer)."""
+        """(logits, attention probabilities (N, heads, T, T) of every layer).
+
+        Args:
+            x: model-space batch (N, C, H, W), passed as ``pixel_values``.
+        """
         out = self.hf(pixel_values=x, output_attentions=True)
         if not out.attentions:
             raise ModelLoadError("This Hugging Face model does not return attention probabilities.")
@@ -70,7 +79,11 @@ def _json(data: bytes, name: str) -> dict:
 
 def check_config(cfg: dict) -> str:
     """Refuse configs that would need remote code or are not image classifiers transformers
-    knows. Returns the architecture name (e.g. "ViTForImageClassification")."""
+    knows. Returns the architecture name (e.g. "ViTForImageClassification").
+
+    Args:
+        cfg: the parsed ``config.json``.
+    """
     if "auto_map" in cfg or cfg.get("trust_remote_code"):
         raise ModelLoadError("config.json names custom code (auto_map): convlens never runs code from a model "
                              "folder (trust_remote_code is never set). Use a model type built into transformers.")
@@ -127,7 +140,12 @@ def processor_preprocessing(proc: dict, channels: int = 3) -> tuple[Preprocessin
     """Preprocessing from a transformers image-processor config: resize (height/width:
     squash to that size; shortest_edge: shorter side, with crop_pct or a crop_size: centre
     crop), rescale factor, mean/std in the model's scale. Sizes are bounded. Returns
-    (preprocessing, note)."""
+    (preprocessing, note).
+
+    Args:
+        proc: the parsed ``preprocessor_config.json``.
+        channels: the model's input channels (grey models take the mean of the RGB image).
+    """
     size = _square(proc.get("size", 224), "size") if proc.get("do_resize", True) else None
     squash = isinstance(proc.get("size"), dict) and "height" in proc["size"]
     crop = _square(proc["crop_size"], "crop_size") if proc.get("do_center_crop") and "crop_size" in proc else None
@@ -208,7 +226,13 @@ def hf_bundle_from_dir(path: Path | str, *, name: str | None = None,
 
 def hf_bundle_from_zip(data: bytes, filename: str = "model.zip", *, device: torch.device | None = None) -> ModelBundle:
     """A Hugging Face image classifier from a zip holding the three HF_FILES (at its top or
-    in one folder). Only those files are read, with size limits checked before reading."""
+    in one folder). Only those files are read, with size limits checked before reading.
+
+    Args:
+        data: the zip's bytes.
+        filename: the upload's name for messages and the model's label.
+        device: where the model runs; None for ``select_device()``.
+    """
     limits = get_config().limits
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
@@ -239,7 +263,11 @@ def hf_bundle_from_zip(data: bytes, filename: str = "model.zip", *, device: torc
 
 
 def hf_model_folders(root: Path | None = None) -> list[str]:
-    """Sub-folders of the trusted model folder that hold the three HF_FILES (relative names)."""
+    """Sub-folders of the trusted model folder that hold the three HF_FILES (relative names).
+
+    Args:
+        root: the trusted model folder; None for the configured ``trusted_model_dir``.
+    """
     root = root or get_config().trusted_model_dir
     if not root or not Path(root).is_dir():
         return []

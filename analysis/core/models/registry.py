@@ -44,6 +44,9 @@ class ModelSpec:
     preprocess: str = ""
 
     def label(self) -> str:
+        """The model choice as a short label for the sidebar and records: its source's label
+        (e.g. the architecture), plus " · own preprocessing" when the user changed it.
+        """
         _import_sources()
         src = SOURCES.get(self.kind)
         base = src.label(self) if src else self.kind
@@ -145,6 +148,9 @@ def parse_overrides(text: str) -> dict:
     per input channel), interpolation ("bilinear" | "bicubic" | "nearest" | "lanczos"),
     grayscale (bool), crop_mode ("center" | "squash"), channel_order ("rgb" | "bgr").
     Raises ParameterError with a message for anything else.
+
+    Args:
+        text: the JSON text from the sidebar or a share link; "" for no changes.
     """
     if not text:
         return {}
@@ -187,7 +193,12 @@ def overrides_json(overrides: dict) -> str:
 def apply_overrides(pre: Preprocessing, overrides: dict) -> Preprocessing:
     """``pre`` with the user's changes. A changed input size without a resize size keeps
     the source's resize/crop ratio. Raises ParameterError for an inconsistent result
-    (e.g. three means for a grey model)."""
+    (e.g. three means for a grey model).
+
+    Args:
+        pre: the source's preprocessing.
+        overrides: the checked changes from :func:`parse_overrides`.
+    """
     if not overrides:
         return pre
     spec = dict(pre.spec, crop_mode=pre.crop_mode, channel_order=pre.channel_order)

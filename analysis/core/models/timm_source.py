@@ -119,7 +119,11 @@ def timm_preprocessing(model: nn.Module) -> tuple[Preprocessing, str]:
 
 def timm_categories(num_classes: int) -> list[str] | None:
     """Class names from timm's offline ImageNet metadata for 1000 / 11821 / 21841 outputs
-    (the first lemma of each WordNet synset), else None."""
+    (the first lemma of each WordNet synset), else None.
+
+    Args:
+        num_classes: the model's output count.
+    """
     subset = IMAGENET_SUBSETS.get(int(num_classes))
     if subset is None:
         return None
