@@ -365,7 +365,8 @@ def neighbors(bundle: ModelBundle, dataset: Dataset, features: FeatureSet, query
     Args:
         bundle: the model.
         dataset: the images searched.
-        features: the data set's feature set (see above).
+        features: the feature set of ``dataset`` computed with ``bundle`` (its layer is the
+            feature space; it also gives the neighbours' predictions).
         query_index: index of the query image in ``dataset``; exactly one of ``query_index``
             and ``query_image`` is given.
         query_image: an outside RGB uint8 query image.

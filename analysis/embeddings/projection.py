@@ -429,36 +429,33 @@ def project(features, method: str = "tsne", dims: int = 2, *, seed: int = 0,
             cache_dir: str | os.PathLike | None = None) -> Projection:
     """Map ``features`` (N, D) to ``dims`` (2 or 3) dimensions with ``method``.
 
-    ``pca_dims``: PCA pre-reduction for t-SNE/UMAP (None or 0: none; capped at min(N, D)).
-    ``perplexity`` (t-SNE, < N/3), ``n_neighbors`` (UMAP, < N), ``min_dist`` (UMAP, 0..1),
-    ``metric``: "euclidean" or "cosine"; ``standardize``: z-score every feature first.
-    ``n_iter``: t-SNE normal-phase iterations (default 250, early exaggeration half of
-    that) or UMAP epochs (default: UMAP's own, 500 up to 10,000 points, 200 above).
-    ``progress(done, total)`` is called at the start, every 25 t-SNE iterations and at
-    the end. ``cache_parts`` (e.g. ``(features_cache_key,)``): look the map up in / store
-    it into the disk cache. ``labels`` (N,), optional: adds the 5-NN cross-validated
-    accuracy of the map to ``quality`` (``knn_accuracy``), computed also on a cache hit.
-    Raises ParameterError for impossible parameters (and for features whose vectors are all
-    identical: nothing to map), LimitError above max_dataset_images; all of them before any
-    computation.
-
     Args:
         features: (N, D) float array (finite; not all rows equal).
         method: "tsne", "umap" or "pca".
         dims: 2 or 3.
         seed: integer in [0, 2**32): seeds PCA's randomised SVD, the neighbour search, t-SNE and
             UMAP (the same seed gives the same map).
-        pca_dims: see above.
-        perplexity: see above.
-        n_neighbors: see above.
-        min_dist: see above.
-        metric: see above.
-        standardize: see above.
-        n_iter: see above.
-        progress: see above.
-        cache_parts: see above.
-        labels: see above.
+        pca_dims: PCA pre-reduction for t-SNE / UMAP (None or 0: none; capped at min(N, D)).
+        perplexity: t-SNE perplexity, < N/3.
+        n_neighbors: UMAP neighbours, < N.
+        min_dist: UMAP minimum distance, 0..1.
+        metric: "euclidean" or "cosine".
+        standardize: z-score every feature first.
+        n_iter: t-SNE normal-phase iterations (default 250, early exaggeration half of that) or
+            UMAP epochs (default: UMAP's own, 500 up to 10,000 points, 200 above).
+        progress: ``progress(done, total)``, called at the start, every 25 t-SNE iterations and
+            at the end; or None.
+        cache_parts: e.g. ``(features_cache_key,)``: look the map up in / store it into the disk
+            cache; None for no caching.
+        labels: (N,) class labels, optional: adds the 5-NN cross-validated accuracy of the map
+            to ``quality`` (``knn_accuracy``), computed also on a cache hit.
         cache_dir: disk-cache root; None for the configured one.
+
+    Raises:
+        ParameterError: impossible parameters, or features whose vectors are all identical
+            (nothing to map).
+        LimitError: more points than ``max_dataset_images``.
+        All of them before any computation.
     """
     x = _check_features(features)
     n, d = x.shape

@@ -584,7 +584,7 @@ def patch_crops(bundle: ModelBundle, dataset: Dataset, index: PatchIndex, channe
         index: the scan's index (checked against ``bundle`` and ``dataset``).
         channel: channel index, 0 to ``index.channels - 1``.
         display_size: side of each crop in pixels, 1-1024.
-        pad: pad border-clipped boxes back to the field's extent (see above).
+        pad: pad border-clipped boxes with the mean colour back to the field's extent.
     """
     _check_index(bundle, dataset, index)
     if not is_int(channel) or not 0 <= channel < index.channels:

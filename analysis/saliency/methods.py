@@ -211,12 +211,6 @@ def occlusion(bundle: ModelBundle, x: torch.Tensor, target: int, *, window: int 
               progress: Progress | None = None, incremental: bool = True) -> tuple[np.ndarray, dict]:
     """Occlusion map (H, W), by full forward passes of every occluded copy.
 
-    ``fast``: on EfficientNet-Lite models, the same exact deltas by incremental inference
-    (only the activations each window changes are recomputed; ``batch_size`` windows per
-    batch); on other models, exact deltas on every other window position per axis (about
-    1/4 of them, always including the last) and linear interpolation for the rest
-    (``incremental=False`` forces that on any model, for comparisons).
-
     Args:
         bundle: the model.
         x: the model-space input (1, C, H, W).
@@ -226,9 +220,13 @@ def occlusion(bundle: ModelBundle, x: torch.Tensor, target: int, *, window: int 
             the window fits (a remainder at the right / bottom border is not a corner).
         baseline: what a window pastes: "mean", "zero" or "blur" (see :func:`baseline_tensor`).
         batch_size: occluded copies (or windows) per batch.
-        fast: see above.
+        fast: on EfficientNet-Lite models, the same exact deltas by incremental inference (only
+            the activations each window changes are recomputed; ``batch_size`` windows per
+            batch); on other models, exact deltas on every other window position per axis
+            (about 1/4 of them, always including the last) and linear interpolation for the rest.
         progress: ``progress(done, total)`` callback, or None.
-        incremental: see above.
+        incremental: with ``fast``, use incremental inference where possible; False forces the
+            interpolated variant on any model (for comparisons).
 
     Returns:
         (the (H, W) map, info on how it was computed).

@@ -174,22 +174,20 @@ def deletion_insertion(bundle: ModelBundle, attribution_or_map: Attribution | np
                        method_name: str = "", patch: int = 1) -> Curve:
     """Deletion or insertion curve of one saliency map.
 
-    ``attribution_or_map``: an :class:`Attribution` (its ``image``, ``target`` and
-    ``method`` fill in ``image_crop``, ``target`` and ``method_name`` when those are not
-    given) or an (H, W) array on ``image_crop``, the model's input crop (RGB uint8,
-    input_size x input_size). ``target`` None = the class predicted on the crop.
-
     Step k (0..steps) removes (deletion) or inserts (insertion) the round(k/steps * H*W)
     most salient pixels, all channels at once; with ``patch`` > 1 pixels go in whole
     ``patch`` x ``patch`` squares ranked by mean saliency (scattered single-pixel deletion
-    produces images unlike any training image and favours random maps). The steps + 1 images run in batched
-    forwards of ``batch_size`` (halved on out-of-memory) under ``bundle.lock``.
+    produces images unlike any training image and favours random maps). The steps + 1 images
+    run in batched forwards of ``batch_size`` (halved on out-of-memory) under ``bundle.lock``.
 
     Args:
         bundle: the model.
-        attribution_or_map: see above.
-        image_crop: see above.
-        target: class index or name; see above.
+        attribution_or_map: an :class:`Attribution` (its ``image``, ``target`` and ``method``
+            fill in ``image_crop``, ``target`` and ``method_name`` when those are not given) or
+            an (H, W) map on ``image_crop``.
+        image_crop: the model's input crop the map was computed on (RGB uint8, input_size x
+            input_size); needed with a plain map.
+        target: class index or name; None = the class predicted on the crop.
         kind: "deletion" or "insertion".
         steps: 1-10,000 steps between no and all pixels.
         substrate: what a removed pixel becomes: "blur", "zero" or "mean" (see
@@ -585,25 +583,24 @@ def cascading_randomisation(bundle: ModelBundle, image: np.ndarray, target: int 
                             progress: Progress | None = None) -> RandomisationResult:
     """Adebayo et al.'s cascading randomisation for ``methods`` on one image.
 
-    ``image``: RGB uint8 of any size (cropped like :func:`attribute`). ``target`` None =
-    the class the *original* model predicts; randomised models explain that same class.
-    ``max_steps`` caps the number of randomised models (see :func:`cut_points`);
-    ``method_params[m]`` are passed to ``attribute`` for method m (Grad-CAM keeps the
-    layer chosen on the original model). Block i (0 = top) is always re-initialised with
-    seed ``seed * 1_000_003 + i`` so its weights do not depend on ``max_steps``.
-
-    Returns a :class:`RandomisationResult`: ``maps[m]`` = original + one map per step,
-    ``layers`` and ``correlations[m]`` = one entry per randomised step (no "original").
+    Block i (0 = top) is always re-initialised with seed ``seed * 1_000_003 + i`` so its
+    weights do not depend on ``max_steps``.
 
     Args:
         bundle: the model; it is copied before its weights are changed.
-        image: see above.
-        target: see above.
+        image: RGB uint8 of any size (cropped like :func:`attribute`).
+        target: class index or name; None = the class the *original* model predicts.
+            Randomised models explain that same class.
         methods: saliency method names of the method table.
-        max_steps: see above.
-        seed: see above.
-        method_params: see above.
+        max_steps: caps the number of randomised models (see :func:`cut_points`).
+        seed: base of the per-block seeds above.
+        method_params: method name -> parameters passed to ``attribute`` for it (Grad-CAM
+            keeps the layer chosen on the original model).
         progress: ``progress(done, total)`` callback over all maps, or None.
+
+    Returns:
+        A :class:`RandomisationResult`: ``maps[m]`` = original + one map per step, ``layers``
+        and ``correlations[m]`` = one entry per randomised step (no "original").
     """
     t0 = time.perf_counter()
     methods = list(dict.fromkeys(methods))          # each method once

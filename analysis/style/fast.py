@@ -507,24 +507,24 @@ def train_fast_style(bundle: ModelBundle, style_image: np.ndarray | None, name: 
                      overwrite: bool = False, seed: int = 0, **settings) -> Generator[TrainStep, str | None, TrainResult]:
     """Train (or, with ``resume``, continue training) the network ``name`` for ``style_image``.
 
-    ``content``: None (the gallery photos), a list of RGB images, or a ``Dataset``.
-    ``settings``: any of ``FAST_DEFAULTS`` plus ``content_layer``, ``style_layers``,
-    (default: the extractor's style defaults). ``steps`` is the total to reach;
-    resuming continues from the last checkpoint with the saved settings, style image and
-    history (``steps`` may be raised). ``send("stop")`` (or closing the generator) saves a
-    checkpoint; so does every ``checkpoint_every``-th step.
+    ``steps`` (one of the settings) is the total to reach; resuming continues from the last
+    checkpoint with the saved settings, style image and history (``steps`` may be raised).
+    ``send("stop")`` (or closing the generator) saves a checkpoint; so does every
+    ``checkpoint_every``-th step.
 
     Args:
         bundle: the feature extractor whose Gram matrices define the loss.
         style_image: RGB uint8 style image; ignored (may be None) when resuming.
         name: the network's name (a safe folder name).
-        content: see above.
+        content: the content images: None (the gallery photos), a list of RGB images, or a
+            ``Dataset``.
         preview_image: RGB uint8 image stylised for the progress previews (None: the gallery cat).
         preview_side: the preview image's longer side in pixels.
         resume: continue the saved network ``name`` (same feature extractor required).
         overwrite: allow training a new network under the name of an existing one.
         seed: seed of the initial weights and of the content batches (a resumed run keeps its own).
-        **settings: see above.
+        **settings: any of ``FAST_DEFAULTS`` plus ``content_layer`` and ``style_layers``
+            (default: the extractor's style defaults).
     """
     check_name(name)
     folder = networks_dir() / name
