@@ -113,6 +113,10 @@ def test_walk_finds_the_public_api():
     assert found["analysis.core.fsio.atomic_write"][0] and found["analysis.core.lru.LockedLRU.find"][0]
     assert "analysis.core.hooks._scoped" not in found
     assert len(found) > 300
+    assert found["analysis.style.fast.TransformerNet.forward"][1] == ["x"]          # forward counts, self does not
+    assert found["analysis.optimize.objectives.Objective.of"][1][0] == "name"        # classmethod: cls dropped
+    assert "analysis.style.gatys.StripResult.images" not in found                   # a property
+    assert not any(n.rsplit(".", 1)[-1].startswith("__") for n in found)           # dunder methods exempt
     assert _undocumented_args("Args:\n    x: the input.", ["x", "xs", "y"]) == ["xs", "y"]
     assert _undocumented_args("see ``layer.weight``", ["weight"]) == ["weight"]   # an attribute is not the argument
 
