@@ -117,9 +117,15 @@ def baseline_tensor(bundle: ModelBundle, x: torch.Tensor, kind: str, blur_sigma:
 # ------------------------------------------------------------------------------- occlusion
 
 def _window_grid(size: int, window: int, stride: int) -> list[int]:
+    """Top-left corners along one axis: 0, stride, 2·stride, ... while the window fits, plus a
+    last corner flush with the border when the stride leaves a strip that no window covers
+    (Captum leaves that strip at 0, which reads as "no effect" without being measured)."""
     if window > size:
         raise ParameterError(f"Occlusion window {window} is larger than the image ({size}).")
-    return list(range(0, size - window + 1, stride))
+    corners = list(range(0, size - window + 1, stride))
+    if corners[-1] != size - window:
+        corners.append(size - window)
+    return corners
 
 
 def occlusion_deltas(bundle: ModelBundle, x: torch.Tensor, target: int, window: int, stride: int,
@@ -217,7 +223,8 @@ def occlusion(bundle: ModelBundle, x: torch.Tensor, target: int, *, window: int 
         target: class index whose logit drop is mapped.
         window: side of the square occluding patch in pixels.
         stride: step between window positions in pixels: corners 0, stride, 2·stride, ... while
-            the window fits (a remainder at the right / bottom border is not a corner).
+            the window fits, plus one corner flush with the right / bottom border when the
+            stride does not reach it, so that every pixel is covered by a window.
         baseline: what a window pastes: "mean", "zero" or "blur" (see :func:`baseline_tensor`).
         batch_size: occluded copies (or windows) per batch.
         fast: on EfficientNet-Lite models, the same exact deltas by incremental inference (only

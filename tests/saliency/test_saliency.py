@@ -243,3 +243,24 @@ def test_smoothgrad_is_seeded(digits):
     c = attribute(digits, img, None, "smoothgrad", samples=5, seed=4).map
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_occlusion_covers_the_border_strip_a_stride_leaves(region_image):
+    """Window 8, stride 6 on 32 px: corners 0..18 leave columns/rows 26-31 uncovered (Captum's
+    convention maps them to 0, "no effect", without measuring). A last corner flush with the
+    border measures them: pixel (31, 31) is covered only by the window at (24, 24), so its map
+    value is exactly that window's score drop, computed here by hand."""
+    from analysis.saliency.methods import baseline_tensor
+    net = RegionNet()
+    net.mask.mask.fill_(1.0)                    # the score depends on every pixel
+    region_bundle = ModelBundle(net, Preprocessing(32, 32, (0.0,) * 3, (1.0,) * 3), ["neg", "pos"],
+                                "whole", "RegionNet", "random")
+    a = attribute(region_bundle, region_image, 1, "occlusion", window=8, stride=6, baseline="zero")
+    x = region_bundle.inputs(region_image)
+    base = baseline_tensor(region_bundle, x, "zero")
+    hidden = x.clone()
+    hidden[..., 24:32, 24:32] = base[..., 24:32, 24:32]
+    with torch.inference_mode():
+        drop = (region_bundle.model(x)[0, 1] - region_bundle.model(hidden)[0, 1]).item()
+    assert abs(drop) > 1e-3
+    assert a.map[31, 31] == pytest.approx(drop, rel=1e-5, abs=1e-6)
