@@ -7,14 +7,12 @@ from analysis.core.predict import predict
 from analysis.optimize import STEP_RULES
 from analysis.optimize.featurevis import PRESETS, Preset, class_visualization, default_size
 from dashboard import state
-from dashboard.errors import guard
 from dashboard.optimize_ui import live_run, show_result, slug
+from dashboard.widgets import page
 
-st.title("Class visualisation")
-st.caption("Change the pixels, not the weights: start from noise and climb the class score, with "
-           "regularisers that keep the image natural. Presets reproduce published settings.")
-
-with guard("Class visualisation"):
+with page("Class visualisation",
+          "Change the pixels, not the weights: start from noise and climb the class score, with "
+          "regularisers that keep the image natural. Presets reproduce published settings."):
     bundle = state.current_bundle()
     pred = predict(bundle, state.current_image(), k=1)
     n = bundle.num_classes

@@ -9,16 +9,14 @@ from analysis.compare.agreement import label_to_model
 from analysis.concepts.craft import cached_concepts, concept_maps
 from analysis.core.layers import last_conv_block
 from dashboard import state
-from dashboard.errors import guard
 from dashboard.render import overlay
-from dashboard.widgets import layer_picker, run_job
+from dashboard.widgets import layer_picker, page, run_job
 
-st.title("Concepts — what the network has learned to look for in a class")
-st.caption("CRAFT (Fel et al. 2023): crops of the class's images → a layer's activations → non-negative matrix "
-           "factorisation into k concepts; each concept's typical crops, its importance for the class "
-           "(gradient × concept) and its map on any image. See docs/relevance.md.")
-
-with guard("Concepts"):
+with page("Concepts — what the network has learned to look for in a class",
+          "CRAFT (Fel et al. 2023): crops of the class's images → a layer's activations → non-negative matrix "
+          "factorisation into k concepts; each concept's typical crops, its importance for the class "
+          "(gradient × concept) and its map on any image. See docs/relevance.md.",
+          what="Concepts"):
     bundle = state.current_bundle()
     infos = state.current_layers()
     ds = state.current_dataset()

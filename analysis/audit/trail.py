@@ -26,7 +26,6 @@ import dataclasses
 import io
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -45,6 +44,7 @@ import sqlalchemy as sa
 from analysis.core.errors import ConvlensError, ParameterError
 from analysis.core.fsio import atomic_write, fsync_dir
 from analysis.core.images import colormap_rgb
+from analysis.core.jsonsafe import NOT_SCALAR, json_scalar
 
 log = logging.getLogger("convlens.audit")
 
@@ -117,13 +117,8 @@ def jsonable(v: Any, depth: int = 0) -> Any:
     dicts, NaN/inf to strings, anything else to its ``str``."""
     if depth > 8:
         return str(v)
-    if v is None or isinstance(v, (bool, str)):
-        return v
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        f = float(v)
-        return f if math.isfinite(f) else str(f)
+    if (s := json_scalar(v)) is not NOT_SCALAR:
+        return s
     if isinstance(v, np.bool_):
         return bool(v)
     if isinstance(v, np.ndarray):
