@@ -147,12 +147,6 @@ def executor_ref(ds: Dataset):
     raise ConvlensError(f"Data-set jobs do not know the data-set kind {ref.kind!r}.")
 
 
-def skipped_note(res) -> None:
-    if res.skipped:
-        with st.expander(f"{len(res.skipped)} image(s) skipped", icon=":material/warning:"):
-            st.dataframe([{"index": i, "file": p, "reason": r} for i, p, r in res.skipped[:500]], hide_index=True)
-
-
 # ====================================================================== thumbnails
 
 def thumb(ds: Dataset, bundle: ModelBundle, i: int, size: int = THUMB) -> np.ndarray:

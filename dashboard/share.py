@@ -340,11 +340,6 @@ def _add_problems(problems: list[str]) -> None:
         ss[_PROBLEMS] = list(ss.get(_PROBLEMS) or []) + problems
 
 
-def link_problems() -> list[str]:
-    """What of the link being opened was not used (messages naming the parameter)."""
-    return list(st.session_state.get(_PROBLEMS) or [])
-
-
 def _sidebar_for_refs(params: dict[str, str]) -> dict:
     """Sidebar widget values that agree with the link's refs, set at once (a link's own
     sidebar values wait for their widgets, and a hand-written ``?image=...`` carries none),

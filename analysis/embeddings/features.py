@@ -51,11 +51,6 @@ from analysis.core.lru import LockedLRU
 from analysis.core.models.bundle import ModelBundle
 from analysis.core.schema import check_int
 
-__all__ = [
-    "ExtractProgress", "FeatureSet", "penultimate_layer", "extract", "run_extract",
-    "load_features", "save_features", "features_key", "get_or_extract", "features_for_images",
-]
-
 CACHE_KIND = "features"
 _FORMAT = 1                      # bump when the stored layout or the extraction rules change
 

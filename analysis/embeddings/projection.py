@@ -75,9 +75,6 @@ from analysis.core.errors import LimitError, ParameterError
 from analysis.core.lru import LockedLRU
 from analysis.core.schema import is_int, is_real
 
-__all__ = ["Projection", "project", "warm_up_umap", "knn_accuracy", "PROJECTIONS", "ProjectionMethod",
-           "register_projection", "METRICS", "DEFAULT_TSNE_ITER"]
-
 METRICS = ("euclidean", "cosine")
 CACHE_KIND = "projections"
 DEFAULT_TSNE_ITER = 250            # normal-phase iterations; early exaggeration: half
