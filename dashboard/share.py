@@ -413,7 +413,7 @@ def open_view(view: dict) -> None:
     for k in [k for k in list(ss.keys()) if isinstance(k, str) and _KEY.match(k) and _prefix(k) in prefixes]:
         try:
             del ss[k]
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - a key Streamlit refuses to delete stays; the rest reset
             pass
     ss[_INIT] = False            # the next run restores from the URL, as a fresh session would
     ss[_READY] = False
@@ -465,7 +465,7 @@ def url_for(page: str, params: dict[str, str]) -> str:
     base = None
     try:
         base = st.context.url
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - no browser context (AppTest, bare mode): no base URL
         base = None
     if base:
         root = base.split("?")[0].rstrip("/")
@@ -509,7 +509,7 @@ def publish() -> dict | None:
             url = url_for(page, params)
             box.code(url, language=None, wrap_lines=True)
         return {"page": page, "params": params}
-    except Exception:  # noqa: BLE001 - never break a page over its link
+    except Exception:
         log.exception("share: could not publish the view")
     finally:
         ss[_RESTORING] = False
@@ -523,7 +523,7 @@ def current_view() -> dict:
     params = dict(last.get("params") or {}) if last.get("page") == current_page() else {}
     try:
         params.update(snapshot())
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a link is a convenience: a failed snapshot keeps the last view
         log.debug("share: snapshot failed", exc_info=True)
     return {"page": current_page(), "params": params}
 

@@ -275,7 +275,7 @@ class _Walker:
                     im = np.asarray(fn())
                     if _image_like(im):
                         s.images[f"{name}as_image"] = im
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001 - an image view of a result is optional: any failure keeps the record
                     pass
             return
         if isinstance(obj, np.ndarray):
@@ -771,7 +771,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 def _redact(url: str) -> str:
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a URL SQLAlchemy cannot parse is still never logged
         return "<database url>"
 
 
@@ -801,6 +801,6 @@ def open_store(config=None) -> AuditStore:
                 n = s.sweep_at_startup()
                 if n:
                     log.info("audit: removed %d orphan run folder(s) left by an interrupted run", n)
-            except Exception:  # noqa: BLE001 - a failed sweep must not stop the store from opening
+            except Exception:
                 log.exception("audit: could not sweep orphan run folders")
         return s
