@@ -1,13 +1,13 @@
 """Concepts discovered from data (CRAFT): for one class, the parts of its images a layer
 encodes as distinct concepts, how much each matters for the class, and where each is."""
-import matplotlib
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.compare.agreement import label_to_model
 from analysis.concepts.craft import cached_concepts, concept_maps
-from analysis.core.layers import last_conv_block
+from analysis.core.images import colormap_rgb
+from analysis.core.layers import last_conv_block, spatial_infos
 from dashboard import state
 from dashboard.render import overlay
 from dashboard.widgets import layer_picker, page, run_job
@@ -28,7 +28,7 @@ with page("Concepts — what the network has learned to look for in a class",
     target = c1.selectbox("Model class explained", range(bundle.num_classes), index=max(mapped, 0),
                           format_func=lambda i: f"{bundle.categories[i]} ({i})", key="con_target")
     with c2:
-        relu = [i for i in infos if i.spatial and i.calls > 0 and "relu" in i.type.lower()]
+        relu = [i for i in spatial_infos(infos) if "relu" in i.type.lower()]
         default = relu[-1].name if relu else last_conv_block(infos)
         layer = layer_picker(infos, default, key="con_layer", label="Layer (non-negative activations)")
     k = c3.slider("Concepts (k)", 2, 12, 5, key="con_k")
@@ -64,5 +64,5 @@ with page("Concepts — what the network has learned to look for in a class",
         a, b = st.columns([3, 1])
         a.image([cs.crops[i] for i in cs.typical(c, 6)], width=80)
         m = maps[c] / (maps[c].max() or 1)
-        heat = (matplotlib.colormaps["viridis"](m)[..., :3] * 255).astype(np.uint8)
+        heat = colormap_rgb(m, "viridis")
         b.image(overlay(crop, heat, 0.6, weight=m), width="stretch", caption="where, on the sidebar image")

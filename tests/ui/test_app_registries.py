@@ -5,7 +5,7 @@ import json
 from streamlit.testing.v1 import AppTest
 
 from tests.paths import REPO
-from tests.ui.test_app_embeddings import _tiny_folder
+from tests.ui.test_app_embeddings import tiny_embeddings_page
 
 APP = str(REPO / "dashboard" / "app.py")
 
@@ -27,14 +27,7 @@ def test_a_registered_projection_method_is_offered_and_runs(tmp_path, monkeypatc
 
     monkeypatch.setattr(projection, "PROJECTIONS", dict(projection.PROJECTIONS))
     projection.register_projection(projection.ProjectionMethod("first", "First two features", run, resolve))
-    root = _tiny_folder(tmp_path / "tiny").resolve()
-    monkeypatch.setenv("CONVLENS_DATASET_DIRS", str(root))
-    at = AppTest.from_file(APP, default_timeout=300).run()
-    at.selectbox(key="sb_model_kind").set_value("digits").run()
-    at.selectbox(key="sb_dataset").set_value(f"folder:{root}").run()
-    at.switch_page("../pages/embeddings.py").run()
-    if any(b.key == "em_extract" for b in at.button):
-        at.button(key="em_extract").click().run()
+    at = tiny_embeddings_page(tmp_path, monkeypatch)
     assert at.selectbox(key="em_method").options[-1] == "First two features"     # shown by its title
     at.selectbox(key="em_method").set_value("first").run()
     _ok(at)
