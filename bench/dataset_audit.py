@@ -25,15 +25,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from analysis.core.hooks import capture  # noqa: E402
-from analysis.core.models.loaders import ModelSpec, load_bundle, select_device  # noqa: E402
-from analysis.dataset.executor import BatchRunner, JobSpec, _slice, plan, run, to_arrow  # noqa: E402
-from analysis.dataset.manifest import DatasetRef  # noqa: E402
-from analysis.dataset.workers import WORKERS  # noqa: E402
-from bench._report import machine, write_section  # noqa: E402
+from analysis.core.hooks import capture
+from analysis.core.models.loaders import ModelSpec, load_bundle, select_device
+from analysis.dataset.executor import BatchRunner, JobSpec, _slice, plan, run, to_arrow
+from analysis.dataset.manifest import DatasetRef
+from analysis.dataset.workers import WORKERS
+from bench._report import machine, write_section
 
 
 def photo_manifest(folder: Path, n: int) -> Path:

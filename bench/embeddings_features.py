@@ -20,13 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from analysis.core.images import gallery_names  # noqa: E402
-from analysis.core.models.loaders import default_bundle, select_device  # noqa: E402
-from analysis.embeddings.features import extract, penultimate_layer, run_extract  # noqa: E402
-from analysis.inside.patches import gallery_dataset  # noqa: E402
-from bench._report import machine, write_section  # noqa: E402
+from analysis.core.images import gallery_names
+from analysis.core.models.loaders import default_bundle, select_device
+from analysis.embeddings.features import extract, penultimate_layer, run_extract
+from analysis.inside.patches import gallery_dataset
+from bench._report import machine, write_section
 
 GOAL = 0.9
 

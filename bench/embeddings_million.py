@@ -31,11 +31,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis.core.models.digits import digits_bundle, digits_tensors  # noqa: E402
-from analysis.embeddings.large import NeighbourIndex, large_map, recall_at_k  # noqa: E402
-from analysis.embeddings.neighbors import knn  # noqa: E402
-from analysis.embeddings.projection import knn_accuracy, project  # noqa: E402
-from bench._report import machine, write_section  # noqa: E402
+from analysis.core.models.digits import digits_bundle, digits_tensors
+from analysis.embeddings.large import NeighbourIndex, large_map, recall_at_k
+from analysis.embeddings.neighbors import knn
+from analysis.embeddings.projection import knn_accuracy, project
+from bench._report import machine, write_section
 
 
 def real_features(n: int, seed: int = 0, batch: int = 2048) -> tuple[np.ndarray, np.ndarray]:

@@ -21,15 +21,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
 
-import analysis.optimize.featurevis as V  # noqa: E402
-from analysis.core.images import gallery_image  # noqa: E402
-from analysis.core.models.loaders import default_bundle  # noqa: E402
-from analysis.core.predict import predict  # noqa: E402
-from analysis.optimize import run  # noqa: E402
+import analysis.optimize.featurevis as V
+from analysis.core.images import gallery_image
+from analysis.core.models.loaders import default_bundle
+from analysis.core.predict import predict
+from analysis.optimize import run
 
 CLASSES = [1, 980, 985, 145, 949, 281]      # goldfish, volcano, daisy, king penguin, strawberry, tabby
 SECTIONS = ("classvis", "presets", "channels", "deepdream", "inversion")

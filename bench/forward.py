@@ -13,10 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from analysis.core.models.loaders import default_bundle, select_device  # noqa: E402
-from bench._report import machine, write_section  # noqa: E402
+from analysis.core.models.loaders import default_bundle, select_device
+from bench._report import machine, write_section
 
 
 def throughput(model, batch: int, size: int, device, seconds: float) -> float:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-import analysis.optimize.featurevis as V  # noqa: E402
-from analysis.core.images import gallery_image  # noqa: E402
-from analysis.core.models.loaders import default_bundle  # noqa: E402
-from bench._report import machine, write_section  # noqa: E402
+import analysis.optimize.featurevis as V
+from analysis.core.images import gallery_image
+from analysis.core.models.loaders import default_bundle
+from bench._report import machine, write_section
 
 
 def rate(gen, steps: int) -> float:

@@ -18,12 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from analysis.core.images import gallery_names  # noqa: E402
-from analysis.core.models.loaders import default_bundle, select_device  # noqa: E402
-from analysis.inside.patches import gallery_dataset, run_scan, scan  # noqa: E402
-from bench._report import machine, write_section  # noqa: E402
+from analysis.core.images import gallery_names
+from analysis.core.models.loaders import default_bundle, select_device
+from analysis.inside.patches import gallery_dataset, run_scan, scan
+from bench._report import machine, write_section
 
 LAYERS = ("_blocks.10", "_relu_head")
 

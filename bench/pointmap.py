@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._report import machine, write_section  # noqa: E402
-from tests.ui.pointmap_browser import drive, serve  # noqa: E402
-from tests.ui.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from bench._report import machine, write_section
+from tests.ui.pointmap_browser import drive, serve
+from tests.ui.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS
 
 PLOTLY_PAGE = """<html><body><div id="g" style="width:700px;height:500px"></div><script src="plotly.min.js"></script>
 <script>

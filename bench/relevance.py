@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from bench._report import machine, write_section  # noqa: E402
+from bench._report import machine, write_section
 
 NOTE = ("Measured on a shared machine (load average ~20 on 2 cores during the run): absolute times are several times what an idle machine gives; the ratios, measured in the same run, are what to read. LRP costs several forwards per layer (zennit's z⁺ / flat rules re-run each layer with modified weights) plus the model copy; the CRP gallery job runs one batched LRP pass per batch, the patch scan a forward truncated after the layer.")
 

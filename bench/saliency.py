@@ -24,14 +24,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from analysis.core.images import gallery_image  # noqa: E402
-from analysis.core.models.loaders import default_bundle, select_device  # noqa: E402
-from analysis.saliency.incremental import plan_for  # noqa: E402
-from analysis.saliency.methods import attribute, occlusion  # noqa: E402
-from bench._report import machine, write_section  # noqa: E402
+from analysis.core.images import gallery_image
+from analysis.core.models.loaders import default_bundle, select_device
+from analysis.saliency.incremental import plan_for
+from analysis.saliency.methods import attribute, occlusion
+from bench._report import machine, write_section
 
 
 def best_forward(model, size, device, batches=(4, 8, 16, 32), seconds=4.0) -> tuple[float, int]:

@@ -15,12 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from analysis.core.images import gallery_image  # noqa: E402
-from analysis.core.models.loaders import default_bundle  # noqa: E402
-from analysis.saliency.methods import attribute  # noqa: E402
-from analysis.saliency.trust import compare_curves  # noqa: E402
+from analysis.core.images import gallery_image
+from analysis.core.models.loaders import default_bundle
+from analysis.saliency.methods import attribute
+from analysis.saliency.trust import compare_curves
 
 SETTINGS = [(1, "blur"), (8, "blur"), (16, "blur"), (16, "mean"), (32, "blur")]
 METHODS = ["gradient", "guided_backprop", "gradcam"]

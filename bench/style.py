@@ -20,16 +20,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
 
-import analysis.optimize as O  # noqa: E402
-import analysis.style.fast as FS  # noqa: E402
-import analysis.style.gatys as S  # noqa: E402
-from analysis.core.images import gallery_image  # noqa: E402
-from analysis.core.models.loaders import default_bundle, select_device  # noqa: E402
-from bench._report import machine, write_section  # noqa: E402
+import analysis.optimize as O
+import analysis.style.fast as FS
+import analysis.style.gatys as S
+from analysis.core.images import gallery_image
+from analysis.core.models.loaders import default_bundle, select_device
+from bench._report import machine, write_section
 
 
 def _sync(dev: torch.device) -> None:

@@ -46,7 +46,7 @@ def open_at_startup() -> bool:
         return False
     try:
         store()
-    except Exception:  # noqa: BLE001 - the Audit page reports a broken store itself
+    except Exception:
         log.exception("audit: could not open the store at start-up")
         return False
     return True
@@ -102,14 +102,14 @@ def run_context(result, key=None, label: str = "", uses_image: bool | None = Non
     if uses_image:
         try:
             run.image_hash, run.image_label = _image_hash(), state.image_ref().label
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - the record keeps the label when the image cannot be hashed
             run.image_label = state.image_ref().label
     ds_hash = getattr(result, "dataset_hash", None)
     if ds_hash or page in DATASET_PAGES:
         try:
             ds = state.current_dataset()
             run.dataset_hash, run.dataset_label = str(ds_hash or ds.content_hash), ds.name
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - the record keeps the label when the data set cannot load
             run.dataset_label = state.dataset_ref().label
     run.context = ctx
     run.view = share.current_view()
@@ -135,12 +135,12 @@ def record(result, key=None, label: str = "", meta: dict | None = None) -> str |
         if not summary.layer and key is not None:
             summary.layer = _layer_in(key)
         uid = store().record(run_context(result, key, label, meta.get("image")), summary)
-    except Exception as exc:  # noqa: BLE001 - the result is shown anyway
+    except Exception as exc:
         log.exception("audit: could not record a run")
         try:
             st.toast(f"This run could not be recorded in the audit trail ({type(exc).__name__}); "
                      "the server log has the details.", icon=":material/warning:")
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - no script context for a toast: the log has it
             pass
         return None
     ids = st.session_state.get(share.RUN_IDS)
@@ -154,7 +154,7 @@ def _layer_in(key) -> str:
     """A layer named in a request key (for results that do not carry their layer)."""
     try:
         names = {i.name for i in state.current_layers()}
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - no layer table (the model does not load): no layer named
         return ""
     items = list(key) if isinstance(key, (tuple, list)) else [key]
     for it in items:
@@ -168,7 +168,7 @@ def finalise_views(uids: list[str], view: dict) -> None:
     """Runs recorded mid-page get the view as it was when the page finished drawing."""
     try:
         store().update_view(uids, view)
-    except Exception:  # noqa: BLE001
+    except Exception:
         log.exception("audit: could not update the view of %d runs", len(uids))
 
 
@@ -281,7 +281,7 @@ def show_images(r, width: int = 220, limit: int = 12) -> None:
         try:
             imgs.append(store().read_file(r.uid, n))
             caps.append(plain(n.removesuffix(".png")))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - one unreadable file is captioned, the others shown
             st.caption(plain(f"{n}: {exc}"))
     if imgs:
         st.image(imgs, width=width, caption=caps)

@@ -33,7 +33,7 @@ def mode() -> str:
 def _oidc_user() -> str:
     try:
         info = st.user.to_dict()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - no OIDC configured or an old Streamlit: no OIDC user
         return ""
     if not info.get("is_logged_in"):
         return ""

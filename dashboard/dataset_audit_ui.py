@@ -101,7 +101,9 @@ def evaluation_tab(bundle, ds, mapping) -> None:
         return
     ev = get_evaluation(bundle, ds, mapping)
     m1, m2, m3, m4 = st.columns(4)
-    fmt = (lambda v: "—" if not np.isfinite(v) else f"{v:.1%}")
+    def fmt(v):
+        return "—" if not np.isfinite(v) else f"{v:.1%}"
+
     m1.metric("Accuracy", fmt(ev.accuracy))
     m2.metric("Top-5 accuracy", fmt(ev.top5_accuracy))
     m3.metric("Calibration error (ECE)", "—" if not np.isfinite(ev.ece) else f"{ev.ece:.3f}")

@@ -19,6 +19,7 @@ import streamlit as st
 
 from analysis.core.datasets import Dataset
 from analysis.core.errors import ConvlensError
+from analysis.core.images import colormap_rgb
 from analysis.core.models.bundle import ModelBundle
 from analysis.dataset.classmap import ClassMapping, classes_fingerprint, mapping_from_state, suggest_mapping
 from analysis.saliency import registry
@@ -147,12 +148,6 @@ def executor_ref(ds: Dataset):
     raise ConvlensError(f"Data-set jobs do not know the data-set kind {ref.kind!r}.")
 
 
-def skipped_note(res) -> None:
-    if res.skipped:
-        with st.expander(f"{len(res.skipped)} image(s) skipped", icon=":material/warning:"):
-            st.dataframe([{"index": i, "file": p, "reason": r} for i, p, r in res.skipped[:500]], hide_index=True)
-
-
 # ====================================================================== thumbnails
 
 def thumb(ds: Dataset, bundle: ModelBundle, i: int, size: int = THUMB) -> np.ndarray:
@@ -163,24 +158,24 @@ def thumb(ds: Dataset, bundle: ModelBundle, i: int, size: int = THUMB) -> np.nda
     return np.asarray(Image.fromarray(crop).resize((size, size), resample))
 
 
+def _positive_heat(smap: np.ndarray) -> np.ndarray:
+    """A saliency map's positive part, normalised to its maximum, through inferno (RGB uint8)."""
+    a = np.clip(np.nan_to_num(np.asarray(smap, np.float64)), 0, None)
+    return colormap_rgb(a / a.max() if a.max() > 0 else a, "inferno")
+
+
 def overlay_map(crop: np.ndarray, smap: np.ndarray, size: int = THUMB * 2, alpha: float = 0.55) -> np.ndarray:
     """A saliency map over its input crop (inferno, positive part normalised to its maximum)."""
-    from matplotlib import colormaps
     from PIL import Image
-    a = np.clip(np.nan_to_num(np.asarray(smap, np.float64)), 0, None)
-    a = a / a.max() if a.max() > 0 else a
-    heat = (colormaps["inferno"](a)[..., :3] * 255).astype(np.uint8)
+    heat = _positive_heat(smap)
     base = np.asarray(Image.fromarray(crop).resize(heat.shape[1::-1], Image.BILINEAR)) if crop.shape[:2] != heat.shape[:2] else crop
     mix = (alpha * heat + (1 - alpha) * base).astype(np.uint8)
     return np.asarray(Image.fromarray(mix).resize((size, size), Image.NEAREST if mix.shape[0] < size else Image.BILINEAR))
 
 
 def heat_image(smap: np.ndarray, size: int = THUMB * 2) -> np.ndarray:
-    from matplotlib import colormaps
     from PIL import Image
-    a = np.clip(np.nan_to_num(np.asarray(smap, np.float64)), 0, None)
-    a = a / a.max() if a.max() > 0 else a
-    heat = (colormaps["inferno"](a)[..., :3] * 255).astype(np.uint8)
+    heat = _positive_heat(smap)
     return np.asarray(Image.fromarray(heat).resize((size, size), Image.NEAREST if heat.shape[0] < size else Image.BILINEAR))
 
 

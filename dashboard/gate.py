@@ -130,7 +130,7 @@ def _base_path() -> str:
     try:
         import streamlit as st
         base = str(st.get_option("server.baseUrlPath") or "").strip("/")
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - outside a Streamlit server: no base path
         base = ""
     return f"/{base}" if base else ""
 

@@ -17,10 +17,23 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from analysis.core.layers import LayerInfo, spatial_infos
+from analysis.core.models.bundle import ModelBundle
 from analysis.optimize import OptResult
-from dashboard import share
+from dashboard import share, state
 from dashboard.render import npy_bytes, png_bytes
 from dashboard.widgets import result_cache, run_job
+
+
+def spatial_model() -> tuple[ModelBundle, list[LayerInfo], list[LayerInfo]]:
+    """The sidebar's model, its layer table and its layers with a feature map; a model
+    without any gets a note and the page stops there."""
+    bundle, infos = state.current_bundle(), state.current_layers()
+    spatial = spatial_infos(infos)
+    if not spatial:
+        st.info("This model has no spatial layers.")
+        st.stop()
+    return bundle, infos, spatial
 
 
 def slug(name: str) -> str:

@@ -1,8 +1,11 @@
 """Pure rendering helpers: plotly figures and tables from analysis results."""
 from __future__ import annotations
 
+import numpy as np
 import plotly.graph_objects as go
 
+# PNG / .npy encoders are shared with the audit store (one implementation), re-exported here
+from analysis.audit.trail import npy_bytes, png_bytes  # noqa: F401 - re-exported for the pages
 from analysis.core.images import colormap_rgb
 from analysis.core.predict import Prediction
 
@@ -36,8 +39,6 @@ def model_card_rows(card: dict) -> list[tuple[str, str]]:
 
 # ------------------------------------------------------------------ saliency maps
 
-
-import numpy as np  # noqa: E402
 
 COLORMAPS = ("inferno", "viridis", "jet", "hot", "magma", "RdBu_r", "gray")
 
@@ -101,9 +102,6 @@ def heatmap_figure(m: np.ndarray, norm: np.ndarray | None = None, cmap: str = "i
                       xaxis=dict(showticklabels=False))
     return fig
 
-
-# PNG / .npy encoders are shared with the audit store (one implementation).
-from analysis.audit.trail import npy_bytes, png_bytes  # noqa: E402,F401
 
 
 def curves_figure(comparison, kind: str) -> go.Figure:

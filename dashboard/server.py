@@ -15,6 +15,6 @@ from starlette.middleware import Middleware
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))     # the repository root
 
-from dashboard.gate import SessionGate  # noqa: E402
+from dashboard.gate import SessionGate
 
 app = st.App("app.py", middleware=[Middleware(SessionGate)])

@@ -340,11 +340,6 @@ def _add_problems(problems: list[str]) -> None:
         ss[_PROBLEMS] = list(ss.get(_PROBLEMS) or []) + problems
 
 
-def link_problems() -> list[str]:
-    """What of the link being opened was not used (messages naming the parameter)."""
-    return list(st.session_state.get(_PROBLEMS) or [])
-
-
 def _sidebar_for_refs(params: dict[str, str]) -> dict:
     """Sidebar widget values that agree with the link's refs, set at once (a link's own
     sidebar values wait for their widgets, and a hand-written ``?image=...`` carries none),
@@ -418,7 +413,7 @@ def open_view(view: dict) -> None:
     for k in [k for k in list(ss.keys()) if isinstance(k, str) and _KEY.match(k) and _prefix(k) in prefixes]:
         try:
             del ss[k]
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - a key Streamlit refuses to delete stays; the rest reset
             pass
     ss[_INIT] = False            # the next run restores from the URL, as a fresh session would
     ss[_READY] = False
@@ -470,7 +465,7 @@ def url_for(page: str, params: dict[str, str]) -> str:
     base = None
     try:
         base = st.context.url
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - no browser context (AppTest, bare mode): no base URL
         base = None
     if base:
         root = base.split("?")[0].rstrip("/")
@@ -514,7 +509,7 @@ def publish() -> dict | None:
             url = url_for(page, params)
             box.code(url, language=None, wrap_lines=True)
         return {"page": page, "params": params}
-    except Exception:  # noqa: BLE001 - never break a page over its link
+    except Exception:
         log.exception("share: could not publish the view")
     finally:
         ss[_RESTORING] = False
@@ -528,7 +523,7 @@ def current_view() -> dict:
     params = dict(last.get("params") or {}) if last.get("page") == current_page() else {}
     try:
         params.update(snapshot())
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a link is a convenience: a failed snapshot keeps the last view
         log.debug("share: snapshot failed", exc_info=True)
     return {"page": current_page(), "params": params}
 

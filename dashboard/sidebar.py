@@ -21,7 +21,7 @@ def _try_select(spec: ModelSpec) -> bool:
     """Load ``spec`` first; switch to it only if it loads, so a failure keeps the old model."""
     try:
         state.bundle_for(spec)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any load failure is reported and the old model kept
         report(exc, f"Could not load {spec.label()}")
         return False
     state.set_model_spec(spec)

@@ -43,7 +43,7 @@ def _umap() -> None:
         from analysis.embeddings.projection import warm_up_umap
         seconds = warm_up_umap()
         log.info("UMAP warm-up (import + numba compile) done in %.1f s", seconds)
-    except Exception:  # noqa: BLE001 - a failed warm-up only means a slower first map
+    except Exception:
         log.exception("UMAP warm-up failed; the first UMAP map will compile instead")
 
 

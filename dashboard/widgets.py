@@ -20,7 +20,24 @@ from analysis.core.lru import LockedLRU
 from analysis.core.models.bundle import ModelBundle
 from analysis.core.predict import Prediction, search_classes
 from dashboard import share
+from dashboard.errors import guard
 from dashboard.text import plain
+
+
+@contextlib.contextmanager
+def page(title: str, caption: str, what: str = ""):
+    """A page's head and body: its title and caption, then the with-block under
+    ``dashboard.errors.guard(what or title)`` (errors as messages, never a traceback).
+
+    Args:
+        title: the page's title.
+        caption: one or two sentences under it (what the page shows, and after whom).
+        what: the name error messages start with (default: the title).
+    """
+    st.title(title)
+    st.caption(caption)
+    with guard(what or title):
+        yield
 
 
 def target_picker(bundle: ModelBundle, pred: Prediction, key: str) -> int:

@@ -2,25 +2,17 @@
 wants, optionally a diverse batch, beside that channel's maximally activating patches."""
 import streamlit as st
 
-from analysis.core.layers import default_layer, spatial_infos
+from analysis.core.layers import default_layer
 from analysis.optimize.featurevis import channel_visualization
-from dashboard import state
-from dashboard.errors import guard
-from dashboard.optimize_ui import live_run, show_result
+from dashboard.optimize_ui import live_run, show_result, spatial_model
 from dashboard.text import plain
-from dashboard.widgets import layer_picker
+from dashboard.widgets import layer_picker, page
 
-st.title("Channel & neuron visualisation")
-st.caption("What excites one channel of a layer: optimise a decorrelated Fourier image under random "
-           "pad/jitter/scale/rotate (Olah et al. 2017), shown beside the data set's strongest patches.")
-
-with guard("Channel visualisation"):
-    bundle = state.current_bundle()
-    infos = state.current_layers()
-    spatial = spatial_infos(infos)
-    if not spatial:
-        st.info("This model has no spatial layers.")
-        st.stop()
+with page("Channel & neuron visualisation",
+          "What excites one channel of a layer: optimise a decorrelated Fourier image under random "
+          "pad/jitter/scale/rotate (Olah et al. 2017), shown beside the data set's strongest patches.",
+          what="Channel visualisation"):
+    bundle, infos, spatial = spatial_model()
     c1, c2, c3 = st.columns([3, 1, 1])
     with c1:
         layer = layer_picker(infos, default_layer(infos, 0.6), key=f"ch_layer_{bundle.short_id}")

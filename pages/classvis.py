@@ -5,16 +5,15 @@ import streamlit as st
 
 from analysis.core.predict import predict
 from analysis.optimize import STEP_RULES
-from analysis.optimize.featurevis import PRESETS, Preset, class_visualization, default_size
+from analysis.optimize.featurevis import PARAMETERISATIONS, PRESETS, Preset, class_visualization, default_size
+from analysis.optimize.params import PIXEL_SPACES
 from dashboard import state
-from dashboard.errors import guard
 from dashboard.optimize_ui import live_run, show_result, slug
+from dashboard.widgets import page
 
-st.title("Class visualisation")
-st.caption("Change the pixels, not the weights: start from noise and climb the class score, with "
-           "regularisers that keep the image natural. Presets reproduce published settings.")
-
-with guard("Class visualisation"):
+with page("Class visualisation",
+          "Change the pixels, not the weights: start from noise and climb the class score, with "
+          "regularisers that keep the image natural. Presets reproduce published settings."):
     bundle = state.current_bundle()
     pred = predict(bundle, state.current_image(), k=1)
     n = bundle.num_classes
@@ -37,15 +36,15 @@ with guard("Class visualisation"):
                               help="The image's side; MACO draws crops from a canvas larger than the model's input.")
         probability = d.checkbox("log-probability objective", False, key=f"{k}_prob",
                                  help="Off: the class logit (score before the softmax), as in the papers.")
-        kinds = ["pixels", "fourier", "maco"]
+        kinds = list(PARAMETERISATIONS)
         param = a.selectbox("parameterisation", kinds, index=kinds.index(base.parameterisation), key=f"{k}_param",
                             help="fourier: decorrelated colour, 1/f spectrum (Olah et al. 2017); maco: only the "
                                  "phase is optimised, the amplitude spectrum is that of natural photographs "
                                  "(Fel et al. 2023)")
         rule = b.selectbox("step rule", STEP_RULES, index=STEP_RULES.index(base.step_rule), key=f"{k}_rule")
         lr = c.number_input("learning rate", 0.0, 1e9, float(base.lr), format="%g", key=f"{k}_lr")
-        space = d.selectbox("pixel space", ["standard", "caffe", "model", "unit"],
-                            index=["standard", "caffe", "model", "unit"].index(base.space), key=f"{k}_space",
+        space = d.selectbox("pixel space", list(PIXEL_SPACES), index=list(PIXEL_SPACES).index(base.space),
+                            key=f"{k}_space",
                             help="standard: ImageNet-standardised (CS231n); caffe: 0–255 minus mean (Yosinski)")
         l2 = a.number_input("L2 weight", 0.0, 10.0, float(base.l2), format="%g", key=f"{k}_l2")
         decay = b.number_input("decay per step", 0.0, 1.0, float(base.decay), format="%g", key=f"{k}_decay")

@@ -9,6 +9,7 @@ import streamlit as st
 
 from analysis.compare.agreement import compare_predictions, predict_dataset
 from analysis.compare.cka import compare_layers
+from analysis.core.layers import spatial_infos, spatial_layers
 from analysis.core.predict import predict
 from analysis.saliency import registry
 from analysis.saliency.methods import attribute
@@ -24,7 +25,7 @@ st.caption("Model A is the sidebar's model; choose model B below (before / after
 
 
 def default_layers(infos, n: int = 6) -> list[str]:
-    names = [i.name for i in infos if i.spatial and i.calls > 0 and i.is_leaf]
+    names = [i.name for i in spatial_infos(infos) if i.is_leaf]
     if len(names) <= n:
         return names
     return [names[int(round(k))] for k in np.linspace(0, len(names) - 1, n)]
@@ -107,8 +108,7 @@ with guard("Compare"):
         st.caption("Linear CKA (Kornblith et al. 2019) between layers of A (rows) and B (columns), from each "
                    "layer's channel means over the same images: 1 = the same representation up to rotation and "
                    "scale.")
-        names_a = [i.name for i in infos_a if i.spatial and i.calls > 0]
-        names_b = [i.name for i in infos_b if i.spatial and i.calls > 0]
+        names_a, names_b = spatial_layers(infos_a), spatial_layers(infos_b)
         la = st.multiselect("Layers of A", names_a, default=default_layers(infos_a), key="cmp_cka_la")
         lb = st.multiselect("Layers of B", names_b, default=default_layers(infos_b), key="cmp_cka_lb")
         ds = state.current_dataset()

@@ -1,24 +1,22 @@
 """Concepts discovered from data (CRAFT): for one class, the parts of its images a layer
 encodes as distinct concepts, how much each matters for the class, and where each is."""
-import matplotlib
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.compare.agreement import label_to_model
 from analysis.concepts.craft import cached_concepts, concept_maps
-from analysis.core.layers import last_conv_block
+from analysis.core.images import colormap_rgb
+from analysis.core.layers import last_conv_block, spatial_infos
 from dashboard import state
-from dashboard.errors import guard
 from dashboard.render import overlay
-from dashboard.widgets import layer_picker, run_job
+from dashboard.widgets import layer_picker, page, run_job
 
-st.title("Concepts — what the network has learned to look for in a class")
-st.caption("CRAFT (Fel et al. 2023): crops of the class's images → a layer's activations → non-negative matrix "
-           "factorisation into k concepts; each concept's typical crops, its importance for the class "
-           "(gradient × concept) and its map on any image. See docs/relevance.md.")
-
-with guard("Concepts"):
+with page("Concepts — what the network has learned to look for in a class",
+          "CRAFT (Fel et al. 2023): crops of the class's images → a layer's activations → non-negative matrix "
+          "factorisation into k concepts; each concept's typical crops, its importance for the class "
+          "(gradient × concept) and its map on any image. See docs/relevance.md.",
+          what="Concepts"):
     bundle = state.current_bundle()
     infos = state.current_layers()
     ds = state.current_dataset()
@@ -30,7 +28,7 @@ with guard("Concepts"):
     target = c1.selectbox("Model class explained", range(bundle.num_classes), index=max(mapped, 0),
                           format_func=lambda i: f"{bundle.categories[i]} ({i})", key="con_target")
     with c2:
-        relu = [i for i in infos if i.spatial and i.calls > 0 and "relu" in i.type.lower()]
+        relu = [i for i in spatial_infos(infos) if "relu" in i.type.lower()]
         default = relu[-1].name if relu else last_conv_block(infos)
         layer = layer_picker(infos, default, key="con_layer", label="Layer (non-negative activations)")
     k = c3.slider("Concepts (k)", 2, 12, 5, key="con_k")
@@ -66,5 +64,5 @@ with guard("Concepts"):
         a, b = st.columns([3, 1])
         a.image([cs.crops[i] for i in cs.typical(c, 6)], width=80)
         m = maps[c] / (maps[c].max() or 1)
-        heat = (matplotlib.colormaps["viridis"](m)[..., :3] * 255).astype(np.uint8)
+        heat = colormap_rgb(m, "viridis")
         b.image(overlay(crop, heat, 0.6, weight=m), width="stretch", caption="where, on the sidebar image")

@@ -1,26 +1,18 @@
 """DeepDream: amplify what a layer already sees in the sidebar image (google/deepdream)."""
 import streamlit as st
 
-from analysis.core.layers import default_layer, spatial_infos
+from analysis.core.layers import default_layer
 from analysis.optimize.featurevis import DEEPDREAM_DEFAULTS, deepdream
 from dashboard import state
-from dashboard.errors import guard
-from dashboard.optimize_ui import live_run, show_result
+from dashboard.optimize_ui import live_run, show_result, spatial_model
 from dashboard.text import plain
-from dashboard.widgets import layer_picker
+from dashboard.widgets import layer_picker, page
 
-st.title("DeepDream")
-st.caption("Gradient ascent on the L2 norm of a layer's activations, starting from your image, over an "
-           "octave pyramid with jitter: whatever the layer sees, it sees more of (Mordvintsev et al. 2015).")
-
-with guard("DeepDream"):
-    bundle = state.current_bundle()
-    infos = state.current_layers()
+with page("DeepDream",
+          "Gradient ascent on the L2 norm of a layer's activations, starting from your image, over an "
+          "octave pyramid with jitter: whatever the layer sees, it sees more of (Mordvintsev et al. 2015)."):
+    bundle, infos, spatial = spatial_model()
     image = state.current_image()
-    spatial = spatial_infos(infos)
-    if not spatial:
-        st.info("This model has no spatial layers.")
-        st.stop()
     if st.button("Reset to google/deepdream defaults", key="dd_reset"):
         for k in [k for k in st.session_state if str(k).startswith("dd_p_")]:
             del st.session_state[k]

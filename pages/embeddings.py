@@ -105,10 +105,14 @@ with guard("Embeddings"):
                                               "label · the model's class") + " · distance.")
 
     with t_map, guard("Map"):
-        from analysis.embeddings.projection import project
+        from analysis.embeddings.projection import PROJECTIONS, project
         m1, m2, m3 = st.columns(3)
-        method = m1.selectbox("Method", ["tsne", "umap", "pca"], key="em_method",
-                              format_func={"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}.get)
+        method = m1.selectbox("Method", list(PROJECTIONS), key="em_method", format_func=lambda m: PROJECTIONS[m].title)
+        uses = PROJECTIONS[method].options          # the options this method reads; the others' widgets are disabled
+
+        def only(option: str) -> str:
+            names = [m.title for m in PROJECTIONS.values() if option in m.options]
+            return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names) + " only"
         dims = m2.radio("Dimensions", [2, 3], horizontal=True, key="em_dims")
         colours = ["label", "prediction"] + (["correct"] if mapping.status == "identity" else []) + ["confidence"]
         if st.session_state.get("em_colour") not in colours:
@@ -122,22 +126,21 @@ with guard("Embeddings"):
             # the method keeps their values
             p1, p2, p3, p4, p5 = st.columns(5)
             params["seed"] = int(p1.number_input("seed", 0, 10_000, 0, key="em_seed"))
-            pca = int(p2.number_input("PCA pre-reduction (0 = off)", 0, 512, 50, key="em_pca",
-                                      disabled=method == "pca", help="t-SNE and UMAP only."))
-            perp = float(p3.number_input("perplexity", 2.0, 200.0, 30.0, key="em_perp", disabled=method != "tsne",
-                                         help=f"t-SNE only; must be less than N/3 = {fs.n / 3:,.1f}."))
-            nn = int(p4.number_input("n_neighbors", 2, 200, 15, key="em_nn", disabled=method != "umap",
-                                     help=f"UMAP only; must be less than N = {fs.n:,}."))
-            md = float(p5.number_input("min_dist", 0.0, 1.0, 0.1, 0.05, key="em_md", disabled=method != "umap",
-                                       help="UMAP only."))
-            pmetric = st.radio("metric", ["euclidean", "cosine"], horizontal=True, key="em_pmetric",
-                               disabled=method == "pca", help="t-SNE and UMAP only.")
-        if method != "pca":
-            params.update(pca_dims=pca, metric=pmetric)
-        if method == "tsne":
-            params["perplexity"] = perp
-        if method == "umap":
-            params.update(n_neighbors=nn, min_dist=md)
+            drawn = {
+                "pca_dims": int(p2.number_input("PCA pre-reduction (0 = off)", 0, 512, 50, key="em_pca",
+                                                disabled="pca_dims" not in uses, help=only("pca_dims") + ".")),
+                "perplexity": float(p3.number_input("perplexity", 2.0, 200.0, 30.0, key="em_perp",
+                                                    disabled="perplexity" not in uses,
+                                                    help=f"{only('perplexity')}; must be less than N/3 = {fs.n / 3:,.1f}.")),
+                "n_neighbors": int(p4.number_input("n_neighbors", 2, 200, 15, key="em_nn",
+                                                   disabled="n_neighbors" not in uses,
+                                                   help=f"{only('n_neighbors')}; must be less than N = {fs.n:,}.")),
+                "min_dist": float(p5.number_input("min_dist", 0.0, 1.0, 0.1, 0.05, key="em_md",
+                                                  disabled="min_dist" not in uses, help=only("min_dist") + ".")),
+                "metric": st.radio("metric", ["euclidean", "cosine"], horizontal=True, key="em_pmetric",
+                                   disabled="metric" not in uses, help=only("metric") + "."),
+            }
+        params.update((k, v) for k, v in drawn.items() if k in uses)
         parts = ("proj", bundle.model_id, ds.content_hash, layer, bundle.preprocess.spec_id)
         pkey = parts + (method, dims, tuple(sorted(params.items())))
         proj = run_job(pkey, f"{method} map", lambda p: project(fs.features, method, dims, progress=p,
@@ -170,7 +173,7 @@ with guard("Embeddings"):
                                       thumbs=sheets)
             count = len(sel)
         q = (proj.quality or {}).get("knn_accuracy")
-        name = {"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}[method]
+        name = PROJECTIONS[method].title
         took = "from the cache" if getattr(proj, "from_cache", False) else f"{proj.seconds:.1f} s"
         st.caption(f"{name} · {took} · {fs.n:,} points, no sampling"
                    + (f" · 5-NN accuracy of the map {q:.1%}" if q is not None else "")

@@ -3,27 +3,20 @@
 import numpy as np
 import streamlit as st
 
-from analysis.core.layers import block_layers, default_layer, spatial_infos
+from analysis.core.layers import block_layers, default_layer
 from analysis.optimize.featurevis import flag_strip_outliers, invert
 from dashboard import state
 from dashboard.errors import guard
-from dashboard.optimize_ui import live_run, show_result, show_warnings
+from dashboard.optimize_ui import live_run, show_result, show_warnings, spatial_model
 from dashboard.render import png_bytes
-from dashboard.widgets import in_sequence, layer_picker, result_cache, run_job
+from dashboard.widgets import in_sequence, layer_picker, page, result_cache, run_job
 
-st.title("Feature inversion")
-st.caption("Which image has these features? Start from noise and match the image's activations at one "
-           "layer, with a total-variation prior: shallow layers keep the picture, deep ones keep what matters "
-           "for the class (CS231n lecture 12).")
-
-with guard("Feature inversion"):
-    bundle = state.current_bundle()
-    infos = state.current_layers()
+with page("Feature inversion",
+          "Which image has these features? Start from noise and match the image's activations at one "
+          "layer, with a total-variation prior: shallow layers keep the picture, deep ones keep what matters "
+          "for the class (CS231n lecture 12)."):
+    bundle, infos, spatial = spatial_model()
     image = state.current_image()
-    spatial = spatial_infos(infos)
-    if not spatial:
-        st.info("This model has no spatial layers.")
-        st.stop()
     a, b, c, d = st.columns(4)
     steps = int(a.number_input("steps", 1, 5000, 200, key="iv_steps"))
     tv = float(b.number_input("TV weight", 0.0, 1.0, 1e-8, format="%g", key="iv_tv",

@@ -6,17 +6,16 @@ import streamlit as st
 from analysis.core.layers import spatial_layers
 from analysis.style.gatys import default_settings, fit_size, style_losses, style_transfer
 from dashboard import state
-from dashboard.errors import guard
 from dashboard.optimize_ui import live_run, show_result
 from dashboard.style_ui import extractor_picker, layer_weights, losses_figure, style_images
 from dashboard.text import plain
+from dashboard.widgets import page
 
-st.title("Style transfer (Gatys et al.)")
-st.caption("Optimise the pixels so that the content image's features survive at one layer while the "
-           "Gram matrices — the style — match those of one or more style images at several layers. The "
-           "content image is the sidebar's.")
-
-with guard("Style transfer"):
+with page("Style transfer (Gatys et al.)",
+          "Optimise the pixels so that the content image's features survive at one layer while the "
+          "Gram matrices — the style — match those of one or more style images at several layers. The "
+          "content image is the sidebar's.",
+          what="Style transfer"):
     bundle, infos = extractor_picker("sx")
     d = default_settings(bundle, infos)
     content = state.current_image()

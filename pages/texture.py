@@ -10,13 +10,12 @@ from dashboard.errors import guard
 from dashboard.optimize_ui import live_run, show_result
 from dashboard.render import png_bytes
 from dashboard.style_ui import extractor_picker, image_choice, layer_weights
+from dashboard.widgets import page
 
-st.title("Texture synthesis")
-st.caption("Describe a texture by the Gram matrices of its feature maps — which channels fire together, "
-           "wherever they fire — and grow a new image from noise whose Gram matrices match. Shallow layers "
-           "alone keep colour and grain; deeper ones bring back larger structures.")
-
-with guard("Texture synthesis"):
+with page("Texture synthesis",
+          "Describe a texture by the Gram matrices of its feature maps — which channels fire together, "
+          "wherever they fire — and grow a new image from noise whose Gram matrices match. Shallow layers "
+          "alone keep colour and grain; deeper ones bring back larger structures."):
     bundle, infos = extractor_picker("tx")
     d = default_settings(bundle, infos)
     src_col, set_col = st.columns([1, 2])

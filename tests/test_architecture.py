@@ -142,6 +142,89 @@ def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path):
     assert _family("analysis.saliency.methods") == "saliency" and _family("dashboard.x") is None
 
 
+# ---------------------------------------------------------------- private names, bundle attributes
+
+# private names imported from another module, known when this test was written: the list may
+# only shrink (make the name public where it is shared, or move it to where it belongs)
+KNOWN_PRIVATE_IMPORTS = frozenset({
+    "analysis.core.models.timm_source imports analysis.core.models.loaders._describe_mismatch",
+    "analysis.core.models.timm_source imports analysis.core.models.loaders._upload_classes",
+    "analysis.dataset.executor imports analysis.dataset.runner._slice",
+    "analysis.relevance.workers imports analysis.dataset.workers._logits",
+})
+
+
+def _private_imports(mod: str, tree: ast.AST) -> set[str]:
+    """``from other.module import _name`` and ``other_module._name`` in ``tree`` (module ``mod``)."""
+    out, aliases = set(), {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("analysis", "dashboard"):
+            for a in node.names:
+                if a.name.startswith("_") and not a.name.startswith("__") and node.module != mod:
+                    out.add(f"{mod} imports {node.module}.{a.name}")
+                aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.asname and a.name.split(".")[0] in ("analysis", "dashboard"):
+                    aliases[a.asname] = a.name
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                and isinstance(node.value, ast.Name) and node.value.id in aliases
+                and aliases[node.value.id] != mod):
+            out.add(f"{mod} imports {aliases[node.value.id]}.{node.attr}")
+    return out
+
+
+def test_no_private_names_across_modules():
+    found = set()
+    for mod, path in _sources("analysis", "dashboard", "pages").items():
+        found |= _private_imports(mod, ast.parse(path.read_text()))
+    new, gone = sorted(found - KNOWN_PRIVATE_IMPORTS), sorted(KNOWN_PRIVATE_IMPORTS - found)
+    assert not new, "private names used across modules (make them public or move them):\n" + "\n".join(new)
+    assert not gone, "fixed: delete from KNOWN_PRIVATE_IMPORTS:\n" + "\n".join(gone)
+
+
+def _bundle_attribute_writes(tree: ast.AST, declared: set[str]) -> list[str]:
+    """Lines that attach an undeclared attribute to a bundle (a name containing "bundle"):
+    ``bundle.x = ...``, ``setattr(bundle, ...)``, ``bundle.__dict__[...]``."""
+    bad = []
+    for node in ast.walk(tree):
+        targets = (node.targets if isinstance(node, ast.Assign) else
+                   [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else [])
+        for t in targets:
+            if (isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and "bundle" in t.value.id
+                    and t.attr not in declared):
+                bad.append(f"line {node.lineno}: {t.value.id}.{t.attr} = ...")
+        if (isinstance(node, ast.Attribute) and node.attr == "__dict__" and isinstance(node.value, ast.Name)
+                and "bundle" in node.value.id):
+            bad.append(f"line {node.lineno}: {node.value.id}.__dict__")
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr"
+                and node.args and isinstance(node.args[0], ast.Name) and "bundle" in node.args[0].id):
+            bad.append(f"line {node.lineno}: setattr({node.args[0].id}, ...)")
+    return bad
+
+
+def test_no_attributes_attached_to_model_bundles_at_run_time():
+    """Data kept with a model are declared ModelBundle fields (derived, guided_cache,
+    receptive_cache), never attributes attached at run time."""
+    from dataclasses import fields
+
+    from analysis.core.models.bundle import ModelBundle
+    declared = {f.name for f in fields(ModelBundle)}
+    bad = [f"{mod} {line}" for mod, path in _sources("analysis", "dashboard", "pages").items()
+           for line in _bundle_attribute_writes(ast.parse(path.read_text()), declared)]
+    assert not bad, "attributes attached to a ModelBundle:\n" + "\n".join(bad)
+
+
+def test_the_private_name_and_bundle_checks_can_fail():
+    tree = ast.parse("import analysis.core.hooks as H\nfrom analysis.core.images import _decode\n"
+                     "H._scoped()\nbundle.plan = 1\nbundle.derived['p'] = 1\nsetattr(bundle, 'x', 1)\n"
+                     "bundle.__dict__['y'] = 2\n")
+    assert _private_imports("analysis.x", tree) == {"analysis.x imports analysis.core.images._decode",
+                                                    "analysis.x imports analysis.core.hooks._scoped"}
+    assert [b.split(":")[0] for b in _bundle_attribute_writes(tree, {"derived"})] == ["line 4", "line 6", "line 7"]
+
+
 # ---------------------------------------------------------------- the map in docs/design.md
 
 MAP_START, MAP_END = "<!-- module-map -->", "<!-- /module-map -->"

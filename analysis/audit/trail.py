@@ -26,7 +26,6 @@ import dataclasses
 import io
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -45,6 +44,7 @@ import sqlalchemy as sa
 from analysis.core.errors import ConvlensError, ParameterError
 from analysis.core.fsio import atomic_write, fsync_dir
 from analysis.core.images import colormap_rgb
+from analysis.core.jsonsafe import NOT_SCALAR, json_scalar
 
 log = logging.getLogger("convlens.audit")
 
@@ -123,13 +123,8 @@ def jsonable(v: Any, depth: int = 0) -> Any:
     """
     if depth > 8:
         return str(v)
-    if v is None or isinstance(v, (bool, str)):
-        return v
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        f = float(v)
-        return f if math.isfinite(f) else str(f)
+    if (s := json_scalar(v)) is not NOT_SCALAR:
+        return s
     if isinstance(v, np.bool_):
         return bool(v)
     if isinstance(v, np.ndarray):
@@ -296,7 +291,7 @@ class _Walker:
                     im = np.asarray(fn())
                     if _image_like(im):
                         s.images[f"{name}as_image"] = im
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001 - an image view of a result is optional: any failure keeps the record
                     pass
             return
         if isinstance(obj, np.ndarray):
@@ -891,7 +886,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 def _redact(url: str) -> str:
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a URL SQLAlchemy cannot parse is still never logged
         return "<database url>"
 
 
@@ -921,6 +916,6 @@ def open_store(config=None) -> AuditStore:
                 n = s.sweep_at_startup()
                 if n:
                     log.info("audit: removed %d orphan run folder(s) left by an interrupted run", n)
-            except Exception:  # noqa: BLE001 - a failed sweep must not stop the store from opening
+            except Exception:
                 log.exception("audit: could not sweep orphan run folders")
         return s

@@ -3,7 +3,7 @@ is retried (Captum's perturbations_per_eval idea, made automatic)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -44,6 +44,45 @@ def halve_after_oom(exc: BaseException, batch: int) -> int:
     return max(1, batch // 2)
 
 
+class Chunks:
+    """``compute(start, stop)`` over ``range(n)`` in chunks of ``batch``; after an
+    out-of-memory error the chunk halves and the same chunk is retried (anything else is
+    re-raised). Iterating yields ``(start, stop, result)`` per chunk. ``should_stop()``,
+    checked before every chunk, ends the iteration early: then ``stopped`` is true.
+    ``batch`` is the chunk size that worked last.
+
+    Args:
+        n: how many items.
+        batch: the first chunk size (at least 1).
+        compute: ``compute(start, stop) -> result`` for items ``start..stop-1``.
+        should_stop: optional; true ends the iteration before the next chunk.
+    """
+
+    def __init__(self, n: int, batch: int, compute: Callable[[int, int], Any],
+                 should_stop: Callable[[], bool] | None = None):
+        if batch < 1:
+            raise ParameterError("batch size must be at least 1")
+        self.n, self.batch, self.compute, self.should_stop = n, batch, compute, should_stop
+        self.done = 0
+
+    @property
+    def stopped(self) -> bool:
+        return self.done < self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int, Any]]:
+        while self.done < self.n:
+            if self.should_stop is not None and self.should_stop():
+                return
+            start, stop = self.done, min(self.n, self.done + self.batch)
+            try:
+                out = self.compute(start, stop)
+            except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+                self.batch = halve_after_oom(exc, self.batch)
+                continue
+            self.done = stop
+            yield start, stop, out
+
+
 def run_batched(n: int, batch: int, fn: Callable[[int, int], None], progress: Progress | None = None) -> int:
     """Call ``fn(start, stop)`` over ``range(n)`` in chunks of ``batch``, halving the chunk
     after an out-of-memory error. Returns the batch size that worked.
@@ -55,17 +94,8 @@ def run_batched(n: int, batch: int, fn: Callable[[int, int], None], progress: Pr
             retries the same start with half the chunk, any other exception propagates.
         progress: ``progress(done, n)`` after each chunk, or None.
     """
-    if batch < 1:
-        raise ParameterError("batch size must be at least 1")
-    start = 0
-    while start < n:
-        stop = min(n, start + batch)
-        try:
-            fn(start, stop)
-        except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
-            batch = halve_after_oom(exc, batch)
-            continue
-        start = stop
+    chunks = Chunks(n, batch, fn)
+    for _, stop, _ in chunks:
         if progress:
-            progress(start, n)
-    return batch
+            progress(stop, n)
+    return chunks.batch

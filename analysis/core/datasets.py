@@ -184,6 +184,15 @@ def _content_hash(class_names: Sequence[str], labels: Sequence[int], digests: Se
     return h.hexdigest()
 
 
+def _indexed(name: str, source: str, class_names: list[str], labels, ids: list[str],
+             digests: Sequence[bytes], skipped: list, loader) -> Dataset:
+    """The Dataset of indexed images: int64 labels and the content hash of (class names,
+    labels, digests)."""
+    return Dataset(name=name, source=source, class_names=class_names, labels=np.asarray(labels, dtype=np.int64),
+                   ids=ids, content_hash=_content_hash(class_names, labels, digests), skipped=skipped,
+                   _loader=loader)
+
+
 def _resolve_limits(limits: Limits | None) -> Limits:
     return get_config().limits if limits is None else limits
 
@@ -305,16 +314,9 @@ def load_digits_dataset() -> Dataset:
     loader = _ArrayLoader(images, {"kind": "digits"})
     class_names = [str(k) for k in range(10)]
     digests = [hashlib.sha256(img.tobytes()).digest() for img in images]
-    return Dataset(
-        name="digits",
-        source="digits",
-        class_names=class_names,
-        labels=labels,
-        ids=[f"digits/{k:04d}" for k in range(len(images))],
-        content_hash=_content_hash(class_names, labels, digests),
-        skipped=[],
-        _loader=loader,  # views of a read-only array are read-only
-    )
+    # views of a read-only array are read-only
+    return _indexed("digits", "digits", class_names, labels, [f"digits/{k:04d}" for k in range(len(images))],
+                    digests, [], loader)
 
 
 def digits_images() -> np.ndarray:
@@ -442,26 +444,23 @@ def load_image_folder(
         return path.read_bytes()
 
     labels, ids, paths, digests = _index_images(items, read, limits, progress, skipped)
-    return Dataset(
-        name=resolved.name or str(resolved),
-        source="folder",
-        class_names=class_names,
-        labels=np.asarray(labels, dtype=np.int64),
-        ids=ids,
-        content_hash=_content_hash(class_names, labels, digests),
-        skipped=skipped,
-        _loader=_FolderLoader(paths, digests, limits),
-    )
+    return _indexed(resolved.name or str(resolved), "folder", class_names, labels, ids, digests, skipped,
+                    _FolderLoader(paths, digests, limits))
 
 
 # --------------------------------------------------------------------------------------
 # Zip uploads
 # --------------------------------------------------------------------------------------
-class _ZipLoader:
-    """Reads member i from the stored zip (opened once, shared under a lock). Picklable."""
+class ZipMembers:
+    """A stored zip file, opened once on first use and read by member index under a lock.
+    Picklable: a copy (another process) opens its own handle.
 
-    def __init__(self, path: Path, members: list[int], digests: list[bytes], limits: Limits):
-        self.path, self.members, self.digests, self.limits = path, members, digests, limits
+    Args:
+        path: the zip file.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
         self._lock = threading.Lock()
         self._zip: zipfile.ZipFile | None = None
 
@@ -474,13 +473,34 @@ class _ZipLoader:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
+    def read(self, i: int) -> tuple[zipfile.ZipInfo, bytes]:
+        """``(info, bytes)`` of member ``i`` (its place in the zip's list); OSError or
+        BadZipFile when the file cannot be opened or read.
+
+        Args:
+            i: the member's index in ``ZipFile.infolist()``.
+        """
+        with self._lock:
+            if self._zip is None:
+                self._zip = zipfile.ZipFile(self.path)
+            info = self._zip.infolist()[i]
+            return info, self._zip.read(info)
+
+    def __del__(self):
+        if getattr(self, "_zip", None) is not None:
+            self._zip.close()
+
+
+class _ZipLoader:
+    """Reads member i from the stored zip (opened once, shared under a lock). Picklable."""
+
+    def __init__(self, path: Path, members: list[int], digests: list[bytes], limits: Limits):
+        self.path, self.members, self.digests, self.limits = path, members, digests, limits
+        self._zip = ZipMembers(path)
+
     def __call__(self, i: int) -> np.ndarray:
         try:
-            with self._lock:
-                if self._zip is None:
-                    self._zip = zipfile.ZipFile(self.path)
-                info = self._zip.infolist()[self.members[i]]
-                data = self._zip.read(info)
+            info, data = self._zip.read(self.members[i])
         except (OSError, zipfile.BadZipFile) as e:
             raise DatasetError(f"Cannot read image {i} from {self.path}: {e}. Upload it again.") from e
         if hashlib.sha256(data).digest() != self.digests[i]:
@@ -490,10 +510,6 @@ class _ZipLoader:
     def source(self) -> dict:
         return {"kind": "zip", "zip": str(self.path), "members": list(self.members),
                 "digests": [d.hex() for d in self.digests]}
-
-    def __del__(self):
-        if getattr(self, "_zip", None) is not None:
-            self._zip.close()
 
 
 def _member_parts(name: str) -> list[str] | None:
@@ -632,16 +648,8 @@ def load_zip_dataset(
     path = _store_zip(data, sha, store)
     stem = PurePosixPath(name.replace("\\", "/")).name
     stem = stem[:-4] if stem.lower().endswith(".zip") else stem
-    return Dataset(
-        name=stem or "upload",
-        source="zip",
-        class_names=class_names,
-        labels=np.asarray(labels, dtype=np.int64),
-        ids=ids,
-        content_hash=_content_hash(class_names, labels, digests),
-        skipped=skipped,
-        _loader=_ZipLoader(path, members, digests, limits),
-    )
+    return _indexed(stem or "upload", "zip", class_names, labels, ids, digests, skipped,
+                    _ZipLoader(path, members, digests, limits))
 
 
 # --------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import numpy as np
 from analysis.core.config import get_config
 from analysis.core.errors import ParameterError
 from analysis.core.fsio import atomic_open
+from analysis.core.jsonsafe import NOT_SCALAR, json_scalar
 
 _META = "__meta__"
 _KIND = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -36,15 +37,8 @@ _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 def _canonical(obj: Any) -> Any:
     """JSON-able canonical form: tuples -> lists, numpy scalars/arrays -> Python values,
     paths -> strings. Anything else that JSON cannot encode is refused (no repr() keys)."""
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        if f != f or f in (float("inf"), float("-inf")):
-            return repr(f)          # JSON has no NaN/inf; keep them distinct and stable
-        return f
+    if (s := json_scalar(obj)) is not NOT_SCALAR:
+        return s                    # NaN / inf as strings: JSON has none; distinct and stable
     if isinstance(obj, (list, tuple)):
         return [_canonical(x) for x in obj]
     if isinstance(obj, dict):

@@ -148,8 +148,7 @@ def load_image(data: bytes, *, limits: Limits | None = None, name: str = "") -> 
                     raise _corrupt(label, e) from e
                 try:
                     oriented = ImageOps.exif_transpose(im)
-                except Exception:
-                    # Unreadable EXIF should not cost the user the picture itself.
+                except Exception:  # noqa: BLE001 - unreadable EXIF must not cost the user the picture
                     oriented = im
                 if oriented.size != im.size:  # 90-degree orientation swaps the target
                     target = target[::-1]

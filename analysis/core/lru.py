@@ -77,7 +77,7 @@ class LockedLRU:
             # reading every entry touches each in LRUCache's own order: restore it from the ticks
             entries = sorted((tick, k, v) for k, (tick, v) in list(self._cache.items()))
             for _, k, _ in entries:
-                self._cache[k]   # noqa: B018 (a read marks the entry used, oldest first)
+                self._cache[k]
             for _tick, k, v in reversed(entries):
                 if pred(k, v):
                     self._cache[k] = (next(self._ticks), v)

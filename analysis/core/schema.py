@@ -108,6 +108,19 @@ def _range_words(lo, hi, fmt) -> str:
     return f"of at most {fmt(hi)}"
 
 
+def _checked(name: str, value, lo, hi, message: str | None, ok, noun: str, fmt):
+    """``value`` if ``ok(value)`` and it lies in ``[lo, hi]``; else ParameterError with
+    ``message`` or the standard text ("<name> must be <noun> from <lo> to <hi>, got <value>")."""
+    if not ok(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
+        if message is None:
+            words = noun + ("" if lo is None and hi is None else " " + _range_words(lo, hi, fmt))
+            if noun == "an integer" and lo == 1 and hi is None:
+                words = "a positive integer"
+            message = f"{name} must be {words}, got {value!r}"
+        raise ParameterError(message)
+    return value
+
+
 def check_int(name: str, value, lo: int | None = None, hi: int | None = None, *, message: str | None = None) -> int:
     """``value`` as an int if it is an integer (not a bool) in ``[lo, hi]``, else ParameterError.
 
@@ -119,13 +132,7 @@ def check_int(name: str, value, lo: int | None = None, hi: int | None = None, *,
         message: the error text to use instead of the standard one
             ("k must be an integer from 1 to 50, got 0").
     """
-    if not is_int(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
-        if message is None:
-            words = "a positive integer" if (lo == 1 and hi is None) else (
-                "an integer" + ("" if lo is None and hi is None else " " + _range_words(lo, hi, int)))
-            message = f"{name} must be {words}, got {value!r}"
-        raise ParameterError(message)
-    return int(value)
+    return int(_checked(name, value, lo, hi, message, is_int, "an integer", int))
 
 
 def check_real(name: str, value, lo: float | None = None, hi: float | None = None, *,
@@ -134,19 +141,13 @@ def check_real(name: str, value, lo: float | None = None, hi: float | None = Non
     else ParameterError.
 
     Args:
-        name: the parameter's name, for the message.
-        value: the value to check.
-        lo: smallest allowed value (None: no lower bound).
-        hi: largest allowed value (None: no upper bound).
-        message: the error text to use instead of the standard one
-            ("lr must be a number from 0 to 1, got nan").
+        name: as for :func:`check_int`.
+        value: the value to check: a finite real this time.
+        lo: the lower bound, inclusive (None: none).
+        hi: the upper bound, inclusive (None: none).
+        message: replaces the standard text ("lr must be a number from 0 to 1, got nan").
     """
-    if not is_real(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
-        if message is None:
-            words = "a number" + ("" if lo is None and hi is None else " " + _range_words(lo, hi, "{:g}".format))
-            message = f"{name} must be {words}, got {value!r}"
-        raise ParameterError(message)
-    return float(value)
+    return float(_checked(name, value, lo, hi, message, is_real, "a number", "{:g}".format))
 
 
 def check(param: Param, value) -> Any:

@@ -30,9 +30,6 @@ import numpy as np
 
 from analysis.core.errors import ParameterError
 
-__all__ = ["ClassMapping", "UNMAPPED", "classes_fingerprint", "identity_mapping", "suggest_mapping",
-           "mapping_from_state"]
-
 #: Predicted data-set class of a model class that no data-set class claims.
 UNMAPPED = -1
 

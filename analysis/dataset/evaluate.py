@@ -26,15 +26,6 @@ import numpy as np
 from analysis.core.errors import ParameterError
 from analysis.dataset.classmap import UNMAPPED, ClassMapping
 
-__all__ = [
-    "Evaluation", "Reliability", "Slice", "SliceResult", "TrustVerdict", "SaliencyMass",
-    "stratified_sample", "evaluate", "reliability", "confusion", "cell_members",
-    "centre_mask", "mass_inside", "class_mean_maps", "saliency_mass",
-    "mean_ci", "trust_verdicts", "randomisation_summary", "find_slices", "RandomisationDistribution",
-    "randomisation_over_images", "BatchSaliency", "summarise_saliency", "TrustReport",
-]
-
-
 # ====================================================================== sampling
 
 def stratified_sample(labels: Sequence[int] | np.ndarray, n: int, seed: int = 0) -> np.ndarray:

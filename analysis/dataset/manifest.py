@@ -42,6 +42,7 @@ import numpy as np
 from analysis.core.config import Limits, get_config
 from analysis.core.datasets import (
     Dataset,
+    ZipMembers,
     digits_images,
     load_digits_dataset,
     load_image_folder,
@@ -458,17 +459,7 @@ class ImageReader:
     def __init__(self, source: dict, limits: Limits | None = None):
         self.source = dict(source)
         self.limits = limits or get_config().limits
-        self._zip: zipfile.ZipFile | None = None
-        self._lock = threading.Lock()
-
-    def __getstate__(self):
-        d = self.__dict__.copy()
-        d["_zip"] = d["_lock"] = None
-        return d
-
-    def __setstate__(self, d):
-        self.__dict__.update(d)
-        self._lock = threading.Lock()
+        self._zip = ZipMembers(self.source["zip"]) if self.source.get("kind") == "zip" else None
 
     def _one(self, index: int, loc: str, digest: str) -> np.ndarray:
         kind = self.source["kind"]
@@ -478,14 +469,10 @@ class ImageReader:
             return read_file_image(loc, digest, self.limits)
         if kind == "zip":
             from analysis.core.images import load_image
-            with self._lock:
-                if self._zip is None:
-                    try:
-                        self._zip = zipfile.ZipFile(self.source["zip"])
-                    except (OSError, zipfile.BadZipFile) as e:
-                        raise DatasetError(f"cannot open {self.source['zip']}: {e}") from e
-                info = self._zip.infolist()[int(loc)]
-                data = self._zip.read(info)
+            try:
+                info, data = self._zip.read(int(loc))
+            except (OSError, zipfile.BadZipFile) as e:
+                raise DatasetError(f"cannot read {self.source['zip']}: {e}") from e
             if digest and hashlib.sha256(data).hexdigest() != digest:
                 raise DatasetError(f"{info.filename} changed since the data set was indexed")
             return load_image(data, limits=self.limits, name=info.filename)

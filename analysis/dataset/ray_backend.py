@@ -71,7 +71,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None,
                 ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False)
                 info = (f"Started an embedded single-node Ray ({n} CPUs) in this process; set ray_address "
                         "(or RAY_ADDRESS) to use a cluster.")
-        except Exception as e:  # noqa: BLE001 - any failure to reach Ray is one clear message
+        except Exception as e:
             from analysis.dataset.runner import JobError
             raise JobError(f"Cannot start or reach Ray{f' at {address}' if address else ''}: "
                            f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}") from e
@@ -84,7 +84,7 @@ def cluster_gpus() -> float:
     import ray
     try:
         return float(ray.cluster_resources().get("GPU", 0))
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - no cluster or an old Ray: no GPUs
         return 0.0
 
 

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 import analysis.core.diskcache as diskcache
-from analysis.core.batching import JobProgress, halve_after_oom
+from analysis.core.batching import Chunks, JobProgress
 from analysis.core.datasets import Dataset, image_count
 from analysis.core.errors import LayerError, ParameterError
 from analysis.core.hooks import capture, get_module
@@ -50,11 +50,6 @@ from analysis.core.layout import pool as layout_pool
 from analysis.core.lru import LockedLRU
 from analysis.core.models.bundle import ModelBundle
 from analysis.core.schema import check_int
-
-__all__ = [
-    "ExtractProgress", "FeatureSet", "penultimate_layer", "extract", "run_extract",
-    "load_features", "save_features", "features_key", "get_or_extract", "features_for_images",
-]
 
 CACHE_KIND = "features"
 _FORMAT = 1                      # bump when the stored layout or the extraction rules change
@@ -296,25 +291,17 @@ def extract(bundle: ModelBundle, dataset: Dataset, layer: str | None = None, *, 
     yield ExtractProgress(0, n, 0.0)
 
     feats = preds = confs = None
-    start = 0
-    while start < n:
-        if should_stop is not None and should_stop():
-            return None
-        stop = min(n, start + bs)
-        x = bundle.inputs(dataset.get_many(range(start, stop)))
-        try:
-            f, p, c = _forward(bundle, layer, x)
-        except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
-            bs = halve_after_oom(exc, bs)
-            continue
-        del x
+    chunks = Chunks(n, bs, lambda start, stop: _forward(bundle, layer, bundle.inputs(dataset.get_many(range(start, stop)))),
+                    should_stop)     # the batch halves after an out-of-memory error
+    for start, stop, (f, p, c) in chunks:
         if feats is None:
             feats = np.empty((n, f.shape[1]), dtype=np.float32)
             preds = np.empty(n, dtype=np.int64)
             confs = np.empty(n, dtype=np.float32)
         feats[start:stop], preds[start:stop], confs[start:stop] = f, p, c
-        start = stop
-        yield ExtractProgress(start, n, time.perf_counter() - t0)
+        yield ExtractProgress(stop, n, time.perf_counter() - t0)
+    if chunks.stopped:
+        return None
 
     fs = FeatureSet(layer=layer, model_id=bundle.model_id, dataset_hash=dataset.content_hash,
                     preprocess_id=bundle.preprocess.spec_id, features=feats, predictions=preds,
@@ -392,15 +379,7 @@ def features_for_images(bundle: ModelBundle, images: np.ndarray | Sequence[np.nd
     images = list(images)
     if not images:
         raise ParameterError("features_for_images needs at least one image.")
-    out: list[tuple] = []
-    start = 0
-    while start < len(images):
-        stop = min(len(images), start + bs)
-        try:
-            out.append(_forward(bundle, layer, bundle.inputs(images[start:stop])))
-        except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
-            bs = halve_after_oom(exc, bs)
-            continue
-        start = stop
+    out = [o for _, _, o in Chunks(len(images), bs,
+                                   lambda start, stop: _forward(bundle, layer, bundle.inputs(images[start:stop])))]
     return (np.concatenate([o[0] for o in out]).astype(np.float32, copy=False),
             np.concatenate([o[1] for o in out]), np.concatenate([o[2] for o in out]))

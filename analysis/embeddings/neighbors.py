@@ -39,9 +39,6 @@ from analysis.core.models.bundle import ModelBundle
 from analysis.core.schema import check_int, is_int
 from analysis.embeddings.features import FeatureSet, features_for_images
 
-__all__ = ["METRICS", "SPACES", "knn", "pixel_thumbnails", "pixel_vectors", "pixel_vector",
-           "NeighborResult", "neighbors"]
-
 METRICS = ("cosine", "l2")
 SPACES = ("feature", "pixel")
 MAX_K = 1000

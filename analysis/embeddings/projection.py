@@ -75,10 +75,6 @@ from analysis.core.errors import LimitError, ParameterError
 from analysis.core.lru import LockedLRU
 from analysis.core.schema import is_int, is_real
 
-__all__ = ["Projection", "project", "warm_up_umap", "knn_accuracy", "METHODS", "METRICS",
-           "DEFAULT_TSNE_ITER"]
-
-METHODS = ("pca", "tsne", "umap")
 METRICS = ("euclidean", "cosine")
 CACHE_KIND = "projections"
 DEFAULT_TSNE_ITER = 250            # normal-phase iterations; early exaggeration: half
@@ -164,8 +160,8 @@ def _check_features(features) -> np.ndarray:
 def _resolve(n: int, d: int, method: str, dims: int, *, seed, pca_dims, perplexity,
              n_neighbors, min_dist, metric, standardize, n_iter) -> dict:
     """Validate everything and return the effective parameters (no computation)."""
-    if method not in METHODS:
-        raise ParameterError(f"Unknown method {method!r}; use one of {', '.join(METHODS)}.")
+    if method not in PROJECTIONS:
+        raise ParameterError(f"Unknown method {method!r}; use one of {', '.join(PROJECTIONS)}.")
     if not is_int(dims) or dims not in (2, 3):
         raise ParameterError(f"dims must be 2 or 3, got {dims!r}.")
     if not is_int(seed) or not 0 <= seed < 2 ** 32:
@@ -175,14 +171,16 @@ def _resolve(n: int, d: int, method: str, dims: int, *, seed, pca_dims, perplexi
     if not isinstance(standardize, (bool, np.bool_)):
         raise ParameterError(f"standardize must be True or False, got {standardize!r}.")
     params: dict[str, Any] = {"seed": int(seed), "metric": metric, "standardize": bool(standardize)}
+    entry = PROJECTIONS[method]
+    if entry.neighbours:
+        _resolve_neighbours(n, d, pca_dims, n_iter, params)
+    options = {"perplexity": perplexity, "n_neighbors": n_neighbors, "min_dist": min_dist, "n_iter": n_iter}
+    entry.resolve(n, d, dims, options, params)
+    return params
 
-    if method == "pca":
-        if dims > min(n, d):
-            raise ParameterError(f"A {dims}-D PCA map needs at least {dims} dimensions and "
-                                 f"points; the features are {n} x {d}.")
-        params["n_components_fitted"] = max(dims, min(PCA_SCREE_MAX, n, d))
-        return params
 
+def _resolve_neighbours(n: int, d: int, pca_dims, n_iter, params: dict) -> None:
+    """The PCA pre-reduction and the kNN graph's mode, shared by the neighbour-based methods."""
     if pca_dims is None or (is_int(pca_dims) and pca_dims == 0):
         eff_pca = None
     elif is_int(pca_dims) and pca_dims >= 2:
@@ -201,36 +199,47 @@ def _resolve(n: int, d: int, method: str, dims: int, *, seed, pca_dims, perplexi
     exact = n * n * width <= EXACT_KNN_BUDGET
     params["neighbors"] = "exact" if exact else "nndescent"
 
-    if method == "tsne":
-        if not is_real(perplexity) or not math.isfinite(perplexity) or perplexity < 1:
-            raise ParameterError(f"perplexity must be a number >= 1, got {perplexity!r}.")
-        if 3 * perplexity >= n:
-            raise ParameterError(f"perplexity must be less than N/3 = {n / 3:.4g} for {n} points "
-                                 f"(got {perplexity:g}); lower it or map more points.")
-        it = DEFAULT_TSNE_ITER if n_iter is None else int(n_iter)
-        params.update(
-            perplexity=float(perplexity),
-            k_neighbors=int(min(n - 1, math.ceil(3 * perplexity))),
-            n_iter=it,
-            early_exaggeration_iter=it // 2,
-            early_exaggeration=EARLY_EXAGGERATION,
-            gradient="fft" if dims == 2 and n >= FFT_MIN_POINTS else "bh",
-            learning_rate="N/12, then N" if dims == 2 else "N/12",
-        )
-    else:  # umap
-        if not is_int(n_neighbors) or n_neighbors < 2:
-            raise ParameterError(f"n_neighbors must be an integer >= 2, got {n_neighbors!r}.")
-        if n_neighbors >= n:
-            raise ParameterError(f"n_neighbors must be less than the number of points "
-                                 f"({n}), got {n_neighbors}.")
-        if not is_real(min_dist) or not 0.0 <= min_dist <= 1.0:
-            raise ParameterError(f"min_dist must be a number in [0, 1], got {min_dist!r}.")
-        params.update(
-            n_neighbors=int(n_neighbors),
-            min_dist=float(min_dist),
-            n_epochs=(500 if n <= 10_000 else 200) if n_iter is None else int(n_iter),
-        )
-    return params
+
+def _resolve_pca(n: int, d: int, dims: int, options: dict, params: dict) -> None:
+    if dims > min(n, d):
+        raise ParameterError(f"A {dims}-D PCA map needs at least {dims} dimensions and "
+                             f"points; the features are {n} x {d}.")
+    params["n_components_fitted"] = max(dims, min(PCA_SCREE_MAX, n, d))
+
+
+def _resolve_tsne(n: int, d: int, dims: int, options: dict, params: dict) -> None:
+    perplexity, n_iter = options["perplexity"], options["n_iter"]
+    if not is_real(perplexity) or not math.isfinite(perplexity) or perplexity < 1:
+        raise ParameterError(f"perplexity must be a number >= 1, got {perplexity!r}.")
+    if 3 * perplexity >= n:
+        raise ParameterError(f"perplexity must be less than N/3 = {n / 3:.4g} for {n} points "
+                             f"(got {perplexity:g}); lower it or map more points.")
+    it = DEFAULT_TSNE_ITER if n_iter is None else int(n_iter)
+    params.update(
+        perplexity=float(perplexity),
+        k_neighbors=int(min(n - 1, math.ceil(3 * perplexity))),
+        n_iter=it,
+        early_exaggeration_iter=it // 2,
+        early_exaggeration=EARLY_EXAGGERATION,
+        gradient="fft" if dims == 2 and n >= FFT_MIN_POINTS else "bh",
+        learning_rate="N/12, then N" if dims == 2 else "N/12",
+    )
+
+
+def _resolve_umap(n: int, d: int, dims: int, options: dict, params: dict) -> None:
+    n_neighbors, min_dist, n_iter = options["n_neighbors"], options["min_dist"], options["n_iter"]
+    if not is_int(n_neighbors) or n_neighbors < 2:
+        raise ParameterError(f"n_neighbors must be an integer >= 2, got {n_neighbors!r}.")
+    if n_neighbors >= n:
+        raise ParameterError(f"n_neighbors must be less than the number of points "
+                             f"({n}), got {n_neighbors}.")
+    if not is_real(min_dist) or not 0.0 <= min_dist <= 1.0:
+        raise ParameterError(f"min_dist must be a number in [0, 1], got {min_dist!r}.")
+    params.update(
+        n_neighbors=int(n_neighbors),
+        min_dist=float(min_dist),
+        n_epochs=(500 if n <= 10_000 else 200) if n_iter is None else int(n_iter),
+    )
 
 
 def _scaled(x: np.ndarray, params: dict) -> np.ndarray:
@@ -410,7 +419,50 @@ def _run_umap(x: np.ndarray, dims: int, params: dict, progress):
     return np.asarray(z), None, {}
 
 
-_RUNNERS: dict[str, Callable] = {"pca": _run_pca, "tsne": _run_tsne, "umap": _run_umap}
+# --------------------------------------------------------------------------- the methods' table
+
+@dataclass(frozen=True)
+class ProjectionMethod:
+    """One map-making method: its name in calls and links, its display name, what runs it,
+    how its options are checked, and which of ``project``'s options it reads.
+
+    run: ``run(x, dims, params, progress) -> (coords (N, dims), explained-variance ratios or
+        None, quality dict)``; ``params`` are the effective parameters ``resolve`` made.
+    resolve: ``resolve(n, d, dims, options, params)``: raises ParameterError for impossible
+        ``options`` (perplexity, n_neighbors, min_dist, n_iter) and adds the method's
+        effective parameters to ``params`` (they go into the cache key and the record).
+    options: the options the method reads; the Embeddings page enables their widgets.
+    neighbours: the method works on the PCA pre-reduced data and its kNN graph (pca_dims,
+        metric and n_iter apply).
+    """
+    name: str
+    title: str
+    run: Callable
+    resolve: Callable
+    options: tuple[str, ...] = ()
+    neighbours: bool = False
+
+
+PROJECTIONS: dict[str, ProjectionMethod] = {}     # in the order the page offers them
+
+
+def register_projection(method: ProjectionMethod) -> ProjectionMethod:
+    """Add ``method`` to the table (replacing one of the same name): ``project`` accepts its
+    name and the Embeddings page offers it.
+
+    Args:
+        method: the method's entry.
+    """
+    PROJECTIONS[method.name] = method
+    return method
+
+
+_NEIGHBOUR_OPTIONS = ("pca_dims", "metric", "n_iter")
+register_projection(ProjectionMethod("tsne", "t-SNE", _run_tsne, _resolve_tsne,
+                                     _NEIGHBOUR_OPTIONS + ("perplexity",), neighbours=True))
+register_projection(ProjectionMethod("umap", "UMAP", _run_umap, _resolve_umap,
+                                     _NEIGHBOUR_OPTIONS + ("n_neighbors", "min_dist"), neighbours=True))
+register_projection(ProjectionMethod("pca", "PCA", _run_pca, _resolve_pca))
 
 
 def _report(progress, done: int, total: int) -> None:
@@ -482,7 +534,7 @@ def project(features, method: str = "tsne", dims: int = 2, *, seed: int = 0,
                 return result
 
     t0 = time.perf_counter()
-    coords, ratio, quality = _RUNNERS[method](x, dims, params, progress)
+    coords, ratio, quality = PROJECTIONS[method].run(x, dims, params, progress)
     seconds = time.perf_counter() - t0
     coords = np.ascontiguousarray(coords, dtype=np.float32)
     if coords.shape != (n, dims) or not np.isfinite(coords).all():

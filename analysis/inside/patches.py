@@ -41,7 +41,7 @@ import torch
 from PIL import Image
 
 import analysis.core.diskcache as diskcache
-from analysis.core.batching import JobProgress, halve_after_oom
+from analysis.core.batching import Chunks, JobProgress
 from analysis.core.datasets import Dataset, image_count
 from analysis.core.errors import LayerError, LimitError, ParameterError
 from analysis.core.hooks import get_module, run_truncated, truncate_after
@@ -352,21 +352,16 @@ def scan(bundle: ModelBundle, dataset: Dataset, layer: str, *, k: int = 9, batch
 
     best_v = best_i = best_p = None          # (C, <=k) running top-k
     hw = None
-    bs, start = int(batch_size), 0
-    while start < n:
-        if should_stop is not None and should_stop():
-            return None
-        stop = min(n, start + bs)
-        idx = np.arange(start, stop, dtype=np.int64)
-        x = bundle.preprocess(dataset.get_many(idx)).to(bundle.device)
-        try:
-            v, p, hw = _layer_maxima(bundle, layer, x)
-        except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
-            bs = halve_after_oom(exc, bs)
-            continue
-        del x
+
+    def maxima(start: int, stop: int):
+        x = bundle.preprocess(dataset.get_many(np.arange(start, stop, dtype=np.int64))).to(bundle.device)
+        return _layer_maxima(bundle, layer, x)
+
+    chunks = Chunks(n, int(batch_size), maxima, should_stop)
+    for start, stop, out in chunks:
+        v, p, hw = out
         cand_v, cand_p = v.T, p.T                                   # (C, N)
-        cand_i = torch.from_numpy(idx).expand(cand_v.shape[0], -1)  # (C, N)
+        cand_i = torch.arange(start, stop, dtype=torch.int64).expand(cand_v.shape[0], -1)  # (C, N)
         if best_v is not None:
             # Running best first: it holds only lower image indices, already ordered by
             # (value desc, index asc), so a stable sort keeps the lower index on ties.
@@ -377,8 +372,9 @@ def scan(bundle: ModelBundle, dataset: Dataset, layer: str, *, k: int = 9, batch
         best_v = cand_v.gather(1, order)
         best_i = cand_i.gather(1, order)
         best_p = cand_p.gather(1, order)
-        start = stop
-        yield ScanProgress(start, n, time.perf_counter() - t0)
+        yield ScanProgress(stop, n, time.perf_counter() - t0)
+    if chunks.stopped:
+        return None
 
     h, w = hw
     pos = best_p.numpy().astype(np.int64)

@@ -315,7 +315,7 @@ class _Tracer(TorchFunctionMode):
             return out
         try:
             self._propagate(name, func, args, kwargs, out, ins)
-        except Exception as e:  # never break the forward: mark the result as not understood
+        except Exception as e:  # noqa: BLE001 - never break the forward: mark the result as not understood
             for t in _tensors(out, []):
                 self.set(t, _Unknown(f"operation {name!r} could not be analysed ({type(e).__name__}: {e})"))
         return out
@@ -385,7 +385,7 @@ class _Tracer(TorchFunctionMode):
             if start <= w and end >= h and end > start:
                 return _NonSpatial("the feature map is flattened into a vector") if o.dim() <= 2 \
                     else _Unknown("flatten merges the spatial dimensions")
-            shift = lambda a: a if a < start else a - (end - start)  # noqa: E731
+            shift = lambda a: a if a < start else a - (end - start)  # noqa: E731 - one-line index map
             return _with_dims(xi, shift(h), shift(w), o.dim())
         if name in _PERMUTES:
             return self._permute(name, args, kwargs, xi, x, o)
@@ -471,7 +471,7 @@ class _Tracer(TorchFunctionMode):
             return _Unknown(f"{name} reduces over one spatial dimension")
         if out.dim() == nd:                                     # keepdim
             return xi
-        drop = lambda a: a - sum(1 for r in red if r < a)      # noqa: E731
+        drop = lambda a: a - sum(1 for r in red if r < a)      # noqa: E731 - one-line index map
         return _with_dims(xi, drop(h), drop(w), out.dim())
 
     def _permute(self, name, args, kwargs, xi, x, out):

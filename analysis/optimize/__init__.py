@@ -7,7 +7,7 @@ and scale), ``params`` (image parameterisations), ``transforms`` (robustness) an
 caller writes ``import analysis.optimize as O; O.channel(...)``; presets for the pages live in
 ``analysis.optimize.featurevis``.
 """
-from analysis.optimize.engine import (  # noqa: F401
+from analysis.optimize.engine import (  # noqa: F401 - re-exported: the package is the public surface
     STEP_RULES,
     OptResult,
     OptStep,
@@ -16,7 +16,7 @@ from analysis.optimize.engine import (  # noqa: F401
     run,
     to_uint8,
 )
-from analysis.optimize.objectives import (  # noqa: F401
+from analysis.optimize.objectives import (  # noqa: F401 - re-exported: the package is the public surface
     IMAGENET_MEAN,
     IMAGENET_STD,
     Context,
@@ -34,7 +34,7 @@ from analysis.optimize.objectives import (  # noqa: F401
     neuron,
     total_variation,
 )
-from analysis.optimize.params import (  # noqa: F401
+from analysis.optimize.params import (  # noqa: F401 - re-exported: the package is the public surface
     NATURAL_PHOTOS,
     FourierImage,
     ImageParam,
@@ -42,7 +42,7 @@ from analysis.optimize.params import (  # noqa: F401
     PixelImage,
     natural_magnitude,
 )
-from analysis.optimize.transforms import (  # noqa: F401
+from analysis.optimize.transforms import (  # noqa: F401 - re-exported: the package is the public surface
     Jitter,
     Pad,
     RandomCrops,

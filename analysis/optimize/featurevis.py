@@ -88,15 +88,21 @@ def default_size(preset: Preset, bundle: ModelBundle) -> int:
     return int(preset.size or max(8, round(bundle.input_size * preset.canvas)))
 
 
+# a preset's parameterisation -> its image: (bundle, preset, size, batch, seed) -> ImageParam
+PARAMETERISATIONS = {
+    "pixels": lambda bundle, preset, size, batch, seed: O.PixelImage(
+        bundle, size, batch=batch, space=preset.space, init_std=preset.init_std, seed=seed),
+    "fourier": lambda bundle, preset, size, batch, seed: O.FourierImage(bundle, size, batch=batch, seed=seed),
+    "maco": lambda bundle, preset, size, batch, seed: O.MacoImage(bundle, size, batch=batch, seed=seed),
+}
+
+
 def _param(bundle: ModelBundle, preset: Preset, batch: int, seed: int, size: int | None):
-    size = size or default_size(preset, bundle)
-    if preset.parameterisation == "fourier":
-        return O.FourierImage(bundle, size, batch=batch, seed=seed)
-    if preset.parameterisation == "maco":
-        return O.MacoImage(bundle, size, batch=batch, seed=seed)
-    if preset.parameterisation != "pixels":
-        raise ParameterError(f"Unknown parameterisation {preset.parameterisation!r}: use pixels, fourier or maco.")
-    return O.PixelImage(bundle, size, batch=batch, space=preset.space, init_std=preset.init_std, seed=seed)
+    make = PARAMETERISATIONS.get(preset.parameterisation)
+    if make is None:
+        raise ParameterError(f"Unknown parameterisation {preset.parameterisation!r}: use "
+                             f"{', '.join(PARAMETERISATIONS)}.")
+    return make(bundle, preset, size or default_size(preset, bundle), batch, seed)
 
 
 def _transforms(bundle: ModelBundle, preset: Preset) -> list:

@@ -34,18 +34,20 @@ class ImageParam:
         return {"kind": self.kind}
 
 
+# pixel space -> per-channel (scale, offset) such that image = pixels * scale + offset
+PIXEL_SPACES = {
+    "standard": lambda bundle: (IMAGENET_STD, IMAGENET_MEAN),      # ImageNet-standardised (CS231n's settings)
+    "caffe": lambda bundle: ((1 / 255.0,) * 3, IMAGENET_MEAN),     # 0-255 minus the mean (Yosinski, deepdream)
+    "model": lambda bundle: (tuple(bundle.preprocess.std), tuple(bundle.preprocess.mean)),  # the model's own
+    "unit": lambda bundle: ((1.0,) * 3, (0.0,) * 3),
+}
+
+
 def _space_stats(space: str, channels: int, bundle: ModelBundle) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel (scale, offset) such that image = pixels * scale + offset."""
-    if space == "standard":      # ImageNet-standardised, the space CS231n's settings assume
-        scale, offset = IMAGENET_STD, IMAGENET_MEAN
-    elif space == "caffe":       # 0-255 minus the mean (Yosinski's toolbox, google/deepdream)
-        scale, offset = (1 / 255.0,) * 3, IMAGENET_MEAN
-    elif space == "model":       # the model's own input normalisation
-        scale, offset = tuple(bundle.preprocess.std), tuple(bundle.preprocess.mean)
-    elif space == "unit":
-        scale, offset = (1.0,) * 3, (0.0,) * 3
-    else:
-        raise ParameterError(f"Unknown pixel space {space!r}: use standard, caffe, model or unit.")
+    if space not in PIXEL_SPACES:
+        raise ParameterError(f"Unknown pixel space {space!r}: use {', '.join(PIXEL_SPACES)}.")
+    scale, offset = PIXEL_SPACES[space](bundle)
     s, o = torch.tensor(scale[:3]), torch.tensor(offset[:3])
     if channels == 1:
         s, o = s.mean().view(1), o.mean().view(1)

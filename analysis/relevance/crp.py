@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from analysis.core.errors import LayerError, ParameterError
+from analysis.core.hooks import forward_hooks
 from analysis.core.models.bundle import ModelBundle
 from analysis.relevance.lrp import COMPOSITES, lrp_batch
 
@@ -62,11 +63,8 @@ def layer_condition(layer: str, mask: torch.Tensor | None, sink: list, acts: lis
                 acts.append(out.detach().float().clone())
             m = torch.empty(0) if mask is None else mask.to(out)
             return _MaskGrad.apply(out, m, sink)
-        h = module.register_forward_hook(fwd)
-        try:
+        with forward_hooks([(module, fwd)]):
             yield
-        finally:
-            h.remove()
     return hooks
 
 

@@ -3,7 +3,7 @@ every method one entry with its parameter schema), incremental occlusion, and th
 (deletion / insertion, model randomisation). Importing the package registers the built-in
 methods, so ``analysis.saliency.registry`` always lists them."""
 # isort: off
-import analysis.saliency.methods  # noqa: F401  (registers the built-in methods)
-import analysis.saliency.transformer  # noqa: F401  (the attention methods of transformers)
+import analysis.saliency.methods
+import analysis.saliency.transformer
 import analysis.saliency.lrp_methods  # noqa: F401  (then the LRP composites, from analysis.relevance)
 # isort: on

@@ -232,11 +232,11 @@ def plan_for(bundle) -> LitePlan | None:
     """The fused plan of the bundle's model (built once, cached on the bundle), or None
     when the model is not convlens' plain ``EfficientNetLite`` (callers then use full
     forward passes). The plan holds its own weights; the shared model is only read."""
-    cached = bundle.__dict__.get("_incremental_plan")
+    cached = bundle.derived.get("incremental_plan")     # the declared field for derived copies
     if cached is None:
         with bundle.lock:
             plan = LitePlan(bundle.model) if _supported(bundle.model) else None
-        cached = bundle.__dict__["_incremental_plan"] = (plan,)
+        cached = bundle.derived["incremental_plan"] = (plan,)
     return cached[0]
 
 

@@ -91,7 +91,7 @@ _VGG_INDEX = {
 def _vgg_defaults(arch: str) -> StyleDefaults:
     arch = arch.removesuffix("_bn") if arch.endswith("_bn") else arch
     ix = _VGG_INDEX[arch]
-    f = lambda k: f"features.{ix[k]}"  # noqa: E731
+    f = lambda k: f"features.{ix[k]}"  # noqa: E731 - one-line name map
     return StyleDefaults(
         content_layer=f("relu4_2"),
         style_layers={f(k): 1.0 for k in ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")},
@@ -636,7 +636,9 @@ def style_transfer(bundle: ModelBundle, content: np.ndarray, styles: Sequence[tu
 
     if preserve_colour:
         cy = luminance(content_rgb)
-        to_model = (lambda y: y.expand(-1, bundle.preprocess.channels, -1, -1))
+        def to_model(y):
+            return y.expand(-1, bundle.preprocess.channels, -1, -1)
+
         c_in = to_model(cy)
         style_in = [(to_model(match_luminance(luminance(s), cy)), wt) for s, wt in style_imgs]
         init_t = cy if init == "content" else _noise((1, 1, h, w), seed, bundle.device)

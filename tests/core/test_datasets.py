@@ -374,3 +374,26 @@ def test_dataset_is_a_plain_dataclass():
     ds = Dataset(name="x", source="digits", class_names=["a"], labels=[0, 0], ids=["1", "2"],
                  content_hash="0" * 64, _loader=lambda i: np.zeros((2, 2, 3), np.uint8))
     assert len(ds) == 2 and ds.labels.dtype == np.int64 and not ds.get(1).flags.writeable
+
+
+def test_zip_members_read_by_index_from_threads_and_after_pickling(tmp_path):
+    """core.datasets.ZipMembers (the zip loader's and the manifest reader's): one handle,
+    read under a lock from several threads; a pickled copy opens its own."""
+    import pickle
+    import zipfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    from analysis.core.datasets import ZipMembers
+    path = tmp_path / "m.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        for i in range(6):
+            z.writestr(f"d/{i}.bin", bytes([i]) * (100 + i))
+    zm = ZipMembers(path)
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda i: zm.read(i), range(6)))
+    assert [(info.filename, data) for info, data in got] == [(f"d/{i}.bin", bytes([i]) * (100 + i)) for i in range(6)]
+    copy = pickle.loads(pickle.dumps(zm))
+    assert copy._zip is None and copy.read(5)[1] == bytes([5]) * 105
+    bad = ZipMembers(tmp_path / "missing.zip")
+    with pytest.raises(OSError):
+        bad.read(0)

@@ -3,6 +3,8 @@ and 3-D, determinism, parameter validation, the disk cache, PCA's explained vari
 and map quality on scikit-learn's digits (5-NN accuracy of the 2-D map)."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits, make_blobs
@@ -216,7 +218,8 @@ def test_disk_cache_hit_and_keys(blobs, tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise AssertionError("recomputed instead of reading the cache")
-    monkeypatch.setattr(projection, "_RUNNERS", {m: boom for m in projection.METHODS})
+    monkeypatch.setattr(projection, "PROJECTIONS", {m: dataclasses.replace(e, run=boom)
+                                                    for m, e in projection.PROJECTIONS.items()})
     again = project(x, "tsne", n_iter=60, cache_parts=parts, cache_dir=tmp_path, labels=y)
     assert again.from_cache and np.array_equal(again.coords, first.coords)
     assert again.coords.dtype == np.float32
@@ -298,3 +301,31 @@ def test_knn_accuracy_helper():
     assert knn_accuracy(coords, labels) == 1.0
     assert knn_accuracy(coords, np.zeros(40)) is None            # one class
     assert knn_accuracy(coords[:10], labels[:10]) is None        # too few points
+
+
+def test_a_registered_method_is_one_entry(blobs, monkeypatch, tmp_path):
+    """A toy method (the first ``dims`` features) added as one table entry: ``project``
+    accepts it, checks its option, caches it under its own name."""
+    x, _ = blobs
+    seen = {}
+
+    def resolve(n, d, dims, options, params):
+        if dims > d:
+            raise ParameterError(f"first-features needs {dims} features")
+        params["columns"] = list(range(dims))
+
+    def run(x, dims, params, progress):
+        seen["params"] = dict(params)
+        return x[:, params["columns"]], None, {}
+
+    monkeypatch.setattr(projection, "PROJECTIONS", dict(projection.PROJECTIONS))
+    projection.register_projection(projection.ProjectionMethod("first", "First features", run, resolve))
+    p = project(x, "first", 3, cache_parts=("k",), cache_dir=tmp_path)
+    np.testing.assert_array_equal(p.coords, x[:, :3].astype(np.float32))
+    assert p.method == "first" and p.params["columns"] == [0, 1, 2] and seen["params"]["seed"] == 0
+    assert "pca_dims" not in p.params                     # not a neighbour method: no pre-reduction
+    assert project(x, "first", 3, cache_parts=("k",), cache_dir=tmp_path).from_cache
+    with pytest.raises(ParameterError, match="first-features needs 3"):
+        project(x[:, :2], "first", 3)
+    with pytest.raises(ParameterError, match="use one of tsne, umap, pca, first"):
+        project(x, "mds")

@@ -44,10 +44,8 @@ def _tiny_folder(root, classes=3, per_class=4):
     return root
 
 
-def test_embeddings_impossible_parameters_give_messages(tmp_path, monkeypatch):
-    """12 images: the default t-SNE perplexity (30) and UMAP n_neighbors (15) are impossible.
-    The page shows the ParameterError's message (no traceback, the rest of the page
-    works), and a possible value draws the map."""
+def tiny_embeddings_page(tmp_path, monkeypatch) -> AppTest:
+    """The Embeddings page on the digits model and a 12-image folder, features extracted."""
     root = _tiny_folder(tmp_path / "tiny").resolve()
     monkeypatch.setenv("CONVLENS_DATASET_DIRS", str(root))
     at = AppTest.from_file(APP, default_timeout=300).run()
@@ -57,6 +55,14 @@ def test_embeddings_impossible_parameters_give_messages(tmp_path, monkeypatch):
     assert not at.exception
     if any(b.key == "em_extract" for b in at.button):
         at.button(key="em_extract").click().run()
+    return at
+
+
+def test_embeddings_impossible_parameters_give_messages(tmp_path, monkeypatch):
+    """12 images: the default t-SNE perplexity (30) and UMAP n_neighbors (15) are impossible.
+    The page shows the ParameterError's message (no traceback, the rest of the page
+    works), and a possible value draws the map."""
+    at = tiny_embeddings_page(tmp_path, monkeypatch)
     assert not at.exception
     assert any("12 × 64 features" in c.value for c in at.caption)
     spaces = [m.value for m in at.markdown if "space" in m.value and "agreement" in m.value]

@@ -181,8 +181,8 @@ def load_digits_model(config: DigitsTrainConfig = DigitsTrainConfig(), cache_dir
                 model = DigitsCNN()
                 model.load_state_dict(load_file(str(path)), strict=True)
                 return model.eval(), json.loads(meta.get("info", "{}"))
-            except Exception:
-                path.unlink(missing_ok=True)  # corrupt cache entry: retrain below
+            except Exception:  # noqa: BLE001 - any unreadable cache entry is retrained, never trusted
+                path.unlink(missing_ok=True)
         model, info = train_digits_cnn(config, progress=progress)
         atomic_write(path, save({k: v.contiguous() for k, v in model.state_dict().items()},
                                 metadata={"info": json.dumps(info)}))

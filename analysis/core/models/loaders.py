@@ -433,7 +433,7 @@ def trusted_bundle(relname: str, root: Path | None = None, device: torch.device 
             model = torch.jit.load(str(path), map_location="cpu")
         except RuntimeError:
             model = torch.load(str(path), map_location="cpu", weights_only=False)  # operator-trusted
-    except Exception as e:  # noqa: BLE001 - any failure of a trusted file is reported, not raised raw
+    except Exception as e:
         raise ModelLoadError(f"Could not load trusted model {relname}: {e}") from e
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"{relname} holds a {type(model).__name__}, not a torch module.")
