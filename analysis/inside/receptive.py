@@ -613,36 +613,6 @@ def _entry(bundle: ModelBundle, layer: str) -> _Info:
     return table[layer]
 
 
-def analytic_receptive_field(bundle: ModelBundle, layer: str) -> ReceptiveField:
-    """Receptive-field arithmetic along the traced forward graph. Raises LayerError for an
-    unknown layer and ReceptiveFieldError for a non-spatial layer or an operation that is
-    not understood.
-
-    Args:
-        bundle: the model (its forward is traced once and cached).
-        layer: the layer's qualified name.
-    """
-    return _from_entry(layer, _entry(bundle, layer))
-
-
-def analytic_receptive_fields(bundle: ModelBundle) -> dict[str, ReceptiveField | ReceptiveFieldError]:
-    """Every layer called in the forward -> its analytic field or the error explaining why
-    there is none (one cached trace for the whole model).
-
-    Args:
-        bundle: the model.
-    """
-    out: dict[str, ReceptiveField | ReceptiveFieldError] = {}
-    for name, entry in _trace(bundle).items():
-        if name == "":
-            continue
-        try:
-            out[name] = _from_entry(name, entry)
-        except ReceptiveFieldError as e:
-            out[name] = e
-    return out
-
-
 # -------------------------------------------------------------------------- gradient
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
@@ -807,24 +777,6 @@ def _gradient_boxes(bundle: ModelBundle, requests: Sequence[tuple[str, object, o
         shapes[layer] = shape
         boxes.update(zip(idx, found))
     return [boxes[i] for i in range(len(requests))], shapes
-
-
-def gradient_receptive_field(bundle: ModelBundle, layer: str, y: int | None = None,
-                             x: int | None = None) -> tuple[int, int, int, int]:
-    """(top, left, bottom, right) — bottom/right exclusive — of the input pixels that output
-    position (y, x) of ``layer`` depends on (default: the central position (H//2, W//2)),
-    from the gradient support on a linearised copy of the model. Only outputs that are not
-    feature maps raise ReceptiveFieldError here: a 1x1 map after global pooling gives the
-    whole image.
-
-    Args:
-        bundle: the model (a linearised copy is built; the cached model is not changed).
-        layer: the layer's qualified name.
-        y: output row; None for the centre.
-        x: output column; None for the centre.
-    """
-    boxes, _ = _gradient_boxes(bundle, [(layer, y, x)])
-    return boxes[0]
 
 
 def _axis_from_boxes(pos: list[int], boxes: list[tuple[int, int]], n_out: int):

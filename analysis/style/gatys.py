@@ -191,19 +191,6 @@ def recombine_chroma(y: torch.Tensor, content_rgb: torch.Tensor) -> torch.Tensor
     return yiq_to_rgb(torch.cat([y, iq.expand(y.shape[0], -1, -1, -1)], 1)).clamp(0, 1)
 
 
-def chroma_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean absolute difference of the chroma (YIQ's I and Q, 0-1 units) of two RGB uint8
-    images of equal size: 0 means the same colours.
-
-    Args:
-        a: RGB uint8 image (H, W, 3).
-        b: RGB uint8 image of the same size as ``a``.
-    """
-    ta = torch.from_numpy(np.array(a, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].float() / 255
-    tb = torch.from_numpy(np.array(b, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].float() / 255
-    return float((rgb_to_yiq(ta)[:, 1:] - rgb_to_yiq(tb)[:, 1:]).abs().mean())
-
-
 # ===================================================================== images
 
 

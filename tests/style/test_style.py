@@ -95,11 +95,11 @@ def test_colour_preservation_keeps_the_contents_chroma(lite0):
     from PIL import Image
     h, w = kept.images.shape[1:3]
     ref = np.asarray(Image.fromarray(content).resize((w, h), Image.BILINEAR))
-    d_kept, d_free = S.chroma_distance(kept.images[0], ref), S.chroma_distance(free.images[0], ref)
+    d_kept, d_free = chroma_distance(kept.images[0], ref), chroma_distance(free.images[0], ref)
     assert d_kept < 0.02 and d_kept < 0.5 * d_free, (d_kept, d_free)
     assert kept.params["preserve_colour"] and kept.params["param"]["kind"] == "luminance"
     # previews are shown in colour too, and the luminance did change (the style is there)
-    assert seen[-1].image.shape == kept.images.shape and S.chroma_distance(seen[-1].image[0], ref) < 0.02
+    assert seen[-1].image.shape == kept.images.shape and chroma_distance(seen[-1].image[0], ref) < 0.02
     y = lambda im: S.luminance(torch.from_numpy(np.array(im)).permute(2, 0, 1)[None].float() / 255)  # noqa: E731
     assert float((y(kept.images[0]) - y(ref)).abs().mean()) > 0.01
 
