@@ -313,6 +313,62 @@ def _release(pool: _Pool, broken: bool) -> None:
         _kill(pool)
 
 
+def _resources(concurrency: int | None, num_gpus: float | None, chunks: int) -> tuple[int, float]:
+    """(actors, GPUs per actor) for a job of ``chunks`` chunks on the connected cluster."""
+    import ray
+    gpus = cluster_gpus()
+    if num_gpus is None:
+        num_gpus = 1.0 if gpus >= 1 else 0.0
+    if num_gpus < 0:
+        raise ParameterError("num_gpus must be at least 0")
+    if concurrency is None:
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        concurrency = int(gpus // num_gpus) if num_gpus else max(1, cpus)
+    return max(1, min(int(concurrency), max(1, chunks))), float(num_gpus)
+
+
+def _pool_args(model_spec: dict, model_id: str, num_gpus: float, retries: int) -> tuple[dict, dict]:
+    """The actors' constructor arguments and Ray options: together the pool's key."""
+    cfg = get_config()
+    env = {k: v for k, v in os.environ.items() if k.startswith("CONVLENS_") and k != "CONVLENS_DEVICE"}
+    ctor = {"model_spec": model_spec, "model_id": model_id, "device": "cuda" if num_gpus else "cpu",
+            "threads": 0 if num_gpus else 1, "env": env, "data_dir": str(cfg.data_dir), "cache_dir": str(cfg.cache_dir)}
+    options = {"num_cpus": 1, "num_gpus": num_gpus, "max_restarts": int(retries), "max_task_retries": int(retries)}
+    return ctor, options
+
+
+def prestart(model, *, address: str | None = None, concurrency: int | None = None, num_gpus: float | None = None,
+             retries: int = RETRIES, keep_warm_s: float = KEEP_WARM_S,
+             on_info: Callable[[str], None] | None = None) -> int:
+    """Start the warm actor pool of ``model`` now, without a job, so that the first job on
+    it does not wait for the actors' start-up (call it when the Ray engine and the model are
+    chosen, e.g. in a background thread). Returns how many actors were started (0: the pool
+    was running). The actors start asynchronously; the pool is shut down after
+    ``keep_warm_s`` seconds without a job like any other.
+
+    Args:
+        model: a ModelSpec, its dict or a short name (see
+            :func:`analysis.dataset.workers.model_spec_from`).
+        address: Ray address (see :func:`ensure_ray`).
+        concurrency: number of actors (default as in :func:`run_ray` for a large job).
+        num_gpus: GPUs per actor (default as in :func:`run_ray`).
+        retries: as in :func:`run_ray` (part of the pool's key: use the jobs' value).
+        keep_warm_s: idle seconds before the pool is shut down.
+        on_info: receives one-line notices (e.g. that an embedded Ray was started).
+    """
+    from analysis.core.models.loaders import select_device
+    from analysis.dataset.executor import _bundle
+    from analysis.dataset.workers import model_spec_dict, model_spec_from
+    spec = model_spec_from(model)
+    model_id = _bundle(spec, select_device()).model_id
+    ensure_ray(address, on_info=on_info)
+    n, num_gpus = _resources(concurrency, num_gpus, 1 << 30)
+    ctor, options = _pool_args(model_spec_dict(spec), model_id, num_gpus, retries)
+    pool, started = _acquire(ctor, options, n, keep_warm_s)
+    _release(pool, False)
+    return started
+
+
 def write_input(p, path: Path) -> None:
     """The job's input rows as Parquet with one row group per chunk (atomically).
 
@@ -372,29 +428,14 @@ def run_ray(p, done_chunks: set[int], *, progress=None, should_stop=None, addres
     done = sum(sizes[c] for c in done_chunks)
     if progress:
         progress(done, p.n)
-    gpus = cluster_gpus()
-    if num_gpus is None:
-        num_gpus = 1.0 if gpus >= 1 else 0.0
-    if num_gpus < 0:
-        raise ParameterError("num_gpus must be at least 0")
-    if concurrency is None:
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        concurrency = int(gpus // num_gpus) if num_gpus else max(1, cpus)
-    concurrency = max(1, min(int(concurrency), max(1, len(todo))))
+    concurrency, num_gpus = _resources(concurrency, num_gpus, len(todo))
     if retries < 0:
         raise ParameterError("retries must be at least 0")
-    cfg = get_config()
-    env = {k: v for k, v in os.environ.items() if k.startswith("CONVLENS_") and k != "CONVLENS_DEVICE"}
-    device = "cuda" if num_gpus else "cpu"
     input_path = p.partial_dir / "input.parquet"
     stopped = False
     warm = False
     if todo:
-        ctor = {"model_spec": model_spec_dict(p.spec.model), "model_id": p.bundle.model_id, "device": device,
-                "threads": 0 if num_gpus else 1, "env": env, "data_dir": str(cfg.data_dir),
-                "cache_dir": str(cfg.cache_dir)}
-        options = {"num_cpus": 1, "num_gpus": num_gpus, "max_restarts": int(retries),
-                   "max_task_retries": int(retries)}
+        ctor, options = _pool_args(model_spec_dict(p.spec.model), p.bundle.model_id, num_gpus, retries)
         pool, started = _acquire(ctor, options, concurrency, keep_warm_s)   # they start while we write the input
         warm = started == 0
         broken = False

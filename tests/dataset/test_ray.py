@@ -68,6 +68,7 @@ def test_ray_crp_job_equals_in_process_and_reuses_the_warm_actors(ray_cluster, d
     # started by the earlier jobs is reused (same actor processes, no start-up)
     run(JobSpec("predict", ModelSpec("digits"), "digits", batch_size=16, indices=tuple(range(32))),
         engine="ray", data_dir=tmp_path / "warm", chunk_size=16)
+    assert ray_backend.prestart(ModelSpec("digits"), concurrency=2) == 0      # the pool is running
     pids = _actor_pids()
     spec = JobSpec("crp", ModelSpec("digits"), "digits", params={"layer": "features.relu3"}, batch_size=16,
                    indices=tuple(range(64)))
