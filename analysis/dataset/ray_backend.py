@@ -356,11 +356,10 @@ def prestart(model, *, address: str | None = None, concurrency: int | None = Non
         keep_warm_s: idle seconds before the pool is shut down.
         on_info: receives one-line notices (e.g. that an embedded Ray was started).
     """
-    from analysis.core.models.loaders import select_device
-    from analysis.dataset.executor import _bundle
+    from analysis.core.models.loaders import load_bundle, select_device
     from analysis.dataset.workers import model_spec_dict, model_spec_from
     spec = model_spec_from(model)
-    model_id = _bundle(spec, select_device()).model_id
+    model_id = load_bundle(spec, device=select_device()).model_id
     ensure_ray(address, on_info=on_info)
     n, num_gpus = _resources(concurrency, num_gpus, 1 << 30)
     ctor, options = _pool_args(model_spec_dict(spec), model_id, num_gpus, retries)
