@@ -166,3 +166,19 @@ def test_bad_worker_paths_are_clear_errors():
         kind = "local"
     with pytest.raises(ParameterError, match="not importable"):
         worker_path(Local)
+
+
+def test_an_idle_pool_is_shut_down(ray_cluster, digits):
+    import time
+
+    import ray
+    assert ray_backend.prestart(ModelSpec("digits"), concurrency=1, keep_warm_s=1.0) in (0, 1)
+    (pool,) = ray_backend._POOLS.values()
+    actor = pool.actors[0]
+    assert ray_backend.pool_info()[0]["actors"] == 1
+    deadline = time.monotonic() + 30
+    while ray_backend.pool_info() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray_backend.pool_info() == []
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(actor.info.remote(), timeout=30)
