@@ -6,13 +6,15 @@ and a scaling estimate for N GPU workers from the measured per-batch costs.
    the bare forward (predict) or forward + backward to the Grad-CAM layer (saliency).
    Goal: executor >= 0.8x the floor. Both models: the digits CNN (all 1,797 digits) and
    EfficientNet-Lite0 (224x224).
-2. The same ``predict`` job on Ray Data (embedded single-node Ray, one actor per core)
-   against in-process: end to end (actor start-up included) and steady state (from the
-   first finished chunk to the last). Goal: steady state >= 0.7x in-process.
+2. The same ``predict`` job on Ray (embedded single-node Ray, one actor per core) against
+   in-process, end to end: the first (cold) job, which starts the actors (and ``ray.init``
+   apart), and later (warm) jobs on the model's warm actor pool; with the cold start-up
+   broken down (ray.init, importing torch / convlens in the actor, building the model).
+   Goal: >= 0.7x in-process on 2 cores.
 3. Per-batch costs (read + decode, preprocess, model, post-process + Parquet) and the
    scaling estimate for N GPU workers.
 
-    .venv/bin/python bench/dataset_audit.py [--lite-images 32] [--no-ray] [--no-write]
+    .venv/bin/python bench/dataset_audit.py [--lite-images 32] [--no-ray | --only-ray] [--no-write]
 """
 from __future__ import annotations
 
@@ -150,7 +152,12 @@ def _costs(p, runner, bundle, n: int, batch: int, t: dict) -> None:
 
 
 def ray_vs_local(spec_model: ModelSpec, dataset, n: int, batch: int, chunk: int, device, data_dir: Path) -> dict:
+    """The same ``predict`` job in-process and on an embedded Ray: the first (cold) job
+    pays ``ray.init`` and the actors' start-up; later (warm) jobs reuse the warm actor pool
+    of the model (analysis.dataset.ray_backend) and pay neither."""
     import ray
+
+    from analysis.dataset import ray_backend
     spec = JobSpec("predict", spec_model, dataset, batch_size=batch, indices=tuple(range(n)))
     bundle = load_bundle(spec_model, device=device)
     run(JobSpec("predict", spec_model, dataset, batch_size=batch, indices=tuple(range(batch))),
@@ -158,36 +165,82 @@ def ray_vs_local(spec_model: ModelSpec, dataset, n: int, batch: int, chunk: int,
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)          # in-process gets every core, like Ray's actors together
     try:
-        t0 = time.perf_counter()
-        run(spec, engine="local", bundle=bundle, data_dir=data_dir, force=True, chunk_size=chunk)
-        t_local = time.perf_counter() - t0
+        t_local = float("inf")
+        for _ in range(2):
+            t0 = time.perf_counter()
+            run(spec, engine="local", bundle=bundle, data_dir=data_dir, force=True, chunk_size=chunk)
+            t_local = min(t_local, time.perf_counter() - t0)
     finally:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     t_init = time.perf_counter() - t0
-    from ray.data import DataContext
-    DataContext.get_current().enable_progress_bars = False
-    stamps = []
-    t0 = time.perf_counter()
-    r = run(spec, engine="ray", data_dir=data_dir, force=True, chunk_size=chunk,
-            progress=lambda d, total: stamps.append((time.perf_counter(), d)))
-    t_ray = time.perf_counter() - t0
-    ray.shutdown()
-    assert r.complete and r.n_rows == n
-    # steady state: from the moment every actor has finished one chunk to the last chunk
-    # (stamps[0] = (start, 0); the first chunks of all actors finish almost together)
-    k = max(1, min(len(stamps) - 2, int(r.meta.get("ray_actors") or 1)))
-    (ta, da), (tb, db) = stamps[k], stamps[-1]
-    ta_first = stamps[1][0]
-    steady = (db - da) / (tb - ta) if tb > ta else float("nan")
-    out = {"n": n, "batch": batch, "chunk": chunk, "local": n / t_local, "ray_e2e": n / t_ray,
-           "ray_steady": steady, "ray_init_s": t_init, "ray_first_chunk_s": ta_first - t0,
-           "actors": r.meta.get("ray_actors")}
-    print(f"Ray vs in-process ({n} images): in-process {out['local']:.1f} img/s, Ray end-to-end "
-          f"{out['ray_e2e']:.1f} img/s, steady {steady:.1f} img/s (ratio {steady / out['local']:.2f}); "
-          f"ray.init {t_init:.1f} s, first chunk after {ta_first - t0:.1f} s", flush=True)
+    try:
+        stamps = []
+        t0 = time.perf_counter()
+        r = run(spec, engine="ray", data_dir=data_dir, force=True, chunk_size=chunk,
+                progress=lambda d, total: stamps.append((time.perf_counter(), d)))
+        t_cold = time.perf_counter() - t0
+        assert r.complete and r.n_rows == n and not r.meta["ray_warm"]
+        (pool,) = ray_backend._POOLS.values()
+        infos = ray.get([a.info.remote() for a in pool.actors])
+        t_warm = float("inf")
+        for _ in range(2):
+            t0 = time.perf_counter()
+            w = run(spec, engine="ray", data_dir=data_dir, force=True, chunk_size=chunk)
+            t_warm = min(t_warm, time.perf_counter() - t0)
+            assert w.complete and w.meta["ray_warm"]
+    finally:
+        ray_backend.shutdown_pools()
+        ray.shutdown()
+    startup = {k: float(np.mean([i[k] for i in infos])) for k in ("import_torch_s", "import_convlens_s",
+                                                                 "build_model_s")}
+    out = {"n": n, "batch": batch, "chunk": chunk, "local": n / t_local, "ray_cold": n / t_cold,
+           "ray_warm": n / t_warm, "ray_init_s": t_init, "ray_first_chunk_s": stamps[1][0] - stamps[0][0],
+           "cold_s": t_cold, "warm_s": t_warm, "local_s": t_local, "actors": r.meta.get("ray_actors"),
+           "load": os.getloadavg()[0], **startup}
+    print(f"Ray vs in-process ({n} images): in-process {out['local']:.1f} img/s ({t_local:.1f} s); Ray warm "
+          f"{out['ray_warm']:.1f} img/s ({t_warm:.1f} s, {out['ray_warm'] / out['local']:.2f}x); Ray cold "
+          f"{out['ray_cold']:.1f} img/s ({t_cold:.1f} s, {out['ray_cold'] / out['local']:.2f}x) + ray.init "
+          f"{t_init:.1f} s; first chunk after {out['ray_first_chunk_s']:.1f} s; actor start-up: "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in startup.items()), flush=True)
     return out
+
+
+def ray_markdown(rv: dict | None) -> str:
+    """The Ray subsection of the benchmark (``rv``: :func:`ray_vs_local`'s figures)."""
+    if not rv:
+        return "Ray was not measured in this run (--no-ray)."
+    cold_init = rv["n"] / (rv["cold_s"] + rv["ray_init_s"])
+    faster = ("Warm Ray beats in-process here because two single-threaded actor processes use the two loaded cores "
+              "better than one process with torch's two-thread pool. " if rv["ray_warm"] > rv["local"] else "")
+    other = rv["ray_first_chunk_s"] - rv["import_torch_s"] - rv["import_convlens_s"] - rv["build_model_s"]
+    return f"""`predict` with EfficientNet-Lite0 over {rv['n']} JPEG photos (320×320, a manifest), batch {rv['batch']}, chunks of {rv['chunk']}
+images, end to end (`run(...)` called → result committed); in-process with torch's {os.cpu_count()} threads, Ray
+(embedded single-node) with {rv['actors']} actors of one core and one thread each. Best of two runs for
+in-process and warm Ray; the cold job runs once. Measured under load (load average {rv['load']:.1f} on the
+shared machine at the end of this part), so compare the ratios, not the absolute figures:
+
+| | seconds | images/s | vs in-process |
+|---|---|---|---|
+| in-process | {rv['local_s']:.1f} | {rv['local']:.1f} | 1.00× |
+| Ray, **warm** (a later job on the same model: the actor pool is running) | {rv['warm_s']:.1f} | {rv['ray_warm']:.1f} | **{rv['ray_warm'] / rv['local']:.2f}×** |
+| Ray, cold (first job: actors start) | {rv['cold_s']:.1f} | {rv['ray_cold']:.1f} | {rv['ray_cold'] / rv['local']:.2f}× |
+| Ray, cold including `ray.init` (first job of the process) | {rv['cold_s'] + rv['ray_init_s']:.1f} | {cold_init:.1f} | {cold_init / rv['local']:.2f}× |
+
+Where the cold start-up goes: `ray.init` {rv['ray_init_s']:.1f} s (GCS, raylet and agents start; once per
+process); in each actor, importing torch {rv['import_torch_s']:.1f} s, importing convlens' model loaders
+{rv['import_convlens_s']:.1f} s (torchvision.models pulls in torch._dynamo), building the model from its spec
+{rv['build_model_s']:.1f} s; the first chunk finished {rv['ray_first_chunk_s']:.1f} s after the job started
+(so about {max(0.0, other):.1f} s of process spawn, scheduling and the chunk itself). The warm pool pays all of
+this once per model: it stays up for `KEEP_WARM_S` = {ray_backend_keep_warm():.0f} s after its last job and serves
+every later job on the model (any kind, parameters or data set); `ray_backend.prestart(model)` starts it
+before the first job. {faster}Ray still pays off most for long jobs or more than one machine."""
+
+
+def ray_backend_keep_warm() -> float:
+    from analysis.dataset.ray_backend import KEEP_WARM_S
+    return KEEP_WARM_S
 
 
 def main() -> None:
@@ -197,6 +250,8 @@ def main() -> None:
     ap.add_argument("--ray-images", type=int, default=128)
     ap.add_argument("--device", default=None)
     ap.add_argument("--no-ray", action="store_true")
+    ap.add_argument("--only-ray", action="store_true",
+                    help="measure only Ray against in-process and print its Markdown (docs are not written)")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads in-process (default: torch's)")
     args = ap.parse_args()
@@ -208,6 +263,10 @@ def main() -> None:
         data_dir = Path(tmp)
         photos = DatasetRef("manifest", str(photo_manifest(data_dir / "photos", max(args.lite_images,
                                                                                       args.ray_images))))
+        if args.only_ray:
+            rv = ray_vs_local(ModelSpec("default"), photos, args.ray_images, 16, 16, device, data_dir)
+            print(ray_markdown(rv))
+            return
         rows = executor_vs_floor(ModelSpec("digits"), "digits", args.digits_images, 64, device, data_dir, 3)
         rows += executor_vs_floor(ModelSpec("default"), photos, args.lite_images, 16, device, data_dir, 2)
         costs = {"digits": per_batch_costs(ModelSpec("digits"), "digits", 640, 64, device, data_dir),
@@ -247,21 +306,7 @@ def main() -> None:
                 f"{c['model'] * 1000:.1f} | {c['post'] * 1000:.1f} | {b / tot:.0f} | "
                 f"{b / (tot - c['model']):.0f} |")
     cpu_side_lite = 16 / (sum(lc.values()) - lc["model"])
-    ray_text = "Ray was not measured in this run (--no-ray)."
-    if rv:
-        ray_text = f"""`predict` with EfficientNet-Lite0 over {rv['n']} JPEG photos (320×320, a manifest), batch {rv['batch']}, chunks of {rv['chunk']}
-images; in-process with torch's {os.cpu_count()} threads, Ray with {rv['actors']} actors of one
-core and one thread each:
-
-| | images/s | vs in-process |
-|---|---|---|
-| in-process | {rv['local']:.1f} | 1.00× |
-| Ray, end to end (actor start-up included) | {rv['ray_e2e']:.1f} | {rv['ray_e2e'] / rv['local']:.2f}× |
-| Ray, steady state (every actor's first chunk done → last chunk) | {rv['ray_steady']:.1f} | **{rv['ray_steady'] / rv['local']:.2f}×** |
-
-`ray.init` took {rv['ray_init_s']:.1f} s and the first chunk finished {rv['ray_first_chunk_s']:.1f} s after the
-job started (actors import torch and build the model from its spec). Ray pays off when a job
-is long against this fixed start-up, or when it has more than one machine."""
+    ray_text = ray_markdown(rv)
     body = f"""## Data-set jobs (bench/dataset_audit.py)
 
 Machine: {machine()}; device `{device}`; load average {load:.1f} during the run
@@ -282,7 +327,7 @@ bare forward (predict) or forward + backward to the Grad-CAM layer (Grad-CAM). G
 
 {verdict}
 
-### Ray Data against in-process on this machine
+### Ray against in-process on this machine
 
 {ray_text}
 
@@ -302,7 +347,7 @@ the CPU side of a batch, so each actor is bounded by its CPU side, about
 N × that (each actor reads and writes its own chunks; the driver only receives one status row per
 chunk), until the shared file system's read bandwidth or the images' decode cost is the limit.
 Giving each GPU actor more CPU cores (`num_cpus`) or pre-resized images raises the per-actor
-figure; the fixed start-up (above) is paid once per job.
+figure; the fixed start-up (above) is paid once per model (the warm actor pool), not per job.
 """
     write_section("dataset_audit", body)
 

@@ -1,4 +1,4 @@
-"""One executor for every data-set job, with two backends: in-process and Ray Data.
+"""One executor for every data-set job, with two backends: in-process and Ray.
 
 A job is a pure function of (model spec, data-set reference, job kind, parameters) ->
 per-image rows::
@@ -30,7 +30,7 @@ every requested image.
 
 **Backends.** ``engine="local"`` runs the batches in this process (progress and Stop per
 batch, holding a heavy-job slot of the device). ``engine="ray"`` runs the same
-:mod:`analysis.dataset.workers` class inside Ray Data actors (see
+:mod:`analysis.dataset.workers` class inside a warm pool of Ray actors (see
 :mod:`analysis.dataset.ray_backend`). Both cut the images into the same batches, so the
 same floating-point operations produce the same bits.
 """

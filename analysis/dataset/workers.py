@@ -34,6 +34,7 @@ through :func:`analysis.saliency.methods.attribute`.
 """
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import ClassVar
 
 import numpy as np
@@ -46,7 +47,7 @@ from analysis.core.models.bundle import ModelBundle
 from analysis.core.models.loaders import ModelSpec, load_bundle, select_device
 
 __all__ = ["Worker", "PredictWorker", "FeaturesWorker", "SaliencyWorker", "TrustWorker", "WORKERS",
-           "model_spec_from", "model_spec_dict"]
+           "WorkerRegistry", "resolve_worker", "worker_path", "model_spec_from", "model_spec_dict"]
 
 
 def model_spec_from(spec) -> ModelSpec:
@@ -421,5 +422,111 @@ class TrustWorker(SaliencyWorker):
         return out
 
 
-WORKERS: dict[str, type[Worker]] = {w.kind: w for w in (PredictWorker, FeaturesWorker, SaliencyWorker, TrustWorker)}
+def worker_path(cls: type) -> str:
+    """The importable ``"module:Class"`` path of a Worker class.
+
+    Args:
+        cls: a :class:`Worker` subclass defined at module level (not inside a function).
+    """
+    path = f"{cls.__module__}:{cls.__qualname__}"
+    if "<locals>" in path or cls.__module__ == "__main__":
+        raise ParameterError(f"The worker class {cls.__qualname__} is not importable by path ({path}); define it "
+                             "at module level of an importable module so that Ray workers can load it.")
+    return path
+
+
+def resolve_worker(path: str) -> type[Worker]:
+    """Import a Worker class from its ``"package.module:Class"`` path.
+
+    Args:
+        path: module path and class name separated by a colon, as registered in :data:`WORKERS`
+            (only paths the driver registered travel to Ray workers; never a user's string).
+
+    Raises:
+        ParameterError: the path is malformed, cannot be imported, or is not a Worker.
+    """
+    import importlib
+    module, sep, name = str(path).partition(":")
+    if not sep or not module or not name:
+        raise ParameterError(f"A worker path is 'package.module:Class', got {path!r}")
+    try:
+        obj = importlib.import_module(module)
+        for part in name.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise ParameterError(f"Cannot load the worker {path}: {type(e).__name__}: {e}") from e
+    if not (isinstance(obj, type) and issubclass(obj, Worker)):
+        raise ParameterError(f"{path} is not a data-set Worker class.")
+    return obj
+
+
+class WorkerRegistry(MutableMapping):
+    """Job kind -> Worker class, by module path, imported on first use.
+
+    A kind is known wherever this module is imported (the driver, every Ray actor), not
+    only where the module defining its class was imported: entries are ``"module:Class"``
+    paths resolved lazily by :func:`resolve_worker`, and the Ray backend ships the path
+    (:meth:`path`), never the class. ``WORKERS[kind] = cls_or_path`` registers a kind
+    (e.g. a test-only worker); ``WORKERS[kind]`` returns the class.
+
+    Args:
+        entries: initial ``{kind: "module:Class" or class}``.
+    """
+
+    def __init__(self, entries: dict | None = None):
+        self._paths: dict[str, str] = {}
+        self._classes: dict[str, type[Worker]] = {}
+        for kind, v in (entries or {}).items():
+            self[kind] = v
+
+    def __setitem__(self, kind: str, value) -> None:
+        if isinstance(value, str):
+            self._paths[kind] = value
+            self._classes.pop(kind, None)
+        elif isinstance(value, type) and issubclass(value, Worker):
+            self._paths[kind] = f"{value.__module__}:{value.__qualname__}"
+            self._classes[kind] = value
+        else:
+            raise ParameterError(f"A worker kind maps to a Worker class or its 'module:Class' path, not {value!r}")
+
+    def __getitem__(self, kind: str) -> type[Worker]:
+        if kind not in self._classes:
+            self._classes[kind] = resolve_worker(self._paths[kind])
+        return self._classes[kind]
+
+    def __delitem__(self, kind: str) -> None:
+        del self._paths[kind]
+        self._classes.pop(kind, None)
+
+    def __iter__(self):
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __contains__(self, kind) -> bool:
+        return kind in self._paths
+
+    def path(self, kind: str) -> str:
+        """The ``"module:Class"`` path of ``kind`` (what a Ray actor imports).
+
+        Args:
+            kind: a registered job kind.
+        """
+        if kind not in self._paths:
+            raise ParameterError(f"Unknown job kind {kind!r}; use one of {', '.join(self._paths)}.")
+        if kind in self._classes:
+            return worker_path(self._classes[kind])
+        return self._paths[kind]
+
+
+# Built-in kinds, by path: a kind is resolvable in any process (a Ray actor imports only
+# this module and then the kind's own module, lazily).
+WORKERS: WorkerRegistry = WorkerRegistry({
+    "predict": "analysis.dataset.workers:PredictWorker",
+    "features": "analysis.dataset.workers:FeaturesWorker",
+    "saliency": "analysis.dataset.workers:SaliencyWorker",
+    "trust": "analysis.dataset.workers:TrustWorker",
+    "crp": "analysis.relevance.workers:CRPWorker",
+})
 

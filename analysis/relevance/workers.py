@@ -1,9 +1,11 @@
 """The data-set job kind ``crp``: per-image channel relevance at one layer, for
 relevance-maximisation reference galleries (Achtibat et al. 2023).
 
-Registered in the executor's worker table (:data:`analysis.dataset.workers.WORKERS`) on
-import, so ``run(JobSpec("crp", model, dataset, {"layer": ...}))`` runs it in-process or on
-Ray like the built-in kinds, stores Parquet parts keyed by model hash + data hash +
+Registered by path (``"analysis.relevance.workers:CRPWorker"``) in the executor's worker
+table (:data:`analysis.dataset.workers.WORKERS`), so the kind is known in every process
+(a Ray actor imports this module only when it runs a ``crp`` job) and
+``run(JobSpec("crp", model, dataset, {"layer": ...}))`` runs it in-process or on Ray like
+the built-in kinds, stores Parquet parts keyed by model hash + data hash +
 parameters (the cache) and resumes after a Stop.
 
 Columns (besides ``index``, ``path``, ``label``, ``pred``, ``confidence``): ``target`` (the
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 from analysis.core.errors import ParameterError
-from analysis.dataset.workers import WORKERS, Worker, _logits
+from analysis.dataset.workers import Worker, _logits
 from analysis.relevance.crp import layer_condition
 from analysis.relevance.lrp import COMPOSITES, lrp_batch, lrp_plan
 
@@ -91,8 +93,6 @@ class CRPWorker(Worker):
         out["channel_argmax"] = flat.argmax(2).numpy().astype(np.int32)
         return out
 
-
-WORKERS.setdefault(CRPWorker.kind, CRPWorker)
 
 
 def reference_gallery(result, channel: int, n: int = 8, by: str = "relevance") -> list[dict]:

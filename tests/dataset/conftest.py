@@ -37,15 +37,27 @@ def _descendants(pid: int) -> list[int]:
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A local Ray cluster with 2 CPUs for the whole session (own temp dir, small object
-    store); after ``ray.shutdown()`` every process it started is gone."""
+    store, the repository on its workers' PYTHONPATH); at the end the warm actor pools and
+    Ray are shut down and every process it started must be gone."""
     import ray
+
+    from analysis.dataset.ray_backend import shutdown_pools
+    from tests.paths import REPO
     before = set(_descendants(os.getpid()))
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")        # short: Ray's socket paths
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=150 * 2**20,
-             _temp_dir=temp)
-    from ray.data import DataContext
-    DataContext.get_current().enable_progress_bars = False
+    # Ray's worker processes import test-only worker kinds (tests/dataset/ray_faults.py) by path
+    path = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([path] if path else []))
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=150 * 2**20,
+                 _temp_dir=temp)
+    finally:
+        if path:
+            os.environ["PYTHONPATH"] = path
+        else:
+            os.environ.pop("PYTHONPATH", None)
     yield ray
+    shutdown_pools()                   # the warm actor pools of analysis.dataset.ray_backend
     ray.shutdown()
     deadline = time.time() + 15
     left = [p for p in _descendants(os.getpid()) if p not in before]

@@ -1,14 +1,18 @@
-"""The Ray Data backend equals the in-process backend exactly, and survives / reports dead
-workers. One local Ray cluster (2 CPUs) serves the whole session (conftest.ray_cluster)."""
+"""The Ray backend equals the in-process backend exactly, reuses its warm actors across jobs,
+and survives / reports dead workers (the fault comes from a test-only worker kind,
+tests/dataset/ray_faults.py). One local Ray cluster (2 CPUs) serves the whole session
+(conftest.ray_cluster)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from analysis.core.models.loaders import ModelSpec
+from analysis.dataset import ray_backend
 from analysis.dataset.executor import JobError, JobSpec, load_result, run
 from analysis.dataset.manifest import DatasetRef
-from analysis.dataset.ray_backend import FAULT_ENV
+from analysis.dataset.workers import WORKERS
+from tests.dataset import ray_faults
 from tests.dataset.conftest import write_digits_manifest
 
 N = 256
@@ -58,42 +62,123 @@ def test_ray_deletion_auc_equals_in_process(ray_cluster, digits, tmp_path):
     assert d.shape == (64,) and np.all((d >= 0) & (d <= 1))
 
 
-def test_ray_stop_resume_and_a_killed_worker(ray_cluster, digits, tmp_path, monkeypatch):
+def test_ray_crp_job_equals_in_process_and_reuses_the_warm_actors(ray_cluster, digits, tmp_path):
+    # "crp" is registered by module path: the actors import analysis.relevance.workers
+    # themselves (nothing in them imported it before), and the pool of the digits model
+    # started by the earlier jobs is reused (same actor processes, no start-up)
+    run(JobSpec("predict", ModelSpec("digits"), "digits", batch_size=16, indices=tuple(range(32))),
+        engine="ray", data_dir=tmp_path / "warm", chunk_size=16)
+    assert ray_backend.prestart(ModelSpec("digits"), concurrency=2) == 0      # the pool is running
+    pids = _actor_pids()
+    spec = JobSpec("crp", ModelSpec("digits"), "digits", params={"layer": "features.relu3"}, batch_size=16,
+                   indices=tuple(range(64)))
+    local, remote = _both(spec, tmp_path)
+    _same(local, remote)
+    assert remote.meta["ray_warm"] and _actor_pids() == pids
+    rel = remote.array("channel_relevance")
+    assert rel.shape[0] == 64 and np.abs(rel).sum() > 0
+
+
+def _actor_pids() -> set[int]:
+    import ray
+    (pool,) = ray_backend._POOLS.values()
+    return {info["pid"] for info in ray.get([a.info.remote() for a in pool.actors])}
+
+
+@pytest.fixture
+def killing_kind():
+    WORKERS[ray_faults.KIND] = ray_faults.PATH          # by path: the driver never imports the class first
+    yield ray_faults.KIND
+    del WORKERS[ray_faults.KIND]
+
+
+def test_ray_stop_resume_and_a_killed_worker(ray_cluster, digits, tmp_path, killing_kind):
     bad = {5: b"\x89PNG\r\n\x1a\n" + b"\0" * 40, 150: b"not an image at all"}
     manifest = write_digits_manifest(tmp_path / "set", 200, corrupt=bad)
-    spec = JobSpec("predict", ModelSpec("digits"), DatasetRef("manifest", str(manifest)), batch_size=25)
-    # Stop after the first chunk: nothing is complete
+    marker = tmp_path / "kill-once"
+    # the worker process dies on the batch holding image 160 (chunk 3) while the marker exists
+    spec = JobSpec(killing_kind, ModelSpec("digits"), DatasetRef("manifest", str(manifest)), batch_size=25,
+                   params={"kill_index": 160, "marker": str(marker)})
+    # Stop once the first chunk is done (one actor, chunks handed out one at a time): nothing is complete
+    seen = []
     first = run(spec, engine="ray", data_dir=tmp_path / "ray", chunk_size=50, concurrency=1,
-                should_stop=lambda: True)
+                progress=lambda d, n: seen.append(d), should_stop=lambda: bool(seen) and seen[-1] > 0)
     assert not first.complete and not (first.path / "meta.json").exists()
-    assert first.n_rows + len(first.skipped) >= 50
     assert load_result(spec, data_dir=tmp_path / "ray") is None
     parts = {int(f.stem.split("-")[1]) for f in first.path.glob("part-*.parquet")}
-    if parts == {0, 1, 2, 3}:         # Ray ran ahead of the Stop: as if killed before the last chunk
-        (first.path / "part-000003.parquet").unlink()
-        parts.discard(3)
-    victim = max({0, 1, 2, 3} - parts)
-    # Resume; the actor running the victim chunk dies once (os._exit) and Ray retries it
-    marker = tmp_path / "kill-once"
+    assert parts == {0} and first.n_rows + len(first.skipped) == 50
+    # Resume; the actor running chunk 3 dies once (os._exit) and Ray restarts it and retries the chunk
     marker.write_text("")
-    monkeypatch.setenv(FAULT_ENV, f"{victim}:{marker}")
     seen = []
     full = run(spec, engine="ray", data_dir=tmp_path / "ray", chunk_size=50, progress=lambda d, n: seen.append(d))
-    assert seen[0] == 50 * len(parts)                    # resumed after the chunks already written
+    assert seen[0] == 50                                 # resumed after the chunk already written
     assert not marker.exists()                           # the worker really was killed
     assert full.complete and full.n_rows == 198
     assert sorted((i, p) for i, p, _ in full.skipped) == [(5, "img/0005.png"), (150, "img/0150.png")]
     assert all(reason for _, _, reason in full.skipped)
-    monkeypatch.delenv(FAULT_ENV)
-    local = run(spec, engine="local", data_dir=tmp_path / "local")
+    # the same rows as the plain predict job in-process
+    plain = JobSpec("predict", ModelSpec("digits"), DatasetRef("manifest", str(manifest)), batch_size=25)
+    local = run(plain, engine="local", data_dir=tmp_path / "local")
     assert sorted(local.skipped) == sorted(full.skipped)
     _same(local, full)
     assert np.array_equal(full.array("index"), [i for i in range(200) if i not in bad])
 
 
-def test_ray_worker_that_always_dies_is_reported(ray_cluster, digits, tmp_path, monkeypatch):
-    spec = JobSpec("predict", ModelSpec("digits"), "digits", batch_size=32, indices=tuple(range(128)))
-    monkeypatch.setenv(FAULT_ENV, "1:always")
+def test_ray_worker_that_always_dies_is_reported(ray_cluster, digits, tmp_path, killing_kind):
+    spec = JobSpec(killing_kind, ModelSpec("digits"), "digits", batch_size=32, indices=tuple(range(128)),
+                   params={"kill_index": 40, "marker": "always"})
     with pytest.raises(JobError, match="Ray job failed"):
         run(spec, engine="ray", data_dir=tmp_path, chunk_size=32, retries=0, concurrency=1)
     assert load_result(spec, data_dir=tmp_path) is None
+    # chunk 0 was written before chunk 1 killed its worker; nothing is marked complete
+    (partial,) = tmp_path.glob("jobs/*.partial")
+    assert sorted(f.name for f in partial.glob("part-*.parquet")) == ["part-000000.parquet"]
+    assert not (partial / "meta.json").exists()
+
+
+def test_job_kinds_resolve_by_module_path_in_a_fresh_process():
+    # what a Ray actor sees: only analysis.dataset imported, yet "crp" is known and loads lazily
+    import subprocess
+    import sys
+
+    from tests.paths import REPO
+    code = ("import sys; from analysis.dataset.executor import KINDS, WORKERS; "
+            "assert 'crp' in KINDS and 'analysis.relevance.workers' not in sys.modules; "
+            "print(WORKERS['crp'].__module__, WORKERS.path('crp'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["analysis.relevance.workers", "analysis.relevance.workers:CRPWorker"]
+
+
+def test_bad_worker_paths_are_clear_errors():
+    from analysis.core.errors import ParameterError
+    from analysis.dataset.workers import resolve_worker, worker_path
+    for bad, msg in (("analysis.dataset.workers", "package.module:Class"), ("no.such.module:X", "Cannot load"),
+                     ("analysis.dataset.workers:np", "not a data-set Worker"),
+                     ("analysis.dataset.workers:Nope", "Cannot load")):
+        with pytest.raises(ParameterError, match=msg):
+            resolve_worker(bad)
+    assert resolve_worker(ray_faults.PATH) is ray_faults.KillingPredictWorker
+    assert worker_path(ray_faults.KillingPredictWorker) == ray_faults.PATH
+
+    class Local(ray_faults.KillingPredictWorker):
+        kind = "local"
+    with pytest.raises(ParameterError, match="not importable"):
+        worker_path(Local)
+
+
+def test_an_idle_pool_is_shut_down(ray_cluster, digits):
+    import time
+
+    import ray
+    assert ray_backend.prestart(ModelSpec("digits"), concurrency=1, keep_warm_s=1.0) in (0, 1)
+    (pool,) = ray_backend._POOLS.values()
+    actor = pool.actors[0]
+    assert ray_backend.pool_info()[0]["actors"] == 1
+    deadline = time.monotonic() + 30
+    while ray_backend.pool_info() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray_backend.pool_info() == []
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(actor.info.remote(), timeout=30)
