@@ -38,8 +38,6 @@ REWRITTEN_ELSEWHERE = frozenset({
     "analysis.dataset.manifest.DatasetRef.parse",
     "analysis.dataset.manifest.ImageReader.read",
     "analysis.dataset.manifest.read_file_image",
-    "analysis.dataset.ray_backend.cluster_gpus",
-    "analysis.dataset.ray_backend.write_input",
     "analysis.dataset.record.job_metrics",
     "analysis.dataset.runner.BatchRunner.prepare",
     "analysis.dataset.runner.BatchRunner.run_batch",

@@ -65,10 +65,10 @@ def test_layer_table_leaves_no_hook_when_the_forward_raises():
 
 
 def test_receptive_field_leaves_no_hook_when_the_forward_raises():
-    from analysis.inside.receptive import ReceptiveFieldError, analytic_receptive_field
+    from analysis.inside.receptive import ReceptiveFieldError, receptive_field
     b = _bundle(raising=True)
     with pytest.raises(ReceptiveFieldError):
-        analytic_receptive_field(b, "0")
+        receptive_field(b, "0", "analytic")
     assert count_hooks(b.model) == 0
 
 

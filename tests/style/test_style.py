@@ -14,6 +14,14 @@ from analysis.core.images import gallery_image
 from analysis.core.models.bundle import weights_sha256
 
 
+def chroma_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of the chroma (YIQ's I and Q, 0-1 units) of two RGB uint8
+    images of equal size: 0 means the same colours."""
+    ta = torch.from_numpy(np.array(a, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255
+    tb = torch.from_numpy(np.array(b, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255
+    return float((S.rgb_to_yiq(ta)[:, 1:] - S.rgb_to_yiq(tb)[:, 1:]).abs().mean())
+
+
 def _run(gen, **kw):
     return O.run(gen, **kw)
 
