@@ -11,6 +11,7 @@ current model and data set, and falls back to the name-matching suggestion.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Callable, Sequence
 
 import numpy as np
@@ -27,6 +28,7 @@ from dashboard import state
 from dashboard.subject import explain_button
 
 MAP_KEYS = ("da_classmap", "em_classmap")
+log = logging.getLogger("convlens")
 THUMB = 64
 
 
@@ -119,14 +121,55 @@ def mapping_key(m: ClassMapping) -> str:
 
 # ====================================================================== jobs
 
+ENGINES = {"local": "In this process", "ray": "On Ray (the cluster at ray_address, else an embedded single-node Ray)"}
+PIPELINES = {"data": "Ray Data, a new actor pool per job (default)",
+             "pool": "Keep Ray workers warm between jobs (faster repeated jobs on one model)"}
+_ENGINE, _PIPELINE, _PRESTARTED = "_ds_engine", "_ds_ray_pipeline", "_ds_prestarted"   # not in share links
+
+
+def engine_choice() -> None:
+    """Where this session's data-set jobs run (default: the configuration's ``engine`` and
+    ``ray_pipeline``; results are the same either way). With Ray's warm workers, the
+    model's actors start in the background as soon as the choice is made."""
+    from analysis.core.config import get_config
+    cfg = get_config()
+    with st.expander("Where data-set jobs run", icon=":material/dns:"):
+        engine = st.radio("Engine", list(ENGINES), index=list(ENGINES).index(cfg.engine), key=_ENGINE,
+                          format_func=ENGINES.get)
+        if engine == "ray" and st.radio("Ray", list(PIPELINES), index=list(PIPELINES).index(cfg.ray_pipeline),
+                                        key=_PIPELINE, format_func=PIPELINES.get) == "pool":
+            _prestart(state.model_spec())
+
+
+def _prestart(spec) -> None:
+    """Start the model's warm Ray pool in a background thread, once per model and session."""
+    import threading
+
+    from analysis.dataset import ray_backend
+    if st.session_state.get(_PRESTARTED) == spec:
+        return
+    st.session_state[_PRESTARTED] = spec
+
+    def start() -> None:
+        try:
+            ray_backend.prestart(spec)
+        except Exception:  # noqa: BLE001 - the first job then starts the actors and reports any error
+            log.warning("Ray warm pool: prestart failed", exc_info=True)
+    threading.Thread(target=start, name="convlens-ray-prestart", daemon=True).start()
+    st.caption("Starting the Ray workers of this model in the background; they stay up between jobs.")
+
+
 def dataset_job(kind: str, bundle: ModelBundle, ds: Dataset, indices: Sequence[int] | None, params: dict,
                 progress: Callable[[int, int], None] | None = None):
     """Run one data-set job (``predict`` / ``features`` / ``saliency`` / ``trust``) through
-    the executor on the configured engine, on ``indices`` of the sidebar's data set."""
+    the executor on the engine chosen in :func:`engine_choice` (default the configured
+    one), on ``indices`` of the sidebar's data set."""
     from analysis.dataset.executor import JobSpec, run
     spec = JobSpec(kind, state.model_spec(), executor_ref(ds), params=params,
                    indices=None if indices is None else tuple(int(i) for i in indices))
-    res = run(spec, progress=progress, dataset=ds, bundle=bundle, on_info=lambda s: st.toast(s))
+    ss = st.session_state
+    res = run(spec, ss.get(_ENGINE), progress=progress, dataset=ds, bundle=bundle, on_info=lambda s: st.toast(s),
+              ray_pipeline=ss.get(_PIPELINE))
     if not res.complete:
         raise ConvlensError("The job stopped before the end; nothing was kept as complete. Run it again to resume.")
     return res

@@ -38,6 +38,7 @@ with guard("Data-set audit"):
     with st.expander(f"Class mapping · {mapping.status}", expanded=mapping.status in ("none", "partial"),
                      icon=":material/swap_horiz:"):
         mapping = dui.mapping_editor(bundle, ds)
+    dui.engine_choice()
     if mapping.status == "identity":
         pass
     elif mapping.status == "none":

@@ -10,7 +10,8 @@ password hash from ``python -m analysis.audit.passwords``) and ``[audit]`` (``en
 ``visibility`` = own | all). The audit database is ``database_url`` (or the standard
 ``DATABASE_URL`` variable); by default SQLite in ``data_dir``. Data-set jobs run on
 ``engine`` = local | ray, Ray at ``ray_address`` (else ``RAY_ADDRESS``; none = an embedded
-single-node Ray), see docs/dataset.md.
+single-node Ray) through ``ray_pipeline`` = data (Ray Data, default) | pool (warm actors),
+see docs/dataset.md.
 """
 from __future__ import annotations
 
@@ -63,6 +64,8 @@ class Config:
     # ray_address / RAY_ADDRESS, else an embedded single-node Ray started on first use).
     engine: str = "local"                     # "local" | "ray"
     ray_address: str | None = None
+    # "data": Ray Data map_batches, a new actor pool per job; "pool": warm actors kept between jobs
+    ray_pipeline: str = "data"
 
     @property
     def audit_url(self) -> str:
@@ -71,6 +74,7 @@ class Config:
 
 AUTH_MODES = ("none", "password", "oidc")
 ENGINES = ("local", "ray")
+RAY_PIPELINES = ("data", "pool")
 VISIBILITIES = ("own", "all")
 
 
@@ -149,6 +153,10 @@ def load_config(path: str | os.PathLike | None = None, env: dict | None = None) 
     if engine not in ENGINES:
         raise ParameterError(f"engine must be 'local' or 'ray', got {engine!r}")
     kwargs["engine"] = engine
+    pipeline = str(get("ray_pipeline", "data")).strip().lower()
+    if pipeline not in RAY_PIPELINES:
+        raise ParameterError(f"ray_pipeline must be 'data' or 'pool', got {pipeline!r}")
+    kwargs["ray_pipeline"] = pipeline
     address = get("ray_address") or env.get("RAY_ADDRESS")
     if address:
         kwargs["ray_address"] = str(address)

@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--batch-size", type=int, default=64)
     a.add_argument("--indices", help="image positions: 0-99,250,300-310 (default: all)")
     a.add_argument("--engine", choices=("local", "ray"), default=None, help="default: the configured engine")
+    a.add_argument("--ray-pipeline", choices=("data", "pool"), default=None,
+                   help="Ray: data = Ray Data, a new actor pool per job; pool = warm actors kept between jobs "
+                        "(default: the configured ray_pipeline, else data)")
     a.add_argument("--ray-address", default=None, help="Ray cluster (default: ray_address / RAY_ADDRESS, else "
                                                        "an embedded single-node Ray)")
     a.add_argument("--concurrency", type=int, default=None, help="Ray actors")
@@ -95,7 +98,7 @@ def cmd_audit(args) -> int:
                    indices=_indices(args.indices))
     try:
         result = run(spec, engine=args.engine, progress=_progress(args.quiet), data_dir=args.data_dir, force=args.force, ray_address=args.ray_address,
-                     concurrency=args.concurrency, num_gpus=args.num_gpus,
+                     concurrency=args.concurrency, num_gpus=args.num_gpus, ray_pipeline=args.ray_pipeline,
                      on_info=lambda s: print(s, file=sys.stderr))
     except KeyboardInterrupt:
         print("\nstopped: the chunks written so far are kept; run the same command again to resume.",
@@ -103,7 +106,7 @@ def cmd_audit(args) -> int:
         return 3
     out = {"complete": result.complete, "key": result.key, "path": str(result.path), "kind": spec.kind,
            "rows": result.n_rows, "images": result.n_images, "skipped": len(result.skipped),
-           "engine": result.meta.get("engine"), "seconds": result.meta.get("seconds"),
+           "engine": result.meta.get("engine"), "ray_pipeline": result.meta.get("ray_pipeline"), "seconds": result.meta.get("seconds"),
            "warnings": result.warnings()}
     for i, path, reason in result.skipped[:20]:
         print(f"skipped {path} (index {i}): {reason}", file=sys.stderr)

@@ -30,8 +30,9 @@ every requested image.
 
 **Backends.** ``engine="local"`` runs the batches in this process (progress and Stop per
 batch, holding a heavy-job slot of the device). ``engine="ray"`` runs the same
-:mod:`analysis.dataset.workers` class inside a warm pool of Ray actors (see
-:mod:`analysis.dataset.ray_backend`). Both cut the images into the same batches, so the
+:mod:`analysis.dataset.workers` class inside Ray actors: Ray Data's ``map_batches`` with a
+pool of actors per job (``ray_pipeline="data"``, default) or a warm pool of actors kept
+between jobs (``"pool"``), see :mod:`analysis.dataset.ray_backend`. Both cut the images into the same batches, so the
 same floating-point operations produce the same bits.
 """
 from __future__ import annotations
@@ -499,7 +500,7 @@ def run(spec: JobSpec, engine: str | None = None, progress: Progress | None = No
         dataset: Dataset | None = None, bundle: ModelBundle | None = None, chunk_size: int | None = None,
         force: bool = False, ray_address: str | None = None, concurrency: int | None = None,
         num_gpus: float | None = None, retries: int | None = None,
-        on_info: Callable[[str], None] | None = None) -> JobResult:
+        on_info: Callable[[str], None] | None = None, ray_pipeline: str | None = None) -> JobResult:
     """Run a data-set job (or return its stored result) and return the :class:`JobResult`.
 
     Args:
@@ -517,6 +518,8 @@ def run(spec: JobSpec, engine: str | None = None, progress: Progress | None = No
         ray_address, concurrency, num_gpus, retries: Ray only (see
             :func:`analysis.dataset.ray_backend.run_ray`).
         on_info: receives one-line notices (e.g. "started an embedded single-node Ray").
+        ray_pipeline: Ray only: ``"data"`` (Ray Data, a new actor pool per job) or
+            ``"pool"`` (warm actors kept between jobs); default the configured one.
 
     Raises:
         ParameterError, DatasetError, ModelLoadError: bad spec, data set or model.
@@ -542,7 +545,7 @@ def run(spec: JobSpec, engine: str | None = None, progress: Progress | None = No
     t0 = time.perf_counter()
     done = _prepare_partial(p)
     info = run_ray(p, done, progress=progress, should_stop=should_stop, address=ray_address,
-                   concurrency=concurrency, num_gpus=num_gpus, on_info=on_info,
+                   concurrency=concurrency, num_gpus=num_gpus, on_info=on_info, pipeline=ray_pipeline,
                    **({} if retries is None else {"retries": int(retries)}))
     if info.pop("stopped"):
         return _partial_result(p, "ray", time.perf_counter() - t0)

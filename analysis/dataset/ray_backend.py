@@ -1,14 +1,39 @@
-"""The Ray backend of the data-set executor: a warm pool of model actors.
+"""The Ray backend of the data-set executor: Ray Data per job (default) or a warm actor pool.
 
-Pipeline::
+Both cut a job the same way and run the same code on the workers::
 
     input.parquet (one row group per chunk, in the job folder)
-      ->  a pool of ChunkActor actors (Ray core actors, one model each, ``num_cpus=1`` and
-          one torch thread on CPU clusters, ``num_gpus=1`` on GPU clusters), kept warm
-          between jobs and keyed by model spec + weights hash
-      ->  the driver hands out chunk numbers, one at a time per actor (pull-based), and
-          each actor writes part-<chunk>.parquet into the job's folder (data directory)
-      ->  the driver receives one tiny status tuple per chunk: progress, Stop, skipped
+      ->  actors that build the model once (``num_gpus=1`` each on GPU clusters, else
+          ``num_cpus=1`` and one torch thread) and run whole chunks
+      ->  each actor writes part-<chunk>.parquet into the job's folder (data directory)
+      ->  the driver receives one tiny status row per chunk: progress, Stop, skipped
+
+``ray_pipeline = "data"`` (default, config / ``run(..., ray_pipeline=)`` / CLI
+``--ray-pipeline``): **Ray Data**, Ray's batch-inference pattern::
+
+    ray.data.from_items([{"chunk": c}, ...])
+      ->  map_batches(DataChunkActor, fn_constructor_kwargs={job, model spec + hash, ...},
+                      concurrency=n, num_gpus=1 on GPU clusters else 0, batch_size=1)
+      ->  iter_batches over the status rows (progress; Stop ends the iteration)
+
+  The actor pool lives as long as the job: every job pays the actors' start-up (seconds:
+  a Python process, importing torch, building the model) and nothing of the job stays
+  running after it. Ray Data schedules the actors on the cluster, restarts dead ones and
+  streams the chunks; this suits one-off jobs, clusters and ``ray job submit``. A Ray Data
+  job first shuts down idle warm pools (below), whose CPUs / GPUs its actors need.
+
+``ray_pipeline = "pool"``: a **warm pool** of plain Ray actors (:class:`ChunkActor`) kept
+between jobs, keyed by model spec + weights hash. The next job on the same model (any kind,
+parameters or data set) reuses the running actors and starts computing at once; the driver
+hands out chunk numbers one at a time per actor (pull-based). A pool idle for
+``keep_warm_s`` seconds (default :data:`KEEP_WARM_S`) is shut down by a reaper thread, a
+job on another model first shuts down idle pools of other models, and
+:func:`shutdown_pools` (also at interpreter exit) ends them all; :func:`prestart` starts a
+model's pool before its first job. The actors are created before the driver writes the
+job's input, so their start-up overlaps it. This suits interactive sessions that run many
+jobs on one model.
+
+Common to both:
 
 * **The model travels by spec + weights hash**, never as a pickled object:
   ``ChunkActor.__init__`` builds the bundle once from the model's JSON spec and checks the
@@ -21,28 +46,17 @@ Pipeline::
   same :class:`analysis.dataset.runner.BatchRunner` loop as the in-process backend, batch
   for batch, so both backends compute the same bits. It writes the part file itself,
   atomically: results never flow through the driver, and a job stopped or killed part-way
-  resumes from the chunks already written.
-* **Warm pool.** Starting an actor costs seconds (a Python process, importing torch and
-  torchvision, building the model), far more than a small job's compute on a few cores.
-  The pool outlives the job: the next job on the same model (any kind, any parameters,
-  any data set) reuses the running actors and starts computing at once. A pool idle for
-  ``keep_warm_s`` seconds (default :data:`KEEP_WARM_S`) is shut down by a reaper thread,
-  a job on another model first shuts down idle pools of other models (freeing their CPUs /
-  GPUs), and :func:`shutdown_pools` (also at interpreter exit) ends them all. The actors
-  are created before the driver writes the job's input, so their start-up overlaps it.
-* **Why not Ray Data's ``map_batches``** (the first version of this backend): its actor
-  pool lives only as long as one dataset execution, so every job paid the whole start-up
-  again (0.6x in-process end to end on 2 cores); and it gave neither per-chunk progress nor
-  the part-file layout the in-process backend writes. The actors here follow the same
-  batch-inference pattern (model loaded once per actor, batches streamed through it).
+  resumes from the chunks already written. (Ray Data's ``write_parquet`` names files
+  itself and gives no per-chunk progress or Stop; one part layout keeps one resume rule
+  and one reader for every engine.)
 * A killed actor is restarted and its chunk retried (``max_restarts`` /
   ``max_task_retries``, ``RETRIES`` each); a chunk that still fails makes the job fail
-  with :class:`analysis.dataset.runner.JobError` and the pool is discarded (never a
+  with :class:`analysis.dataset.runner.JobError` (a warm pool is then discarded). Never a
   silent hole: ``finalize`` also checks that every chunk's part exists and accounts for
-  every image).
-* **Stop** stops handing out chunks; the driver returns once the chunks already running
-  (at most one per actor) report back, so the pool stays warm and nothing runs on behind
-  the caller's back.
+  every image.
+* **Stop**: no further chunk is started; the driver returns once the chunks it is waiting
+  on report back (pool: at most one per actor; Ray Data: the iteration ends and the
+  dataset's execution is shut down). Nothing is marked complete.
 * Without ``ray_address`` (config / ``RAY_ADDRESS``) and without a running Ray, an
   embedded single-node Ray is started (``ray.init(num_cpus=..., include_dashboard=False)``)
   and ``on_info`` says so.
@@ -59,7 +73,7 @@ from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Callable
 
-from analysis.core.config import get_config, set_config
+from analysis.core.config import RAY_PIPELINES, get_config, set_config
 from analysis.core.errors import ModelLoadError, ParameterError
 
 RETRIES = 3
@@ -196,6 +210,31 @@ class ChunkActor:
         return int(chunk), int(table.num_rows), len(sk)
 
 
+class DataChunkActor(ChunkActor):
+    """Ray Data's callable class (``map_batches``): a :class:`ChunkActor` bound to one job,
+    turning batches of chunk numbers into status rows (chunk, rows, skipped).
+
+    Args:
+        job: the job (as for :meth:`ChunkActor.run`).
+        **ctor: :class:`ChunkActor`'s arguments (model spec, weights hash, device, ...).
+    """
+
+    def __init__(self, job: dict, **ctor):
+        super().__init__(**ctor)
+        self.job = job
+
+    def __call__(self, batch: dict) -> dict:
+        """Run the chunks of ``batch`` (column ``chunk``) and return their status columns.
+
+        Args:
+            batch: a numpy batch of Ray Data with a ``chunk`` column.
+        """
+        import numpy as np
+        status = [self.run(self.job, c) for c in np.asarray(batch["chunk"]).tolist()]
+        return {name: np.asarray([row[k] for row in status], np.int64)
+                for k, name in enumerate(("chunk", "rows", "skipped"))}
+
+
 # --------------------------------------------------------------------------------------
 # The warm pool (driver side)
 # --------------------------------------------------------------------------------------
@@ -274,6 +313,17 @@ def _reap_loop() -> None:
             _kill(p)
 
 
+def _drop_idle(keep: tuple | None = None, session: str | None = None) -> None:
+    """Shut down the idle pools other than ``keep`` (and every pool of a Ray connection
+    other than ``session``, default the current one), freeing their CPUs / GPUs."""
+    session = _session() if session is None else session
+    with _POOLS_LOCK:
+        stale = [k for k, p in _POOLS.items() if k != keep and (p.users == 0 or k[0] != session)]
+        dropped = [_POOLS.pop(k) for k in stale]
+    for p in dropped:
+        _kill(p)
+
+
 def _acquire(ctor: dict, options: dict, size: int, keep_warm_s: float) -> tuple[_Pool, int]:
     """The warm pool for ``ctor`` (model spec + weights hash + device + settings) with at
     least ``size`` actors (new ones start asynchronously) and how many actors were started
@@ -281,9 +331,8 @@ def _acquire(ctor: dict, options: dict, size: int, keep_warm_s: float) -> tuple[
     import ray
     global _REAPER
     key = (_session(), json.dumps(ctor, sort_keys=True, default=str), json.dumps(options, sort_keys=True))
+    _drop_idle(keep=key, session=key[0])
     with _POOLS_LOCK:
-        stale = [k for k, p in _POOLS.items() if k != key and (p.users == 0 or k[0] != key[0])]
-        dropped = [_POOLS.pop(k) for k in stale]
         pool = _POOLS.get(key)
         if pool is None:
             pool = _POOLS[key] = _Pool(key=key, ctor=ctor, options=options)
@@ -296,8 +345,6 @@ def _acquire(ctor: dict, options: dict, size: int, keep_warm_s: float) -> tuple[
         if _REAPER is None or not _REAPER.is_alive():
             _REAPER = threading.Thread(target=_reap_loop, name="convlens-ray-pool-reaper", daemon=True)
             _REAPER.start()
-    for p in dropped:
-        _kill(p)
     return pool, max(0, missing)
 
 
@@ -327,8 +374,10 @@ def _resources(concurrency: int | None, num_gpus: float | None, chunks: int) -> 
     return max(1, min(int(concurrency), max(1, chunks))), float(num_gpus)
 
 
-def _pool_args(model_spec: dict, model_id: str, num_gpus: float, retries: int) -> tuple[dict, dict]:
-    """The actors' constructor arguments and Ray options: together the pool's key."""
+def _actor_args(model_spec: dict, model_id: str, num_gpus: float, retries: int) -> tuple[dict, dict]:
+    """The actors' constructor arguments and Ray options (for a warm pool: its key)."""
+    if retries < 0:
+        raise ParameterError("retries must be at least 0")
     cfg = get_config()
     env = {k: v for k, v in os.environ.items() if k.startswith("CONVLENS_") and k != "CONVLENS_DEVICE"}
     ctor = {"model_spec": model_spec, "model_id": model_id, "device": "cuda" if num_gpus else "cpu",
@@ -341,10 +390,10 @@ def prestart(model, *, address: str | None = None, concurrency: int | None = Non
              retries: int = RETRIES, keep_warm_s: float = KEEP_WARM_S,
              on_info: Callable[[str], None] | None = None) -> int:
     """Start the warm actor pool of ``model`` now, without a job, so that the first job on
-    it does not wait for the actors' start-up (call it when the Ray engine and the model are
-    chosen, e.g. in a background thread). Returns how many actors were started (0: the pool
-    was running). The actors start asynchronously; the pool is shut down after
-    ``keep_warm_s`` seconds without a job like any other.
+    it does not wait for the actors' start-up (``ray_pipeline = "pool"``; call it when the
+    Ray engine and the model are chosen, e.g. in a background thread). Returns how many
+    actors were started (0: the pool was running). The actors start asynchronously; the
+    pool is shut down after ``keep_warm_s`` seconds without a job like any other.
 
     Args:
         model: a ModelSpec, its dict or a short name (see
@@ -362,14 +411,15 @@ def prestart(model, *, address: str | None = None, concurrency: int | None = Non
     model_id = load_bundle(spec, device=select_device()).model_id
     ensure_ray(address, on_info=on_info)
     n, num_gpus = _resources(concurrency, num_gpus, 1 << 30)
-    ctor, options = _pool_args(model_spec_dict(spec), model_id, num_gpus, retries)
+    ctor, options = _actor_args(model_spec_dict(spec), model_id, num_gpus, retries)
     pool, started = _acquire(ctor, options, n, keep_warm_s)
     _release(pool, False)
     return started
 
 
 def write_input(p, path: Path) -> None:
-    """The job's input rows as Parquet with one row group per chunk (atomically).
+    """The job's input rows as Parquet with one row group per chunk (atomically); nothing
+    when ``path`` exists already (a resumed job).
 
     Args:
         p: the JobPlan (:func:`analysis.dataset.executor.plan`).
@@ -378,6 +428,8 @@ def write_input(p, path: Path) -> None:
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
+    if path.is_file():
+        return
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     schema = pa.schema([("index", pa.int64()), ("path", pa.string()), ("label", pa.int64()),
                         ("loc", pa.string()), ("digest", pa.string()), ("mask", pa.string())])
@@ -390,37 +442,57 @@ def write_input(p, path: Path) -> None:
     os.replace(tmp, path)
 
 
+@dataclasses.dataclass
+class _Job:
+    """What both pipelines get: the plan, the job for the actors, the chunks to run, the
+    actors' constructor arguments and options, and the driver's callbacks."""
+    plan: object
+    job: dict
+    todo: list
+    ctor: dict
+    options: dict
+    concurrency: int
+    tick: Callable[[int], None]
+    should_stop: Callable[[], bool] | None
+    keep_warm_s: float
+
+    def stop(self) -> bool:
+        return self.should_stop is not None and bool(self.should_stop())
+
+
 def run_ray(p, done_chunks: set[int], *, progress=None, should_stop=None, address: str | None = None,
             concurrency: int | None = None, num_gpus: float | None = None,
             on_info: Callable[[str], None] | None = None, retries: int = RETRIES,
-            keep_warm_s: float = KEEP_WARM_S):
+            keep_warm_s: float = KEEP_WARM_S, pipeline: str | None = None):
     """Run the missing chunks of a planned job (:func:`analysis.dataset.executor.plan`)
-    on the warm Ray actor pool of its model; the executor prepares the job folder before
-    and commits it after. Returns ``{"stopped": bool, "ray_actors": n,
-    "ray_gpus_per_actor": g, "ray_warm": bool}`` (``ray_warm``: the pool's actors were
-    already running when the job started).
+    on Ray, through Ray Data or the model's warm actor pool; the executor prepares the job
+    folder before and commits it after. Returns ``{"stopped": bool, "ray_pipeline": name,
+    "ray_actors": n, "ray_gpus_per_actor": g, "ray_warm": bool}`` (``ray_warm``: a warm
+    pool's actors were already running when the job started; always False for Ray Data).
 
     Args:
         p: the JobPlan.
         done_chunks: chunks whose parts exist already (resume).
         progress: ``progress(done, total)`` in images, after each chunk.
-        should_stop: polled while chunks run; True hands out no further chunk and returns
-            once the running ones (at most one per actor) are written (result not complete).
+        should_stop: polled while chunks run; True starts no further chunk and returns
+            once the running ones report back (result not complete).
         address: Ray address (see :func:`ensure_ray`).
         concurrency: number of actors (default: one per GPU on GPU clusters, else the
             cluster's CPUs, at most one per chunk).
         num_gpus: GPUs per actor (default 1 when the cluster has GPUs, else 0).
         on_info: receives one-line notices.
         retries: restarts of a dead actor and retries of its chunk before the job fails.
-        keep_warm_s: seconds the pool stays up after its last job (0: shut down at once).
+        keep_warm_s: ``"pool"`` only: seconds the pool stays up after its last job (0: shut
+            down at once).
+        pipeline: ``"data"`` (Ray Data, a new actor pool per job) or ``"pool"`` (warm
+            actors kept between jobs); default the configured ``ray_pipeline``.
     """
-    import ray
-
-    from analysis.dataset.runner import JobError
     from analysis.dataset.workers import WORKERS, model_spec_dict
 
+    pipeline = str(pipeline or get_config().ray_pipeline).strip().lower()
+    if pipeline not in RAY_PIPELINES:
+        raise ParameterError(f"ray_pipeline must be one of {', '.join(RAY_PIPELINES)}, got {pipeline!r}")
     ensure_ray(address, on_info=on_info)
-    worker = WORKERS.path(p.spec.kind)
     chunks = p.chunks()
     todo = [c for c, _, _ in chunks if c not in done_chunks]
     sizes = {c: b - a for c, a, b in chunks}
@@ -428,52 +500,107 @@ def run_ray(p, done_chunks: set[int], *, progress=None, should_stop=None, addres
     if progress:
         progress(done, p.n)
     concurrency, num_gpus = _resources(concurrency, num_gpus, len(todo))
-    if retries < 0:
-        raise ParameterError("retries must be at least 0")
+    ctor, options = _actor_args(model_spec_dict(p.spec.model), p.bundle.model_id, num_gpus, retries)
     input_path = p.partial_dir / "input.parquet"
-    stopped = False
-    warm = False
+
+    def tick(chunk: int) -> None:
+        nonlocal done
+        done += sizes[int(chunk)]
+        if progress:
+            progress(done, p.n)
+
+    stopped, warm = False, False
     if todo:
-        ctor, options = _pool_args(model_spec_dict(p.spec.model), p.bundle.model_id, num_gpus, retries)
-        pool, started = _acquire(ctor, options, concurrency, keep_warm_s)   # they start while we write the input
-        warm = started == 0
-        broken = False
-        try:
-            if not input_path.is_file():
-                write_input(p, input_path)
-            job = {"worker": worker, "params": p.params, "batch_size": p.spec.batch_size, "source": p.source,
-                   "input_path": str(input_path), "out_dir": str(p.partial_dir)}
-            queue, free, running = deque(todo), list(range(concurrency))[::-1], {}
-            actors = pool.actors[:concurrency]
-            while queue or running:
-                while queue and free and not stopped:
-                    a = free.pop()
-                    running[actors[a].run.remote(job, queue.popleft())] = a
-                if not running:
-                    break
-                ready, _ = ray.wait(list(running), num_returns=1, timeout=0.25)
-                for ref in ready:
-                    free.append(running.pop(ref))
-                    c, _, _ = ray.get(ref)
-                    done += sizes[int(c)]
-                    if progress:
-                        progress(done, p.n)
-                if not stopped and should_stop is not None and should_stop():
-                    stopped = True
-        except ray.exceptions.RayError as e:
-            # a dead actor (retries used up) ends the pool; an error raised by the worker's
-            # code (RayTaskError) leaves the actors warm
-            broken = not isinstance(e, ray.exceptions.RayTaskError)
-            raise JobError(f"The Ray job failed: {_first_line(e)}. Chunks written so far are kept; run the job "
-                           "again to resume.") from e
-        except BaseException:
-            broken = True
-            raise
-        finally:
-            _release(pool, broken)
+        job = {"worker": WORKERS.path(p.spec.kind), "params": p.params, "batch_size": p.spec.batch_size,
+               "source": p.source, "input_path": str(input_path), "out_dir": str(p.partial_dir)}
+        run_pipeline = _run_pool if pipeline == "pool" else _run_data
+        stopped, warm = run_pipeline(_Job(p, job, todo, ctor, options, concurrency, tick, should_stop, keep_warm_s))
     if not stopped:
         input_path.unlink(missing_ok=True)
-    return {"stopped": stopped, "ray_actors": concurrency, "ray_gpus_per_actor": num_gpus, "ray_warm": warm}
+    return {"stopped": stopped, "ray_pipeline": pipeline, "ray_actors": concurrency,
+            "ray_gpus_per_actor": num_gpus, "ray_warm": warm}
+
+
+def _run_data(j: _Job) -> tuple[bool, bool]:
+    """Ray Data: ``map_batches`` with a pool of :class:`DataChunkActor` for this job only.
+    Returns (stopped, warm=False)."""
+    import warnings
+
+    import numpy as np
+    import ray
+    from ray.data import DataContext
+
+    _drop_idle()                        # idle warm pools hold the CPUs / GPUs our actors need
+    write_input(j.plan, Path(j.job["input_path"]))
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates remote args as keywords without a named replacement for
+        # max_restarts / max_task_retries (its own default is to retry forever), and its
+        # DataContext warns about its own deprecated defaults when first created.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        ds = ray.data.from_items([{"chunk": c} for c in j.todo], override_num_blocks=len(j.todo))
+        out = ds.map_batches(DataChunkActor, batch_size=1, batch_format="numpy", concurrency=j.concurrency,
+                             fn_constructor_kwargs={"job": j.job, **j.ctor}, **j.options)
+    it = out.iter_batches(batch_size=None, batch_format="numpy")
+    stopped = False
+    try:
+        for status in it:
+            for c in np.asarray(status["chunk"]).tolist():
+                j.tick(c)
+            if j.stop():
+                stopped = True
+                break
+    except ray.exceptions.RayError as e:
+        raise _job_error(e) from e
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()                     # ends the dataset's execution and its actors
+    return stopped, False
+
+
+def _run_pool(j: _Job) -> tuple[bool, bool]:
+    """The warm pool: chunk numbers handed out one at a time per actor. Returns (stopped,
+    warm: the pool's actors were running before this job)."""
+    import ray
+
+    pool, started = _acquire(j.ctor, j.options, j.concurrency, j.keep_warm_s)   # they start while we write the input
+    broken, stopped = False, False
+    try:
+        write_input(j.plan, Path(j.job["input_path"]))
+        queue, free, running = deque(j.todo), list(range(j.concurrency))[::-1], {}
+        actors = pool.actors[:j.concurrency]
+        while queue or running:
+            while queue and free and not stopped:
+                a = free.pop()
+                running[actors[a].run.remote(j.job, queue.popleft())] = a
+            if not running:
+                break
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.25)
+            for ref in ready:
+                free.append(running.pop(ref))
+                j.tick(ray.get(ref)[0])
+            if not stopped and j.stop():
+                stopped = True
+    except ray.exceptions.RayError as e:
+        # a dead actor (retries used up) ends the pool; an error raised by the worker's
+        # code (RayTaskError) leaves the actors warm
+        broken = not isinstance(e, ray.exceptions.RayTaskError)
+        raise _job_error(e) from e
+    except BaseException:
+        broken = True
+        raise
+    finally:
+        _release(pool, broken)
+    return stopped, started == 0
+
+
+def _job_error(e: BaseException):
+    from analysis.dataset.runner import JobError
+    return JobError(f"The Ray job failed: {_first_line(e)}. Chunks written so far are kept; run the job "
+                    "again to resume.")
 
 
 def _first_line(e: BaseException) -> str:

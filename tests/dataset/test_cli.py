@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from analysis.audit.trail import open_store
+from analysis.core.config import load_config
+from analysis.core.errors import ParameterError
 from analysis.core.models.loaders import ModelSpec
-from analysis.dataset.__main__ import main
+from analysis.dataset.__main__ import _parser, main
 from analysis.dataset.executor import JobSpec, load_result
 
 
@@ -34,3 +38,19 @@ def test_cli_bad_input_is_a_message_not_a_traceback(tmp_path, capsys):
     rc = main(["audit", "--model", "digits", "--dataset", "digits", "--params", '{"top_k": 0}', "--no-record",
                "--data-dir", str(tmp_path)])
     assert rc == 1 and "top_k" in capsys.readouterr().err
+
+
+def test_cli_and_config_choose_the_ray_pipeline(tmp_path):
+    none = tmp_path / "none.toml"
+    assert load_config(none, env={}).ray_pipeline == "data"                 # Ray Data by default
+    assert load_config(none, env={"CONVLENS_RAY_PIPELINE": " Pool"}).ray_pipeline == "pool"
+    (tmp_path / "c.toml").write_text('engine = "ray"\nray_pipeline = "pool"\n')
+    cfg = load_config(tmp_path / "c.toml", env={})
+    assert (cfg.engine, cfg.ray_pipeline) == ("ray", "pool")
+    with pytest.raises(ParameterError, match="ray_pipeline must be 'data' or 'pool'"):
+        load_config(none, env={"CONVLENS_RAY_PIPELINE": "warm"})
+    base = ["audit", "--model", "digits", "--dataset", "digits"]
+    assert _parser().parse_args(base).ray_pipeline is None                  # then the configured one
+    assert _parser().parse_args(base + ["--ray-pipeline", "pool"]).ray_pipeline == "pool"
+    with pytest.raises(SystemExit):
+        _parser().parse_args(base + ["--ray-pipeline", "warm"])

@@ -1,14 +1,19 @@
-"""The Ray backend equals the in-process backend exactly, reuses its warm actors across jobs,
-and survives / reports dead workers (the fault comes from a test-only worker kind,
+"""The Ray backend equals the in-process backend exactly through both pipelines (Ray Data,
+the default, and the warm actor pool), the pool reuses its actors across jobs, and both
+survive / report dead workers (the fault comes from a test-only worker kind,
 tests/dataset/ray_faults.py). One local Ray cluster (2 CPUs) serves the whole session
-(conftest.ray_cluster)."""
+(conftest.ray_cluster). The tests are ordered so that the pool is started as few times as
+possible (a Ray Data job shuts idle pools down to free their CPUs)."""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
 from analysis.core.models.loaders import ModelSpec
 from analysis.dataset import ray_backend
+from analysis.dataset.__main__ import main
 from analysis.dataset.executor import JobError, JobSpec, load_result, run
 from analysis.dataset.manifest import DatasetRef
 from analysis.dataset.workers import WORKERS
@@ -28,20 +33,24 @@ def _same(a, b):
         assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), f"column {c} differs"
 
 
-def _both(spec, tmp_path, **kw):
+def _both(spec, tmp_path, pipeline="pool", **kw):
     local = run(spec, engine="local", data_dir=tmp_path / "local")
-    remote = run(spec, engine="ray", data_dir=tmp_path / "ray", chunk_size=64, **kw)
+    remote = run(spec, engine="ray", data_dir=tmp_path / "ray", chunk_size=64, ray_pipeline=pipeline, **kw)
     assert local.complete and remote.complete and remote.meta["engine"] == "ray"
+    assert remote.meta["ray_pipeline"] == pipeline
     assert local.key == remote.key                      # the engine is not part of the job
     return local, remote
 
 
-def test_ray_features_and_predictions_equal_in_process(ray_cluster, digits, tmp_path):
+@pytest.mark.parametrize("pipeline", ["data", "pool"])
+def test_ray_features_and_predictions_equal_in_process(ray_cluster, digits, tmp_path, pipeline):
     spec = JobSpec("features", ModelSpec("digits"), "digits", batch_size=32, indices=tuple(range(N)))
-    local, remote = _both(spec, tmp_path)
+    local, remote = _both(spec, tmp_path, pipeline)
     assert remote.n_rows == N and remote.array("features").shape == (N, 64)
     _same(local, remote)
     assert (remote.array("pred") == remote.array("label")).mean() > 0.9
+    if pipeline == "data":                              # Ray Data's actors lived for this job only
+        assert not remote.meta["ray_warm"] and ray_backend.pool_info() == []
 
 
 def test_ray_gradcam_maps_equal_in_process(ray_cluster, digits, tmp_path):
@@ -62,12 +71,16 @@ def test_ray_deletion_auc_equals_in_process(ray_cluster, digits, tmp_path):
     assert d.shape == (64,) and np.all((d >= 0) & (d <= 1))
 
 
-def test_ray_crp_job_equals_in_process_and_reuses_the_warm_actors(ray_cluster, digits, tmp_path):
+def test_ray_crp_job_equals_in_process_and_reuses_the_warm_actors(ray_cluster, digits, tmp_path, capsys):
     # "crp" is registered by module path: the actors import analysis.relevance.workers
     # themselves (nothing in them imported it before), and the pool of the digits model
     # started by the earlier jobs is reused (same actor processes, no start-up)
-    run(JobSpec("predict", ModelSpec("digits"), "digits", batch_size=16, indices=tuple(range(32))),
-        engine="ray", data_dir=tmp_path / "warm", chunk_size=16)
+    # the command line chooses the pipeline (the configured default is Ray Data)
+    assert main(["audit", "--model", "digits", "--dataset", "digits", "--indices", "0-31", "--batch-size", "16",
+                 "--engine", "ray", "--ray-pipeline", "pool", "--data-dir", str(tmp_path / "warm"), "--quiet",
+                 "--no-record"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["complete"] and out["engine"] == "ray" and out["ray_pipeline"] == "pool"
     assert ray_backend.prestart(ModelSpec("digits"), concurrency=2) == 0      # the pool is running
     pids = _actor_pids()
     spec = JobSpec("crp", ModelSpec("digits"), "digits", params={"layer": "features.relu3"}, batch_size=16,
@@ -92,28 +105,37 @@ def killing_kind():
     del WORKERS[ray_faults.KIND]
 
 
-def test_ray_stop_resume_and_a_killed_worker(ray_cluster, digits, tmp_path, killing_kind):
+@pytest.mark.parametrize("pipeline", ["pool", "data"])
+def test_ray_stop_resume_and_a_killed_worker(ray_cluster, digits, tmp_path, killing_kind, pipeline):
     bad = {5: b"\x89PNG\r\n\x1a\n" + b"\0" * 40, 150: b"not an image at all"}
     manifest = write_digits_manifest(tmp_path / "set", 200, corrupt=bad)
     marker = tmp_path / "kill-once"
     # the worker process dies on the batch holding image 160 (chunk 3) while the marker exists
     spec = JobSpec(killing_kind, ModelSpec("digits"), DatasetRef("manifest", str(manifest)), batch_size=25,
                    params={"kill_index": 160, "marker": str(marker)})
-    # Stop once the first chunk is done (one actor, chunks handed out one at a time): nothing is complete
+    # Stop once the first chunk is done (one actor): nothing is complete
     seen = []
-    first = run(spec, engine="ray", data_dir=tmp_path / "ray", chunk_size=50, concurrency=1,
+    first = run(spec, engine="ray", data_dir=tmp_path / "ray", chunk_size=50, concurrency=1, ray_pipeline=pipeline,
                 progress=lambda d, n: seen.append(d), should_stop=lambda: bool(seen) and seen[-1] > 0)
     assert not first.complete and not (first.path / "meta.json").exists()
     assert load_result(spec, data_dir=tmp_path / "ray") is None
     parts = {int(f.stem.split("-")[1]) for f in first.path.glob("part-*.parquet")}
-    assert parts == {0} and first.n_rows + len(first.skipped) == 50
+    if pipeline == "pool":       # chunks handed out one at a time: exactly the first one ran
+        assert parts == {0}
+    else:                        # Ray Data may have run ahead of the Stop, never past the data
+        assert 0 in parts and parts <= {0, 1, 2, 3}
+        if 3 in parts:           # as if stopped before the last chunk
+            (first.path / "part-000003.parquet").unlink()
+            parts.discard(3)
+    assert first.n_rows + len(first.skipped) == 50 * len(parts)
     # Resume; the actor running chunk 3 dies once (os._exit) and Ray restarts it and retries the chunk
     marker.write_text("")
     seen = []
-    full = run(spec, engine="ray", data_dir=tmp_path / "ray", chunk_size=50, progress=lambda d, n: seen.append(d))
-    assert seen[0] == 50                                 # resumed after the chunk already written
+    full = run(spec, engine="ray", data_dir=tmp_path / "ray", chunk_size=50, ray_pipeline=pipeline,
+               progress=lambda d, n: seen.append(d))
+    assert seen[0] == 50 * len(parts)                    # resumed after the chunks already written
     assert not marker.exists()                           # the worker really was killed
-    assert full.complete and full.n_rows == 198
+    assert full.complete and full.n_rows == 198 and full.meta["ray_pipeline"] == pipeline
     assert sorted((i, p) for i, p, _ in full.skipped) == [(5, "img/0005.png"), (150, "img/0150.png")]
     assert all(reason for _, _, reason in full.skipped)
     # the same rows as the plain predict job in-process
@@ -124,16 +146,19 @@ def test_ray_stop_resume_and_a_killed_worker(ray_cluster, digits, tmp_path, kill
     assert np.array_equal(full.array("index"), [i for i in range(200) if i not in bad])
 
 
-def test_ray_worker_that_always_dies_is_reported(ray_cluster, digits, tmp_path, killing_kind):
+@pytest.mark.parametrize("pipeline", ["pool", "data"])
+def test_ray_worker_that_always_dies_is_reported(ray_cluster, digits, tmp_path, killing_kind, pipeline):
     spec = JobSpec(killing_kind, ModelSpec("digits"), "digits", batch_size=32, indices=tuple(range(128)),
                    params={"kill_index": 40, "marker": "always"})
     with pytest.raises(JobError, match="Ray job failed"):
-        run(spec, engine="ray", data_dir=tmp_path, chunk_size=32, retries=0, concurrency=1)
+        run(spec, engine="ray", data_dir=tmp_path, chunk_size=32, retries=0, concurrency=1, ray_pipeline=pipeline)
     assert load_result(spec, data_dir=tmp_path) is None
-    # chunk 0 was written before chunk 1 killed its worker; nothing is marked complete
+    # chunk 1 killed its worker; nothing is marked complete, and chunk 1 has no part
     (partial,) = tmp_path.glob("jobs/*.partial")
-    assert sorted(f.name for f in partial.glob("part-*.parquet")) == ["part-000000.parquet"]
-    assert not (partial / "meta.json").exists()
+    written = sorted(f.name for f in partial.glob("part-*.parquet"))
+    assert "part-000001.parquet" not in written and not (partial / "meta.json").exists()
+    if pipeline == "pool":       # chunk 0 was written before chunk 1 killed the only actor
+        assert written == ["part-000000.parquet"]
 
 
 def test_job_kinds_resolve_by_module_path_in_a_fresh_process():
