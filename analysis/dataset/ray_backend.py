@@ -1,4 +1,4 @@
-"""The Ray backend of the data-set executor: Ray Data per job (default) or a warm actor pool.
+"""The Ray backend of the executor: Ray Data per job (default) or a warm actor pool.
 
 Both cut a job the same way and run the same code on the workers::
 
@@ -13,7 +13,8 @@ Both cut a job the same way and run the same code on the workers::
 
     ray.data.from_items([{"chunk": c}, ...])
       ->  map_batches(DataChunkActor, fn_constructor_kwargs={job, model spec + hash, ...},
-                      concurrency=n, num_gpus=1 on GPU clusters else 0, batch_size=1)
+                      compute=ActorPoolStrategy(size=n), num_gpus=1 on GPU clusters
+                      else 0, batch_size=1)
       ->  iter_batches over the status rows (progress; Stop ends the iteration)
 
   The actor pool lives as long as the job: every job pays the actors' start-up (seconds:
@@ -541,7 +542,8 @@ def _run_data(j: _Job) -> tuple[bool, bool]:
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
         ds = ray.data.from_items([{"chunk": c} for c in j.todo], override_num_blocks=len(j.todo))
-        out = ds.map_batches(DataChunkActor, batch_size=1, batch_format="numpy", concurrency=j.concurrency,
+        out = ds.map_batches(DataChunkActor, batch_size=1, batch_format="numpy",
+                             compute=ray.data.ActorPoolStrategy(size=j.concurrency),
                              fn_constructor_kwargs={"job": j.job, **j.ctor}, **j.options)
     it = out.iter_batches(batch_size=None, batch_format="numpy")
     stopped = False
