@@ -3,7 +3,8 @@ the default, and the warm actor pool), the pool reuses its actors across jobs, a
 survive / report dead workers (the fault comes from a test-only worker kind,
 tests/dataset/ray_faults.py). One local Ray cluster (2 CPUs) serves the whole session
 (conftest.ray_cluster). The tests are ordered so that the pool is started as few times as
-possible (a Ray Data job shuts idle pools down to free their CPUs)."""
+possible (a Ray Data job shuts idle pools down to free their CPUs): the pool's tests first,
+then Ray Data's."""
 from __future__ import annotations
 
 import json
@@ -42,15 +43,17 @@ def _both(spec, tmp_path, pipeline="pool", **kw):
     return local, remote
 
 
-@pytest.mark.parametrize("pipeline", ["data", "pool"])
-def test_ray_features_and_predictions_equal_in_process(ray_cluster, digits, tmp_path, pipeline):
+def _features_equal(tmp_path, pipeline):
     spec = JobSpec("features", ModelSpec("digits"), "digits", batch_size=32, indices=tuple(range(N)))
     local, remote = _both(spec, tmp_path, pipeline)
     assert remote.n_rows == N and remote.array("features").shape == (N, 64)
     _same(local, remote)
     assert (remote.array("pred") == remote.array("label")).mean() > 0.9
-    if pipeline == "data":                              # Ray Data's actors lived for this job only
-        assert not remote.meta["ray_warm"] and ray_backend.pool_info() == []
+    return remote
+
+
+def test_ray_features_and_predictions_equal_in_process_on_the_warm_pool(ray_cluster, digits, tmp_path):
+    _features_equal(tmp_path, "pool")
 
 
 def test_ray_gradcam_maps_equal_in_process(ray_cluster, digits, tmp_path):
@@ -113,12 +116,17 @@ def test_ray_stop_resume_and_a_killed_worker(ray_cluster, digits, tmp_path, kill
     # the worker process dies on the batch holding image 160 (chunk 3) while the marker exists
     spec = JobSpec(killing_kind, ModelSpec("digits"), DatasetRef("manifest", str(manifest)), batch_size=25,
                    params={"kill_index": 160, "marker": str(marker)})
+    if pipeline == "data":       # a warm pool is up (the pool's run of this test): Ray Data must free its CPUs
+        ray_backend.prestart(ModelSpec("digits"), concurrency=2)
+        assert ray_backend.pool_info()
     # Stop once the first chunk is done (one actor): nothing is complete
     seen = []
     first = run(spec, engine="ray", data_dir=tmp_path / "ray", chunk_size=50, concurrency=1, ray_pipeline=pipeline,
                 progress=lambda d, n: seen.append(d), should_stop=lambda: bool(seen) and seen[-1] > 0)
     assert not first.complete and not (first.path / "meta.json").exists()
     assert load_result(spec, data_dir=tmp_path / "ray") is None
+    if pipeline == "data":
+        assert ray_backend.pool_info() == []             # the idle pool was shut down, not waited for
     parts = {int(f.stem.split("-")[1]) for f in first.path.glob("part-*.parquet")}
     if pipeline == "pool":       # chunks handed out one at a time: exactly the first one ran
         assert parts == {0}
@@ -146,7 +154,13 @@ def test_ray_stop_resume_and_a_killed_worker(ray_cluster, digits, tmp_path, kill
     assert np.array_equal(full.array("index"), [i for i in range(200) if i not in bad])
 
 
-@pytest.mark.parametrize("pipeline", ["pool", "data"])
+def test_ray_data_features_and_predictions_equal_in_process(ray_cluster, digits, tmp_path):
+    # after the pool's tests: Ray Data (the default pipeline) starts its own actors for this job
+    remote = _features_equal(tmp_path, "data")
+    assert not remote.meta["ray_warm"] and ray_backend.pool_info() == []
+
+
+@pytest.mark.parametrize("pipeline", ["data", "pool"])
 def test_ray_worker_that_always_dies_is_reported(ray_cluster, digits, tmp_path, killing_kind, pipeline):
     spec = JobSpec(killing_kind, ModelSpec("digits"), "digits", batch_size=32, indices=tuple(range(128)),
                    params={"kill_index": 40, "marker": "always"})
