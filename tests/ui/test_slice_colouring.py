@@ -55,3 +55,31 @@ def test_large_map_slices_fit_the_sample_and_place_the_rest_by_nearest_centre():
     # the well separated blobs: every point joins the cluster of its own blob
     for c in range(4):
         assert len(np.unique(sa.assignment[y == c])) == 1
+
+
+def test_embeddings_page_colours_the_digits_map_by_slice():
+    """The page's slice colours (plotly map of the 1,797 digits) are slice_colouring of
+    find_slices on the page's own features."""
+    from streamlit.testing.v1 import AppTest
+
+    from analysis.embeddings.features import load_features
+    from dashboard import state
+    from tests.paths import REPO
+    at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=300).run()
+    at.selectbox(key="sb_model_kind").set_value("digits").run()
+    at.session_state["em_method"] = "pca"
+    at.switch_page("../pages/embeddings.py").run()
+    if any(b.key == "em_extract" for b in at.button):
+        at.button(key="em_extract").click().run()
+    assert "slice" in at.selectbox(key="em_colour").options
+    at.selectbox(key="em_colour").set_value("slice").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    bundle = state.bundle_for(at.session_state["model_spec"])
+    from analysis.core.datasets import load_digits_dataset
+    ds = load_digits_dataset()
+    fs = load_features(bundle, ds, at.selectbox(key=f"em_layer_{bundle.short_id}").value)
+    wrong = fs.predictions != fs.labels
+    ref = find_slices(fs.features, wrong, fs.labels, n_clusters=8)
+    assert np.array_equal(at.session_state["em_slice_assignment"], ref.assignment)
+    want, _, legend = slice_colouring(ref.assignment, wrong)
+    assert np.array_equal(at.session_state["em_colours"], want)
