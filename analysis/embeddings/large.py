@@ -48,6 +48,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from analysis.core.config import get_config
 from analysis.core.errors import ConvlensError, ParameterError
 from analysis.core.fsio import atomic_write, fsync_dir
 from analysis.core.schema import is_int
@@ -146,7 +147,8 @@ def large_map(features, method: str = "tsne", *, sample: int = DEFAULT_SAMPLE, k
     Args:
         features: (N, D) array or memory-mapped .npy; read in chunks of ``chunk`` rows.
         method: "tsne" (the app's default t-SNE) or "umap".
-        sample: size of the reference sample (capped at N; N <= sample maps every point).
+        sample: size of the reference sample (capped at N and at ``limits.max_dataset_images``,
+            the most points a map fits in memory; N <= sample maps every point).
         k: neighbours used to place a point (1..100).
         pca_dims: PCA dimensions for the kNN and the reference map (0: none).
         seed: seeds the sample, the PCA and the reference map.
@@ -173,7 +175,7 @@ def large_map(features, method: str = "tsne", *, sample: int = DEFAULT_SAMPLE, k
 
     report(0)
     t0 = time.perf_counter()
-    idx = sample_indices(n, sample, labels, seed)
+    idx = sample_indices(n, min(sample, get_config().limits.max_dataset_images), labels, seed)
     ref = np.asarray(features[idx], dtype=np.float32)
     if not np.isfinite(ref).all():
         raise ParameterError("The features contain NaN or infinite values.")

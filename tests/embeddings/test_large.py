@@ -180,3 +180,12 @@ def test_hnsw_index_measures_its_recall_and_says_so():
     a, _ = approx.query(x[rows], 10)
     assert r == approx.recall == recall_at_k(a, e) and r >= 0.95
     assert "faiss HNSW over 3,000 vectors" in approx.describe() and f"recall@10 {r:.3f}" in approx.describe()
+
+
+def test_sample_is_capped_at_the_in_memory_limit(monkeypatch):
+    from analysis.core.config import set_config
+    monkeypatch.setenv("CONVLENS_MAX_DATASET_IMAGES", "500")
+    set_config(None)
+    x, y = _blobs(n=1500, d=8)
+    m = large_map(x, sample=50_000, k=5, pca_dims=4, labels=y)       # 50,000 asked, 500 allowed
+    assert 495 <= len(m.sample_index) <= 500 and m.coords.shape == (1500, 2)
