@@ -147,7 +147,7 @@ def neighbours_tab(bundle, ds, sf: large.StoredFeatures, folder: Path, layer: st
     rows, dist = index.query(q, k + 1)
     keep = [(int(r), float(d)) for r, d in zip(rows[0], dist[0]) if r >= 0 and r != row][:k]
     found = [int(sf.index[r]) for r, _ in keep]
-    ss["em_big_nn_result"] = found                         # what the page shows (tests read it)
+    ss["_em_big_nn_result"] = found                         # what the page shows (tests read it)
     agree = (f" · label agreement **{np.mean([ds.labels[i] == ds.labels[qi] for i in found]):.0%}**"
              if qi is not None and found else "")
     st.markdown(f"**Feature space**: {len(found)} nearest images{agree}")
@@ -235,8 +235,8 @@ def map_tab(bundle, ds, sf: large.StoredFeatures, folder: Path, mapping, correct
     else:
         cidx, palette, legend = colouring(colour, sf.labels, sf.preds, sf.confidences, ds.class_names,
                                           bundle.categories, correct)
-    ss["em_big_colours"] = cidx                                   # the colours drawn (tests read them)
-    ss["em_big_map_points"] = m.n_points
+    ss["_em_big_colours"] = cidx                                   # the colours drawn (tests read them)
+    ss["_em_big_map_points"] = m.n_points
     sheets = hover_sheets(bundle, ds, sf, folder)
     sel, count = point_map(m.coords, cidx, palette, legend, labels=sf.labels, preds=sf.preds,
                            confidence=sf.confidences, label_names=ds.class_names, pred_names=bundle.categories,

@@ -163,7 +163,7 @@ with guard("Embeddings"):
             slices = run_job(("em-slices", bundle.model_id, ds.content_hash, layer, bundle.preprocess.spec_id, nclus),
                              f"Slices ({nclus} clusters)", lambda p: slice_assignment(
                                  fs.features, wrong, fs.labels, n_clusters=nclus), record=False)
-            st.session_state["em_slice_assignment"] = slices.assignment          # tests compare the colours
+            st.session_state["_em_slice_assignment"] = slices.assignment          # tests compare the colours
         if dims == 2 and fs.n >= POINT_MAP_FROM:
             # many points: the canvas point map (binary files, no per-point JSON; docs/benchmarks.md)
             from analysis.embeddings.neighbors import pixel_thumbnails
@@ -177,7 +177,7 @@ with guard("Embeddings"):
             else:
                 cidx, palette, legend = colouring(colour, fs.labels, fs.predictions, fs.confidences,
                                                   ds.class_names, bundle.categories, correct)
-            st.session_state["em_colours"] = cidx
+            st.session_state["_em_colours"] = cidx
             sel, count = point_map(proj.coords, cidx, palette, legend, labels=fs.labels, preds=fs.predictions,
                                    confidence=fs.confidences, label_names=ds.class_names,
                                    pred_names=bundle.categories, thumbs=sheets,
@@ -189,7 +189,7 @@ with guard("Embeddings"):
                 from dashboard.pointmap import slice_colouring
                 cidx, _, legend = slice_colouring(slices.assignment, wrong)
                 cats = np.asarray(legend, dtype=object)[cidx]
-                st.session_state["em_colours"] = cidx
+                st.session_state["_em_colours"] = cidx
             fig = embedding_figure(proj.coords, fs, ds, bundle, colour, search, categories=cats)
             sheets = run_job(("hover-thumbs", ds.content_hash, bundle.preprocess.spec_id), "Thumbnails for hover",
                              lambda p: hover_thumbnails(bundle, ds, progress=p), record=False)

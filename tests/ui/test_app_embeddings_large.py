@@ -77,7 +77,7 @@ def test_large_data_set_flow(tmp_path, monkeypatch):
     cap = next(c.value for c in at.caption if c.value.startswith("Neighbour search"))
     assert "exact search" in cap and "2,101 vectors" in cap, cap
     at.number_input(key="em_q_idx").set_value(DUP_OF).run()
-    found = at.session_state["em_big_nn_result"]
+    found = at.session_state["_em_big_nn_result"]
     assert found[0] == DUP and len(found) == 8
     from analysis.embeddings.neighbors import knn
     exact, _ = knn(fs.features[DUP_OF:DUP_OF + 1], fs.features, 8, metric="cosine", exclude_self=np.array([DUP_OF]))
@@ -88,7 +88,7 @@ def test_large_data_set_flow(tmp_path, monkeypatch):
     at.run()
     at.button(key="em_big_map_go").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert at.session_state["em_big_map_points"] == 2101
+    assert at.session_state["_em_big_map_points"] == 2101
     from analysis.embeddings.large import load_map, map_params
     m = load_map(sf.path, "tsne", map_params("tsne", sample=1000), sf.n)
     s = len(m.sample_index)                          # stratified by label: 1,000 up to rounding
@@ -127,7 +127,7 @@ def test_large_data_set_flow(tmp_path, monkeypatch):
     # colour by slice: the colours are the data-set audit's slices of the same features
     at.selectbox(key="em_colour").set_value("slice").run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    colours = np.asarray(at.session_state["em_big_colours"])
+    colours = np.asarray(at.session_state["_em_big_colours"])
     from dashboard.embedding_map import slice_assignment
     from dashboard.pointmap import slice_colouring
     wrong = sf.preds != sf.labels
@@ -137,4 +137,17 @@ def test_large_data_set_flow(tmp_path, monkeypatch):
     assert len(palette) >= 2 and legend[0].startswith("slice "), legend    # at least one slice here
     for c in np.unique(sa.assignment):                         # one colour per cluster
         assert len(np.unique(colours[sa.assignment == c])) == 1
-    json.dumps(legend)
+
+    # the link reopens this view in a fresh session: the manifest, the stored features, the kept map
+    link = dict(at.query_params)
+    b = AppTest.from_file(APP, default_timeout=300)
+    b.query_params.update(link)
+    b.query_params["page"] = "embeddings"                       # the URL's path in a browser
+    assert len(json.dumps(link)) < 4000, sorted(link)            # no per-point array in the link
+    b.run()
+    assert not b.exception and not b.error, [e.value for e in b.error]
+    assert b.session_state["dataset_ref"].kind == "manifest" and b.session_state["sb_dataset"] == f"manifest:{manifest}"
+    assert any(c.value.startswith("2,101 × 64 features, memory-mapped") for c in b.caption), (
+        sorted(link), [c.value[:60] for c in b.caption][:8])
+    assert b.session_state["_em_big_map_points"] == 2101
+    assert np.array_equal(np.asarray(b.session_state["_em_big_colours"]), expect)

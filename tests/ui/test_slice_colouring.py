@@ -80,6 +80,6 @@ def test_embeddings_page_colours_the_digits_map_by_slice():
     fs = load_features(bundle, ds, at.selectbox(key=f"em_layer_{bundle.short_id}").value)
     wrong = fs.predictions != fs.labels
     ref = find_slices(fs.features, wrong, fs.labels, n_clusters=8)
-    assert np.array_equal(at.session_state["em_slice_assignment"], ref.assignment)
+    assert np.array_equal(at.session_state["_em_slice_assignment"], ref.assignment)
     want, _, legend = slice_colouring(ref.assignment, wrong)
-    assert np.array_equal(at.session_state["em_colours"], want)
+    assert np.array_equal(at.session_state["_em_colours"], want)
