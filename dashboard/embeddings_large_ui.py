@@ -50,6 +50,21 @@ def features_folder(bundle, ds, layer: str) -> Path:
     return Path(get_config().data_dir) / "embeddings" / key
 
 
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _open_features(folder: str, stamp: float) -> large.StoredFeatures | None:
+    return large.open_features(folder)
+
+
+def open_stored(folder: Path) -> large.StoredFeatures | None:
+    """The stored features of ``folder`` (memory-mapped), opened once per server while
+    their meta.json is unchanged; None when there are none."""
+    try:
+        stamp = (folder / "meta.json").stat().st_mtime_ns
+    except OSError:
+        return None
+    return _open_features(str(folder), stamp)
+
+
 def extract_features(bundle, ds, layer: str, progress) -> large.StoredFeatures | None:
     """The executor's ``features`` job on every image (configured engine), then its parts
     copied into the memory-mapped store. None when the job stopped before the end."""
@@ -86,7 +101,7 @@ def page(bundle, ds, layer: str, mapping) -> None:
             "memory-mapped from disk; the map is fitted on a sample and places every other image among its "
             "nearest sample points; images are read from their files only when shown.",
             icon=":material/dataset:")
-    sf = large.open_features(folder)
+    sf = open_stored(folder)
     if sf is None:
         st.caption(f"Features of `{layer}` are not stored for this data set yet: one pass over "
                    f"{len(ds):,} images; a stopped job keeps its finished chunks and resumes.")
