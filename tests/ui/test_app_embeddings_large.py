@@ -82,6 +82,15 @@ def test_large_data_set_flow(tmp_path, monkeypatch):
     from analysis.embeddings.neighbors import knn
     exact, _ = knn(fs.features[DUP_OF:DUP_OF + 1], fs.features, 8, metric="cosine", exclude_self=np.array([DUP_OF]))
     assert set(found) == set(exact[0].tolist())
+    # past EXACT_QUERY_MAX the page builds faiss HNSW and says so, with the recall it measured
+    import analysis.embeddings.large as large
+    monkeypatch.setattr(large, "EXACT_QUERY_MAX", 1000)
+    at.run()
+    cap = next(c.value for c in at.caption if c.value.startswith("Neighbour search"))
+    assert "faiss HNSW over 2,101 vectors" in cap and "recall@10 " in cap and "200 random images" in cap, cap
+    recall = float(cap.split("recall@10 ")[1].split(" ")[0])
+    assert recall >= 0.95 and at.session_state["_em_big_nn_result"][0] == DUP
+    monkeypatch.setattr(large, "EXACT_QUERY_MAX", 2_000_000)
 
     # the map: one point per image, a sample of 1,000 mapped by t-SNE and the rest placed
     at.session_state["em_big_sample"] = 1000
