@@ -170,6 +170,49 @@ def write_sheets(thumbs: np.ndarray, key: str, root: Path | None = None) -> dict
             "per_sheet": PER_SHEET, "display": DISPLAY_PX, "pixelated": s <= 16}
 
 
+def _thumbs_arg(key: str, meta: dict) -> dict:
+    return {"base": f"thumbs/{key}", "ext": meta["ext"], "n": meta["n"], "cols": SHEET_COLS,
+            "per_sheet": PER_SHEET, "display": DISPLAY_PX, "pixelated": meta["size"] <= 16}
+
+
+def stored_sheets(key: str, n: int, root: Path) -> dict | None:
+    """The ``thumbs`` argument of sheets that :func:`stream_sheets` finished for ``n``
+    thumbnails under ``root/thumbs/key``, or None."""
+    try:
+        meta = json.loads((root / "thumbs" / key / "done.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return _thumbs_arg(key, meta) if meta.get("n") == n else None
+
+
+def stream_sheets(n: int, read_rows, key: str, root: Path, size: int = THUMB_PX, progress=None) -> dict:
+    """Sprite sheets of ``n`` thumbnails written one sheet at a time (never more than
+    ``PER_SHEET`` thumbnails in memory): ``read_rows(start, stop)`` returns the (m, size,
+    size, 3) uint8 thumbnails of rows start..stop. A sheet already on disk (an earlier,
+    stopped run) is kept; ``done.json`` is written last. Returns the ``thumbs`` argument."""
+    got = stored_sheets(key, n, root)
+    if got is not None:
+        return got
+    folder = root / "thumbs" / key
+    ext = "png"
+    for k, start in enumerate(range(0, n, PER_SHEET)):
+        stop = min(n, start + PER_SHEET)
+        have = sorted(folder.glob(f"{k}.*"))
+        if have:
+            ext = have[0].suffix[1:]
+        else:
+            block = np.asarray(read_rows(start, stop), np.uint8)
+            if block.shape != (stop - start, size, size, 3):
+                raise ValueError(f"read_rows gave {block.shape}, expected {(stop - start, size, size, 3)}")
+            data, ext = _encode(tile_sheets(block)[0])
+            atomic_write(folder / f"{k}.{ext}", data)
+        if progress is not None:
+            progress(stop, n)
+    meta = {"n": int(n), "size": int(size), "ext": ext}
+    atomic_write(folder / "done.json", json.dumps(meta).encode())
+    return _thumbs_arg(key, meta)
+
+
 def hover_thumbnails(bundle, ds, progress=None) -> dict | None:
     """The ``thumbs`` argument for ``ds``: the cached pixel-space thumbnails (computed now
     if the neighbour search has not yet) as sprite sheets. None, logged, when the
@@ -241,3 +284,40 @@ def embedding_map(fig: go.Figure, n: int, key: str, thumbs: dict | None) -> tupl
     text, fig_id = figure_args(fig)
     value = comp(figure=text, fig_id=fig_id, thumbs=thumbs, key=key, default=None)
     return selection_from_value(value, n), True
+
+
+# ------------------------------------------------------------------ slices of a map
+
+def slice_assignment(features, wrong, labels, *, n_clusters: int = 8, min_size: int = 10,
+                     sample_index=None, progress=None, should_stop=None):
+    """The data-set audit's failure slices (:func:`analysis.dataset.evaluate.find_slices`:
+    k-means on the standardised features) for every point of a map.
+
+    Up to ``max_dataset_images`` points (``sample_index`` None) k-means runs on all of them
+    and the result is find_slices' own. Past it, k-means runs on the map's reference sample
+    (``sample_index``) and every other point joins the nearest cluster centre in the
+    sample's standardised space (:func:`analysis.embeddings.large.nearest_centroid`, chunked
+    over the memory-mapped features); the sample keeps find_slices' assignment. Returns
+    find_slices' SliceResult with ``assignment`` and ``indices`` covering every point."""
+    from analysis.dataset.evaluate import find_slices
+    from analysis.embeddings.large import nearest_centroid
+    wrong = np.asarray(wrong, bool)
+    labels = np.asarray(labels)
+    n = len(wrong)
+    if sample_index is None or len(sample_index) >= n:
+        x = np.asarray(features, np.float32)
+        return find_slices(x, wrong, labels, n_clusters=min(n_clusters, n), min_size=min_size)
+    s = np.asarray(sample_index, np.int64)
+    sub = np.asarray(features[s], np.float64)
+    sr = find_slices(sub, wrong[s], labels[s], indices=s, n_clusters=min(n_clusters, len(s)), min_size=min_size)
+    mu, sd = sub.mean(0), sub.std(0)
+    z = (sub - mu) / np.where(sd > 0, sd, 1.0)
+    k = int(sr.assignment.max()) + 1
+    centres = np.stack([z[sr.assignment == c].mean(0) if (sr.assignment == c).any() else np.full(z.shape[1], np.inf)
+                        for c in range(k)])
+    assign = nearest_centroid(features, np.nan_to_num(centres, posinf=1e30), mean=mu, scale=sd,
+                              progress=progress, should_stop=should_stop)
+    assign[s] = sr.assignment
+    sr.assignment = assign
+    sr.indices = np.arange(n, dtype=np.int64)
+    return sr

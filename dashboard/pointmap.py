@@ -128,7 +128,8 @@ VIRIDIS5 = ["#440154", "#3b528b", "#21918c", "#5ec962", "#fde725"]
 
 def colouring(kind: str, labels, preds, confidence, label_names, pred_names, correct=None):
     """(palette index per point, palette, legend) for colouring a map by "label",
-    "prediction", "correct" (``correct`` a boolean array) or "confidence" (5 bins). Up to 20
+    "prediction", "correct" (``correct`` a boolean array) or "confidence" (5 bins); for
+    "slice" see :func:`slice_colouring`. Up to 20
     categories keep their own colour; more share the palette cyclically (the legend says so)."""
     if kind == "confidence":
         c = np.clip(np.asarray(confidence, dtype=np.float64), 0, 1)
@@ -146,6 +147,43 @@ def colouring(kind: str, labels, preds, confidence, label_names, pred_names, cor
     if len(used) > len(PALETTE):
         legend[-1] += f" (and {len(used) - k} more classes, colours repeat)"
     return pos % len(PALETTE), PALETTE[:k] if len(used) <= len(PALETTE) else PALETTE, legend
+
+
+SLICE_LIFT = 1.5              # a cluster is a slice when its error rate is at least this times the mean
+SLICE_COLOURS = ["#d62728", "#ff7f0e", "#9467bd", "#e377c2", "#8c564b", "#bcbd22", "#17becf", "#1f77b4",
+                 "#2ca02c", "#7f7f7f"]
+OTHER_GREY = "#c7c7c7"
+
+
+def slice_colouring(assignment, wrong, *, lift: float = SLICE_LIFT, min_size: int = 10):
+    """(palette index per point, palette, legend) for colouring a map by failure slice.
+
+    ``assignment`` (N,) cluster of every point (the data-set audit's k-means clusters,
+    :func:`dashboard.embedding_map.slice_assignment`), ``wrong`` (N,) whether the model's
+    prediction is wrong. Clusters of at least ``min_size`` points whose error rate is at
+    least ``lift`` times the mean (and above it) are slices: each gets its own colour, worst
+    first; every other point is grey ("other clusters"), always the last palette entry."""
+    a = np.asarray(assignment, np.int64)
+    w = np.asarray(wrong, bool)
+    if a.shape != w.shape:
+        raise ValueError("assignment and wrong must have one entry per point")
+    overall = float(w.mean()) if w.size else 0.0
+    found = []
+    for c in np.unique(a):
+        m = a == c
+        size, rate = int(m.sum()), float(w[m].mean())
+        if size >= min_size and rate > overall and rate >= lift * overall:
+            found.append((rate, size, int(c)))
+    found.sort(key=lambda t: (-t[0], -t[1], t[2]))
+    found = found[:len(SLICE_COLOURS)]
+    lut = np.full(int(a.max()) + 1 if a.size else 1, len(found), np.int64)
+    legend = []
+    for j, (rate, size, c) in enumerate(found):
+        lut[c] = j
+        legend.append(f"slice {c}: {size:,} images, error {rate:.0%} ({rate / overall:.1f}× the mean)")
+    legend.append(f"other clusters (error rate below {lift:g}× the mean {overall:.1%})" if found else
+                  f"no cluster fails at {lift:g}× the mean error rate {overall:.1%}")
+    return lut[a], SLICE_COLOURS[:len(found)] + [OTHER_GREY], legend
 
 
 def thumbnail_sheets(thumbs: np.ndarray, key: str) -> dict:

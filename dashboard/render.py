@@ -163,11 +163,13 @@ def image_grid(images: list[np.ndarray], cols: int, pad: int = 2, cell: int | No
     return out
 
 
-def embedding_figure(coords: np.ndarray, fs, ds, bundle, colour: str = "label", search: str = "") -> go.Figure:
+def embedding_figure(coords: np.ndarray, fs, ds, bundle, colour: str = "label", search: str = "",
+                     categories: np.ndarray | None = None) -> go.Figure:
     """Scatter of a 2-D / 3-D map: WebGL above 2,000 points, one trace per category (so the
     legend toggles classes), hover with id / label / prediction, the data-set index of each
     point as its (1-D) customdata (hover thumbnails and selections, see
-    dashboard/embedding_map.py), and the points matching ``search`` ringed on top."""
+    dashboard/embedding_map.py), and the points matching ``search`` ringed on top.
+    ``categories`` (N,) names colour the points instead of ``colour`` (e.g. the slices)."""
     n, d = coords.shape
     idx = np.arange(n)
     labels = np.array([ds.class_names[int(l)] for l in fs.labels])
@@ -192,8 +194,9 @@ def embedding_figure(coords: np.ndarray, fs, ds, bundle, colour: str = "label", 
         fig.add_trace(trace(idx >= 0, "confidence", dict(size=size, color=fs.confidences, colorscale="Viridis",
                                                             colorbar=dict(title="confidence"), cmin=0, cmax=1)))
     else:
-        cats = {"label": labels, "prediction": preds,
-                "correct": np.where(fs.predictions == fs.labels, "correct", "wrong")}[colour]
+        cats = np.asarray(categories).astype(str) if categories is not None else {
+            "label": labels, "prediction": preds,
+            "correct": np.where(fs.predictions == fs.labels, "correct", "wrong")}[colour]
         for c in sorted(set(cats.tolist()), key=str):
             fig.add_trace(trace(cats == c, str(c), dict(size=size)))
     if search.strip():

@@ -361,7 +361,7 @@ def _sidebar_for_refs(params: dict[str, str]) -> dict:
     if "dataset" in params:
         ref = ss.get(state.DATASET_KEY)
         if isinstance(ref, state.DatasetRef):
-            out["sb_dataset"] = {"digits": "digits", "zip": "zip"}.get(ref.kind, f"folder:{ref.ref}")
+            out["sb_dataset"] = {"digits": "digits", "zip": "zip"}.get(ref.kind, f"{ref.kind}:{ref.ref}")
     return out
 
 

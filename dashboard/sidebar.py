@@ -117,11 +117,14 @@ def dataset_image_picker() -> None:
 
 
 def dataset_picker() -> None:
-    folders = [str(p) for p in get_config().dataset_dirs]
-    options = ["digits"] + [f"folder:{p}" for p in folders] + ["zip"]
+    dirs = get_config().dataset_dirs
+    folders = [str(p) for p in dirs if p.is_dir()]
+    manifests = [str(p) for d in dirs for p in ([d] if d.is_file() else sorted(d.glob("*.csv")) + sorted(d.glob(
+        "*.parquet"))) if p.suffix in (".csv", ".parquet")]          # manifest data sets (images read lazily)
+    options = ["digits"] + [f"folder:{p}" for p in folders] + [f"manifest:{p}" for p in manifests] + ["zip"]
     labels = {"digits": "scikit-learn digits (1,797 images)", "zip": "Upload a zip (ImageFolder layout)"}
     choice = st.selectbox("Data set", options, key="sb_dataset",
-                          format_func=lambda o: labels.get(o, o.removeprefix("folder:")))
+                          format_func=lambda o: labels.get(o, o.removeprefix("folder:").replace("manifest:", "manifest: ")))
     if choice == "digits":
         if state.dataset_ref().kind != "digits":
             state.set_dataset_ref(state.DatasetRef())
@@ -129,6 +132,10 @@ def dataset_picker() -> None:
         path = choice.removeprefix("folder:")
         if state.dataset_ref().ref != path:
             state.set_dataset_ref(state.DatasetRef("folder", path, path))
+    elif choice.startswith("manifest:"):
+        path = choice.removeprefix("manifest:")
+        if state.dataset_ref().ref != path:
+            state.set_dataset_ref(state.DatasetRef("manifest", path, path))
     else:
         up = st.file_uploader("Zip: class folders of images", type=["zip"], key="sb_zip")
         if up is not None:

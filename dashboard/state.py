@@ -29,8 +29,8 @@ class ImageRef:
 
 @dataclass(frozen=True)
 class DatasetRef:
-    kind: str = DEFAULT_DATASET  # "digits" | "folder" | "zip"
-    ref: str = ""                # folder path or zip sha256
+    kind: str = DEFAULT_DATASET  # "digits" | "folder" | "zip" | "manifest"
+    ref: str = ""                # folder path, zip sha256 or manifest file (.csv / .parquet)
     label: str = "scikit-learn digits"
 
 
@@ -66,6 +66,11 @@ def _dataset(ref_key: str) -> Dataset:
     ref = DatasetRef(**json.loads(ref_key))
     if ref.kind == "digits":
         return load_digits_dataset()
+    if ref.kind == "manifest":                  # images read lazily; up to limits.max_manifest_images rows
+        from analysis.dataset.manifest import DatasetRef as ManifestRef
+        from analysis.dataset.manifest import open_dataset
+        with st.spinner(f"Indexing {ref.label}…"):
+            return open_dataset(ManifestRef("manifest", path=ref.ref))
     bar = st.progress(0.0, text=f"Indexing {ref.label}…")
 
     def progress(done, total):

@@ -8,7 +8,9 @@ from analysis.embeddings.features import extract, load_features, penultimate_lay
 from analysis.embeddings.neighbors import neighbors
 from dashboard import state
 from dashboard.dataset_ui import current_mapping
-from dashboard.embedding_map import embedding_map, hover_thumbnails
+from dashboard.embedding_map import embedding_map, hover_thumbnails, slice_assignment
+from dashboard.embeddings_large_ui import is_large
+from dashboard.embeddings_large_ui import page as large_page
 from dashboard.errors import guard
 from dashboard.render import embedding_figure
 from dashboard.subject import explain_picker
@@ -42,6 +44,9 @@ with guard("Embeddings"):
                          "Default: the layer that feeds the classifier.")
     c2.caption(f"Data set: **{plain(ds.name)}** ({len(ds):,} images, {len(ds.class_names)} classes) — change it in the sidebar.")
 
+    if is_large(ds):           # past max_dataset_images: executor features, memory-mapped, large_map
+        large_page(bundle, ds, layer, current_mapping(bundle, ds))
+        st.stop()
     fs = load_features(bundle, ds, layer)
     if fs is None:
         st.info(f"Features of `{layer}` are not extracted for this data set yet (one batched pass, "
@@ -114,12 +119,15 @@ with guard("Embeddings"):
             names = [m.title for m in PROJECTIONS.values() if option in m.options]
             return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names) + " only"
         dims = m2.radio("Dimensions", [2, 3], horizontal=True, key="em_dims")
-        colours = ["label", "prediction"] + (["correct"] if mapping.status == "identity" else []) + ["confidence"]
+        colours = ["label", "prediction"] + (["correct", "slice"] if mapping.status == "identity" else []) + \
+            ["confidence"]
         if st.session_state.get("em_colour") not in colours:
             st.session_state.pop("em_colour", None)
         colour = m3.selectbox("Colour by", colours, key="em_colour",
-                              help=None if mapping.status == "identity" else "'correct' needs the model's classes "
-                              "to be the data set's; see the Data-set audit page for accuracy through a mapping.")
+                              help="slice: clusters of the feature space (k-means, as on the Data-set audit page) "
+                              "whose error rate is at least 1.5× the mean." + ("" if mapping.status == "identity" else
+                              " 'correct' and 'slice' need the model's classes to be the data set's; see the "
+                              "Data-set audit page for accuracy through a mapping."))
         params = {}
         with st.expander("Parameters"):
             # every widget is always drawn (those of other methods disabled), so switching
@@ -140,6 +148,7 @@ with guard("Embeddings"):
                 "metric": st.radio("metric", ["euclidean", "cosine"], horizontal=True, key="em_pmetric",
                                    disabled="metric" not in uses, help=only("metric") + "."),
             }
+            nclus = int(st.number_input("slice clusters (k)", 2, 64, 8, key="em_slice_k", disabled=colour != "slice"))
         params.update((k, v) for k, v in drawn.items() if k in uses)
         parts = ("proj", bundle.model_id, ds.content_hash, layer, bundle.preprocess.spec_id)
         pkey = parts + (method, dims, tuple(sorted(params.items())))
@@ -150,23 +159,40 @@ with guard("Embeddings"):
         search = st.text_input("Highlight (label or file name contains)", key="em_search",
                                disabled=dims == 2 and fs.n >= POINT_MAP_FROM,
                                help=f"Plotly map only (below {POINT_MAP_FROM:,} points or in 3-D).")
+        slices = None
+        if colour == "slice":                   # the data-set audit's slices, on the same features
+            wrong = ~mapping.correct(fs.labels, fs.predictions)
+            slices = run_job(("em-slices", bundle.model_id, ds.content_hash, layer, bundle.preprocess.spec_id, nclus),
+                             f"Slices ({nclus} clusters)", lambda p: slice_assignment(
+                                 fs.features, wrong, fs.labels, n_clusters=nclus), record=False)
+            st.session_state["_em_slice_assignment"] = slices.assignment          # tests compare the colours
         if dims == 2 and fs.n >= POINT_MAP_FROM:
             # many points: the canvas point map (binary files, no per-point JSON; docs/benchmarks.md)
             from analysis.embeddings.neighbors import pixel_thumbnails
-            from dashboard.pointmap import colouring, point_map, thumbnail_sheets
+            from dashboard.pointmap import colouring, point_map, slice_colouring, thumbnail_sheets
             tarr = run_job(("pixel-thumbs", ds.content_hash, bundle.preprocess.spec_id), "Thumbnails for hover",
                            lambda p: pixel_thumbnails(bundle, ds, 32, progress=p), record=False)
             sheets = thumbnail_sheets(tarr, f"{ds.content_hash}:{bundle.preprocess.spec_id}:32")
             correct = mapping.correct(fs.labels, fs.predictions) if mapping.status == "identity" else None
-            cidx, palette, legend = colouring(colour, fs.labels, fs.predictions, fs.confidences,
-                                              ds.class_names, bundle.categories, correct)
+            if slices is not None:
+                cidx, palette, legend = slice_colouring(slices.assignment, ~correct)
+            else:
+                cidx, palette, legend = colouring(colour, fs.labels, fs.predictions, fs.confidences,
+                                                  ds.class_names, bundle.categories, correct)
+            st.session_state["_em_colours"] = cidx
             sel, count = point_map(proj.coords, cidx, palette, legend, labels=fs.labels, preds=fs.predictions,
                                    confidence=fs.confidences, label_names=ds.class_names,
                                    pred_names=bundle.categories, thumbs=sheets,
                                    key=f"em_pmap_{bundle.short_id}_{ds.content_hash[:16]}_{layer}")
             live = True
         else:
-            fig = embedding_figure(proj.coords, fs, ds, bundle, colour, search)
+            cats = None
+            if slices is not None:
+                from dashboard.pointmap import slice_colouring
+                cidx, _, legend = slice_colouring(slices.assignment, wrong)
+                cats = np.asarray(legend, dtype=object)[cidx]
+                st.session_state["_em_colours"] = cidx
+            fig = embedding_figure(proj.coords, fs, ds, bundle, colour, search, categories=cats)
             sheets = run_job(("hover-thumbs", ds.content_hash, bundle.preprocess.spec_id), "Thumbnails for hover",
                              lambda p: hover_thumbnails(bundle, ds, progress=p), record=False)
             sel, live = embedding_map(fig, fs.n, key=f"em_map_{bundle.short_id}_{ds.content_hash[:16]}_{layer}",

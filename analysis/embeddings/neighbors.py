@@ -65,7 +65,8 @@ def _as_matrix(a, name: str) -> np.ndarray:
 
 def _block(a: np.ndarray, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows [start, stop) as float32 (no copy when already float32) and their L2 norms."""
-    t = torch.from_numpy(np.ascontiguousarray(a[start:stop], dtype=np.float32))
+    b = np.ascontiguousarray(a[start:stop], dtype=np.float32)
+    t = torch.from_numpy(b if b.flags.writeable else b.copy())    # a read-only memory map: torch wants writable
     return t, torch.linalg.vector_norm(t, dim=1)
 
 

@@ -93,3 +93,99 @@ def test_recall_at_k_known_answer():
     assert recall_at_k(np.array([[1, 2], [3, 4]]), np.array([[2, 1], [3, 9]])) == 0.75
     with pytest.raises(ParameterError):
         recall_at_k(np.zeros((2, 2)), np.zeros((2, 3)))
+
+
+def _tables(x, y, pred, conf, sizes):
+    """Feature rows cut into pyarrow tables like the executor's Parquet parts."""
+    import pyarrow as pa
+    out, s = [], 0
+    for m in sizes:
+        f = x[s:s + m]
+        out.append(pa.table({"index": np.arange(s, s + m) * 2, "label": y[s:s + m], "pred": pred[s:s + m],
+                             "confidence": conf[s:s + m],
+                             "features": pa.FixedSizeListArray.from_arrays(pa.array(f.reshape(-1)), f.shape[1])}))
+        s += m
+    return out
+
+
+def test_store_features_round_trip_memory_mapped(tmp_path):
+    from analysis.embeddings.large import open_features, store_features
+    x, y = _blobs(n=1000, d=8)
+    pred, conf = (y + 1) % 5, np.linspace(0, 1, 1000, dtype=np.float32)
+    seen = []
+    sf = store_features(_tables(x, y, pred, conf, [300, 0, 500, 200]), 1000, 8, tmp_path / "f", meta={"layer": "fc"},
+                        progress=lambda d, t: seen.append((d, t)))
+    assert isinstance(sf.features, np.memmap) and not sf.features.flags.writeable
+    assert np.array_equal(np.asarray(sf.features), x) and np.array_equal(sf.index, np.arange(1000) * 2)
+    assert np.array_equal(sf.labels, y) and np.array_equal(sf.preds, pred) and np.array_equal(sf.confidences, conf)
+    assert seen == [(300, 1000), (800, 1000), (1000, 1000)] and sf.meta["layer"] == "fc"
+    assert sf.row_of(10) == 5 and sf.row_of(11) is None and sf.row_of(5000) is None
+    again = open_features(tmp_path / "f")
+    assert np.array_equal(np.asarray(again.features), x)
+    # a wrong row count leaves nothing behind; an unfinished folder is never opened
+    with pytest.raises(ParameterError, match="999"):
+        store_features(_tables(x, y, pred, conf, [999]), 1000, 8, tmp_path / "g")
+    assert not (tmp_path / "g").exists() and not (tmp_path / "g.partial").exists()
+    assert open_features(tmp_path / "g") is None
+    (tmp_path / "f" / "meta.json").unlink()
+    assert open_features(tmp_path / "f") is None
+
+
+def test_store_features_stops_and_keeps_nothing(tmp_path):
+    from analysis.embeddings.large import store_features
+    x, y = _blobs(n=600, d=4)
+    calls = []
+    with pytest.raises(Stopped):
+        store_features(_tables(x, y, y, np.ones(600, np.float32), [200, 200, 200]), 600, 4, tmp_path / "f",
+                       should_stop=lambda: calls.append(1) or len(calls) > 1)
+    assert not (tmp_path / "f").exists() and not (tmp_path / "f.partial").exists()
+
+
+def test_kept_map_comes_back_for_its_parameters_only(tmp_path):
+    from analysis.embeddings.large import load_map, map_params, save_map
+    x, y = _blobs(n=1200, d=8)
+    m = large_map(x, sample=400, k=5, pca_dims=4, labels=y)
+    save_map(tmp_path, m)
+    assert m.params == map_params("tsne", sample=400, k=5, pca_dims=4)
+    got = load_map(tmp_path, "tsne", map_params("tsne", sample=400, k=5, pca_dims=4), 1200)
+    assert np.array_equal(got.coords, m.coords) and np.array_equal(got.sample_index, m.sample_index)
+    assert load_map(tmp_path, "tsne", map_params("tsne", sample=400, k=6, pca_dims=4), 1200) is None
+    assert load_map(tmp_path, "tsne", m.params, 1201) is None
+
+
+def test_nearest_centroid_matches_brute_force_in_chunks():
+    from analysis.embeddings.large import nearest_centroid
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1000, 6)).astype(np.float32) * 3 + 1
+    mu, sd = x.mean(0), x.std(0)
+    c = rng.normal(size=(7, 6))
+    got = nearest_centroid(x, c, mean=mu, scale=sd, chunk=130)
+    z = (x - mu) / sd
+    want = np.argmin(((z[:, None, :] - c[None]) ** 2).sum(-1), axis=1)
+    assert np.array_equal(got, want)
+    with pytest.raises(Stopped):
+        nearest_centroid(x, c, chunk=130, should_stop=lambda: True)
+
+
+def test_hnsw_index_measures_its_recall_and_says_so():
+    x, _ = _blobs(n=3000, d=16)
+    exact = NeighbourIndex(x, "cosine")
+    assert exact.kind == "exact" and exact.recall == 1.0 and exact.describe().startswith("exact search")
+    seen = []
+    approx = NeighbourIndex(x, "cosine", exact_max=100, progress=lambda d, t: seen.append((d, t)))
+    assert approx.recall is None and seen[-1] == (3000, 3000)
+    r = approx.measure_recall(queries=100, k=10)
+    rows = np.sort(np.random.default_rng(0).choice(3000, size=100, replace=False))
+    e, _ = knn(x[rows], x, 10, metric="cosine")
+    a, _ = approx.query(x[rows], 10)
+    assert r == approx.recall == recall_at_k(a, e) and r >= 0.95
+    assert "faiss HNSW over 3,000 vectors" in approx.describe() and f"recall@10 {r:.3f}" in approx.describe()
+
+
+def test_sample_is_capped_at_the_in_memory_limit(monkeypatch):
+    from analysis.core.config import set_config
+    monkeypatch.setenv("CONVLENS_MAX_DATASET_IMAGES", "500")
+    set_config(None)
+    x, y = _blobs(n=1500, d=8)
+    m = large_map(x, sample=50_000, k=5, pca_dims=4, labels=y)       # 50,000 asked, 500 allowed
+    assert 495 <= len(m.sample_index) <= 500 and m.coords.shape == (1500, 2)
