@@ -52,8 +52,6 @@ REWRITTEN_ELSEWHERE = frozenset({
     "analysis.dataset.workers.TrustWorker.normalize",
     "analysis.dataset.workers.Worker.base_columns",
     "analysis.dataset.workers.model_spec_from",
-    "analysis.embeddings.large.recall_at_k",
-    "analysis.embeddings.large.sample_indices",
 })
 
 ALLOWED = REWRITTEN_ELSEWHERE
