@@ -333,31 +333,6 @@ def run_extract(bundle: ModelBundle, dataset: Dataset, layer: str | None = None,
     return drive(gen, None if progress is None else (lambda step: progress(step.done, step.total)))
 
 
-def get_or_extract(bundle: ModelBundle, dataset: Dataset, layer: str | None = None, *,
-                   batch_size: int = 64, progress: Callable[[int, int], None] | None = None,
-                   should_stop: Callable[[], bool] | None = None, cache_dir=None) -> FeatureSet | None:
-    """The stored feature set if there is one, else ``run_extract`` (which stores it).
-
-    Args:
-        bundle: the model.
-        dataset: the images.
-        layer: the layer's qualified name; None for ``penultimate_layer``.
-        batch_size: images per forward for a new extraction.
-        progress: ``progress(done, total)`` in images (called once with done = total on a
-            cache hit), or None.
-        should_stop: polled before every batch of a new extraction; None never stops.
-        cache_dir: disk-cache root; None for the configured one.
-    """
-    layer = penultimate_layer(bundle) if layer is None else layer
-    fs = load_features(bundle, dataset, layer, cache_dir=cache_dir)
-    if fs is not None:
-        if progress is not None:
-            progress(fs.n, fs.n)
-        return fs
-    return run_extract(bundle, dataset, layer, batch_size=batch_size, progress=progress,
-                       should_stop=should_stop, cache_dir=cache_dir)
-
-
 def features_for_images(bundle: ModelBundle, images: np.ndarray | Sequence[np.ndarray],
                         layer: str | None = None, *, batch_size: int = 64
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

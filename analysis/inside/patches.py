@@ -410,31 +410,6 @@ def run_scan(bundle: ModelBundle, dataset: Dataset, layer: str, *, k: int = 9, b
     return drive(gen, None if progress is None else (lambda step: progress(step.done, step.total)))
 
 
-def get_or_scan(bundle: ModelBundle, dataset: Dataset, layer: str, *, k: int = 9, batch_size: int = 32,
-                progress: Callable[[int, int], None] | None = None,
-                should_stop: Callable[[], bool] | None = None, cache_dir=None) -> PatchIndex | None:
-    """The stored index if there is one, else ``run_scan`` (which stores it).
-
-    Args:
-        bundle: the model.
-        dataset: the images to index.
-        layer: the layer's qualified name.
-        k: images kept per channel.
-        batch_size: images per forward for a new scan.
-        progress: ``progress(done, total)`` in images (called once with done = total on a
-            cache hit), or None.
-        should_stop: polled before every batch of a new scan; None never stops.
-        cache_dir: disk-cache root; None for the configured one.
-    """
-    index = load_index(bundle, dataset, layer, k, cache_dir=cache_dir)
-    if index is not None:
-        if progress is not None:
-            progress(index.n_images, index.n_images)
-        return index
-    return run_scan(bundle, dataset, layer, k=k, batch_size=batch_size, progress=progress,
-                    should_stop=should_stop, cache_dir=cache_dir)
-
-
 # --------------------------------------------------------------------------------------
 # Crops
 # --------------------------------------------------------------------------------------

@@ -225,7 +225,7 @@ def test_pixel_vectors_rgb_downscaled(lite0):
 @pytest.fixture(scope="module")
 def digit_features(digits):
     ds = load_digits_dataset()
-    return ds, features.get_or_extract(digits, ds, batch_size=256)
+    return ds, features.load_features(digits, ds) or features.run_extract(digits, ds, batch_size=256)
 
 
 def test_feature_neighbours_share_the_label(digits, digit_features):
