@@ -180,6 +180,7 @@ def report(paths: list[str], write: bool) -> str:
     keyed = {(r["image"], r["patch"], r["substrate"], r["score"], r["random"], r["method"], r["steps"]): r for r in recs}
     recs = list(keyed.values())                 # a re-measured setting replaces the earlier record
     images = list(dict.fromkeys(r["image"] for r in recs))
+    cols = [m for m in ORDER if any(r["method"] == m for r in recs)]
     settings = defaultdict(list)
     for r in recs:
         settings[(r["patch"], r["substrate"], r["score"], r["random"])].append(r)
@@ -188,13 +189,13 @@ def report(paths: list[str], write: bool) -> str:
              "verdict of `analysis.saliency.trust.verdict`. Each method's cell counts the images on which it "
              "is better than random on **both** curves / on deletion / on insertion; the chelsea column "
              "gives Grad-CAM's and IG's verdicts there with their z (deletion, insertion).", "",
-             "| unit | substrate | score | random maps | " + " | ".join(SHORT[m] for m in ORDER) +
+             "| unit | substrate | score | random maps | " + " | ".join(SHORT[m] for m in cols) +
              " | chelsea: Grad-CAM | chelsea: IG |",
-             "|---|---|---|---|" + "---|" * (len(ORDER) + 2)]
+             "|---|---|---|---|" + "---|" * (len(cols) + 2)]
     rows = []
     for (patch, sub, score, rk), rs in sorted(settings.items()):
         cells = []
-        for m in ORDER:
+        for m in cols:
             mm = [r for r in rs if r["method"] == m]
             both = sum(r["label"] == "better than random" for r in mm)
             dele = sum(bool(r["better"]["deletion"]) for r in mm)
@@ -207,14 +208,14 @@ def report(paths: list[str], write: bool) -> str:
         rows.append(f"| {patch} px | {sub} | {score} | {rk} | " + " | ".join(cells) + " |")
     lines += rows
     lines += ["", "Chelsea, every verdict (deletion / insertion AUC, random mean ± sd):", "",
-              "| unit | substrate | score | random | " + " | ".join(SHORT[m] for m in ORDER) + " |",
-              "|---|---|---|---|" + "---|" * len(ORDER)]
+              "| unit | substrate | score | random | " + " | ".join(SHORT[m] for m in cols) + " |",
+              "|---|---|---|---|" + "---|" * len(cols)]
     for (patch, sub, score, rk), rs in sorted(settings.items()):
         ch = {r["method"]: r for r in rs if r["image"] == "chelsea"}
         if not ch:
             continue
         cells = [f"{ch[m]['auc']['deletion']:.3f} / {ch[m]['auc']['insertion']:.3f} ({_short(ch[m]['label'])})"
-                 if m in ch else "–" for m in ORDER]
+                 if m in ch else "–" for m in cols]
         r0 = next(iter(ch.values()))
         lines.append(f"| {patch} px | {sub} | {score} | {rk} (del {r0['random_mean']['deletion']:.3f} ± "
                      f"{r0['random_std']['deletion']:.3f}, ins {r0['random_mean']['insertion']:.3f} ± "
