@@ -20,9 +20,16 @@ Records go to a JSON-lines file (``--out``) so that the grid can be measured in 
 runs; ``--report`` reads them and prints (``--write``: also into docs/benchmarks.md) how many
 (image, method) pairs are "better than random" per setting, and every verdict on chelsea.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=$PWD .venv/bin/python bench/saliency_trust.py --images chelsea coffee \
-        --out /tmp/trust.jsonl
-    PYTHONPATH=$PWD .venv/bin/python bench/saliency_trust.py --report /tmp/trust.jsonl [--write]
+What docs/saliency.md reports was measured in runs of one image each (a few minutes apiece):
+
+    # step 1: the whole grid, 3 images, 8 steps
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD .venv/bin/python bench/saliency_trust.py --images chelsea --out s1.jsonl
+    # step 2: every gallery image, 32 and 56 px, the page's random maps, 16 steps
+    ... --images rocket --patches 32 56 --randoms pixel --steps 16 --out s2.jsonl
+    # the single-patch occlusion oracle on chelsea
+    ... --images chelsea --methods gradcam --oracle --patches 32 56 --randoms pixel --steps 16 --out oracle.jsonl
+    # tables (and, with --write, the saliency_trust section of docs/benchmarks.md)
+    PYTHONPATH=$PWD .venv/bin/python bench/saliency_trust.py --report s2.jsonl oracle.jsonl --write
 """
 from __future__ import annotations
 
@@ -120,6 +127,7 @@ def curves_for(bundle, x, base, tgt, maps: dict[str, np.ndarray], patch: int, st
 
 
 def measure(args) -> None:
+    """Measure every setting of ``args`` (the parsed command line) and append the records to ``args.out``."""
     torch.set_num_threads(1)
     bundle = default_bundle(torch.device("cpu"))
     bundle.model.to(memory_format=torch.channels_last)
@@ -175,7 +183,9 @@ def _short(label: str) -> str:
             .replace("worse than random", "worse"))
 
 
-def report(paths: list[str], write: bool) -> str:
+def report(paths: list[str], write: bool, section: str = "saliency_trust", title: str = "") -> str:
+    """Summarise the JSON-lines records in ``paths`` as Markdown tables (see the module
+    docstring); ``write``: also put them into docs/benchmarks.md as ``section`` under ``title``."""
     recs = [json.loads(line) for p in paths for line in open(p) if line.strip()]
     keyed = {(r["image"], r["patch"], r["substrate"], r["score"], r["random"], r["method"], r["steps"]): r for r in recs}
     recs = list(keyed.values())                 # a re-measured setting replaces the earlier record
@@ -225,13 +235,14 @@ def report(paths: list[str], write: bool) -> str:
     text = "\n".join(lines)
     if write:
         from bench._report import machine, write_section
-        write_section("saliency_trust", "## Deletion / insertion: which setting separates real maps from random "
+        write_section(section, f"## {title or 'Deletion / insertion: which setting separates real maps from random'} "
                       "(bench/saliency_trust.py)\n\n" + f"Machine: {machine()}; measured under load (AUCs do "
                       "not depend on it).\n\n" + text)
     return text
 
 
 def main() -> None:
+    """Command line: measure (default) or ``--report``."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", nargs="+", default=gallery_names())
     ap.add_argument("--patches", nargs="+", type=int, default=[8, 16, 32, 56])
@@ -248,9 +259,11 @@ def main() -> None:
                     help="skip the parity check with analysis.saliency.trust.deletion_insertion")
     ap.add_argument("--report", nargs="*", default=None, help="JSON-lines files to summarise (no measuring)")
     ap.add_argument("--write", action="store_true", help="with --report: also write docs/benchmarks.md")
+    ap.add_argument("--section", default="saliency_trust", help="with --write: the section's name")
+    ap.add_argument("--title", default="", help="with --write: the section's title")
     args = ap.parse_args()
     if args.report is not None:
-        print(report(args.report or [args.out], args.write))
+        print(report(args.report or [args.out], args.write, args.section, args.title))
     else:
         measure(args)
 
