@@ -11,7 +11,14 @@ from analysis.core.layers import last_conv_block
 from analysis.core.schema import Param
 from analysis.saliency import registry
 from analysis.saliency.methods import attribute
-from analysis.saliency.trust import DEFAULT_RANDOM, DEFAULT_STEPS, DEFAULT_SUBSTRATE, SUBSTRATES, default_patch
+from analysis.saliency.trust import (
+    DEFAULT_RANDOM,
+    DEFAULT_STEPS,
+    DEFAULT_SUBSTRATE,
+    PATCH_FRACTION,
+    SUBSTRATES,
+    default_patch,
+)
 from dashboard import saliency_ui as ui
 from dashboard import schema_ui, state
 from dashboard.errors import guard
@@ -26,7 +33,7 @@ st.caption("Occlusion, gradients and guided backprop (CS231n lecture 12), with I
 DEFAULT_METHODS = ["gradient", "guided_backprop", "gradcam"]
 DI_PARAMS = (Param("steps", "int", DEFAULT_STEPS, 4, 100, label="steps"),
              Param("sub", "choice", DEFAULT_SUBSTRATE, choices=SUBSTRATES, label="deleted pixels become"),
-             Param("patch", "choice", 0, choices=(0, 1, 4, 8, 16, 32), label="delete in"),
+             Param("patch", "choice", 0, choices=(0, 1, 4, 8, 16, 32, 56), label="delete in"),
              Param("random", "int", DEFAULT_RANDOM, 3, 20, label="random maps"))
 TARGET_PARAMS = (Param("mode", "choice", "Predicted", choices=("Predicted", "Top-5", "Search")),
                  Param("top5", "int", 0, 0, 4))
@@ -104,7 +111,8 @@ with guard("Saliency"):
     tab = ui.trust_tab()
     if tab == ui.TRUST_TABS[0]:
         st.caption("Petsiuk et al. 2018: delete the most salient pixels first (a good map makes the "
-                   "score fall fast: low AUC) or insert them into a blurred image (rises fast: high AUC). "
+                   "score fall fast: low AUC) or insert them into an image with nothing of the original (black by "
+                   "default; rises fast: high AUC). "
                    "Each map is compared with several random maps (grey band: their mean ± 1 sd): it is "
                    "better than random only if it beats every random map by at least 2 sd on both curves.")
         notes = [m for p in DI_PARAMS if (m := schema_ui.sanitize(f"sal_di_{p.name}", p))]
@@ -113,7 +121,7 @@ with guard("Saliency"):
         substrate = schema_ui.draw_param(DI_PARAMS[1], "sal_di_sub", container=a2)
         auto = default_patch(bundle.input_size)
         patch = a3.selectbox("delete in", list(DI_PARAMS[2].choices), key="sal_di_patch", index=0,
-                             format_func=lambda p: f"{auto}×{auto} patches (1/7 of the side)" if p == 0 else
+                             format_func=lambda p: f"{auto}×{auto} patches (1/{PATCH_FRACTION} of the side)" if p == 0 else
                              "single pixels" if p == 1 else f"{p}×{p} patches",
                              help="Patches ranked by mean saliency (Samek et al. 2017). Single pixels make "
                                   "speckled images that rank random maps first on the default model "

@@ -162,10 +162,10 @@ def test_compare_curves(quadrant, red_image):
 
 def test_default_patch_scales_with_the_input(quadrant, red_image):
     from analysis.saliency.trust import default_patch
-    assert (default_patch(224), default_patch(28), default_patch(16), default_patch(3)) == (32, 4, 2, 1)
+    assert (default_patch(224), default_patch(28), default_patch(16), default_patch(3)) == (56, 7, 4, 1)
     a = attribute(quadrant, red_image, 1, "gradient")
     res = compare_curves(quadrant, [a], steps=4, substrate="zero", n_random=2)
-    assert res.patch == 2
+    assert res.patch == 4
 
 
 def _as_attribution(template, m, name):
