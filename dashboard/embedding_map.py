@@ -82,7 +82,7 @@ def ensure_assets(root: Path | None = None) -> Path:
         if not js.exists() or js.stat().st_size != src.stat().st_size:
             root.mkdir(parents=True, exist_ok=True)
             atomic_write(js, src.read_bytes())
-        write_if_changed(root / "index.html", html)
+        write_page(root, html)
     return root
 
 
@@ -90,6 +90,17 @@ def write_if_changed(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` (atomically) unless the file already holds exactly that."""
     if not path.exists() or path.read_bytes() != data:
         atomic_write(path, data)
+
+
+HOVERTIP = ("hovertip.css", "hovertip.js")     # the hover box both map components load
+
+
+def write_page(root: Path, html: bytes) -> None:
+    """Write a map component's index.html and the shared hover-box files into ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in HOVERTIP:
+        write_if_changed(root / name, Path(__file__).with_name(name).read_bytes())
+    write_if_changed(root / "index.html", html)
 
 
 def _component(root: Path):

@@ -29,7 +29,7 @@ import numpy as np
 
 from analysis.core.config import get_config
 from analysis.core.fsio import atomic_write
-from dashboard.embedding_map import valid_indices, write_if_changed, write_sheets
+from dashboard.embedding_map import valid_indices, write_page, write_sheets
 
 log = logging.getLogger("convlens")
 
@@ -46,7 +46,7 @@ def component_root() -> Path:
 def ensure_assets(root: Path | None = None) -> Path:
     root = component_root() if root is None else root
     html = HTML_SOURCE.read_bytes()
-    write_if_changed(root / "index.html", html)
+    write_page(root, html)
     return root
 
 
