@@ -114,12 +114,7 @@ def to_nchw(t: torch.Tensor, layout: Layout, layer: str = "this layer") -> torch
 def pool(t: torch.Tensor, layout: Layout, layer: str = "this layer") -> torch.Tensor:
     """A layer output (N, ...) as one feature vector per image (N, C): the global average of a
     map, the class token of a token layer (the mean of the patch tokens when it has none),
-    a vector as it is.
-
-    Args:
-        t: the layer's output, batch first.
-        layout: its layout (from the layer table).
-        layer: the layer's name for error messages.
+    a vector as it is. Arguments ``t``, ``layout`` and ``layer`` as for :func:`to_nchw`.
     """
     if layout.kind == "vector" and t.dim() == 2:
         return t
