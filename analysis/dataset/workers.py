@@ -4,10 +4,11 @@
 (:func:`analysis.core.models.loaders.load_bundle`; never a pickled user object) and
 ``worker(batch)`` runs one batch. ``batch`` is a dict of equal-length numpy arrays:
 ``index`` (int64, position in the data set), ``path`` (str, the image id), ``label``
-(int64), ``image`` (object array of RGB uint8 (H, W, 3) arrays, already decoded) and
-``mask`` (object array of bool (H, W) arrays or None), and optionally ``x``, the images
-already preprocessed into the model's input tensor (the executor does that one batch ahead,
-in a helper thread). The result is a dict of numpy arrays
+(int64), ``image`` (object array of RGB uint8 (H, W, 3) arrays, already decoded; the runner
+fills it only for workers whose ``raw_images`` is true, else it holds None) and ``mask``
+(object array of bool (H, W) arrays or None), and optionally ``crop`` ((n, S, S, 3) uint8,
+the model's view of each image) and ``x``, the crops already preprocessed into the model's
+input tensor (the runner does both ahead of the model, in helper threads). The result is a dict of numpy arrays
 with one row per input row; columns with more than one dimension are stored as
 fixed-size-list columns (shape in the job's meta data).
 
@@ -118,6 +119,9 @@ class Worker:
 
     kind: ClassVar[str] = ""
     defaults: ClassVar[dict] = {}
+    # Whether __call__ needs the decoded images themselves (``batch["image"]``), not only
+    # their crops and the model input: then the runner decodes every image (no crop cache).
+    raw_images: ClassVar[bool] = False
 
     def __init__(self, model_spec, params: dict | None = None, *, model_id: str = "",
                  device: str | torch.device | None = None, bundle: ModelBundle | None = None):
@@ -236,6 +240,12 @@ class SaliencyWorker(Worker):
 
     kind = "saliency"
     defaults = {"method": "gradcam", "target": "pred", "layer": "", "centre": 0.5, "method_params": {}}
+
+    @property
+    def raw_images(self) -> bool:
+        """Per-image methods explain the decoded image (``attribute`` preprocesses it); the
+        batched ones need only the model input."""
+        return self.params["method"] not in BATCHED_METHODS
 
     @classmethod
     def normalize(cls, params, bundle):
@@ -400,8 +410,9 @@ class TrustWorker(SaliencyWorker):
                "random_deletion_auc": np.zeros((n, R)), "random_insertion_auc": np.zeros((n, R)),
                "deletion_scores": np.zeros((n, S + 1)), "insertion_scores": np.zeros((n, S + 1))}
         kw = {"steps": S, "substrate": p["substrate"], "patch": p["patch"], "batch_size": S + 1}
+        crops = batch.get("crop")
         for k in range(n):
-            crop = geo(batch["image"][k])
+            crop = crops[k] if crops is not None else geo(batch["image"][k])
             tgt = int(targets[k])
             for kind in ("deletion", "insertion"):
                 c = deletion_insertion(self.bundle, maps[k], crop, tgt, kind=kind, **kw)
