@@ -2,15 +2,17 @@
 
 ``BatchRunner`` runs a Worker over input rows batch by batch, as a three-stage pipeline:
 
-* **decode** (a small thread pool, :func:`decode_threads`): read, decode and crop each
-  image (``Preprocessing.geometry``: PIL's decode and resize release the GIL), or take its
-  crop from the :class:`analysis.dataset.manifest.CropCache`; two batches ahead of the model;
-* **assemble** (one thread): stack a batch's crops and convert uint8 -> normalised float
-  once per batch (``Preprocessing.to_unit`` / ``normalize``: the same operations as
-  ``bundle.inputs``, so the same bits);
-* **model** (the calling thread): the worker's forward (+ backward);
-* **write** (one thread): concatenate a chunk's outputs, convert to Arrow and write its
-  Parquet part (``write_part``) while the next chunk runs.
+* **prepare** (one thread, plus :func:`decode_threads` - 1 decode threads): take the crops
+  the :class:`analysis.dataset.manifest.CropCache` holds, read, decode and crop the other
+  images (``Preprocessing.geometry``; PIL's decode and resize release the GIL), then stack
+  the batch's crops and convert uint8 -> normalised float once per batch
+  (``Preprocessing.to_unit`` / ``normalize``: the same operations as ``bundle.inputs``, so
+  the same bits); up to two batches ahead of the model;
+* **model** (the calling thread): the worker's model part (``Worker.compute``: forward,
+  backward);
+* **write** (one thread), per chunk: the worker's numpy post-processing of each batch
+  (``Worker.finish``), then concatenate, convert to Arrow and write the Parquet part
+  (``write_part``) while the model runs the next chunk's batches.
 
 ``write_part`` writes one chunk's rows atomically. The in-process backend and every Ray
 actor run exactly this code, so the same batches produce the same bits.
@@ -19,8 +21,10 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -115,13 +119,101 @@ def decode_threads() -> int:
     return max(1, min(8, cores - 1))
 
 
-class _Pending:
-    """A batch on its way through the decode stage."""
+class BatchGeometry:
+    """``Preprocessing.geometry`` for many images at once, with the same bits.
 
-    __slots__ = ("rows", "hit", "hit_crops", "parts")
+    PIL resizes in two separable passes, horizontal then vertical, each rounding to uint8
+    with coefficients that depend only on the sizes: every output row of the horizontal
+    pass comes from its own input row, every output column of the vertical pass from its own
+    input column. So images of one size are resized together: stacked one above the other
+    for the horizontal pass, side by side for the vertical one (one C call each, without
+    the GIL, instead of five Python-level PIL calls per image), then cropped by slicing.
+    The first group of every size is checked against ``geometry`` image by image; a
+    difference (another Pillow build) switches the batched path off for good.
 
-    def __init__(self, rows: dict, hit: np.ndarray, hit_crops: np.ndarray, parts: list):
-        self.rows, self.hit, self.hit_crops, self.parts = rows, hit, hit_crops, parts
+    Args:
+        preprocess: the bundle's :class:`Preprocessing`.
+    """
+
+    MAX_SIDE = 32000                    # pixels of a stacked image's long side
+
+    def __init__(self, preprocess):
+        self.pre = preprocess
+        self.verified: set[tuple[int, int]] = set()
+        self.enabled = True
+        self._lock = threading.Lock()
+
+    def __call__(self, images: Sequence[np.ndarray | None]) -> list:
+        """Crops of ``images``: an (S, S, 3) uint8 array per image, None where the image is
+        None, and the error text where the preprocessing refuses the image.
+
+        Args:
+            images: decoded RGB uint8 images (or None).
+        """
+        out: list = [None] * len(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for k, im in enumerate(images):
+            if im is None:
+                continue
+            if self.enabled and isinstance(im, np.ndarray) and im.ndim == 3 and im.shape[2] == 3 \
+                    and im.dtype == np.uint8:
+                groups.setdefault(im.shape[:2], []).append(k)
+            else:
+                out[k] = self._one(im)
+        for (h, w), ks in groups.items():
+            if len(ks) == 1 or not self.enabled:
+                for k in ks:
+                    out[k] = self._one(images[k])
+                continue
+            per = max(1, self.MAX_SIDE // max(h, w, self._target(h, w)[0]))
+            for a in range(0, len(ks), per):
+                sub = ks[a:a + per]
+                crops = self._group(np.stack([images[k] for k in sub]))
+                with self._lock:
+                    check = (h, w) not in self.verified
+                if check:
+                    ok = all(np.array_equal(crops[i], self.pre.geometry(images[k])) for i, k in enumerate(sub))
+                    with self._lock:
+                        if ok:
+                            self.verified.add((h, w))
+                        else:
+                            self.enabled = False
+                    if not ok:
+                        crops = [self.pre.geometry(images[k]) for k in sub]
+                for i, k in enumerate(sub):
+                    out[k] = crops[i]
+        return out
+
+    def _one(self, image):
+        try:
+            return self.pre.geometry(image)
+        except ConvlensError as e:
+            return str(e) or type(e).__name__
+
+    def _target(self, h: int, w: int) -> tuple[int, int]:
+        pre = self.pre
+        if pre.crop_mode == "squash":
+            return pre.resize_size, pre.resize_size
+        s = pre.resize_size / min(w, h)
+        return max(pre.input_size, round(w * s)), max(pre.input_size, round(h * s))
+
+    def _group(self, group: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        from analysis.core.models.bundle import _INTERP
+        n, h, w, _ = group.shape
+        nw, nh = self._target(h, w)
+        interp = _INTERP[self.pre.interpolation]
+        out = group
+        if nw != w:        # horizontal pass: all images stacked vertically
+            tall = Image.fromarray(np.ascontiguousarray(out.reshape(n * h, w, 3)))
+            out = np.asarray(tall.resize((nw, n * h), interp)).reshape(n, h, nw, 3)
+        if nh != h:        # vertical pass: all images side by side
+            wide = Image.fromarray(np.ascontiguousarray(out.transpose(1, 0, 2, 3).reshape(h, n * nw, 3)))
+            out = np.asarray(wide.resize((n * nw, nh), interp)).reshape(nh, n, nw, 3).transpose(1, 0, 2, 3)
+        s = self.pre.input_size
+        left, top = (nw - s) // 2, (nh - s) // 2
+        return np.ascontiguousarray(out[:, top:top + s, left:left + s])
 
 
 class BatchRunner:
@@ -149,6 +241,7 @@ class BatchRunner:
         self.crops = None if self.raw else crops
         self.threads = int(threads) if threads else decode_threads()
         self.pre = worker.bundle.preprocess
+        self.cropper = BatchGeometry(self.pre)
         self.check = source.get("kind") == "files"
 
     # -- decode stage -----------------------------------------------------------------
@@ -164,19 +257,15 @@ class BatchRunner:
 
     def _decode(self, rows: dict, positions: Sequence[int]) -> list[tuple]:
         """Rows ``positions`` -> ``(image, mask, crop, error)`` each (error "" when fine)."""
+        read = [self._read_one(rows, k) for k in positions]
+        crops = self.cropper([r[0] if not r[2] else None for r in read])
         out = []
-        for k in positions:
-            img, m, err = self._read_one(rows, k)
-            crop = None
-            if not err:
-                try:
-                    crop = self.pre.geometry(img)
-                except ConvlensError as e:
-                    img, m, err = None, None, str(e) or type(e).__name__
-                else:
-                    if self.crops is not None:
-                        self.crops.put(int(rows["index"][k]), crop)
-            out.append((img if self.raw else None, m, crop, err))
+        for k, (img, m, err), crop in zip(positions, read, crops):
+            if not err and isinstance(crop, str):          # the preprocessing refuses this image
+                img, m, err, crop = None, None, crop, None
+            elif not err and self.crops is not None:
+                self.crops.put(int(rows["index"][k]), crop)
+            out.append((img if self.raw else None, m, crop if not err else None, err))
         return out
 
     def _cached(self, rows: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -198,32 +287,25 @@ class BatchRunner:
             crops = crops[use]
         return hit, crops
 
-    def _submit(self, pool: ThreadPoolExecutor | None, rows: dict) -> _Pending:
-        hit, crops = self._cached(rows)
+    def _prepare(self, rows: dict, pool: ThreadPoolExecutor | None = None) -> tuple[dict | None, list]:
+        """One batch, in the prepare thread: cached crops, then the other images decoded and
+        cropped here and (when ``pool`` is given) on the decode pool, then the batch."""
+        n = len(rows["index"])
+        hit, hit_crops = self._cached(rows)
         miss = np.flatnonzero(~hit).tolist()
-        parts = []
-        if miss:
-            k = max(1, min(self.threads, len(miss)))
-            step = -(-len(miss) // k)
-            for a in range(0, len(miss), step):
-                pos = miss[a:a + step]
-                if pool is None:
-                    f: Future = Future()
-                    f.set_result(self._decode(rows, pos))
-                else:
-                    f = pool.submit(self._decode, rows, pos)
-                parts.append((pos, f))
-        return _Pending(rows, hit, crops, parts)
-
-    # -- assemble stage ---------------------------------------------------------------
-    def _assemble(self, p: _Pending) -> tuple[dict | None, list]:
-        rows, n = p.rows, len(p.rows["index"])
         res: list = [None] * n
-        for k, c in zip(np.flatnonzero(p.hit), p.hit_crops):
+        if miss:
+            k = max(1, min(self.threads if pool is not None else 1, len(miss)))
+            step = -(-len(miss) // k)
+            parts = [miss[a:a + step] for a in range(0, len(miss), step)]
+            futs = [pool.submit(self._decode, rows, pos) for pos in parts[1:]] if pool is not None else []
+            for k_, r in zip(parts[0], self._decode(rows, parts[0])):
+                res[k_] = r
+            for pos, f in zip(parts[1:], futs):
+                for k_, r in zip(pos, f.result()):
+                    res[k_] = r
+        for k, c in zip(np.flatnonzero(hit), hit_crops):
             res[k] = (None, None, c, "")
-        for pos, f in p.parts:
-            for k, r in zip(pos, f.result()):
-                res[k] = r
         skipped = [[int(rows["index"][k]), str(rows["path"][k]), r[3]] for k, r in enumerate(res) if r[3]]
         ok = [k for k, r in enumerate(res) if not r[3]]
         if not ok:
@@ -244,7 +326,7 @@ class BatchRunner:
         Args:
             rows: the batch's input rows.
         """
-        return self._assemble(self._submit(None, rows))
+        return self._prepare(rows)
 
     def run_batch(self, rows: dict) -> tuple[dict | None, list]:
         """One batch: (worker output for the readable images or None, skipped entries).
@@ -272,61 +354,74 @@ class BatchRunner:
         Returns:
             True when every chunk was computed and written, False when stopped.
         """
-        plan = []                                         # (chunk, rows of the chunk, batch start)
+        plan = []                                         # (chunk, batch rows or None for an empty chunk)
         for c, rows in chunks:
             n = len(rows["index"])
             if n == 0:
-                plan.append((c, rows, None))
-            plan.extend((c, rows, a) for a in range(0, n, self.batch_size))
+                plan.append((c, None))
+            plan.extend((c, _slice(rows, a, min(n, a + self.batch_size))) for a in range(0, n, self.batch_size))
         if not plan:
             return True
-        decode = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="convlens-decode")
-        assemble = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convlens-assemble")
+        # the prepare thread decodes too; the pool holds the other threads - 1 decoders
+        decode = ThreadPoolExecutor(max_workers=self.threads - 1, thread_name_prefix="convlens-decode") \
+            if self.threads > 1 else None
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convlens-write")
-        ahead: deque = deque()
+        ready: queue.Queue = queue.Queue(maxsize=LOOKAHEAD)
+        quit_ = threading.Event()
+
+        def produce() -> None:                            # the prepare thread: batches in order, ahead
+            for _c, rows in plan:
+                if quit_.is_set():
+                    return
+                try:
+                    item = (self._prepare(rows, decode) if rows is not None else None, None)
+                except BaseException as e:  # noqa: BLE001 - handed to the model thread, raised there
+                    item = (None, e)
+                while not quit_.is_set():
+                    try:
+                        ready.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if item[1] is not None:
+                    return
+
+        producer = threading.Thread(target=produce, name="convlens-prepare", daemon=True)
+        producer.start()
         writes: deque = deque()
         stopped = False
-
-        def batch_rows(j: int) -> dict | None:
-            c, rows, a = plan[j]
-            return None if a is None else _slice(rows, a, min(len(rows["index"]), a + self.batch_size))
-
-        def submit(j: int) -> None:
-            r = batch_rows(j)
-            if r is None:
-                ahead.append(None)
-            else:
-                ahead.append(assemble.submit(self._assemble, self._submit(decode, r)))
-
         try:
-            for j in range(min(LOOKAHEAD, len(plan))):
-                submit(j)
-            outs, skipped = [], []
-            for j, (c, _rows, a) in enumerate(plan):
-                if a is not None and should_stop is not None and should_stop():
+            staged, skipped = [], []
+            for j, (c, rows) in enumerate(plan):
+                if rows is not None and should_stop is not None and should_stop():
                     stopped = True
                     break
-                fut = ahead.popleft()
-                if j + LOOKAHEAD < len(plan):
-                    submit(j + LOOKAHEAD)
-                if fut is not None:
-                    batch, sk = fut.result()
+                got, err = ready.get()
+                if err is not None:
+                    raise err
+                if got is not None:
+                    batch, sk = got
                     if batch is not None:
-                        outs.append(self.worker(batch))
+                        staged.append(self.worker.compute(batch))    # the model; the rest on the writer
                     skipped.extend(sk)
                     if on_batch is not None:
-                        on_batch(len(batch_rows(j)["index"]))
-                last = j + 1 == len(plan) or plan[j + 1][0] != c
-                if last:
+                        on_batch(len(rows["index"]))
+                if j + 1 == len(plan) or plan[j + 1][0] != c:      # the chunk's last batch
                     while len(writes) >= MAX_PENDING_WRITES:
                         writes.popleft().result()
-                    writes.append(writer.submit(_write_chunk, write, c, outs, skipped))
-                    outs, skipped = [], []
+                    writes.append(writer.submit(_write_chunk, self.worker.finish, write, c, staged, skipped))
+                    staged, skipped = [], []
             while writes:
                 writes.popleft().result()
         finally:
-            decode.shutdown(wait=True, cancel_futures=True)
-            assemble.shutdown(wait=True, cancel_futures=True)
+            quit_.set()
+            while producer.is_alive():
+                try:
+                    ready.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            if decode is not None:
+                decode.shutdown(wait=True, cancel_futures=True)
             writer.shutdown(wait=True)          # chunks already finished are still written
         return not stopped
 
@@ -347,8 +442,9 @@ class BatchRunner:
         return table, json.loads((table.schema.metadata or {}).get(b"convlens.skipped", b"[]"))
 
 
-def _write_chunk(write: Callable[[int, object], None], chunk: int, outs: list[dict], skipped: list) -> None:
-    write(chunk, to_arrow(concat_columns(outs), skipped))
+def _write_chunk(finish: Callable, write: Callable[[int, object], None], chunk: int, staged: list,
+                 skipped: list) -> None:
+    write(chunk, to_arrow(concat_columns([finish(st) for st in staged]), skipped))
 
 
 def _unchanged(path: str, digest: str) -> bool:

@@ -144,7 +144,29 @@ class Worker:
         return p
 
     def __call__(self, batch: dict) -> dict:
+        """One batch -> its output columns: ``finish(compute(batch))``.
+
+        Args:
+            batch: the batch (see the module docstring).
+        """
+        return self.finish(self.compute(batch))
+
+    def compute(self, batch: dict):
+        """The model part of one batch (the runner calls it on the model's thread).
+
+        Args:
+            batch: the batch (see the module docstring).
+        """
         raise NotImplementedError
+
+    def finish(self, staged) -> dict:
+        """The rest of one batch after :meth:`compute`: numpy post-processing that does not
+        need the model (the runner calls it on its writer thread, in batch order).
+
+        Args:
+            staged: what :meth:`compute` returned.
+        """
+        return staged
 
     # helpers --------------------------------------------------------------------
     def inputs(self, batch: dict) -> torch.Tensor:
@@ -180,7 +202,7 @@ class PredictWorker(Worker):
         p["logits"] = bool(p["logits"])
         return p
 
-    def __call__(self, batch: dict) -> dict:
+    def compute(self, batch: dict) -> dict:
         x = self.inputs(batch)
         with self.bundle.lock, torch.inference_mode():
             logits = _logits(self.bundle.model(x))
@@ -211,7 +233,7 @@ class FeaturesWorker(Worker):
         check_layer(_layer_infos(bundle), p["layer"])
         return p
 
-    def __call__(self, batch: dict) -> dict:
+    def compute(self, batch: dict) -> dict:
         layer = self.params["layer"]
         x = self.inputs(batch)
         with self.bundle.lock, torch.inference_mode(), capture(self.bundle.model, layer) as acts:
@@ -365,8 +387,12 @@ class SaliencyWorker(Worker):
                 "mass_centre": centre.astype(np.float64), "mass_mask": mask_share.astype(np.float64),
                 "flat": flat}
 
-    def __call__(self, batch: dict) -> dict:
-        r = self.maps(batch)
+    def compute(self, batch: dict) -> dict:
+        return {"batch": {k: batch[k] for k in ("index", "path", "label", "mask") if k in batch},
+                "r": self.maps(batch)}
+
+    def finish(self, staged: dict) -> dict:
+        batch, r = staged["batch"], staged["r"]
         maps = r["map"].detach().cpu().numpy().astype(np.float32)
         out = self.base_columns(batch)
         out["pred"] = r["pred"].cpu().numpy().astype(np.int64)
@@ -398,7 +424,10 @@ class TrustWorker(SaliencyWorker):
             p["patch"] = max(1, bundle.input_size // 8)
         return p
 
-    def __call__(self, batch: dict) -> dict:
+    def finish(self, staged: dict) -> dict:
+        return staged
+
+    def compute(self, batch: dict) -> dict:
         from analysis.saliency.trust import deletion_insertion, random_map
         r = self.maps(batch)
         maps = r["map"].detach().cpu().numpy().astype(np.float32)

@@ -36,14 +36,15 @@ def _arrays(result, kind):
     return {c: result.array(c) for c in COLS[kind]}
 
 
-def _count_geometry(monkeypatch) -> dict:
+def _count_reads(monkeypatch) -> dict:
+    from analysis.dataset.manifest import ImageReader
     calls = {"n": 0}
-    orig = Preprocessing.geometry
+    orig = ImageReader.read_one
 
-    def counted(self, image):
+    def counted(self, *a, **kw):
         calls["n"] += 1
-        return orig(self, image)
-    monkeypatch.setattr(Preprocessing, "geometry", counted)
+        return orig(self, *a, **kw)
+    monkeypatch.setattr(ImageReader, "read_one", counted)
     return calls
 
 
@@ -52,9 +53,9 @@ def test_crop_cache_gives_the_same_bits_and_skips_decoding(digits, tmp_path, mon
     spec = JobSpec(kind, ModelSpec("digits"), "digits", params=params, batch_size=24,
                    indices=tuple(range(90, 10, -1)))
     plain = run(spec, data_dir=tmp_path / "a", bundle=digits, crop_cache=False)
-    calls = _count_geometry(monkeypatch)
+    calls = _count_reads(monkeypatch)
     cold = run(spec, data_dir=tmp_path / "b", bundle=digits)
-    assert calls["n"] == 80                       # first pass: every image decoded and cropped once
+    assert calls["n"] == 80                       # first pass: every image read and cropped once
     warm = run(spec, data_dir=tmp_path / "c", bundle=digits)
     assert calls["n"] == 80                       # second job: every crop from the cache
     for r in (cold, warm):
@@ -132,3 +133,33 @@ def test_writer_error_stops_the_job_and_stop_keeps_finished_chunks(digits, tmp_p
     assert done is False and written == [(0, 32)]
     assert runner.run_chunks(chunks, lambda c, t: written.append((c, t.num_rows))) is True
     assert written[1:] == [(0, 32), (1, 32), (2, 32)]
+
+
+@pytest.mark.parametrize("interp,mode", [("bilinear", "center"), ("bicubic", "center"), ("nearest", "squash"),
+                                         ("lanczos", "center"), ("bilinear", "squash")])
+def test_batch_geometry_equals_geometry_image_by_image(interp, mode):
+    from analysis.dataset.runner import BatchGeometry
+    pre = Preprocessing(24, 28, (0.5,) * 3, (0.25,) * 3, interp, crop_mode=mode)
+    rng = np.random.default_rng(1)
+    sizes = [(30, 30), (17, 41), (30, 30), (8, 8), (30, 30), (17, 41), (60, 24), (24, 24), (24, 24)]
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    images.append(None)
+    images.append(rng.integers(0, 256, (9, 9), dtype=np.uint8))      # not RGB: refused with geometry's message
+    geo = BatchGeometry(pre)
+    for _ in range(2):                                                # the first call verifies, the second trusts
+        got = geo(images)
+        assert geo.enabled and {(30, 30), (17, 41), (24, 24)} <= geo.verified
+        for im, g in zip(images[:-2], got):
+            assert np.array_equal(g, pre.geometry(im))
+        assert got[-2] is None and isinstance(got[-1], str) and "RGB" in got[-1]
+
+
+def test_batch_geometry_falls_back_when_pil_differs(monkeypatch):
+    from analysis.dataset import runner
+    pre = Preprocessing(16, 16, (0.5,) * 3, (0.25,) * 3)
+    geo = runner.BatchGeometry(pre)
+    monkeypatch.setattr(geo, "_group", lambda g: np.zeros((len(g), 16, 16, 3), np.uint8))   # a "different build"
+    images = [np.full((8, 8, 3), 200, np.uint8), np.full((8, 8, 3), 100, np.uint8)]
+    got = geo(images)
+    assert not geo.enabled
+    assert all(np.array_equal(g, pre.geometry(im)) for g, im in zip(got, images))
