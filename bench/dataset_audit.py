@@ -84,24 +84,31 @@ def _floor(bundle, xs: list[torch.Tensor], layer: str | None) -> float:
     return time.perf_counter() - t0
 
 
-def _timed_run(spec: JobSpec, p, bundle, data_dir: Path, cold: CropCache | None) -> float:
-    """Seconds of one in-process job from nothing stored (the previous result is removed
-    before the clock starts; ``cold``: the crop cache is emptied first too)."""
+def _timed_run(spec: JobSpec, p, bundle, data_dir: Path, cold: CropCache | None) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one in-process job from nothing stored (the
+    previous result is removed before the clock starts; ``cold``: the crop cache is emptied
+    first too)."""
     shutil.rmtree(p.final_dir, ignore_errors=True)
     shutil.rmtree(p.partial_dir, ignore_errors=True)
     if cold is not None:
         shutil.rmtree(cold.dir, ignore_errors=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     r = run(spec, engine="local", bundle=bundle, data_dir=data_dir)
-    t = time.perf_counter() - t0
+    t, c = time.perf_counter() - t0, time.process_time() - c0
     assert r.complete and r.n_rows == len(spec.indices)
-    return t
+    return t, c
+
+
+def _timed_floor(bundle, xs, layer) -> tuple[float, float]:
+    c0 = time.process_time()
+    t = floor(bundle, xs, layer)
+    return t, time.process_time() - c0
 
 
 def executor_vs_floor(spec_model: ModelSpec, dataset, n: int, batch: int, device, data_dir: Path,
                       repeats: int) -> list[dict]:
     """Executor images/s (first pass: empty crop cache; repeat: crops cached) against the
-    floor, best of ``repeats`` interleaved runs of each."""
+    floor, best of ``repeats`` interleaved runs of each; wall clock and process CPU time."""
     bundle = load_bundle(spec_model, device=device)
     rows = []
     for kind, params in (("predict", {}), ("saliency", {"method": "gradcam"})):
@@ -115,20 +122,26 @@ def executor_vs_floor(spec_model: ModelSpec, dataset, n: int, batch: int, device
         xs = [bundle.inputs([ds.get(i) for i in range(a, min(n, a + batch))]) for a in range(0, n, batch)]
         layer = p.params.get("layer") or None
         floor(bundle, xs[:1], layer)                                     # warm-up
-        t_cold = t_warm = t_floor = float("inf")
+        best = {k: [float("inf"), float("inf")] for k in ("cold", "floor", "warm")}
+
+        def keep(k, tc):
+            best[k] = [min(best[k][0], tc[0]), min(best[k][1], tc[1])]
         for _ in range(repeats):          # interleave and keep the best of each: a shared machine is noisy
-            t_cold = min(t_cold, _timed_run(spec, p, bundle, data_dir, cache))
-            t_floor = min(t_floor, floor(bundle, xs, layer))
-            t_warm = min(t_warm, _timed_run(spec, p, bundle, data_dir, None))
+            keep("cold", _timed_run(spec, p, bundle, data_dir, cache))
+            keep("floor", _timed_floor(bundle, xs, layer))
+            keep("warm", _timed_run(spec, p, bundle, data_dir, None))
         if cache is not None:
             shutil.rmtree(cache.dir, ignore_errors=True)
             cache.close()
-        rows.append({"model": bundle.name.split(" (")[0], "kind": "predict" if kind == "predict" else "Grad-CAM",
-                     "n": n, "batch": batch, "cold": n / t_cold, "warm": n / t_warm, "floor": n / t_floor,
-                     "cached": cache is not None})
-        print(f"{rows[-1]['model']:>20} {rows[-1]['kind']:>9}: floor {n / t_floor:8.1f} img/s, first pass "
-              f"{n / t_cold:8.1f} ({t_floor / t_cold:.2f}x), crops cached {n / t_warm:8.1f} "
-              f"({t_floor / t_warm:.2f}x)", flush=True)
+        row = {"model": bundle.name.split(" (")[0], "kind": "predict" if kind == "predict" else "Grad-CAM",
+               "n": n, "batch": batch, "cached": cache is not None}
+        for k, (t, c) in best.items():
+            row[k], row[k + "_cpu"] = n / t, c
+        rows.append(row)
+        print(f"{row['model']:>20} {row['kind']:>9}: floor {row['floor']:8.1f} img/s, first pass "
+              f"{row['cold']:8.1f} ({row['cold'] / row['floor']:.2f}x, CPU {row['floor_cpu'] / row['cold_cpu']:.2f}x), "
+              f"crops cached {row['warm']:8.1f} ({row['warm'] / row['floor']:.2f}x, "
+              f"CPU {row['floor_cpu'] / row['warm_cpu']:.2f}x)", flush=True)
     return rows
 
 
@@ -212,6 +225,24 @@ def ray_vs_local(spec_model: ModelSpec, dataset, n: int, batch: int, chunk: int,
     return out
 
 
+def _previous_ray_text() -> str:
+    """With --no-ray: the Ray subsection already in docs/benchmarks.md (marked as from an
+    earlier run), so that an in-process rerun does not erase it."""
+    import re
+
+    from bench._report import DOC
+    try:
+        text = DOC.read_text()
+    except OSError:
+        return ""
+    m = re.search(r"### Ray Data against in-process on this machine\n\n(.*?)\n### ", text, flags=re.S)
+    if not m:
+        return ""
+    body = m.group(1).strip()
+    note = "_(From an earlier run of this script: this run was made with --no-ray.)_"
+    return body if body.startswith(note) else f"{note}\n\n{body}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--digits-images", type=int, default=1797)
@@ -252,6 +283,7 @@ def main() -> None:
     table = "\n".join(f"| {r['model']} | {r['kind']} | {r['n']} | {r['batch']} | {r['floor']:.1f} | "
                       f"{r['cold']:.1f} | **{ratio(r, 'cold'):.2f}×** | "
                       + (f"{r['warm']:.1f} | **{ratio(r, 'warm'):.2f}×** |" if r["cached"] else "— | — |")
+                      + f" {r['floor_cpu'] / r['cold_cpu']:.2f}× / {r['floor_cpu'] / r['warm_cpu']:.2f}× |"
                       for r in rows)
     lc, dc = costs["lite"], costs["digits"]
     below = [r for r in rows if ratio(r, "cold") < 0.8]
@@ -278,7 +310,7 @@ def main() -> None:
                 f"{c['model'] * 1000:.1f} | {c['post'] * 1000:.1f} | {b / tot:.0f} | "
                 f"{b / (tot - c['model']):.0f} |")
     cpu_side_lite = 16 / (sum(lc.values()) - lc["model"])
-    ray_text = "Ray was not measured in this run (--no-ray)."
+    ray_text = _previous_ray_text() or "Ray was not measured in this run (--no-ray)."
     if rv:
         ray_text = f"""`predict` with EfficientNet-Lite0 over {rv['n']} JPEG photos (320×320, a manifest), batch {rv['batch']}, chunks of {rv['chunk']}
 images; in-process with torch's {os.cpu_count()} threads, Ray with {rv['actors']} actors of one
@@ -313,10 +345,12 @@ the Parquet parts; the previous result is removed before its clock starts. **Fir
 the data set's crop cache is empty (the job fills it); **crops cached**: a later job on
 the same data set and preprocessing reads the model's view of each image from the cache
 instead of decoding it (`CropCache`, docs/dataset.md). Best of several interleaved runs of
-each. Goal ≥ 0.8×.
+each. Goal ≥ 0.8× (wall clock). The last column compares CPU time (all threads of the
+process): the floor's over the job's, i.e. the ratio the executor would reach if no core were
+free for its helper threads.
 
-| model | job | images | batch | floor images/s | first pass images/s | first pass / floor | crops cached images/s | cached / floor |
-|---|---|---|---|---|---|---|---|---|
+| model | job | images | batch | floor images/s | first pass images/s | first pass / floor | crops cached images/s | cached / floor | CPU time: floor / job (first pass / cached) |
+|---|---|---|---|---|---|---|---|---|---|
 {table}
 
 {verdict}

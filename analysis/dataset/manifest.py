@@ -458,17 +458,16 @@ class ImageReader:
     def __init__(self, source: dict, limits: Limits | None = None):
         self.source = dict(source)
         self.limits = limits or get_config().limits
-        self._zip: zipfile.ZipFile | None = None
-        self._lock = threading.Lock()
+        self._local = threading.local()
 
     def __getstate__(self):
         d = self.__dict__.copy()
-        d["_zip"] = d["_lock"] = None
+        d["_local"] = None
         return d
 
     def __setstate__(self, d):
         self.__dict__.update(d)
-        self._lock = threading.Lock()
+        self._local = threading.local()
 
     def _one(self, index: int, loc: str, digest: str) -> np.ndarray:
         kind = self.source["kind"]
@@ -478,14 +477,14 @@ class ImageReader:
             return read_file_image(loc, digest, self.limits)
         if kind == "zip":
             from analysis.core.images import load_image
-            with self._lock:
-                if self._zip is None:
-                    try:
-                        self._zip = zipfile.ZipFile(self.source["zip"])
-                    except (OSError, zipfile.BadZipFile) as e:
-                        raise DatasetError(f"cannot open {self.source['zip']}: {e}") from e
-                info = self._zip.infolist()[int(loc)]
-                data = self._zip.read(info)
+            zf = getattr(self._local, "zip", None)
+            if zf is None:             # one handle per thread: decode threads inflate in parallel
+                try:
+                    zf = self._local.zip = zipfile.ZipFile(self.source["zip"])
+                except (OSError, zipfile.BadZipFile) as e:
+                    raise DatasetError(f"cannot open {self.source['zip']}: {e}") from e
+            info = zf.infolist()[int(loc)]
+            data = zf.read(info)
             if digest and hashlib.sha256(data).hexdigest() != digest:
                 raise DatasetError(f"{info.filename} changed since the data set was indexed")
             return load_image(data, limits=self.limits, name=info.filename)

@@ -163,3 +163,31 @@ def test_batch_geometry_falls_back_when_pil_differs(monkeypatch):
     got = geo(images)
     assert not geo.enabled
     assert all(np.array_equal(g, pre.geometry(im)) for g, im in zip(got, images))
+
+
+def test_folder_file_rewritten_after_caching_is_reported(digits, tmp_path, cache_dir):
+    from PIL import Image
+
+    from analysis.core.datasets import load_digits_dataset
+    src = load_digits_dataset()
+    root = tmp_path / "folder"
+    for k in range(12):
+        (root / str(int(src.labels[k]))).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(src.get(k))).save(root / str(int(src.labels[k])) / f"{k:03d}.png")
+    ref = DatasetRef("folder", str(root))
+    import dataclasses
+
+    from analysis.core.config import get_config, set_config
+    set_config(dataclasses.replace(get_config(), dataset_dirs=(tmp_path,)))
+    spec = JobSpec("predict", ModelSpec("digits"), ref, batch_size=4)
+    first = run(spec, data_dir=tmp_path / "a", bundle=digits)
+    assert first.n_rows == 12 and first.skipped == []
+    victim = next(p for p in sorted(root.rglob("*.png")))
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(victim)        # same folder, new bytes
+    # the open data set (and its hash) is the one indexed before the change: a job on it must
+    # report the file, not serve its old crop from the cache
+    again = run(spec, data_dir=tmp_path / "b", bundle=digits)
+    assert open_dataset(ref).content_hash == first.meta["dataset_hash"]
+    assert again.n_rows == 11 and len(again.skipped) == 1 and "changed" in again.skipped[0][2]
+    assert np.array_equal(again.array("pred"), np.delete(first.array("pred"), again.skipped[0][0]))
+
