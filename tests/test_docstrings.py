@@ -47,7 +47,6 @@ KNOWN_UNDOCUMENTED = frozenset({
     "analysis.dataset.executor.JobResult.warnings",
     "analysis.dataset.executor.JobPlan.meta",
     "analysis.dataset.manifest.DatasetRef.label",
-    "analysis.dataset.manifest.ImageReader.read",
     "analysis.dataset.ray_backend.cluster_gpus",
     "analysis.dataset.workers.Worker.base_columns",
     "analysis.dataset.workers.PredictWorker.normalize",

@@ -203,6 +203,11 @@ class PredictWorker(Worker):
         return p
 
     def compute(self, batch: dict) -> dict:
+        """Forward of the batch under ``torch.inference_mode``: its top-k columns.
+
+        Args:
+            batch: the batch (see the module docstring).
+        """
         x = self.inputs(batch)
         with self.bundle.lock, torch.inference_mode():
             logits = _logits(self.bundle.model(x))
@@ -234,6 +239,11 @@ class FeaturesWorker(Worker):
         return p
 
     def compute(self, batch: dict) -> dict:
+        """Forward of the batch capturing the layer: features and prediction columns.
+
+        Args:
+            batch: the batch (see the module docstring).
+        """
         layer = self.params["layer"]
         x = self.inputs(batch)
         with self.bundle.lock, torch.inference_mode(), capture(self.bundle.model, layer) as acts:
@@ -388,10 +398,20 @@ class SaliencyWorker(Worker):
                 "flat": flat}
 
     def compute(self, batch: dict) -> dict:
+        """The maps of the batch (forward + backward for the batched methods), still as tensors.
+
+        Args:
+            batch: the batch (see the module docstring).
+        """
         return {"batch": {k: batch[k] for k in ("index", "path", "label", "mask") if k in batch},
                 "r": self.maps(batch)}
 
     def finish(self, staged: dict) -> dict:
+        """Maps to numpy and their mass statistics (no model needed).
+
+        Args:
+            staged: what :meth:`compute` returned.
+        """
         batch, r = staged["batch"], staged["r"]
         maps = r["map"].detach().cpu().numpy().astype(np.float32)
         out = self.base_columns(batch)
@@ -425,9 +445,19 @@ class TrustWorker(SaliencyWorker):
         return p
 
     def finish(self, staged: dict) -> dict:
+        """Nothing left to do: :meth:`compute` returns the finished columns.
+
+        Args:
+            staged: what :meth:`compute` returned.
+        """
         return staged
 
     def compute(self, batch: dict) -> dict:
+        """Maps, then deletion / insertion curves of the maps and of the random maps.
+
+        Args:
+            batch: the batch (see the module docstring).
+        """
         from analysis.saliency.trust import deletion_insertion, random_map
         r = self.maps(batch)
         maps = r["map"].detach().cpu().numpy().astype(np.float32)
