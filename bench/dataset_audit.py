@@ -166,7 +166,8 @@ def _costs(p, runner, bundle, n: int, batch: int, t: dict) -> None:
         t0 = time.perf_counter()
         images, _, _ = runner.reader.read(rows)
         t1 = time.perf_counter()
-        x = bundle.inputs(images)
+        crops = np.stack(runner.cropper(images))           # the executor's batched geometry
+        x = bundle.preprocess.normalize(bundle.preprocess.to_unit(crops)).to(bundle.device)
         t2 = time.perf_counter()
         with torch.inference_mode():
             logits = bundle.model(x).float()
@@ -361,8 +362,9 @@ free for its helper threads.
 
 ### Per-batch costs and N GPU workers
 
-Mean milliseconds per batch, in-process (read + decode = ImageReader; preprocess = resize,
-crop, normalise; post = softmax, top-k, Arrow):
+Mean milliseconds per batch, in-process, one stage after the other (read + decode =
+ImageReader; preprocess = the executor's batched resize + crop, then uint8 → normalised
+float; post = softmax, top-k, Arrow):
 
 | model | read + decode | preprocess | model | post | images/s | images/s without the model |
 |---|---|---|---|---|---|---|

@@ -107,11 +107,12 @@ MAX_PENDING_WRITES = 2              # chunks waiting for the writer before the m
 
 
 def decode_threads() -> int:
-    """Threads that read, decode and crop images for one job: ``CONVLENS_DECODE_THREADS``,
-    else the usable cores minus one (the model's), at least 1 and at most 8. Takes no
-    arguments."""
+    """Threads that read, decode and crop images for one job: ``CONVLENS_DECODE_THREADS``
+    (0 = no helper threads at all: every stage in the model's thread, one batch after the
+    other), else the usable cores minus one (the model's), at least 1 and at most 8. Takes
+    no arguments."""
     raw = os.environ.get(DECODE_THREADS_ENV, "").strip()
-    if raw.isdigit() and int(raw) > 0:
+    if raw.isdigit():
         return min(64, int(raw))
     try:
         cores = len(os.sched_getaffinity(0))
@@ -230,7 +231,8 @@ class BatchRunner:
         crops: a :class:`CropCache` of the data set for the worker's preprocessing, or None.
             Not used when the worker needs the decoded images themselves
             (``worker.raw_images``).
-        threads: decode threads (default :func:`decode_threads`).
+        threads: decode threads (default :func:`decode_threads`; 0 runs every stage in the
+            calling thread).
     """
 
     def __init__(self, worker: Worker, source: dict, batch_size: int, dataset: Dataset | None = None, *,
@@ -240,7 +242,7 @@ class BatchRunner:
         self.dataset = dataset
         self.raw = bool(getattr(worker, "raw_images", True))
         self.crops = None if self.raw else crops
-        self.threads = int(threads) if threads else decode_threads()
+        self.threads = decode_threads() if threads is None else max(0, int(threads))
         self.pre = worker.bundle.preprocess
         self.cropper = BatchGeometry(self.pre)
         self.check = source.get("kind") == "files"
@@ -363,6 +365,8 @@ class BatchRunner:
             plan.extend((c, _slice(rows, a, min(n, a + self.batch_size))) for a in range(0, n, self.batch_size))
         if not plan:
             return True
+        if self.threads == 0:
+            return self._run_serial(plan, write, should_stop, on_batch)
         # the prepare thread decodes too; the pool holds the other threads - 1 decoders
         decode = ThreadPoolExecutor(max_workers=self.threads - 1, thread_name_prefix="convlens-decode") \
             if self.threads > 1 else None
@@ -425,6 +429,24 @@ class BatchRunner:
                 decode.shutdown(wait=True, cancel_futures=True)
             writer.shutdown(wait=True)          # chunks already finished are still written
         return not stopped
+
+    def _run_serial(self, plan: list, write, should_stop, on_batch) -> bool:
+        """``threads=0``: every stage in the calling thread, one batch after the other."""
+        staged, skipped = [], []
+        for j, (c, rows) in enumerate(plan):
+            if rows is not None:
+                if should_stop is not None and should_stop():
+                    return False
+                batch, sk = self._prepare(rows)
+                if batch is not None:
+                    staged.append(self.worker.compute(batch))
+                skipped.extend(sk)
+                if on_batch is not None:
+                    on_batch(len(rows["index"]))
+            if j + 1 == len(plan) or plan[j + 1][0] != c:
+                _write_chunk(self.worker.finish, write, c, staged, skipped)
+                staged, skipped = [], []
+        return True
 
     def run_chunk(self, rows: dict, should_stop: ShouldStop | None = None,
                   on_batch: Callable[[int], None] | None = None):

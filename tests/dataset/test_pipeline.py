@@ -99,11 +99,11 @@ def test_threads_and_cache_keep_skips_and_changed_files(digits, tmp_path, cache_
     assert sorted(s[0] for s in ref_run.skipped) == [5, 17] and ref_run.n_rows == 38
     p = plan(spec, bundle=digits, data_dir=tmp_path / "x")
     outs = {}
-    for threads in (1, 3):
+    for threads in (0, 1, 3):
         runner = BatchRunner(WORKERS["predict"](spec.model, p.params, bundle=digits), p.source, 8, threads=threads)
         table, skipped = runner.run_chunk(p.rows)
         outs[threads] = (table.column("pred").to_pylist(), table.column("top_probs").to_pylist(), skipped)
-    assert outs[1] == outs[3]
+    assert outs[0] == outs[1] == outs[3]
     assert outs[1][0] == ref_run.array("pred").tolist() and [s[0] for s in outs[1][2]] == [5, 17]
     run(spec, data_dir=tmp_path / "two", bundle=digits)              # fills the crop cache
     img = folder / "img/0009.png"
