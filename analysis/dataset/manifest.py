@@ -654,6 +654,31 @@ class CropCache:
         except OSError:
             self.writable = False
 
+    def put_many(self, indices: Sequence[int], crops: Sequence[np.ndarray]) -> None:
+        """Store several crops; runs of consecutive positions are written with one call
+        each (best effort, like :meth:`put`).
+
+        Args:
+            indices: the data-set positions.
+            crops: their (S, S, 3) uint8 crops, in the same order.
+        """
+        import zlib
+        items = sorted((int(i), c) for i, c in zip(indices, crops)
+                       if c.shape == (self.side, self.side, 3) and c.dtype == np.uint8)
+        k = 0
+        while k < len(items) and self.writable:
+            e = k + 1
+            while e < len(items) and items[e][0] == items[e - 1][0] + 1:
+                e += 1
+            run = [np.ascontiguousarray(c).tobytes() for _, c in items[k:e]]
+            tags = np.array([(1 << 32) | zlib.crc32(b) for b in run], dtype="<u8")
+            try:
+                os.pwrite(self._fd_data, b"".join(run), items[k][0] * self.slot)
+                os.pwrite(self._fd_index, tags.tobytes(), items[k][0] * 8)   # after the data, as in put
+            except OSError:
+                self.writable = False
+            k = e
+
     def close(self) -> None:
         """Close the files (the cache stays on disk). Takes no arguments."""
         for name in ("_fd_data", "_fd_index"):

@@ -262,13 +262,15 @@ class BatchRunner:
         """Rows ``positions`` -> ``(image, mask, crop, error)`` each (error "" when fine)."""
         read = [self._read_one(rows, k) for k in positions]
         crops = self.cropper([r[0] if not r[2] else None for r in read])
-        out = []
+        out, fresh = [], []
         for k, (img, m, err), crop in zip(positions, read, crops):
             if not err and isinstance(crop, str):          # the preprocessing refuses this image
                 img, m, err, crop = None, None, crop, None
-            elif not err and self.crops is not None:
-                self.crops.put(int(rows["index"][k]), crop)
+            elif not err:
+                fresh.append((int(rows["index"][k]), crop))
             out.append((img if self.raw else None, m, crop if not err else None, err))
+        if self.crops is not None and fresh:
+            self.crops.put_many([i for i, _ in fresh], [c for _, c in fresh])
         return out
 
     def _cached(self, rows: dict) -> tuple[np.ndarray, np.ndarray]:

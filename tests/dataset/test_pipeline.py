@@ -83,6 +83,12 @@ def test_torn_cache_slot_is_recomputed_and_budget_switches_off(digits, monkeypat
         f.write(bytes([crop.reshape(-1)[100] ^ 0xFF]))
     hit, got = cache.get(np.array([3]))
     assert hit.tolist() == [False] and got.shape == (0, 32, 32, 3)
+    idx = [9, 7, 8, 12, 3]                           # runs 7-9 and 12, and 3 again (repaired)
+    crops = [digits.preprocess.geometry(ds.get(i)) for i in idx]
+    cache.put_many(idx, crops)
+    hit, got = cache.get(np.array([3, 7, 8, 9, 10, 12]))
+    assert hit.tolist() == [True, True, True, True, False, True]
+    assert np.array_equal(got, np.stack([crops[4], crops[1], crops[2], crops[0], crops[3]]))
     cache.close()
     monkeypatch.setenv("CONVLENS_CROP_CACHE_MB", "0")
     assert crop_cache_budget() == 0 and CropCache.open(ds, digits.preprocess) is None
