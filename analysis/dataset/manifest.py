@@ -27,6 +27,7 @@ Manifest layout (CSV with a header row, or Parquet)::
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -548,6 +549,20 @@ def crop_cache_budget() -> int:
     return max(0, int(mb * 2**20))
 
 
+@functools.lru_cache(maxsize=1)
+def _decoder_versions() -> dict:
+    """Pillow's and its image codecs' versions: another decoder may give other pixels."""
+    import PIL
+    from PIL import features
+    out = {"pillow": PIL.__version__}
+    for codec in ("jpg", "zlib", "webp", "libtiff"):
+        try:
+            out[codec] = features.version(codec) or ""
+        except (ValueError, AttributeError):
+            out[codec] = ""
+    return out
+
+
 class CropCache:
     """The model's view of every image of one data set (the RGB uint8 crop that
     ``Preprocessing.geometry`` makes), kept on disk so that the next job on the same data
@@ -555,9 +570,9 @@ class CropCache:
 
     Layout: ``<cache_dir>/crops/<key>/crops.u8`` holds image ``i``'s crop at byte
     ``i * S * S * 3`` (a sparse file of ``n`` slots) and ``index.u64`` holds, per image,
-    0 (not cached) or ``2**32 | crc32(crop)``. The key is the data set's content hash and
-    the geometry (input size, resize size, interpolation, crop mode), so a changed file,
-    label or preprocessing is another cache. A slot is written before its index entry, and
+    0 (not cached) or ``2**32 | crc32(crop)``. The key is the data set's content hash, the
+    geometry (input size, resize size, interpolation, crop mode) and the versions of Pillow
+    and its codecs, so a changed file, label, preprocessing or decoder is another cache. A slot is written before its index entry, and
     a crop whose checksum does not match (a torn write) counts as missing; writers in
     several processes write the same bytes. Nothing is pickled.
 
@@ -575,7 +590,7 @@ class CropCache:
         self.slot = s * s * 3
         geo = {"input_size": s, "resize_size": preprocess.resize_size, "interpolation": preprocess.interpolation,
                "crop_mode": preprocess.crop_mode}
-        self.key = cache_key("dataset-crops", 1, dataset_hash, geo)
+        self.key = cache_key("dataset-crops", 1, dataset_hash, geo, _decoder_versions())
         root = Path(cache_dir) if cache_dir is not None else Path(get_config().cache_dir)
         self.dir = root / "crops" / self.key[:40]
         self.dir.mkdir(parents=True, exist_ok=True)
