@@ -197,3 +197,31 @@ def test_folder_file_rewritten_after_caching_is_reported(digits, tmp_path, cache
     assert again.n_rows == 11 and len(again.skipped) == 1 and "changed" in again.skipped[0][2]
     assert np.array_equal(again.array("pred"), np.delete(first.array("pred"), again.skipped[0][0]))
 
+
+
+def test_prepare_or_model_errors_reach_the_caller_and_leave_no_thread(digits, tmp_path, monkeypatch):
+    import threading
+    spec = JobSpec("predict", ModelSpec("digits"), "digits", batch_size=16, indices=tuple(range(64)))
+    p = plan(spec, bundle=digits, data_dir=tmp_path)
+    worker = WORKERS["predict"](spec.model, p.params, bundle=digits)
+    chunks = [(0, _slice(p.rows, 0, 32)), (1, _slice(p.rows, 32, 64))]
+    before = set(threading.enumerate())
+    runner = BatchRunner(worker, p.source, 16)
+    calls = {"n": 0}
+    orig = runner._prepare
+
+    def failing_prepare(rows, pool=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("decoder crashed")
+        return orig(rows, pool)
+    monkeypatch.setattr(runner, "_prepare", failing_prepare)
+    written = []
+    with pytest.raises(RuntimeError, match="decoder crashed"):
+        runner.run_chunks(chunks, lambda c, t: written.append(c))
+    assert written == [0]                          # the chunk finished before the error is still written
+    runner = BatchRunner(worker, p.source, 16)
+    monkeypatch.setattr(worker, "compute", lambda batch: (_ for _ in ()).throw(ValueError("model failed")))
+    with pytest.raises(ValueError, match="model failed"):
+        runner.run_chunks(chunks, lambda c, t: None)
+    assert {t for t in threading.enumerate() if t.name.startswith("convlens-")} <= before
