@@ -108,7 +108,7 @@ def _timed_floor(bundle, xs, layer) -> tuple[float, float]:
 def executor_vs_floor(spec_model: ModelSpec, dataset, n: int, batch: int, device, data_dir: Path,
                       repeats: int) -> list[dict]:
     """Executor images/s (first pass: empty crop cache; repeat: crops cached) against the
-    floor, best of ``repeats`` interleaved runs of each; wall clock and process CPU time."""
+    floor, over ``repeats`` interleaved (floor, job) pairs: medians; wall clock and process CPU time."""
     bundle = load_bundle(spec_model, device=device)
     rows = []
     for kind, params in (("predict", {}), ("saliency", {"method": "gradcam"})):
@@ -122,26 +122,27 @@ def executor_vs_floor(spec_model: ModelSpec, dataset, n: int, batch: int, device
         xs = [bundle.inputs([ds.get(i) for i in range(a, min(n, a + batch))]) for a in range(0, n, batch)]
         layer = p.params.get("layer") or None
         floor(bundle, xs[:1], layer)                                     # warm-up
-        best = {k: [float("inf"), float("inf")] for k in ("cold", "floor", "warm")}
-
-        def keep(k, tc):
-            best[k] = [min(best[k][0], tc[0]), min(best[k][1], tc[1])]
-        for _ in range(repeats):          # interleave and keep the best of each: a shared machine is noisy
-            keep("cold", _timed_run(spec, p, bundle, data_dir, cache))
-            keep("floor", _timed_floor(bundle, xs, layer))
-            keep("warm", _timed_run(spec, p, bundle, data_dir, None))
+        runs = {k: [] for k in ("cold", "floor", "warm")}
+        for _ in range(repeats):          # interleaved: each job run next to a floor run
+            runs["cold"].append(_timed_run(spec, p, bundle, data_dir, cache))
+            runs["floor"].append(_timed_floor(bundle, xs, layer))
+            runs["warm"].append(_timed_run(spec, p, bundle, data_dir, None))
         if cache is not None:
             shutil.rmtree(cache.dir, ignore_errors=True)
             cache.close()
         row = {"model": bundle.name.split(" (")[0], "kind": "predict" if kind == "predict" else "Grad-CAM",
-               "n": n, "batch": batch, "cached": cache is not None}
-        for k, (t, c) in best.items():
-            row[k], row[k + "_cpu"] = n / t, c
+               "n": n, "batch": batch, "cached": cache is not None, "repeats": repeats}
+        fl = runs["floor"]
+        row["floor"] = n / float(np.median([t for t, _ in fl]))
+        for k in ("cold", "warm"):
+            # the median over the pairs of (floor run, job run next to it): robust to the load's drift
+            row[k] = n / float(np.median([t for t, _ in runs[k]]))
+            row[k + "_ratio"] = float(np.median([f[0] / j[0] for f, j in zip(fl, runs[k])]))
+            row[k + "_cpu"] = float(np.median([f[1] / j[1] for f, j in zip(fl, runs[k])]))
         rows.append(row)
         print(f"{row['model']:>20} {row['kind']:>9}: floor {row['floor']:8.1f} img/s, first pass "
-              f"{row['cold']:8.1f} ({row['cold'] / row['floor']:.2f}x, CPU {row['floor_cpu'] / row['cold_cpu']:.2f}x), "
-              f"crops cached {row['warm']:8.1f} ({row['warm'] / row['floor']:.2f}x, "
-              f"CPU {row['floor_cpu'] / row['warm_cpu']:.2f}x)", flush=True)
+              f"{row['cold']:8.1f} ({row['cold_ratio']:.2f}x, CPU {row['cold_cpu']:.2f}x), "
+              f"crops cached {row['warm']:8.1f} ({row['warm_ratio']:.2f}x, CPU {row['warm_cpu']:.2f}x)", flush=True)
     return rows
 
 
@@ -262,8 +263,8 @@ def main() -> None:
         data_dir = Path(tmp)
         photos = DatasetRef("manifest", str(photo_manifest(data_dir / "photos", max(args.lite_images,
                                                                                       args.ray_images))))
-        rows = executor_vs_floor(ModelSpec("digits"), "digits", args.digits_images, 64, device, data_dir, 5)
-        rows += executor_vs_floor(ModelSpec("default"), photos, args.lite_images, 16, device, data_dir, 2)
+        rows = executor_vs_floor(ModelSpec("digits"), "digits", args.digits_images, 64, device, data_dir, 7)
+        rows += executor_vs_floor(ModelSpec("default"), photos, args.lite_images, 16, device, data_dir, 3)
         costs = {"digits": per_batch_costs(ModelSpec("digits"), "digits", 640, 64, device, data_dir),
                  "lite": per_batch_costs(ModelSpec("default"), photos, args.lite_images, 16, device, data_dir)}
         for k, c in costs.items():
@@ -280,11 +281,11 @@ def main() -> None:
         return
 
     def ratio(r, k):
-        return r[k] / r["floor"]
+        return r[k + "_ratio"]
     table = "\n".join(f"| {r['model']} | {r['kind']} | {r['n']} | {r['batch']} | {r['floor']:.1f} | "
                       f"{r['cold']:.1f} | **{ratio(r, 'cold'):.2f}×** | "
                       + (f"{r['warm']:.1f} | **{ratio(r, 'warm'):.2f}×** |" if r["cached"] else "— | — |")
-                      + f" {r['floor_cpu'] / r['cold_cpu']:.2f}× / {r['floor_cpu'] / r['warm_cpu']:.2f}× |"
+                      + f" {r['cold_cpu']:.2f}× / {r['warm_cpu']:.2f}× |"
                       for r in rows)
     lc, dc = costs["lite"], costs["digits"]
     below = [r for r in rows if ratio(r, "cold") < 0.8]
@@ -351,10 +352,12 @@ runs the worker (top-k / the Grad-CAM maps and their mass statistics) and writes
 the Parquet parts; the previous result is removed before its clock starts. **First pass**:
 the data set's crop cache is empty (the job fills it); **crops cached**: a later job on
 the same data set and preprocessing reads the model's view of each image from the cache
-instead of decoding it (`CropCache`, docs/dataset.md). Best of several interleaved runs of
-each. Goal ≥ 0.8× (wall clock). The last column compares CPU time (all threads of the
-process): the floor's over the job's, i.e. the ratio the executor would reach if no core were
-free for its helper threads.
+instead of decoding it (`CropCache`, docs/dataset.md). Each job run is interleaved with a
+floor run ({rows[0]['repeats']} pairs for the digits, {rows[-1]['repeats']} for EfficientNet-Lite0); images/s are medians, ratios
+the median over the pairs of floor time / job time (robust to the load drifting during the
+run). Goal ≥ 0.8× (wall clock). The last column compares CPU time (all threads of the
+process) the same way: the ratio the executor would reach if no core were free for its helper
+threads.
 
 | model | job | images | batch | floor images/s | first pass images/s | first pass / floor | crops cached images/s | cached / floor | CPU time: floor / job (first pass / cached) |
 |---|---|---|---|---|---|---|---|---|---|

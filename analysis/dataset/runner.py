@@ -296,28 +296,43 @@ class BatchRunner:
         """One batch, in the prepare thread: cached crops, then the other images decoded and
         cropped here and (when ``pool`` is given) on the decode pool, then the batch."""
         n = len(rows["index"])
+        s = self.pre.input_size
         hit, hit_crops = self._cached(rows)
+        crops = np.empty((n, s, s, 3), np.uint8)
+        if len(hit_crops):
+            crops[hit] = hit_crops
+        ok = hit.copy()
+        images = masks = None
+        errors: dict[int, str] = {}
         miss = np.flatnonzero(~hit).tolist()
-        res: list = [None] * n
         if miss:
             k = max(1, min(self.threads if pool is not None else 1, len(miss)))
             step = -(-len(miss) // k)
             parts = [miss[a:a + step] for a in range(0, len(miss), step)]
             futs = [pool.submit(self._decode, rows, pos) for pos in parts[1:]] if pool is not None else []
-            for k_, r in zip(parts[0], self._decode(rows, parts[0])):
-                res[k_] = r
-            for pos, f in zip(parts[1:], futs):
-                for k_, r in zip(pos, f.result()):
-                    res[k_] = r
-        for k, c in zip(np.flatnonzero(hit), hit_crops):
-            res[k] = (None, None, c, "")
-        skipped = [[int(rows["index"][k]), str(rows["path"][k]), r[3]] for k, r in enumerate(res) if r[3]]
-        ok = [k for k, r in enumerate(res) if not r[3]]
-        if not ok:
+            done = [(parts[0], self._decode(rows, parts[0]))] + [(pos, f.result()) for pos, f in zip(parts[1:], futs)]
+            for pos, res in done:
+                for k_, (img, m, crop, err) in zip(pos, res):
+                    if err:
+                        errors[k_] = err
+                        continue
+                    crops[k_] = crop
+                    ok[k_] = True
+                    if img is not None:
+                        images = images if images is not None else np.empty(n, dtype=object)
+                        images[k_] = img
+                    if m is not None:
+                        masks = masks if masks is not None else np.empty(n, dtype=object)
+                        masks[k_] = m
+        skipped = [[int(rows["index"][k]), str(rows["path"][k]), errors[k]] for k in sorted(errors)]
+        if not ok.any():
             return None, skipped
-        crops = np.stack([res[k][2] for k in ok])
+        if not ok.all():
+            crops = crops[ok]
+        m_ok = int(ok.sum())
         batch = {"index": rows["index"][ok], "path": rows["path"][ok], "label": rows["label"][ok],
-                 "image": _objects([res[k][0] for k in ok]), "mask": _objects([res[k][1] for k in ok]),
+                 "image": images[ok] if images is not None else np.empty(m_ok, dtype=object),
+                 "mask": masks[ok] if masks is not None else np.empty(m_ok, dtype=object),
                  "crop": crops}
         # uint8 -> normalised float once per batch; the same operations as bundle.inputs(images)
         batch["x"] = self.pre.normalize(self.pre.to_unit(crops)).to(self.worker.bundle.device)
@@ -488,10 +503,3 @@ def _unchanged(path: str, digest: str) -> bool:
         return h.hexdigest() == digest
     except OSError:
         return False
-
-
-def _objects(items: list) -> np.ndarray:
-    a = np.empty(len(items), dtype=object)
-    for k, v in enumerate(items):
-        a[k] = v
-    return a
