@@ -130,8 +130,9 @@ class BatchGeometry:
     input column. So images of one size are resized together: stacked one above the other
     for the horizontal pass, side by side for the vertical one (one C call each, without
     the GIL, instead of five Python-level PIL calls per image), then cropped by slicing.
-    The first group of every size is checked against ``geometry`` image by image; a
-    difference (another Pillow build) switches the batched path off for good.
+    The first group of every size (per geometry, once per process) is checked against
+    ``geometry`` image by image; a difference (another Pillow build) switches the batched
+    path off for that geometry.
 
     Args:
         preprocess: the bundle's :class:`Preprocessing`.
@@ -139,10 +140,16 @@ class BatchGeometry:
 
     MAX_SIDE = 32000                    # pixels of a stacked image's long side
 
+    _checked: dict = {}                  # (geometry, h, w) -> bool, for the whole process
+    _checked_lock = threading.Lock()
+
     def __init__(self, preprocess):
         self.pre = preprocess
-        self.verified: set[tuple[int, int]] = set()
-        self.enabled = True
+        self.geo = (preprocess.input_size, preprocess.resize_size, preprocess.interpolation, preprocess.crop_mode)
+        with self._checked_lock:
+            self.verified: set[tuple[int, int]] = {(h, w) for (g, h, w), ok in self._checked.items()
+                                                   if g == self.geo and ok}
+            self.enabled = all(ok for (g, *_), ok in self._checked.items() if g == self.geo)
         self._lock = threading.Lock()
 
     def __call__(self, images: Sequence[np.ndarray | None]) -> list:
@@ -180,6 +187,8 @@ class BatchGeometry:
                             self.verified.add((h, w))
                         else:
                             self.enabled = False
+                    with self._checked_lock:
+                        BatchGeometry._checked[(self.geo, h, w)] = ok
                     if not ok:
                         crops = [self.pre.geometry(images[k]) for k in sub]
                 for i, k in enumerate(sub):
@@ -260,7 +269,12 @@ class BatchRunner:
 
     def _decode(self, rows: dict, positions: Sequence[int]) -> list[tuple]:
         """Rows ``positions`` -> ``(image, mask, crop, error)`` each (error "" when fine)."""
-        read = [self._read_one(rows, k) for k in positions]
+        if self.reader is not None and self.reader.source.get("kind") == "digits":   # one in-memory array
+            from analysis.core.datasets import digits_images
+            arr = digits_images()
+            read = [(arr[int(rows["index"][k])], None, "") for k in positions]
+        else:
+            read = [self._read_one(rows, k) for k in positions]
         crops = self.cropper([r[0] if not r[2] else None for r in read])
         out, fresh = [], []
         for k, (img, m, err), crop in zip(positions, read, crops):

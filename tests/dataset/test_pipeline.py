@@ -37,14 +37,14 @@ def _arrays(result, kind):
 
 
 def _count_reads(monkeypatch) -> dict:
-    from analysis.dataset.manifest import ImageReader
+    """Counts the images the runner reads and decodes (not served from the crop cache)."""
     calls = {"n": 0}
-    orig = ImageReader.read_one
+    orig = BatchRunner._decode
 
-    def counted(self, *a, **kw):
-        calls["n"] += 1
-        return orig(self, *a, **kw)
-    monkeypatch.setattr(ImageReader, "read_one", counted)
+    def counted(self, rows, positions):
+        calls["n"] += len(positions)
+        return orig(self, rows, positions)
+    monkeypatch.setattr(BatchRunner, "_decode", counted)
     return calls
 
 
@@ -143,8 +143,9 @@ def test_writer_error_stops_the_job_and_stop_keeps_finished_chunks(digits, tmp_p
 
 @pytest.mark.parametrize("interp,mode", [("bilinear", "center"), ("bicubic", "center"), ("nearest", "squash"),
                                          ("lanczos", "center"), ("bilinear", "squash")])
-def test_batch_geometry_equals_geometry_image_by_image(interp, mode):
+def test_batch_geometry_equals_geometry_image_by_image(interp, mode, monkeypatch):
     from analysis.dataset.runner import BatchGeometry
+    monkeypatch.setattr(BatchGeometry, "_checked", {})
     pre = Preprocessing(24, 28, (0.5,) * 3, (0.25,) * 3, interp, crop_mode=mode)
     rng = np.random.default_rng(1)
     sizes = [(30, 30), (17, 41), (30, 30), (8, 8), (30, 30), (17, 41), (60, 24), (24, 24), (24, 24)]
@@ -162,6 +163,7 @@ def test_batch_geometry_equals_geometry_image_by_image(interp, mode):
 
 def test_batch_geometry_falls_back_when_pil_differs(monkeypatch):
     from analysis.dataset import runner
+    monkeypatch.setattr(runner.BatchGeometry, "_checked", {})        # the process-wide verdicts, restored after
     pre = Preprocessing(16, 16, (0.5,) * 3, (0.25,) * 3)
     geo = runner.BatchGeometry(pre)
     monkeypatch.setattr(geo, "_group", lambda g: np.zeros((len(g), 16, 16, 3), np.uint8))   # a "different build"
@@ -169,6 +171,8 @@ def test_batch_geometry_falls_back_when_pil_differs(monkeypatch):
     got = geo(images)
     assert not geo.enabled
     assert all(np.array_equal(g, pre.geometry(im)) for g, im in zip(got, images))
+    assert not runner.BatchGeometry(pre).enabled                      # remembered for this geometry
+    assert runner.BatchGeometry(Preprocessing(16, 20, (0.5,) * 3, (0.25,) * 3)).enabled
 
 
 def test_folder_file_rewritten_after_caching_is_reported(digits, tmp_path, cache_dir):
