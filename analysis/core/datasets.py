@@ -452,8 +452,9 @@ def load_image_folder(
 # Zip uploads
 # --------------------------------------------------------------------------------------
 class ZipMembers:
-    """A stored zip file, opened once on first use and read by member index under a lock.
-    Picklable: a copy (another process) opens its own handle.
+    """A stored zip file read by member index, with one handle per thread (opened on the
+    thread's first read), so that decode threads inflate members in parallel. Picklable: a
+    copy (another process) opens its own handles.
 
     Args:
         path: the zip file.
@@ -461,17 +462,16 @@ class ZipMembers:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._lock = threading.Lock()
-        self._zip: zipfile.ZipFile | None = None
+        self._local = threading.local()
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_lock"] = state["_zip"] = None
+        state["_local"] = None
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self._local = threading.local()
 
     def read(self, i: int) -> tuple[zipfile.ZipInfo, bytes]:
         """``(info, bytes)`` of member ``i`` (its place in the zip's list); OSError or
@@ -480,15 +480,11 @@ class ZipMembers:
         Args:
             i: the member's index in ``ZipFile.infolist()``.
         """
-        with self._lock:
-            if self._zip is None:
-                self._zip = zipfile.ZipFile(self.path)
-            info = self._zip.infolist()[i]
-            return info, self._zip.read(info)
-
-    def __del__(self):
-        if getattr(self, "_zip", None) is not None:
-            self._zip.close()
+        zf = getattr(self._local, "zip", None)
+        if zf is None:
+            zf = self._local.zip = zipfile.ZipFile(self.path)
+        info = zf.infolist()[i]
+        return info, zf.read(info)
 
 
 class _ZipLoader:

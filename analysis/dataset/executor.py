@@ -467,12 +467,15 @@ def finalize(p: JobPlan, engine: str, seconds: float, extra: dict | None = None)
     return _result_from(p.spec, p.final_dir, meta, True)
 
 
-def _run_local(p: JobPlan, progress: Progress | None, should_stop: ShouldStop | None) -> JobResult:
+def _run_local(p: JobPlan, progress: Progress | None, should_stop: ShouldStop | None,
+               crop_cache: bool = True) -> JobResult:
     from analysis.core.jobs import heavy_job
+    from analysis.dataset.manifest import CropCache
     t0 = time.perf_counter()
     done_chunks = _prepare_partial(p)
     worker = WORKERS[p.spec.kind](p.spec.model, p.params, bundle=p.bundle)
-    runner = BatchRunner(worker, p.source, p.spec.batch_size, p.dataset)
+    crops = CropCache.open(p.dataset, p.bundle.preprocess) if crop_cache and not worker.raw_images else None
+    runner = BatchRunner(worker, p.source, p.spec.batch_size, p.dataset, crops=crops)
     chunks = p.chunks()
     done = sum(b - a for c, a, b in chunks if c in done_chunks)
     if progress:
@@ -484,14 +487,16 @@ def _run_local(p: JobPlan, progress: Progress | None, should_stop: ShouldStop | 
         if progress:
             progress(done, p.n)
 
-    with heavy_job(p.bundle.device):
-        for c, a, b in chunks:
-            if c in done_chunks:
-                continue
-            got = runner.run_chunk(_slice(p.rows, a, b), should_stop, tick)
-            if got is None:
-                return _partial_result(p, "local", time.perf_counter() - t0)
-            write_part(p.partial_dir, c, got[0])
+    todo = [(c, _slice(p.rows, a, b)) for c, a, b in chunks if c not in done_chunks]
+    try:
+        with heavy_job(p.bundle.device):
+            finished = runner.run_chunks(todo, lambda c, table: write_part(p.partial_dir, c, table), should_stop,
+                                         tick)
+    finally:
+        if crops is not None:
+            crops.close()
+    if not finished:
+        return _partial_result(p, "local", time.perf_counter() - t0)
     return finalize(p, "local", time.perf_counter() - t0)
 
 
@@ -500,7 +505,8 @@ def run(spec: JobSpec, engine: str | None = None, progress: Progress | None = No
         dataset: Dataset | None = None, bundle: ModelBundle | None = None, chunk_size: int | None = None,
         force: bool = False, ray_address: str | None = None, concurrency: int | None = None,
         num_gpus: float | None = None, retries: int | None = None,
-        on_info: Callable[[str], None] | None = None, ray_pipeline: str | None = None) -> JobResult:
+        on_info: Callable[[str], None] | None = None, ray_pipeline: str | None = None,
+        crop_cache: bool = True) -> JobResult:
     """Run a data-set job (or return its stored result) and return the :class:`JobResult`.
 
     Args:
@@ -520,6 +526,8 @@ def run(spec: JobSpec, engine: str | None = None, progress: Progress | None = No
         on_info: receives one-line notices (e.g. "started an embedded single-node Ray").
         ray_pipeline: Ray only: ``"data"`` (Ray Data, a new actor pool per job) or
             ``"pool"`` (warm actors kept between jobs); default the configured one.
+        crop_cache: in-process only: read and write the data set's decoded-crop cache
+            (:class:`analysis.dataset.manifest.CropCache`; the same bits as decoding).
 
     Raises:
         ParameterError, DatasetError, ModelLoadError: bad spec, data set or model.
@@ -537,7 +545,7 @@ def run(spec: JobSpec, engine: str | None = None, progress: Progress | None = No
             return _result_from(spec, p.final_dir, meta, True)
         shutil.rmtree(p.final_dir, ignore_errors=True)
     if engine == "local":
-        return _run_local(p, progress, should_stop)
+        return _run_local(p, progress, should_stop, crop_cache)
     if p.source.get("kind") == "memory":
         raise ParameterError("This data set exists only in this process's memory; use engine='local', or "
                              "save it as a folder, zip or manifest for Ray.")

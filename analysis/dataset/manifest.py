@@ -27,6 +27,7 @@ Manifest layout (CSV with a header row, or Parquet)::
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -52,7 +53,7 @@ from analysis.core.errors import ConvlensError, DatasetError, LimitError, Parame
 
 __all__ = [
     "DatasetRef", "ManifestError", "open_dataset", "load_manifest", "input_rows", "ImageReader",
-    "REF_KINDS",
+    "CropCache", "crop_cache_budget", "REF_KINDS",
 ]
 
 REF_KINDS = ("digits", "manifest", "folder", "zip")
@@ -478,23 +479,221 @@ class ImageReader:
             return load_image(data, limits=self.limits, name=info.filename)
         raise DatasetError(f"Unknown image source {kind!r}")
 
+    def read_one(self, index: int, loc: str, digest: str, mask: str = "") -> tuple:
+        """Read one row: ``(image, mask, error)``; never raises for a bad image.
+
+        Args:
+            index: the row's position in the data set (digits: the image number).
+            loc: the absolute file path, or the zip member number as text.
+            digest: what the file must still hash to (sha256 hex / ``stat:size:mtime``), or "".
+            mask: the mask file of the row, or "" for none.
+
+        Returns:
+            ``(RGB uint8 array, bool (H, W) mask or None, "")``, or ``(None, None, reason)``
+            when the image (or its mask) cannot be read or decoded.
+        """
+        try:
+            img = self._one(int(index), str(loc), str(digest))
+            m = None
+            if mask:
+                mimg = read_file_image(str(mask), "", self.limits)
+                m = mimg.max(axis=2) > 0
+            return img, m, ""
+        except (ConvlensError, OSError, zipfile.BadZipFile, RuntimeError, ValueError, IndexError) as e:
+            return None, None, (str(e) or type(e).__name__)[:500]
+
     def read(self, rows: dict) -> tuple[list, list, list[str]]:
+        """Read every row of ``rows`` (see :func:`input_rows`): ``(images, masks, errors)``.
+
+        Args:
+            rows: input rows with ``index``, ``loc``, ``digest`` and optionally ``mask``.
+        """
         images, masks, errors = [], [], []
-        n = len(rows["index"])
         mcol = rows.get("mask")
-        for k in range(n):
-            try:
-                img = self._one(int(rows["index"][k]), str(rows["loc"][k]), str(rows["digest"][k]))
-                m = None
-                if mcol is not None and str(mcol[k]):
-                    mimg = read_file_image(str(mcol[k]), "", self.limits)
-                    m = mimg.max(axis=2) > 0
-                images.append(img)
-                masks.append(m)
-                errors.append("")
-            except (ConvlensError, OSError, zipfile.BadZipFile, RuntimeError, ValueError, IndexError) as e:
-                images.append(None)
-                masks.append(None)
-                errors.append((str(e) or type(e).__name__)[:500])
+        for k in range(len(rows["index"])):
+            img, m, err = self.read_one(rows["index"][k], rows["loc"][k], rows["digest"][k],
+                                        str(mcol[k]) if mcol is not None else "")
+            images.append(img)
+            masks.append(m)
+            errors.append(err)
         return images, masks, errors
 
+
+# --------------------------------------------------------------------------------------
+# Decoded-crop cache (repeated jobs on one data set skip reading, decoding and resizing)
+# --------------------------------------------------------------------------------------
+CROP_CACHE_ENV = "CONVLENS_CROP_CACHE_MB"
+CROP_CACHE_DEFAULT_MB = 4096
+
+
+def crop_cache_budget() -> int:
+    """Largest crop cache of one data set, in bytes: ``CONVLENS_CROP_CACHE_MB`` (default
+    4096; 0 switches the cache off). Takes no arguments."""
+    raw = os.environ.get(CROP_CACHE_ENV, "").strip()
+    try:
+        mb = float(raw) if raw else CROP_CACHE_DEFAULT_MB
+    except ValueError:
+        mb = CROP_CACHE_DEFAULT_MB
+    return max(0, int(mb * 2**20))
+
+
+@functools.lru_cache(maxsize=1)
+def _decoder_versions() -> dict:
+    """Pillow's and its image codecs' versions: another decoder may give other pixels."""
+    import PIL
+    from PIL import features
+    out = {"pillow": PIL.__version__}
+    for codec in ("jpg", "zlib", "webp", "libtiff"):
+        try:
+            out[codec] = features.version(codec) or ""
+        except (ValueError, AttributeError):
+            out[codec] = ""
+    return out
+
+
+class CropCache:
+    """The model's view of every image of one data set (the RGB uint8 crop that
+    ``Preprocessing.geometry`` makes), kept on disk so that the next job on the same data
+    set with the same geometry reads ``S * S * 3`` bytes instead of decoding and resizing.
+
+    Layout: ``<cache_dir>/crops/<key>/crops.u8`` holds image ``i``'s crop at byte
+    ``i * S * S * 3`` (a sparse file of ``n`` slots) and ``index.u64`` holds, per image,
+    0 (not cached) or ``2**32 | crc32(crop)``. The key is the data set's content hash, the
+    geometry (input size, resize size, interpolation, crop mode) and the versions of Pillow
+    and its codecs, so a changed file, label, preprocessing or decoder is another cache. A slot is written before its index entry, and
+    a crop whose checksum does not match (a torn write) counts as missing; writers in
+    several processes write the same bytes. Nothing is pickled.
+
+    Args:
+        dataset_hash: the data set's content hash.
+        size: number of images of the data set (slots).
+        preprocess: the bundle's :class:`Preprocessing` (its geometry part is the key).
+        cache_dir: the cache root (default: the configured ``cache_dir``).
+    """
+
+    def __init__(self, dataset_hash: str, size: int, preprocess, cache_dir: str | os.PathLike | None = None):
+        from analysis.core.diskcache import cache_key
+        s = int(preprocess.input_size)
+        self.side, self.size = s, int(size)
+        self.slot = s * s * 3
+        geo = {"input_size": s, "resize_size": preprocess.resize_size, "interpolation": preprocess.interpolation,
+               "crop_mode": preprocess.crop_mode}
+        self.key = cache_key("dataset-crops", 1, dataset_hash, geo, _decoder_versions())
+        root = Path(cache_dir) if cache_dir is not None else Path(get_config().cache_dir)
+        self.dir = root / "crops" / self.key[:40]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        meta = self.dir / "meta.json"
+        if not meta.is_file():
+            from analysis.core.fsio import atomic_write
+            atomic_write(meta, json.dumps({"dataset_hash": dataset_hash, "images": self.size, **geo}).encode(),
+                         fsync=False)
+        self._fd_data = os.open(self.dir / "crops.u8", os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd_index = os.open(self.dir / "index.u64", os.O_RDWR | os.O_CREAT, 0o644)
+        for fd, n in ((self._fd_data, self.size * self.slot), (self._fd_index, self.size * 8)):
+            if os.fstat(fd).st_size < n:
+                os.ftruncate(fd, n)          # sparse: no disk space until slots are written
+        self._index = np.memmap(self.dir / "index.u64", dtype="<u8", mode="r", shape=(self.size,))
+        self._data = np.memmap(self.dir / "crops.u8", dtype=np.uint8, mode="r",
+                               shape=(self.size, s, s, 3)) if self.size else None
+        self.writable = True
+
+    @classmethod
+    def open(cls, dataset, preprocess, cache_dir: str | os.PathLike | None = None) -> "CropCache | None":
+        """The crop cache of ``dataset`` for ``preprocess``, or None when it would exceed the
+        budget (:func:`crop_cache_budget`) or the cache folder cannot be used.
+
+        Args:
+            dataset: an :class:`analysis.core.datasets.Dataset` (its ``content_hash`` and size).
+            preprocess: the bundle's :class:`Preprocessing`.
+            cache_dir: the cache root (default: the configured ``cache_dir``).
+        """
+        n = len(dataset)
+        s = int(preprocess.input_size)
+        if n == 0 or n * s * s * 3 > crop_cache_budget():
+            return None
+        try:
+            return cls(dataset.content_hash, n, preprocess, cache_dir)
+        except OSError:
+            return None
+
+    def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cached crops of data-set positions ``indices``: ``(hit, crops)`` with ``hit`` a
+        bool array and ``crops`` (number of hits, S, S, 3) uint8, in the order of the hits.
+
+        Args:
+            indices: int array of data-set positions.
+        """
+        import zlib
+        idx = np.asarray(indices, dtype=np.int64)
+        if self._data is None or not idx.size:
+            return np.zeros(len(idx), bool), np.empty((0, self.side, self.side, 3), np.uint8)
+        tags = np.asarray(self._index[idx])
+        hit = tags >> np.uint64(32) == 1
+        crops = np.asarray(self._data[idx[hit]])
+        crc = (tags[hit] & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        ok = np.fromiter((zlib.crc32(c) == int(v) for c, v in zip(crops, crc)), bool, len(crops))
+        if not ok.all():                    # a torn slot: read it again from the image
+            pos = np.flatnonzero(hit)
+            hit[pos[~ok]] = False
+            crops = crops[ok]
+        return hit, crops
+
+    def put(self, index: int, crop: np.ndarray) -> None:
+        """Store the crop of data-set position ``index`` (best effort: a full disk switches
+        writing off for this cache).
+
+        Args:
+            index: the data-set position.
+            crop: the (S, S, 3) uint8 crop ``Preprocessing.geometry`` made.
+        """
+        import zlib
+        if not self.writable or crop.shape != (self.side, self.side, 3) or crop.dtype != np.uint8:
+            return
+        data = np.ascontiguousarray(crop).tobytes()
+        tag = (1 << 32) | zlib.crc32(data)
+        try:
+            os.pwrite(self._fd_data, data, int(index) * self.slot)
+            os.pwrite(self._fd_index, int(tag).to_bytes(8, "little"), int(index) * 8)
+        except OSError:
+            self.writable = False
+
+    def put_many(self, indices: Sequence[int], crops: Sequence[np.ndarray]) -> None:
+        """Store several crops; runs of consecutive positions are written with one call
+        each (best effort, like :meth:`put`).
+
+        Args:
+            indices: the data-set positions.
+            crops: their (S, S, 3) uint8 crops, in the same order.
+        """
+        import zlib
+        items = sorted((int(i), c) for i, c in zip(indices, crops)
+                       if c.shape == (self.side, self.side, 3) and c.dtype == np.uint8)
+        k = 0
+        while k < len(items) and self.writable:
+            e = k + 1
+            while e < len(items) and items[e][0] == items[e - 1][0] + 1:
+                e += 1
+            run = [np.ascontiguousarray(c).tobytes() for _, c in items[k:e]]
+            tags = np.array([(1 << 32) | zlib.crc32(b) for b in run], dtype="<u8")
+            try:
+                os.pwrite(self._fd_data, b"".join(run), items[k][0] * self.slot)
+                os.pwrite(self._fd_index, tags.tobytes(), items[k][0] * 8)   # after the data, as in put
+            except OSError:
+                self.writable = False
+            k = e
+
+    def close(self) -> None:
+        """Close the files (the cache stays on disk). Takes no arguments."""
+        for name in ("_fd_data", "_fd_index"):
+            fd = getattr(self, name, None)
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                setattr(self, name, None)
+        self._index = self._data = None
+        self.writable = False
+
+    def __del__(self):
+        self.close()

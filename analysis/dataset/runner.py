@@ -1,23 +1,40 @@
 """The batch loop both backends share, and the Parquet parts it writes.
 
-``BatchRunner`` reads, decodes and preprocesses a slice of input rows (one batch ahead, in a
-helper thread) and runs a Worker over it batch by batch; ``write_part`` writes one chunk's
-rows atomically. The in-process backend and every Ray actor run exactly this code, so the
-same batches produce the same bits.
+``BatchRunner`` runs a Worker over input rows batch by batch, as a three-stage pipeline:
+
+* **prepare** (one thread, plus :func:`decode_threads` - 1 decode threads): take the crops
+  the :class:`analysis.dataset.manifest.CropCache` holds, read, decode and crop the other
+  images (``Preprocessing.geometry``; PIL's decode and resize release the GIL), then stack
+  the batch's crops and convert uint8 -> normalised float once per batch
+  (``Preprocessing.to_unit`` / ``normalize``: the same operations as ``bundle.inputs``, so
+  the same bits); up to two batches ahead of the model;
+* **model** (the calling thread): the worker's model part (``Worker.compute``: forward,
+  backward);
+* **write** (one thread), per chunk: the worker's numpy post-processing of each batch
+  (``Worker.finish``), then concatenate, convert to Arrow and write the Parquet part
+  (``write_part``) while the model runs the next chunk's batches.
+
+``write_part`` writes one chunk's rows atomically. The in-process backend and every Ray
+actor run exactly this code, so the same batches produce the same bits.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import queue
+import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from analysis.core.datasets import Dataset
 from analysis.core.errors import ConvlensError
 from analysis.core.fsio import atomic_open
-from analysis.dataset.manifest import ImageReader
+from analysis.dataset.manifest import CropCache, ImageReader
 from analysis.dataset.workers import Worker
 
 ShouldStop = Callable[[], bool]
@@ -84,91 +101,419 @@ def _slice(rows: dict, a: int, b: int) -> dict:
     return {k: v[a:b] for k, v in rows.items()}
 
 
-class BatchRunner:
-    """Reads a slice of input rows and runs the worker over it batch by batch: the one
-    loop both backends share (same batches -> same bits)."""
+DECODE_THREADS_ENV = "CONVLENS_DECODE_THREADS"
+LOOKAHEAD = 2                       # batches decoded ahead of the model
+MAX_PENDING_WRITES = 2              # chunks waiting for the writer before the model waits
 
-    def __init__(self, worker: Worker, source: dict, batch_size: int, dataset: Dataset | None = None):
+
+def decode_threads() -> int:
+    """Threads that read, decode and crop images for one job: ``CONVLENS_DECODE_THREADS``
+    (0 = no helper threads at all: every stage in the model's thread, one batch after the
+    other), else the usable cores minus one (the model's), at least 1 and at most 8. Takes
+    no arguments."""
+    raw = os.environ.get(DECODE_THREADS_ENV, "").strip()
+    if raw.isdigit():
+        return min(64, int(raw))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores - 1))
+
+
+class BatchGeometry:
+    """``Preprocessing.geometry`` for many images at once, with the same bits.
+
+    PIL resizes in two separable passes, horizontal then vertical, each rounding to uint8
+    with coefficients that depend only on the sizes: every output row of the horizontal
+    pass comes from its own input row, every output column of the vertical pass from its own
+    input column. So images of one size are resized together: stacked one above the other
+    for the horizontal pass, side by side for the vertical one (one C call each, without
+    the GIL, instead of five Python-level PIL calls per image), then cropped by slicing.
+    The first group of every size (per geometry, once per process) is checked against
+    ``geometry`` image by image; a difference (another Pillow build) switches the batched
+    path off for that geometry.
+
+    Args:
+        preprocess: the bundle's :class:`Preprocessing`.
+    """
+
+    MAX_SIDE = 32000                    # pixels of a stacked image's long side
+
+    _checked: dict = {}                  # (geometry, h, w) -> bool, for the whole process
+    _checked_lock = threading.Lock()
+
+    def __init__(self, preprocess):
+        self.pre = preprocess
+        self.geo = (preprocess.input_size, preprocess.resize_size, preprocess.interpolation, preprocess.crop_mode)
+        with self._checked_lock:
+            self.verified: set[tuple[int, int]] = {(h, w) for (g, h, w), ok in self._checked.items()
+                                                   if g == self.geo and ok}
+            self.enabled = all(ok for (g, *_), ok in self._checked.items() if g == self.geo)
+        self._lock = threading.Lock()
+
+    def __call__(self, images: Sequence[np.ndarray | None]) -> list:
+        """Crops of ``images``: an (S, S, 3) uint8 array per image, None where the image is
+        None, and the error text where the preprocessing refuses the image.
+
+        Args:
+            images: decoded RGB uint8 images (or None).
+        """
+        out: list = [None] * len(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for k, im in enumerate(images):
+            if im is None:
+                continue
+            if self.enabled and isinstance(im, np.ndarray) and im.ndim == 3 and im.shape[2] == 3 \
+                    and im.dtype == np.uint8:
+                groups.setdefault(im.shape[:2], []).append(k)
+            else:
+                out[k] = self._one(im)
+        for (h, w), ks in groups.items():
+            if len(ks) == 1 or not self.enabled:
+                for k in ks:
+                    out[k] = self._one(images[k])
+                continue
+            per = max(1, self.MAX_SIDE // max(h, w, self._target(h, w)[0]))
+            for a in range(0, len(ks), per):
+                sub = ks[a:a + per]
+                crops = self._group(np.stack([images[k] for k in sub]))
+                with self._lock:
+                    check = (h, w) not in self.verified
+                if check:
+                    ok = all(np.array_equal(crops[i], self.pre.geometry(images[k])) for i, k in enumerate(sub))
+                    with self._lock:
+                        if ok:
+                            self.verified.add((h, w))
+                        else:
+                            self.enabled = False
+                    with self._checked_lock:
+                        BatchGeometry._checked[(self.geo, h, w)] = ok
+                    if not ok:
+                        crops = [self.pre.geometry(images[k]) for k in sub]
+                for i, k in enumerate(sub):
+                    out[k] = crops[i]
+        return out
+
+    def _one(self, image):
+        try:
+            return self.pre.geometry(image)
+        except ConvlensError as e:
+            return str(e) or type(e).__name__
+
+    def _target(self, h: int, w: int) -> tuple[int, int]:
+        pre = self.pre
+        if pre.crop_mode == "squash":
+            return pre.resize_size, pre.resize_size
+        s = pre.resize_size / min(w, h)
+        return max(pre.input_size, round(w * s)), max(pre.input_size, round(h * s))
+
+    def _group(self, group: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        from analysis.core.models.bundle import _INTERP
+        n, h, w, _ = group.shape
+        nw, nh = self._target(h, w)
+        interp = _INTERP[self.pre.interpolation]
+        out = group
+        if nw != w:        # horizontal pass: all images stacked vertically
+            tall = Image.fromarray(np.ascontiguousarray(out.reshape(n * h, w, 3)))
+            out = np.asarray(tall.resize((nw, n * h), interp)).reshape(n, h, nw, 3)
+        if nh != h:        # vertical pass: all images side by side
+            wide = Image.fromarray(np.ascontiguousarray(out.transpose(1, 0, 2, 3).reshape(h, n * nw, 3)))
+            out = np.asarray(wide.resize((n * nw, nh), interp)).reshape(nh, n, nw, 3).transpose(1, 0, 2, 3)
+        s = self.pre.input_size
+        left, top = (nw - s) // 2, (nh - s) // 2
+        return np.ascontiguousarray(out[:, top:top + s, left:left + s])
+
+
+class BatchRunner:
+    """Reads input rows and runs the worker over them batch by batch: the one loop both
+    backends share (same batches -> same bits). See the module docstring for the stages.
+
+    Args:
+        worker: the job's :class:`analysis.dataset.workers.Worker`.
+        source: the image source of the rows (:func:`analysis.dataset.manifest.input_rows`);
+            ``{"kind": "memory"}`` reads through ``dataset``.
+        batch_size: images per forward.
+        dataset: the data set (needed for in-memory data sets only).
+        crops: a :class:`CropCache` of the data set for the worker's preprocessing, or None.
+            Not used when the worker needs the decoded images themselves
+            (``worker.raw_images``).
+        threads: decode threads (default :func:`decode_threads`; 0 runs every stage in the
+            calling thread).
+    """
+
+    def __init__(self, worker: Worker, source: dict, batch_size: int, dataset: Dataset | None = None, *,
+                 crops: CropCache | None = None, threads: int | None = None):
         self.worker, self.batch_size = worker, batch_size
         self.reader = ImageReader(source) if source.get("kind") != "memory" else None
         self.dataset = dataset
+        self.raw = bool(getattr(worker, "raw_images", True))
+        self.crops = None if self.raw else crops
+        self.threads = decode_threads() if threads is None else max(0, int(threads))
+        self.pre = worker.bundle.preprocess
+        self.cropper = BatchGeometry(self.pre)
+        self.check = source.get("kind") == "files"
 
-    def _read(self, rows: dict):
+    # -- decode stage -----------------------------------------------------------------
+    def _read_one(self, rows: dict, k: int) -> tuple:
         if self.reader is not None:
-            return self.reader.read(rows)
-        images, errors = [], []
-        for i in rows["index"]:
-            try:
-                images.append(self.dataset.get(int(i)))
-                errors.append("")
-            except ConvlensError as e:
-                images.append(None)
-                errors.append(str(e))
-        return images, [None] * len(images), errors
-
-    def prepare(self, rows: dict) -> tuple[dict | None, list]:
-        """Read, decode and preprocess one batch: (worker batch with the model input ``x``,
-        or None when no image could be read; skipped entries)."""
-        images, masks, errors = self._read(rows)
-        ok = [k for k, e in enumerate(errors) if not e]
-        skipped = [[int(rows["index"][k]), str(rows["path"][k]), errors[k]] for k, e in enumerate(errors) if e]
-        if not ok:
-            return None, skipped
-        batch = {"index": rows["index"][ok], "path": rows["path"][ok], "label": rows["label"][ok],
-                 "image": _objects([images[k] for k in ok]), "mask": _objects([masks[k] for k in ok])}
+            m = rows.get("mask")
+            return self.reader.read_one(rows["index"][k], rows["loc"][k], rows["digest"][k],
+                                        str(m[k]) if m is not None else "")
         try:
-            batch["x"] = self.worker.inputs(batch)
-        except ConvlensError as e:        # an image the preprocessing refuses: skip the batch's images one by one
-            keep = []
-            for k in range(len(ok)):
-                try:
-                    self.worker.bundle.preprocess(batch["image"][k])
-                    keep.append(k)
-                except ConvlensError as e1:
-                    skipped.append([int(batch["index"][k]), str(batch["path"][k]), str(e1) or str(e)])
-            if not keep:
-                return None, skipped
-            batch = {key: v[keep] for key, v in batch.items() if key != "x"}
-            batch["x"] = self.worker.inputs(batch)
+            return self.dataset.get(int(rows["index"][k])), None, ""
+        except ConvlensError as e:
+            return None, None, str(e)
+
+    def _decode(self, rows: dict, positions: Sequence[int]) -> list[tuple]:
+        """Rows ``positions`` -> ``(image, mask, crop, error)`` each (error "" when fine)."""
+        if self.reader is not None and self.reader.source.get("kind") == "digits":   # one in-memory array
+            from analysis.core.datasets import digits_images
+            arr = digits_images()
+            read = [(arr[int(rows["index"][k])], None, "") for k in positions]
+        else:
+            read = [self._read_one(rows, k) for k in positions]
+        crops = self.cropper([r[0] if not r[2] else None for r in read])
+        out, fresh = [], []
+        for k, (img, m, err), crop in zip(positions, read, crops):
+            if not err and isinstance(crop, str):          # the preprocessing refuses this image
+                img, m, err, crop = None, None, crop, None
+            elif not err:
+                fresh.append((int(rows["index"][k]), crop))
+            out.append((img if self.raw else None, m, crop if not err else None, err))
+        if self.crops is not None and fresh:
+            self.crops.put_many([i for i, _ in fresh], [c for _, c in fresh])
+        return out
+
+    def _cached(self, rows: dict) -> tuple[np.ndarray, np.ndarray]:
+        n = len(rows["index"])
+        if self.crops is None:
+            return np.zeros(n, bool), np.empty((0,), np.uint8)
+        hit, crops = self.crops.get(rows["index"])
+        if not hit.any():
+            return hit, crops
+        pos = np.flatnonzero(hit)
+        use = np.ones(len(pos), bool)
+        m = rows.get("mask")
+        if m is not None:                     # rows with a mask file are read in full (the mask too)
+            use &= np.array([not str(m[k]) for k in pos], bool)
+        if self.check:                        # a file that changed since indexing is reported, not served
+            use &= np.array([_unchanged(str(rows["loc"][k]), str(rows["digest"][k])) for k in pos], bool)
+        if not use.all():
+            hit[pos[~use]] = False
+            crops = crops[use]
+        return hit, crops
+
+    def _prepare(self, rows: dict, pool: ThreadPoolExecutor | None = None) -> tuple[dict | None, list]:
+        """One batch, in the prepare thread: cached crops, then the other images decoded and
+        cropped here and (when ``pool`` is given) on the decode pool, then the batch."""
+        n = len(rows["index"])
+        s = self.pre.input_size
+        hit, hit_crops = self._cached(rows)
+        crops = np.empty((n, s, s, 3), np.uint8)
+        if len(hit_crops):
+            crops[hit] = hit_crops
+        ok = hit.copy()
+        images = masks = None
+        errors: dict[int, str] = {}
+        miss = np.flatnonzero(~hit).tolist()
+        if miss:
+            k = max(1, min(self.threads if pool is not None else 1, len(miss)))
+            step = -(-len(miss) // k)
+            parts = [miss[a:a + step] for a in range(0, len(miss), step)]
+            futs = [pool.submit(self._decode, rows, pos) for pos in parts[1:]] if pool is not None else []
+            done = [(parts[0], self._decode(rows, parts[0]))] + [(pos, f.result()) for pos, f in zip(parts[1:], futs)]
+            for pos, res in done:
+                for k_, (img, m, crop, err) in zip(pos, res):
+                    if err:
+                        errors[k_] = err
+                        continue
+                    crops[k_] = crop
+                    ok[k_] = True
+                    if img is not None:
+                        images = images if images is not None else np.empty(n, dtype=object)
+                        images[k_] = img
+                    if m is not None:
+                        masks = masks if masks is not None else np.empty(n, dtype=object)
+                        masks[k_] = m
+        skipped = [[int(rows["index"][k]), str(rows["path"][k]), errors[k]] for k in sorted(errors)]
+        if not ok.any():
+            return None, skipped
+        if not ok.all():
+            crops = crops[ok]
+        m_ok = int(ok.sum())
+        batch = {"index": rows["index"][ok], "path": rows["path"][ok], "label": rows["label"][ok],
+                 "image": images[ok] if images is not None else np.empty(m_ok, dtype=object),
+                 "mask": masks[ok] if masks is not None else np.empty(m_ok, dtype=object),
+                 "crop": crops}
+        # uint8 -> normalised float once per batch; the same operations as bundle.inputs(images)
+        batch["x"] = self.pre.normalize(self.pre.to_unit(crops)).to(self.worker.bundle.device)
         return batch, skipped
 
+    def prepare(self, rows: dict) -> tuple[dict | None, list]:
+        """Read, decode and preprocess one batch in this thread: (worker batch with the crops
+        ``crop`` and the model input ``x``, or None when no image could be read; skipped
+        entries ``[index, path, reason]``).
+
+        Args:
+            rows: the batch's input rows.
+        """
+        return self._prepare(rows)
+
     def run_batch(self, rows: dict) -> tuple[dict | None, list]:
-        """One batch: (worker output for the readable images or None, skipped entries)."""
+        """One batch: (worker output for the readable images or None, skipped entries).
+
+        Args:
+            rows: the batch's input rows.
+        """
         batch, skipped = self.prepare(rows)
         return (self.worker(batch) if batch is not None else None), skipped
+
+    # -- the pipeline -----------------------------------------------------------------
+    def run_chunks(self, chunks: Iterable[tuple[int, dict]], write: Callable[[int, object], None],
+                   should_stop: ShouldStop | None = None, on_batch: Callable[[int], None] | None = None) -> bool:
+        """Run every chunk through the pipeline and hand each finished chunk to ``write``.
+
+        Args:
+            chunks: ``(chunk number, input rows)`` pairs, in order.
+            write: ``write(chunk number, pyarrow table)``, called in the writer thread, one
+                chunk at a time in order; the table's schema metadata holds the skipped
+                entries.
+            should_stop: polled before every batch; when it returns True no further batch
+                starts, the chunks finished so far are still written and False is returned.
+            on_batch: called with the number of input rows of each batch once it is done.
+
+        Returns:
+            True when every chunk was computed and written, False when stopped.
+        """
+        plan = []                                         # (chunk, batch rows or None for an empty chunk)
+        for c, rows in chunks:
+            n = len(rows["index"])
+            if n == 0:
+                plan.append((c, None))
+            plan.extend((c, _slice(rows, a, min(n, a + self.batch_size))) for a in range(0, n, self.batch_size))
+        if not plan:
+            return True
+        if self.threads == 0:
+            return self._run_serial(plan, write, should_stop, on_batch)
+        # the prepare thread decodes too; the pool holds the other threads - 1 decoders
+        decode = ThreadPoolExecutor(max_workers=self.threads - 1, thread_name_prefix="convlens-decode") \
+            if self.threads > 1 else None
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convlens-write")
+        ready: queue.Queue = queue.Queue(maxsize=LOOKAHEAD)
+        quit_ = threading.Event()
+
+        def produce() -> None:                            # the prepare thread: batches in order, ahead
+            for _c, rows in plan:
+                if quit_.is_set():
+                    return
+                try:
+                    item = (self._prepare(rows, decode) if rows is not None else None, None)
+                except BaseException as e:  # noqa: BLE001 - handed to the model thread, raised there
+                    item = (None, e)
+                while not quit_.is_set():
+                    try:
+                        ready.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if item[1] is not None:
+                    return
+
+        producer = threading.Thread(target=produce, name="convlens-prepare", daemon=True)
+        producer.start()
+        writes: deque = deque()
+        stopped = False
+        try:
+            staged, skipped = [], []
+            for j, (c, rows) in enumerate(plan):
+                if rows is not None and should_stop is not None and should_stop():
+                    stopped = True
+                    break
+                got, err = ready.get()
+                if err is not None:
+                    raise err
+                if got is not None:
+                    batch, sk = got
+                    if batch is not None:
+                        staged.append(self.worker.compute(batch))    # the model; the rest on the writer
+                    skipped.extend(sk)
+                    if on_batch is not None:
+                        on_batch(len(rows["index"]))
+                if j + 1 == len(plan) or plan[j + 1][0] != c:      # the chunk's last batch
+                    while len(writes) >= MAX_PENDING_WRITES:
+                        writes.popleft().result()
+                    writes.append(writer.submit(_write_chunk, self.worker.finish, write, c, staged, skipped))
+                    staged, skipped = [], []
+            while writes:
+                writes.popleft().result()
+        finally:
+            quit_.set()
+            while producer.is_alive():
+                try:
+                    ready.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            if decode is not None:
+                decode.shutdown(wait=True, cancel_futures=True)
+            writer.shutdown(wait=True)          # chunks already finished are still written
+        return not stopped
+
+    def _run_serial(self, plan: list, write, should_stop, on_batch) -> bool:
+        """``threads=0``: every stage in the calling thread, one batch after the other."""
+        staged, skipped = [], []
+        for j, (c, rows) in enumerate(plan):
+            if rows is not None:
+                if should_stop is not None and should_stop():
+                    return False
+                batch, sk = self._prepare(rows)
+                if batch is not None:
+                    staged.append(self.worker.compute(batch))
+                skipped.extend(sk)
+                if on_batch is not None:
+                    on_batch(len(rows["index"]))
+            if j + 1 == len(plan) or plan[j + 1][0] != c:
+                _write_chunk(self.worker.finish, write, c, staged, skipped)
+                staged, skipped = [], []
+        return True
 
     def run_chunk(self, rows: dict, should_stop: ShouldStop | None = None,
                   on_batch: Callable[[int], None] | None = None):
         """All batches of ``rows`` -> (pyarrow table, skipped), or None when stopped.
 
-        The next batch is read and preprocessed in a helper thread while the model runs
-        the current one (same functions, same results; only the order of waiting changes).
+        Args:
+            rows: the chunk's input rows.
+            should_stop: polled before every batch.
+            on_batch: called with the number of input rows of each batch once it is done.
         """
-        outs, skipped = [], []
-        n = len(rows["index"])
-        starts = list(range(0, n, self.batch_size))
-        if not starts:
-            return to_arrow({}, []), []
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="convlens-prefetch") as pool:
-            nxt = pool.submit(self.prepare, _slice(rows, 0, min(n, self.batch_size)))
-            for j, a in enumerate(starts):
-                if should_stop is not None and should_stop():
-                    nxt.cancel()
-                    return None
-                batch, sk = nxt.result()
-                if j + 1 < len(starts):
-                    b = starts[j + 1]
-                    nxt = pool.submit(self.prepare, _slice(rows, b, min(n, b + self.batch_size)))
-                if batch is not None:
-                    outs.append(self.worker(batch))
-                skipped.extend(sk)
-                if on_batch is not None:
-                    on_batch(min(n, a + self.batch_size) - a)
-        return to_arrow(concat_columns(outs), skipped), skipped
+        got: list = []
+        done = self.run_chunks([(0, rows)], lambda c, t: got.append(t), should_stop, on_batch)
+        if not done:
+            return None
+        table = got[0]
+        return table, json.loads((table.schema.metadata or {}).get(b"convlens.skipped", b"[]"))
 
 
-def _objects(items: list) -> np.ndarray:
-    a = np.empty(len(items), dtype=object)
-    for k, v in enumerate(items):
-        a[k] = v
-    return a
+def _write_chunk(finish: Callable, write: Callable[[int, object], None], chunk: int, staged: list,
+                 skipped: list) -> None:
+    write(chunk, to_arrow(concat_columns([finish(st) for st in staged]), skipped))
+
+
+def _unchanged(path: str, digest: str) -> bool:
+    """Whether the file still matches its digest from indexing (``stat:size:mtime``: one
+    ``stat``; a sha256 hex digest: the file hashed again, still far cheaper than decoding)."""
+    try:
+        if digest.startswith("stat:"):
+            st = os.stat(path)
+            return f"stat:{st.st_size}:{st.st_mtime_ns}" == digest
+        if not digest:
+            return True
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest() == digest
+    except OSError:
+        return False

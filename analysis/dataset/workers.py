@@ -4,10 +4,11 @@
 (:func:`analysis.core.models.loaders.load_bundle`; never a pickled user object) and
 ``worker(batch)`` runs one batch. ``batch`` is a dict of equal-length numpy arrays:
 ``index`` (int64, position in the data set), ``path`` (str, the image id), ``label``
-(int64), ``image`` (object array of RGB uint8 (H, W, 3) arrays, already decoded) and
-``mask`` (object array of bool (H, W) arrays or None), and optionally ``x``, the images
-already preprocessed into the model's input tensor (the executor does that one batch ahead,
-in a helper thread). The result is a dict of numpy arrays
+(int64), ``image`` (object array of RGB uint8 (H, W, 3) arrays, already decoded; the runner
+fills it only for workers whose ``raw_images`` is true, else it holds None) and ``mask``
+(object array of bool (H, W) arrays or None), and optionally ``crop`` ((n, S, S, 3) uint8,
+the model's view of each image) and ``x``, the crops already preprocessed into the model's
+input tensor (the runner does both ahead of the model, in helper threads). The result is a dict of numpy arrays
 with one row per input row; columns with more than one dimension are stored as
 fixed-size-list columns (shape in the job's meta data).
 
@@ -119,6 +120,9 @@ class Worker:
 
     kind: ClassVar[str] = ""
     defaults: ClassVar[dict] = {}
+    # Whether __call__ needs the decoded images themselves (``batch["image"]``), not only
+    # their crops and the model input: then the runner decodes every image (no crop cache).
+    raw_images: ClassVar[bool] = False
 
     def __init__(self, model_spec, params: dict | None = None, *, model_id: str = "",
                  device: str | torch.device | None = None, bundle: ModelBundle | None = None):
@@ -141,7 +145,29 @@ class Worker:
         return p
 
     def __call__(self, batch: dict) -> dict:
+        """One batch -> its output columns: ``finish(compute(batch))``.
+
+        Args:
+            batch: the batch (see the module docstring).
+        """
+        return self.finish(self.compute(batch))
+
+    def compute(self, batch: dict):
+        """The model part of one batch (the runner calls it on the model's thread).
+
+        Args:
+            batch: the batch (see the module docstring).
+        """
         raise NotImplementedError
+
+    def finish(self, staged) -> dict:
+        """The rest of one batch after :meth:`compute`: numpy post-processing that does not
+        need the model (the runner calls it on its writer thread, in batch order).
+
+        Args:
+            staged: what :meth:`compute` returned.
+        """
+        return staged
 
     # helpers --------------------------------------------------------------------
     def inputs(self, batch: dict) -> torch.Tensor:
@@ -177,7 +203,12 @@ class PredictWorker(Worker):
         p["logits"] = bool(p["logits"])
         return p
 
-    def __call__(self, batch: dict) -> dict:
+    def compute(self, batch: dict) -> dict:
+        """Forward of the batch under ``torch.inference_mode``: its top-k columns.
+
+        Args:
+            batch: the batch (see the module docstring).
+        """
         x = self.inputs(batch)
         with self.bundle.lock, torch.inference_mode():
             logits = _logits(self.bundle.model(x))
@@ -208,7 +239,12 @@ class FeaturesWorker(Worker):
         check_layer(_layer_infos(bundle), p["layer"])
         return p
 
-    def __call__(self, batch: dict) -> dict:
+    def compute(self, batch: dict) -> dict:
+        """Forward of the batch capturing the layer: features and prediction columns.
+
+        Args:
+            batch: the batch (see the module docstring).
+        """
         layer = self.params["layer"]
         x = self.inputs(batch)
         with self.bundle.lock, torch.inference_mode(), capture(self.bundle.model, layer) as acts:
@@ -237,6 +273,12 @@ class SaliencyWorker(Worker):
 
     kind = "saliency"
     defaults = {"method": "gradcam", "target": "pred", "layer": "", "centre": 0.5, "method_params": {}}
+
+    @property
+    def raw_images(self) -> bool:
+        """Per-image methods explain the decoded image (``attribute`` preprocesses it); the
+        batched ones need only the model input."""
+        return self.params["method"] not in BATCHED_METHODS
 
     @classmethod
     def normalize(cls, params, bundle):
@@ -356,8 +398,22 @@ class SaliencyWorker(Worker):
                 "mass_centre": centre.astype(np.float64), "mass_mask": mask_share.astype(np.float64),
                 "flat": flat}
 
-    def __call__(self, batch: dict) -> dict:
-        r = self.maps(batch)
+    def compute(self, batch: dict) -> dict:
+        """The maps of the batch (forward + backward for the batched methods), still as tensors.
+
+        Args:
+            batch: the batch (see the module docstring).
+        """
+        return {"batch": {k: batch[k] for k in ("index", "path", "label", "mask") if k in batch},
+                "r": self.maps(batch)}
+
+    def finish(self, staged: dict) -> dict:
+        """Maps to numpy and their mass statistics (no model needed).
+
+        Args:
+            staged: what :meth:`compute` returned.
+        """
+        batch, r = staged["batch"], staged["r"]
         maps = r["map"].detach().cpu().numpy().astype(np.float32)
         out = self.base_columns(batch)
         out["pred"] = r["pred"].cpu().numpy().astype(np.int64)
@@ -389,7 +445,20 @@ class TrustWorker(SaliencyWorker):
             p["patch"] = max(1, bundle.input_size // 8)
         return p
 
-    def __call__(self, batch: dict) -> dict:
+    def finish(self, staged: dict) -> dict:
+        """Nothing left to do: :meth:`compute` returns the finished columns.
+
+        Args:
+            staged: what :meth:`compute` returned.
+        """
+        return staged
+
+    def compute(self, batch: dict) -> dict:
+        """Maps, then deletion / insertion curves of the maps and of the random maps.
+
+        Args:
+            batch: the batch (see the module docstring).
+        """
         from analysis.saliency.trust import deletion_insertion, random_map
         r = self.maps(batch)
         maps = r["map"].detach().cpu().numpy().astype(np.float32)
@@ -401,8 +470,9 @@ class TrustWorker(SaliencyWorker):
                "random_deletion_auc": np.zeros((n, R)), "random_insertion_auc": np.zeros((n, R)),
                "deletion_scores": np.zeros((n, S + 1)), "insertion_scores": np.zeros((n, S + 1))}
         kw = {"steps": S, "substrate": p["substrate"], "patch": p["patch"], "batch_size": S + 1}
+        crops = batch.get("crop")
         for k in range(n):
-            crop = geo(batch["image"][k])
+            crop = crops[k] if crops is not None else geo(batch["image"][k])
             tgt = int(targets[k])
             for kind in ("deletion", "insertion"):
                 c = deletion_insertion(self.bundle, maps[k], crop, tgt, kind=kind, **kw)
