@@ -211,10 +211,10 @@ class BatchGeometry:
     def _group(self, group: np.ndarray) -> np.ndarray:
         from PIL import Image
 
-        from analysis.core.models.bundle import _INTERP
+        from analysis.core.models.bundle import PIL_INTERPOLATION
         n, h, w, _ = group.shape
         nw, nh = self._target(h, w)
-        interp = _INTERP[self.pre.interpolation]
+        interp = PIL_INTERPOLATION[self.pre.interpolation]
         out = group
         if nw != w:        # horizontal pass: all images stacked vertically
             tall = Image.fromarray(np.ascontiguousarray(out.reshape(n * h, w, 3)))

@@ -21,8 +21,9 @@ from torch import nn
 from analysis.core.errors import ParameterError
 from analysis.core.schema import is_real
 
-_INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
-           "lanczos": Image.LANCZOS}
+# Preprocessing.interpolation name -> Pillow's resampling filter
+PIL_INTERPOLATION = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
+                     "lanczos": Image.LANCZOS}
 CROP_MODES = ("center", "squash")       # timm's crop_mode names; "border" is read as "center"
 CHANNEL_ORDERS = ("rgb", "bgr")
 MIN_INPUT, MAX_INPUT = 8, 1024          # bounds on input sides (pixels); MIN_INPUT for user values
@@ -51,8 +52,8 @@ class Preprocessing:
     channel_order: str = "rgb"
 
     def __post_init__(self):
-        if self.interpolation not in _INTERP:
-            raise ParameterError(f"Unknown interpolation {self.interpolation!r}; use one of {', '.join(_INTERP)}.")
+        if self.interpolation not in PIL_INTERPOLATION:
+            raise ParameterError(f"Unknown interpolation {self.interpolation!r}; use one of {', '.join(PIL_INTERPOLATION)}.")
         if self.crop_mode not in CROP_MODES:
             raise ParameterError(f"Unknown crop mode {self.crop_mode!r}; use one of {', '.join(CROP_MODES)}.")
         if self.channel_order not in CHANNEL_ORDERS:
@@ -118,7 +119,7 @@ class Preprocessing:
             s = self.resize_size / min(w, h)
             nw, nh = max(self.input_size, round(w * s)), max(self.input_size, round(h * s))
         if (nw, nh) != (w, h):
-            im = im.resize((nw, nh), _INTERP[self.interpolation])
+            im = im.resize((nw, nh), PIL_INTERPOLATION[self.interpolation])
         left, top = (nw - self.input_size) // 2, (nh - self.input_size) // 2
         im = im.crop((left, top, left + self.input_size, top + self.input_size))
         return np.asarray(im)
