@@ -124,6 +124,12 @@ class Worker:
     # their crops and the model input: then the runner decodes every image (no crop cache).
     raw_images: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__call__" in cls.__dict__:    # the runner calls compute() and finish(), never __call__
+            raise TypeError(f"{cls.__name__} overrides __call__: a worker kind overrides compute() (the model "
+                            "part) and finish() (numpy post-processing) instead.")
+
     def __init__(self, model_spec, params: dict | None = None, *, model_id: str = "",
                  device: str | torch.device | None = None, bundle: ModelBundle | None = None):
         self.model_spec = model_spec_from(model_spec)

@@ -64,7 +64,12 @@ class CRPWorker(Worker):
         self.model = self.bundle.copy_model()
         self.lo, self.hi = self.bundle.preprocess.valid_range()
 
-    def __call__(self, batch: dict) -> dict:
+    def compute(self, batch: dict) -> dict:
+        """Per-channel relevance of one batch (see the class docstring for the columns).
+
+        Args:
+            batch: the batch (see :mod:`analysis.dataset.workers`).
+        """
         x = self.inputs(batch)
         with torch.inference_mode():
             logits = _logits(self.model(x))

@@ -20,7 +20,7 @@ class KillingPredictWorker(PredictWorker):
     kind = KIND
     defaults = {**PredictWorker.defaults, "kill_index": -1, "marker": ""}
 
-    def __call__(self, batch: dict) -> dict:
+    def compute(self, batch: dict):
         marker = self.params["marker"]
         if marker and int(self.params["kill_index"]) in {int(i) for i in batch["index"]}:
             if marker == "always":
@@ -28,4 +28,4 @@ class KillingPredictWorker(PredictWorker):
             if os.path.exists(marker):
                 os.unlink(marker)
                 os._exit(1)
-        return super().__call__(batch)
+        return super().compute(batch)
