@@ -19,6 +19,7 @@ from analysis.dataset.evaluate import (
     trust_verdicts,
 )
 from analysis.saliency import registry
+from analysis.saliency.trust import default_patch
 from dashboard import dataset_ui as dui
 from dashboard.widgets import run_job
 
@@ -280,13 +281,14 @@ def trust_tab(bundle, ds, mapping, ev) -> None:
     n = int(c1.number_input("N images", 2, 200, 40, key="da_tr_n", persist_state="page",
                             help="A stratified sample of the data set."))
     steps = int(c2.number_input("steps", 4, 64, 16, key="da_tr_steps", persist_state="page"))
-    subs = ["blur", "zero", "mean"]
-    # measured (docs/dataset_audit.md): at 32 px the blur substrate (sigma 1.4 px) leaves a digit readable and
-    # separates nothing; black separates real maps from random. Larger inputs keep the per-image default, blur.
-    substrate = c2.selectbox("deleted pixels become", subs, index=1 if bundle.input_size < 64 else 0,
-                             key="da_tr_sub", persist_state="page")
-    patch = int(c3.selectbox("delete in", [0, 1, 2, 4, 8, 16], key="da_tr_patch", persist_state="page",
-                             format_func=lambda p: "default for the model" if p == 0 else
+    # measured (docs/dataset_audit.md, docs/saliency.md): black squares of 1/4 of the side separate real maps
+    # from random on the default model and on digits; blur leaves a digit readable and separates nothing.
+    subs = ["zero", "blur", "mean"]
+    substrate = c2.selectbox("deleted pixels become", subs, key="da_tr_sub", persist_state="page",
+                             format_func={"zero": "black", "blur": "blurred", "mean": "mean colour"}.get)
+    dp = default_patch(bundle.input_size)
+    patch = int(c3.selectbox("delete in", [0, 1, 2, 4, 8, 16, 32, 56], key="da_tr_patch", persist_state="page",
+                             format_func=lambda p: f"{dp}×{dp} patches (1/4 of the side, measured)" if p == 0 else
                              ("single pixels" if p == 1 else f"{p}×{p} patches")))
     n_random = int(c3.number_input("random maps per image", 1, 10, 3, key="da_tr_rand", persist_state="page"))
     seed = int(c1.number_input("seed", 0, 10_000, 0, key="da_tr_seed", persist_state="page"))

@@ -434,21 +434,25 @@ class TrustWorker(SaliencyWorker):
     """Deletion / insertion AUC of the method's map and of ``n_random`` random maps."""
 
     kind = "trust"
-    defaults = {**SaliencyWorker.defaults, "steps": 16, "substrate": "blur", "patch": 0, "n_random": 3,
+    # substrate "" and patch 0: the per-image check's measured defaults (black squares of 1/4
+    # of the side; docs/saliency.md and docs/dataset_audit.md)
+    defaults = {**SaliencyWorker.defaults, "steps": 16, "substrate": "", "patch": 0, "n_random": 3,
                 "seed": 0}
 
     @classmethod
     def normalize(cls, params, bundle):
-        from analysis.saliency.trust import SUBSTRATES
+        from analysis.saliency.trust import DEFAULT_SUBSTRATE, SUBSTRATES, default_patch
         p = super().normalize(params, bundle)
         p["steps"] = _int(p, "steps", 1, 1000)
         p["n_random"] = _int(p, "n_random", 0, 100)
         p["seed"] = _int(p, "seed", 0, 2**31 - 1)
+        if not p["substrate"]:
+            p["substrate"] = DEFAULT_SUBSTRATE
         if p["substrate"] not in SUBSTRATES:
             raise ParameterError(f"substrate must be one of {', '.join(SUBSTRATES)}.")
         p["patch"] = _int(p, "patch", 0, bundle.input_size)
-        if p["patch"] == 0:   # default: patches of 1/8 of the crop's side (region deletion)
-            p["patch"] = max(1, bundle.input_size // 8)
+        if p["patch"] == 0:
+            p["patch"] = default_patch(bundle.input_size)
         return p
 
     def finish(self, staged: dict) -> dict:

@@ -72,8 +72,8 @@ def test_trust_worker_equals_deletion_insertion(digits):
     out = w(_batch([3, 40]))
     crop = digits.preprocess.geometry(load_digits_dataset().get(40))
     m = SaliencyWorker("digits", {"method": "gradcam"}, bundle=digits)(_batch([3, 40]))["map"][1]
-    kw = {"steps": 8, "substrate": "blur", "patch": 4}
-    assert w.params["patch"] == 4
+    kw = {"steps": 8, "substrate": "zero", "patch": 8}
+    assert (w.params["patch"], w.params["substrate"]) == (8, "zero")     # the measured default: black, 1/4 side
     c = deletion_insertion(digits, m, crop, int(out["target"][1]), kind="deletion", **kw)
     assert out["deletion_auc"][1] == pytest.approx(c.auc, abs=1e-9)
     np.testing.assert_allclose(out["deletion_scores"][1], c.scores, atol=1e-9)
