@@ -42,7 +42,6 @@ PAGES = [
 AUDIT_PAGE = st.Page(PAGES_DIR / "audit.py", title="Audit trail", icon=":material/fact_check:", url_path="audit")
 ALL_PAGES = PAGES + [AUDIT_PAGE]
 
-start_warmups()          # UMAP's numba compile, once per process, in a background thread
 audit_ui.open_at_startup()   # once per process: sweeps orphan audit folders a crash left
 try:
     signed_in = auth.signed_in()
@@ -57,3 +56,6 @@ if not signed_in:
 auth.ensure_media_pass()     # behind dashboard/server.py: this browser's pass for media and uploads
 # restore a share link's state, draw the sidebar and the page, publish the view, finalise audit views
 lifecycle.run(nav, ALL_PAGES, render_sidebar)
+# UMAP's numba compile, once per process, in a background thread; started after the first
+# page has run, so that its import and compile (which hold the GIL) do not slow that page
+start_warmups()
