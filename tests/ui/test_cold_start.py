@@ -29,6 +29,8 @@ if sys.argv[2] == "preload":
     times = startup.preload()
     out["preload_steps"] = sorted(times)
     out["preload_heavy"] = [m for m in heavy if m in sys.modules]
+    import gc
+    out["frozen"] = gc.get_freeze_count()
     import dashboard.state
     def refuse(*a, **k):
         raise AssertionError("the page loaded the model again after the preload")
@@ -65,8 +67,9 @@ def test_preload_fills_what_the_home_page_reads():
     page then shows the top-5 without loading the model itself, and nothing heavy came in."""
     out = _first_run("preload")
     assert out["preload_steps"] == sorted(["imports", "default model", "default image", "layer table",
-                                           "digits data set", "audit store"])
+                                           "digits data set", "audit store", "gc freeze"])
     assert out["preload_heavy"] == []
+    assert out["frozen"] > 100_000              # the start-up objects left the GC's scans
     assert out["exceptions"] == [] and out["errors"] == []
     assert {"tiger cat", "Egyptian cat", "tabby"} <= set(out["top5"][:3])
     assert out["heavy"] == []
