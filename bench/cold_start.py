@@ -10,10 +10,11 @@ time), the start-up preload's steps (from the server log), and where a fresh pro
 spends the first run's imports (``python -X importtime``, self time by top-level package)
 with the heavy packages it no longer imports.
 
-    PYTHONPATH=$PWD .venv/bin/python bench/cold_start.py [--runs 3] [--repo OTHER] [--write]
+    PYTHONPATH=$PWD .venv/bin/python bench/cold_start.py [--runs 3] [--compare OTHER] [--write]
 
-``--repo`` runs another checkout (e.g. the code before a change, ``git archive`` into a
-folder) with this script, so that before and after can be measured side by side.
+``--compare`` runs another checkout too (e.g. the code before a change, ``git archive`` into
+a folder), interleaved run by run, so that before and after meet the same load; ``--repo``
+measures another checkout instead of this one.
 ``--write`` puts the section "cold-start" into docs/benchmarks.md.
 """
 from __future__ import annotations
@@ -168,57 +169,75 @@ def one_run(browser, repo: Path, tmp: Path, visits: bool) -> dict:
     return r
 
 
+def _name(repo: Path) -> str:
+    return "this checkout" if repo == HERE else repo.name
+
+
+def _med(runs: list[dict], k: str) -> str:
+    xs = [r[k] for r in runs]
+    return f"{statistics.median(xs):.1f} ({min(xs):.1f} – {max(xs):.1f})"
+
+
+def _probe_text(pr: dict, imports: list[tuple[str, float]]) -> str:
+    return (f"`import torch` {pr['torch']:.2f} s, the first run's other imports {pr['other imports']:.2f} s, "
+            f"default model load with its dry forward {pr['model load']:.2f} s, top-5 of chelsea "
+            f"{pr['top-5']:.2f} s; heavy packages those imports pull in: {pr['heavy'].replace(',', ', ')}; "
+            f"largest self import times: {', '.join(f'{k} {v:.2f} s' for k, v in imports[:8])}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--repo", default=str(HERE))
+    ap.add_argument("--compare", default=None, help="another checkout (e.g. before a change), run interleaved")
     ap.add_argument("--no-visits", action="store_true", help="only the cold start, not the first visits")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
-    repo = Path(args.repo).resolve()
+    repos = [Path(args.repo).resolve()] + ([Path(args.compare).resolve()] if args.compare else [])
     load0 = os.getloadavg()[0]
-    pr = probe(repo)
-    print("fresh process:", pr)
-    imports = import_profile(repo)
-    print("imports (self s):", ", ".join(f"{k} {v:.2f}" for k, v in imports[:12]))
+    probes = {}
+    for repo in repos:
+        probes[repo] = (probe(repo), import_profile(repo))
+        print(f"{_name(repo)} fresh process:", probes[repo][0])
+        print(f"{_name(repo)} imports (self s):", ", ".join(f"{k} {v:.2f}" for k, v in probes[repo][1][:12]))
     from playwright.sync_api import sync_playwright
 
     from tests.ui.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS
-    runs = []
+    runs: dict[Path, list[dict]] = {repo: [] for repo in repos}
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         for i in range(args.runs):
-            r = one_run(browser, repo, Path(tmp), not args.no_visits)
-            print(f"run {i}:", ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()),
-                  flush=True)
-            runs.append(r)
+            for repo in (repos if i % 2 == 0 else repos[::-1]):          # interleaved, alternating order
+                r = one_run(browser, repo, Path(tmp), not args.no_visits)
+                print(f"{_name(repo)} run {i}:", ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
+                                                       for k, v in r.items()), flush=True)
+                runs[repo].append(r)
         browser.close()
     load1 = os.getloadavg()[0]
-    keys = [k for k in runs[0] if isinstance(runs[0][k], float)]
-    med = {k: statistics.median(r[k] for r in runs) for k in keys}
-    rows = "\n".join(f"| {k} | {med[k]:.1f} | {min(r[k] for r in runs):.1f} | {max(r[k] for r in runs):.1f} |"
-                     for k in keys)
+    keys = [k for k in runs[repos[0]][0] if isinstance(runs[repos[0]][0][k], float)]
+    head = "| step | " + " | ".join(f"{_name(r)}: median (min – max) s" for r in repos) + " |"
+    rows = "\n".join(f"| {k} | " + " | ".join(_med(runs[r], k) for r in repos) + " |" for k in keys)
     from bench._report import machine
+    probe_lines = "\n".join(f"- {_name(r)}: {_probe_text(*probes[r])}." for r in repos)
     body = f"""## Cold start to the home page's top-5 (bench/cold_start.py)
 
 Machine: {machine()}. 1-minute load average {load0:.1f} at the start and {load1:.1f} at
-the end (2 cores shared with other engineers' jobs: wall times are inflated by the load;
-the server's CPU seconds much less). Code: {repo.name}. Each run: Chromium already open,
-`streamlit run dashboard/server.py` (what `make run` starts) in a fresh data folder, then
-`/` until the top-5 table shows; then, in the same browser session, the first visits.
-Seconds from the server process's start, median (min – max) of {len(runs)} runs:
+the end: 2 cores shared with other engineers' jobs, so wall times are inflated by the load
+(the server's CPU seconds much less). Each run: Chromium already open, `streamlit run
+dashboard/server.py` (what `make run` starts) in a fresh data folder, then `/` until the
+top-5 table shows; then, in the same browser session, the first visits (Saliency: page,
+then its first "Compute maps"; Inside the network: page, then the Activations tab's maps).
+Seconds from the server process's start (first visits: from the click), {len(runs[repos[0]])} runs
+each{', interleaved' if len(repos) > 1 else ''}:
 
-| step | median s | min s | max s |
-|---|---|---|---|
+{head}
+|---|{'---|' * len(repos)}
 {rows}
 
-Start-up preload (server log, first run): {runs[0]['preload']}.
+Start-up preload of {_name(repos[0])} (server log, first run): {runs[repos[0]][0]['preload']}.
 
-A fresh process (no server): `import torch` {pr['torch']:.2f} s, the first run's other
-imports {pr['other imports']:.2f} s, default model load with its dry forward
-{pr['model load']:.2f} s, top-5 of chelsea {pr['top-5']:.2f} s. Heavy packages those imports
-pull in: {pr['heavy']}. Largest self import times:
-{', '.join(f'{k} {v:.2f} s' for k, v in imports[:10])}.
+A fresh process without a server:
+{probe_lines}
 """
     print(body)
     if args.write:
