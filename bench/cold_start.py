@@ -169,6 +169,27 @@ def one_run(browser, repo: Path, tmp: Path, visits: bool) -> dict:
     return r
 
 
+NOTE = """What changed (issue 13), found with `python -X importtime` and cProfile of the first
+script run: (1) the first run imported torchvision only for the ImageNet class names (and with
+it torch._dynamo and sympy, seconds on 2 cores), scikit-learn and scipy for the digits data set
+behind the sidebar, and skimage.io for the default photo; the class names are now read from
+torchvision's metadata file as a literal, the digits from the CSV scikit-learn ships, the
+gallery photos with Pillow from scikit-image's data folder (tests check each against the
+library's own answer), and those packages load only on the pages that use them
+(tests/ui/test_cold_start.py checks that the home page's first run imports none of them).
+(2) `dashboard/server.py` starts a preload thread at server start (dashboard/startup.py): the
+first run's imports, the default model with its dry forward, the default image, the layer
+table, the digits and the audit store go into the same caches the page reads, while the
+server boots and the browser loads the page; then the start-up objects are frozen for the
+GC. (3) Streamlit's full `gc.collect()` after every script run is off (it cost 0.3-0.8 s per
+run here). (4) The UMAP warm-up thread (import + numba compile, GIL-heavy) starts after the
+first page has run instead of competing with it. (5) The home page shows its top-5 as one
+table with probability bars instead of a table and a plotly chart: plotly.js (4.7 MB) cost the
+browser about 2.5 s of CPU before the table appeared (9-10 s on this loaded machine). The
+first visits of Saliency and of Inside the network (page, first maps) did not get slower: the
+packages they need were never imported at start-up."""
+
+
 def _name(repo: Path) -> str:
     return "this checkout" if repo == HERE else repo.name
 
@@ -238,6 +259,8 @@ Start-up preload of {_name(repos[0])} (server log, first run): {runs[repos[0]][0
 
 A fresh process without a server:
 {probe_lines}
+
+{NOTE}
 """
     print(body)
     if args.write:
