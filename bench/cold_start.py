@@ -185,8 +185,9 @@ GC. (3) Streamlit's full `gc.collect()` after every script run is off (it cost 0
 run here). (4) The UMAP warm-up thread (import + numba compile, GIL-heavy) starts after the
 first page has run instead of competing with it. (5) The home page shows its top-5 as one
 table with probability bars instead of a table and a plotly chart: plotly.js (4.7 MB) cost the
-browser about 2.5 s of CPU before the table appeared (9-10 s on this loaded machine). The
-first visits of Saliency and of Inside the network (page, first maps) did not get slower: the
+browser about 2.5 s of CPU before the table appeared (9-10 s on this loaded machine); the
+sidebar's share box draws its link (a code block, which loads Streamlit's 1.5 MB syntax
+highlighter) only once opened (0.5 s of browser CPU). The first visits of Saliency and of Inside the network (page, first maps) did not get slower: the
 packages they need were never imported at start-up."""
 
 
