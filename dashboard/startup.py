@@ -96,6 +96,7 @@ def _freeze() -> None:
     gc.freeze()
 
 
+_THREAD = "convlens-preload"
 _started: threading.Thread | None = None
 _lock = threading.Lock()
 
@@ -114,6 +115,10 @@ def start(environ=None) -> threading.Thread | None:
                 times = preload()
                 log.info("start-up preload done in %.1f s (%s)", time.perf_counter() - t0,
                          ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
-            _started = threading.Thread(target=run, name="convlens-preload", daemon=True)
+            # Streamlit warns "missing ScriptRunContext" when a cached function runs outside a
+            # script: expected here, so not logged for this thread
+            logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context").addFilter(
+                lambda record: threading.current_thread().name != _THREAD)
+            _started = threading.Thread(target=run, name=_THREAD, daemon=True)
             _started.start()
     return _started
