@@ -14,6 +14,7 @@ import streamlit as st
 from analysis.core.errors import ConvlensError
 from dashboard import audit_ui, auth, lifecycle
 from dashboard.sidebar import render_sidebar
+from dashboard.st_internals import stop_suspended
 from dashboard.warmup import start_once as start_warmups
 
 PAGES_DIR = Path(__file__).resolve().parent.parent / "pages"
@@ -42,7 +43,6 @@ PAGES = [
 AUDIT_PAGE = st.Page(PAGES_DIR / "audit.py", title="Audit trail", icon=":material/fact_check:", url_path="audit")
 ALL_PAGES = PAGES + [AUDIT_PAGE]
 
-start_warmups()          # UMAP's numba compile, once per process, in a background thread
 audit_ui.open_at_startup()   # once per process: sweeps orphan audit folders a crash left
 try:
     signed_in = auth.signed_in()
@@ -56,4 +56,11 @@ if not signed_in:
     st.stop()
 auth.ensure_media_pass()     # behind dashboard/server.py: this browser's pass for media and uploads
 # restore a share link's state, draw the sidebar and the page, publish the view, finalise audit views
-lifecycle.run(nav, ALL_PAGES, render_sidebar)
+try:
+    lifecycle.run(nav, ALL_PAGES, render_sidebar)
+finally:
+    # UMAP's numba compile, once per process, in a background thread; started after the first
+    # page has run (also one that stopped early), so that its import and compile, which hold
+    # the GIL, do not slow that page
+    with stop_suspended():
+        start_warmups()

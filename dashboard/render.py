@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 # PNG / .npy encoders are shared with the audit store (one implementation), re-exported here
 from analysis.audit.trail import npy_bytes, png_bytes  # noqa: F401 - re-exported for the pages
 from analysis.core.images import colormap_rgb
+from analysis.core.lru import LockedLRU
 from analysis.core.predict import Prediction
 
 
@@ -101,6 +102,30 @@ def heatmap_figure(m: np.ndarray, norm: np.ndarray | None = None, cmap: str = "i
                       yaxis=dict(scaleanchor="x", showticklabels=False, autorange="reversed"),
                       xaxis=dict(showticklabels=False))
     return fig
+
+
+_previews = LockedLRU(64)       # (image key, max width) -> JPEG bytes, all sessions
+
+
+def preview_jpeg(key: str, rgb: np.ndarray, max_width: int = 640) -> bytes:
+    """A picture for ``st.image(..., output_format="JPEG")``: at most ``max_width`` px wide
+    (Pillow's bilinear resize), JPEG quality 90, cached by ``key`` (which must identify the
+    picture, e.g. the image reference). Streamlit would otherwise encode the array, and
+    resize a large one, on every rerun of every page.
+
+    Args: key: cache key naming the picture; rgb: (H, W, 3) uint8 array; max_width: pixels.
+    """
+    def encode() -> bytes:
+        import io
+
+        from PIL import Image
+        im = Image.fromarray(np.ascontiguousarray(rgb))
+        if im.width > max_width:
+            im = im.resize((max_width, max(1, round(im.height * max_width / im.width))), Image.BILINEAR)
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=90)
+        return buf.getvalue()
+    return _previews.get_or_compute((key, max_width), encode)
 
 
 

@@ -147,7 +147,10 @@ def draw_map(a, result_key, display: dict, key: str) -> None:
         st.plotly_chart(heatmap_figure(a.map, norm, display_cmap(cmap, spec.signed), spec.signed),
                         key=f"fig_{key}", width="stretch")
     else:
-        st.image(rendered_png(result_key, a, spec.signed, view, cmap, alpha, outlier), width="stretch")
+        # output_format="PNG": Streamlit would otherwise decode these PNG bytes and re-encode
+        # them as JPEG on every rerun (its "auto" picks JPEG for pictures without alpha)
+        st.image(rendered_png(result_key, a, spec.signed, view, cmap, alpha, outlier), width="stretch",
+                 output_format="PNG")
     for w in a.warnings:
         st.warning(w)
     d1, d2 = st.columns(2)
@@ -167,7 +170,18 @@ def trust_tab() -> str:
     return choice or TRUST_TAB.default
 
 
-def strip_pngs(result_key, maps, outlier: float, cmap: str = "inferno") -> list[bytes]:
-    """PNG thumbnails of the randomisation strip, cached by result, clip and colormap."""
-    return _pngs.get_or_compute(("strip", result_key, round(outlier, 4), cmap),
-                                lambda: [fast_png(colorize(clip_map(x, outlier), cmap)) for x in maps])
+STRIP_WIDTH = 110               # px: the randomisation strip's thumbnails
+
+
+def strip_pngs(result_key, maps, outlier: float, cmap: str = "inferno", width: int = STRIP_WIDTH) -> list[bytes]:
+    """PNG thumbnails of the randomisation strip, cached by result, clip and colormap, at
+    most ``width`` px wide (Streamlit would otherwise resize and re-encode each one on every
+    rerun). Args: result_key, maps (2-D arrays), outlier (clip %), cmap, width (px)."""
+    def thumb(rgb: np.ndarray) -> np.ndarray:
+        if rgb.shape[1] <= width:
+            return rgb
+        from PIL import Image
+        im = Image.fromarray(rgb)
+        return np.asarray(im.resize((width, max(1, round(im.height * width / im.width))), Image.BILINEAR))
+    return _pngs.get_or_compute(("strip", result_key, round(outlier, 4), cmap, width),
+                                lambda: [fast_png(thumb(colorize(clip_map(x, outlier), cmap))) for x in maps])

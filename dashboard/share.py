@@ -477,10 +477,16 @@ def url_for(page: str, params: dict[str, str]) -> str:
     return f"/{'' if page == 'home' else page}" + (f"?{query}" if query else "")
 
 
+_OPEN = "_share_open"          # the link box's open state (not a link parameter: leading "_")
+
+
 def link_box() -> None:
-    """A place in the sidebar for the link to this view (filled by ``publish``)."""
-    with st.expander("Share this view", icon=":material/link:"):
-        st.session_state[_BOX] = st.empty()
+    """A place in the sidebar for the link to this view (filled by ``publish`` while the box
+    is open: its code block makes the browser load Streamlit's syntax highlighter, 1.5 MB of
+    JavaScript, which on a closed box only delayed every first page view)."""
+    box = st.expander("Share this view", icon=":material/link:", key=_OPEN, on_change="rerun")
+    with box:
+        st.session_state[_BOX] = st.empty() if box.open else None
         st.caption("The address bar always holds this link too. A teammate on this server sees the same "
                    "model, image, settings and result.")
 

@@ -14,6 +14,7 @@ from analysis.core.store import discard_upload, save_upload, upload_digest
 from dashboard import auth, model_forms, share, state
 from dashboard.errors import guard, report
 from dashboard.model_forms import store_upload
+from dashboard.render import preview_jpeg
 from dashboard.text import plain
 
 
@@ -81,7 +82,8 @@ def image_picker() -> None:
                 if state.image_ref().ref != digest:
                     state.set_image_ref(state.ImageRef("upload", digest, up.name))
     with guard("Image"):
-        st.image(state.current_image(), caption=plain(state.image_ref().label), width="stretch")
+        st.image(preview_jpeg(str(state.image_ref()), state.current_image()),     # encoded once per image
+                 caption=plain(state.image_ref().label), width="stretch", output_format="JPEG")
 
 
 def dataset_image_picker() -> None:

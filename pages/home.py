@@ -6,7 +6,7 @@ from analysis.core.predict import predict
 from analysis.core.sizes import size_note
 from dashboard import state
 from dashboard.errors import guard
-from dashboard.render import model_card_rows, model_view, topk_figure
+from dashboard.render import model_card_rows, model_view
 from dashboard.text import plain
 from dashboard.widgets import record_button, run_job
 
@@ -32,7 +32,8 @@ if bundle is not None:
             pkey = ("predict", bundle.model_id, str(state.image_ref()), 5)
             pred = run_job(pkey, "Prediction", lambda p: predict(bundle, image, k=5), with_progress=False,
                            record=False)                      # a visit is no request: recorded on demand
-            st.plotly_chart(topk_figure(pred), width="stretch", key="top5")
+            # one table with in-cell probability bars: a plotly chart here would make the browser
+            # load and run plotly.js (4.7 MB) before the top-5 shows (docs/benchmarks.md, cold start)
             st.dataframe(pd.DataFrame(pred.rows()), hide_index=True, width="stretch",
                          column_config={"probability": st.column_config.ProgressColumn(
                              "probability", format="%.3f", min_value=0.0, max_value=1.0)})

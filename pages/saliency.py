@@ -174,4 +174,5 @@ with guard("Saliency"):
                 for m in ms:
                     st.markdown(f"**{registry.get(m).title}**: original, then randomised down to each layer")
                     strip = ui.strip_pngs((key, m), res.maps[m], display["outlier"], display["cmap"])
-                    st.image(strip, width=110, caption=["original"] + list(res.layers[:len(strip) - 1]))
+                    st.image(strip, width=ui.STRIP_WIDTH, caption=["original"] + list(res.layers[:len(strip) - 1]),
+                             output_format="PNG")

@@ -296,6 +296,27 @@ def image_count(dataset: Dataset) -> int:
     return n
 
 
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(images (1797, 8, 8) float 0..16, targets) of scikit-learn's digits, read from the
+    CSV that scikit-learn ships, as its ``load_digits`` does, without importing scikit-learn
+    (its import takes seconds and the sidebar loads the digits on every cold start).
+    Falls back to ``sklearn.datasets.load_digits`` if the file is not found."""
+    import gzip
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec("sklearn")
+        root = Path(next(iter(spec.submodule_search_locations)))
+        with gzip.open(root / "datasets" / "data" / "digits.csv.gz", "rt") as f:
+            data = np.loadtxt(f, delimiter=",")
+        if data.shape == (1797, 65):
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+    except (AttributeError, TypeError, StopIteration, OSError, ValueError):
+        pass
+    from sklearn.datasets import load_digits
+    raw = load_digits()
+    return raw.images, raw.target
+
+
 @lru_cache(maxsize=1)
 def load_digits_dataset() -> Dataset:
     """scikit-learn's hand-written digits: 1,797 RGB uint8 images of 8x8 pixels, 10 classes.
@@ -303,14 +324,12 @@ def load_digits_dataset() -> Dataset:
     Pixel values 0..16 are scaled to 0..255 (white digit on black). Cached: every call
     returns the same (read-only) object.
     """
-    from sklearn.datasets import load_digits
-
-    raw = load_digits()
-    grey = np.rint(np.asarray(raw.images, dtype=np.float64) * (255.0 / 16.0))
+    raw_images, target = _digits_arrays()
+    grey = np.rint(np.asarray(raw_images, dtype=np.float64) * (255.0 / 16.0))
     grey = np.clip(grey, 0, 255).astype(np.uint8)
     images = np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=-1))  # (N, 8, 8, 3)
     images.setflags(write=False)
-    labels = np.asarray(raw.target, dtype=np.int64)
+    labels = np.asarray(target, dtype=np.int64)
     loader = _ArrayLoader(images, {"kind": "digits"})
     class_names = [str(k) for k in range(10)]
     digests = [hashlib.sha256(img.tobytes()).digest() for img in images]

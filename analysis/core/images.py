@@ -371,11 +371,31 @@ class GalleryItem:
     loader: Callable[[], np.ndarray] = field(repr=False, compare=False)
 
 
-def _skimage(func: str) -> Callable[[], np.ndarray]:
+def _skimage(func: str, filename: str | None = None) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
+        if filename is not None and (arr := _skimage_file(filename)) is not None:
+            return arr
         import skimage.data
         return getattr(skimage.data, func)()
     return load
+
+
+def _skimage_file(filename: str) -> np.ndarray | None:
+    """A sample image that scikit-image ships in ``skimage/data``, decoded by Pillow
+    without importing ``skimage.io`` (which costs about a second at start-up, on the way
+    to the default image). None when the file or its mode is not the expected one; the
+    caller then asks ``skimage.data``, as before."""
+    import importlib.util
+    from pathlib import Path
+    try:
+        spec = importlib.util.find_spec("skimage")
+        path = Path(next(iter(spec.submodule_search_locations))) / "data" / filename
+        with Image.open(path) as im:
+            if im.mode not in ("RGB", "RGBA", "L"):
+                return None
+            return np.asarray(im)
+    except (AttributeError, TypeError, StopIteration, OSError, UnidentifiedImageError):
+        return None
 
 
 def _motorcycle() -> np.ndarray:
@@ -391,25 +411,25 @@ def _sklearn(filename: str) -> Callable[[], np.ndarray]:
 
 
 _ITEMS = (
-    GalleryItem("chelsea", "photo", "Chelsea the cat (scikit-image)", _skimage("chelsea")),
-    GalleryItem("coffee", "photo", "A cup of coffee (scikit-image)", _skimage("coffee")),
+    GalleryItem("chelsea", "photo", "Chelsea the cat (scikit-image)", _skimage("chelsea", "chelsea.png")),
+    GalleryItem("coffee", "photo", "A cup of coffee (scikit-image)", _skimage("coffee", "coffee.png")),
     GalleryItem("astronaut", "photo", "Astronaut Eileen Collins, NASA portrait (scikit-image)",
-                _skimage("astronaut")),
-    GalleryItem("rocket", "photo", "A rocket launch (scikit-image)", _skimage("rocket")),
+                _skimage("astronaut", "astronaut.png")),
+    GalleryItem("rocket", "photo", "A rocket launch (scikit-image)", _skimage("rocket", "rocket.jpg")),
     GalleryItem("motorcycle", "photo", "A motorcycle, left view of a stereo pair "
                 "(scikit-image)", _motorcycle),
     GalleryItem("hubble_deep_field", "photo", "Hubble eXtreme Deep Field galaxies "
-                "(scikit-image)", _skimage("hubble_deep_field")),
+                "(scikit-image)", _skimage("hubble_deep_field", "hubble_deep_field.jpg")),
     GalleryItem("immunohistochemistry", "photo", "Immunohistochemically stained tissue "
                 "under a microscope (scikit-image)", _skimage("immunohistochemistry")),
     GalleryItem("china", "photo", "A Chinese temple (scikit-learn)", _sklearn("china.jpg")),
     GalleryItem("flower", "photo", "A flower close-up (scikit-learn)", _sklearn("flower.jpg")),
     GalleryItem("brick", "texture", "Brick wall texture, grayscale (scikit-image)",
-                _skimage("brick")),
+                _skimage("brick", "brick.png")),
     GalleryItem("grass", "texture", "Grass texture, grayscale (scikit-image)",
-                _skimage("grass")),
+                _skimage("grass", "grass.png")),
     GalleryItem("gravel", "texture", "Gravel texture, grayscale (scikit-image)",
-                _skimage("gravel")),
+                _skimage("gravel", "gravel.png")),
 )
 
 #: Sample images by name, in display order (photos first).

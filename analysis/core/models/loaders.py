@@ -17,7 +17,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from analysis.core.config import Limits, get_config
@@ -65,10 +64,36 @@ def select_device(requested: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _torchvision():
+    """torchvision, imported on first use: its import pulls in torch._dynamo, sympy and scipy
+    (seconds on 2 cores), which the embedded default model never needs."""
+    import torchvision
+    return torchvision
+
+
 @lru_cache(maxsize=1)
 def imagenet_categories() -> tuple[str, ...]:
-    """The 1000 ImageNet class names from torchvision's weight metadata (no download)."""
-    return tuple(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    """The 1000 ImageNet class names of torchvision's weight metadata (no download).
+
+    Read as a literal from torchvision's ``models/_meta.py`` without importing torchvision
+    (whose import costs seconds on the start-up path); falls back to the import when the
+    file is not where it should be.
+    """
+    import ast
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec("torchvision")
+        root = Path(next(iter(spec.submodule_search_locations)))
+        tree = ast.parse((root / "models" / "_meta.py").read_text(encoding="utf-8"))
+        for node in tree.body:
+            if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                    and getattr(node.targets[0], "id", None) == "_IMAGENET_CATEGORIES"):
+                names = tuple(ast.literal_eval(node.value))
+                if len(names) == 1000 and all(isinstance(n, str) for n in names):
+                    return names
+    except (AttributeError, TypeError, StopIteration, OSError, SyntaxError, ValueError):
+        pass
+    return tuple(_torchvision().models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 def default_bundle(device: torch.device | None = None) -> ModelBundle:
@@ -100,7 +125,8 @@ def default_bundle(device: torch.device | None = None) -> ModelBundle:
 @lru_cache(maxsize=1)
 def torchvision_architectures() -> tuple[str, ...]:
     """Every torchvision image-classification architecture name."""
-    return tuple(sorted(torchvision.models.list_models(module=torchvision.models)))
+    tv = _torchvision()
+    return tuple(sorted(tv.models.list_models(module=tv.models)))
 
 
 def _check_arch(arch: str) -> None:
@@ -111,7 +137,7 @@ def _check_arch(arch: str) -> None:
 
 def _weights_enum(arch: str):
     try:
-        return torchvision.models.get_model_weights(arch).DEFAULT
+        return _torchvision().models.get_model_weights(arch).DEFAULT
     except (ValueError, AttributeError, KeyError):
         return None
 
@@ -158,7 +184,7 @@ def torchvision_bundle(arch: str, pretrained: bool = True, device: torch.device 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         kwargs = {"aux_logits": False, "init_weights": True} if arch in ("googlenet", "inception_v3") else {}
-        model = torchvision.models.get_model(arch, weights=None, **kwargs)
+        model = _torchvision().models.get_model(arch, weights=None, **kwargs)
     if pretrained:
         try:
             state = weights.get_state_dict(progress=False, check_hash=True)
@@ -357,13 +383,13 @@ def user_weights_bundle(arch: str, data: bytes, filename: str, class_names: list
     _check_arch(arch)
     state = read_state_dict(data, filename, limits)
     kwargs = {"aux_logits": False, "init_weights": False} if arch in ("googlenet", "inception_v3") else {}
-    model = torchvision.models.get_model(arch, weights=None, **kwargs)
+    model = _torchvision().models.get_model(arch, weights=None, **kwargs)
     own = model.state_dict()
     diff = {k for k in own if k in state and state[k].shape != own[k].shape}
     if diff and all(own[k].dim() >= 1 and state[k].dim() >= 1 and own[k].shape[0] == 1000 for k in diff):
         outs = {int(state[k].shape[0]) for k in diff}
         if len(outs) == 1:
-            model = torchvision.models.get_model(arch, weights=None, num_classes=outs.pop(), **kwargs)
+            model = _torchvision().models.get_model(arch, weights=None, num_classes=outs.pop(), **kwargs)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError:
