@@ -24,7 +24,7 @@ from torch import nn
 from analysis.core.config import get_config
 from analysis.core.errors import ModelLoadError
 from analysis.core.models.bundle import MAX_INPUT, MIN_INPUT, ModelBundle, Preprocessing
-from analysis.core.models.loaders import select_device
+from analysis.core.models.loaders import list_trusted, select_device
 from analysis.core.models.registry import ModelSpec, register_source
 
 CONFIG, WEIGHTS, PROCESSOR = "config.json", "model.safetensors", "preprocessor_config.json"
@@ -268,11 +268,8 @@ def hf_model_folders(root: Path | None = None) -> list[str]:
     Args:
         root: the trusted model folder; None for the configured ``trusted_model_dir``.
     """
-    root = root or get_config().trusted_model_dir
-    if not root or not Path(root).is_dir():
-        return []
-    return sorted(str(p.parent.relative_to(root)) for p in Path(root).rglob(CONFIG)
-                  if all((p.parent / f).is_file() for f in HF_FILES))
+    return list_trusted(CONFIG, lambda p: p.parent if all((p.parent / f).is_file() for f in HF_FILES) else None,
+                        root)
 
 
 def _resolve_folder(rel: str, root: Path | None = None) -> Path:

@@ -15,6 +15,7 @@ import urllib.error
 import zipfile
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -421,17 +422,28 @@ def _num_outputs(model: nn.Module, arch: str) -> int:
 
 # ---------------------------------------------------------------------------- trusted models
 
+def list_trusted(pattern: str, keep: Callable[[Path], Path | None], root: Path | str | None = None) -> list[str]:
+    """Sorted names, relative to the trusted model folder, of what ``keep`` makes of each path
+    below it that matches ``pattern``; [] when the folder is unset or missing.
+
+    Args:
+        pattern: a ``Path.rglob`` pattern.
+        keep: a matching path -> the path to list (itself, its folder, ...) or None to skip it.
+        root: the folder, or None for the configured ``trusted_model_dir``.
+    """
+    root = root or get_config().trusted_model_dir
+    if not root or not Path(root).is_dir():
+        return []
+    return sorted(str(k.relative_to(root)) for k in map(keep, Path(root).rglob(pattern)) if k is not None)
+
+
 def trusted_model_files(root: Path | None = None) -> list[str]:
     """Model files the operator placed in the trusted folder (relative names).
 
     Args:
         root: the trusted model folder; None for the configured ``trusted_model_dir``.
     """
-    root = root or get_config().trusted_model_dir
-    if not root or not Path(root).is_dir():
-        return []
-    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*")
-                  if p.is_file() and p.suffix.lower() in TRUSTED_SUFFIXES)
+    return list_trusted("*", lambda p: p if p.is_file() and p.suffix.lower() in TRUSTED_SUFFIXES else None, root)
 
 
 def trusted_bundle(relname: str, root: Path | None = None, device: torch.device | None = None) -> ModelBundle:
