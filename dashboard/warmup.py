@@ -1,6 +1,10 @@
 """Background warm-ups at server start: work whose first call in a process is slow for
 reasons unrelated to the user's data, done once in a daemon thread so that no page pays it.
 
+* The packages other pages' first computations import (torchvision.models ~1.5 s, captum
+  ~0.5 s, scipy.stats ~0.9 s on 2 cores): kept off the home page's first run so that the top-5
+  shows fast (tests/ui/test_cold_start.py), and imported here right after it, so that the
+  first Saliency or trust computation does not pay them either.
 * UMAP: ``import umap`` and numba's compilation of its kernels take ~20-40 s on 2 cores
   (bench/embeddings.py, "UMAP (app), first call"); ``analysis.embeddings.projection.warm_up_umap``
   does both on a tiny input. A map requested meanwhile simply waits on numba's compile
@@ -24,6 +28,7 @@ import streamlit as st
 log = logging.getLogger("convlens")
 
 ENV = "CONVLENS_WARMUP"
+PAGE_IMPORTS = ("torchvision.models", "captum.attr", "scipy.stats", "sklearn.cluster")
 _NICE = 10
 
 
@@ -39,6 +44,15 @@ def _umap() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _NICE)   # this thread only (Linux)
     except (AttributeError, OSError):
         pass
+    import importlib
+    import time
+    t0 = time.perf_counter()
+    for name in PAGE_IMPORTS:
+        try:
+            importlib.import_module(name)
+        except Exception:                         # a page that needs it reports it
+            log.exception("warm-up import of %s failed", name)
+    log.info("page imports warmed up in %.1f s", time.perf_counter() - t0)
     try:
         from analysis.embeddings.projection import warm_up_umap
         seconds = warm_up_umap()
@@ -52,7 +66,7 @@ def start(environ=None) -> threading.Thread | None:
     if not enabled(environ):
         log.info("background warm-ups skipped (%s=0 or AppTest)", ENV)
         return None
-    t = threading.Thread(target=_umap, name="convlens-warmup-umap", daemon=True)
+    t = threading.Thread(target=_umap, name="convlens-warmup", daemon=True)
     t.start()
     return t
 

@@ -165,7 +165,7 @@ def test_warmup_switch(monkeypatch):
     assert warmup.enabled({}) == ("streamlit.testing.v1.app_test" not in sys.modules)
 
 
-def test_warmup_thread_runs_warm_up_umap_once(monkeypatch):
+def test_warmup_thread_imports_the_pages_packages_then_runs_warm_up_umap_once(monkeypatch):
     import sys
 
     import analysis.embeddings.projection as projection
@@ -173,9 +173,10 @@ def test_warmup_thread_runs_warm_up_umap_once(monkeypatch):
     monkeypatch.setattr(projection, "warm_up_umap", lambda: calls.append(1) or 0.0)
     monkeypatch.delitem(sys.modules, "streamlit.testing.v1.app_test", raising=False)
     t = warmup.start({})
-    assert t is not None and t.daemon and t.name == "convlens-warmup-umap"
-    t.join(10)
+    assert t is not None and t.daemon and t.name == "convlens-warmup"
+    t.join(120)
     assert calls == [1] and not t.is_alive()
+    assert all(name in sys.modules for name in warmup.PAGE_IMPORTS)
 
 
 def _map_script():
