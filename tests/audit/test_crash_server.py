@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from tests.paths import REPO
-from tests.ui.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, free_port
+from tests.ui.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, free_port, wait_top5
 
 pytestmark = pytest.mark.browser
 
@@ -58,7 +58,7 @@ def test_server_sigkill_mid_work_and_restart(session_dir, output_dir):
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1300, "height": 900})
             page.goto(url, wait_until="domcontentloaded")
-            page.get_by_text("Egyptian cat").first.wait_for(timeout=240_000)
+            wait_top5(page, ["Egyptian cat"])
             page.get_by_role("button", name="Record in the audit trail").click()          # prediction recorded
             page.get_by_text("Recorded in the audit trail.").first.wait_for(timeout=60_000)
             page.goto(f"{url}/saliency?{link(gradcam)}", wait_until="domcontentloaded")

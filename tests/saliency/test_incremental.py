@@ -107,8 +107,9 @@ def test_oom_halves_the_batch_and_keeps_the_result(tiny, monkeypatch):
         return real(self, pos)
     monkeypatch.setattr(IncrementalOcclusion, "deltas", flaky)
     again = attribute(tiny, img, 1, "occlusion_fast", window=8, stride=6, batch_size=100)
-    # 9 x 9 windows: 81 fails, then 50 and 25 (halved batch sizes), then batches of 12
-    assert sizes[:4] == [81, 50, 25, 12] and max(sizes[3:]) == 12 and sum(sizes[3:]) == 81
+    # 10 x 10 windows (corners 0, 6, ..., 48 and 53, flush with the border): 100 fails, then 50
+    # and 25 (halved batch sizes), then batches of 12
+    assert sizes[:4] == [100, 50, 25, 12] and max(sizes[3:]) == 12 and sum(sizes[3:]) == 100
     np.testing.assert_allclose(again.map, ref.map, rtol=1e-6, atol=1e-7)
 
 
