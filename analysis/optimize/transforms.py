@@ -31,10 +31,8 @@ class Roll(Transform):
         self.max_px = int(max_px)
 
     def __call__(self, x, rng):
-        if self.max_px <= 0:
-            return x
-        oy, ox = _randint(rng, -self.max_px, self.max_px), _randint(rng, -self.max_px, self.max_px)
-        return torch.roll(x, shifts=(oy, ox), dims=(-2, -1))
+        m = self.max_px
+        return x if m <= 0 else torch.roll(x, shifts=(_randint(rng, -m, m), _randint(rng, -m, m)), dims=(-2, -1))
 
 
 class Jitter(Transform):
