@@ -351,7 +351,14 @@ def parse_class_names(data: bytes, filename: str) -> list[str]:
     return names
 
 
-def _describe_mismatch(model: nn.Module, state: dict) -> str:
+def describe_mismatch(model: nn.Module, state: dict) -> str:
+    """One line naming how a weights file's tensors differ from a model's: missing and
+    unexpected keys and shape mismatches (five of each, then a count); "" when they match.
+
+    Args:
+        model: the model the weights were meant for.
+        state: the file's state dict (name -> tensor).
+    """
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -394,7 +401,7 @@ def user_weights_bundle(arch: str, data: bytes, filename: str, class_names: list
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError:
-        raise WeightsError(f"'{filename}' does not match {arch}: {_describe_mismatch(model, state)}. "
+        raise WeightsError(f"'{filename}' does not match {arch}: {describe_mismatch(model, state)}. "
                            "Pick the architecture these weights were trained with.") from None
     num_classes = _num_outputs(model, arch)
     if class_names is not None and len(class_names) != num_classes:
@@ -506,8 +513,13 @@ def trusted_bundle(relname: str, root: Path | None = None, device: torch.device 
 
 # ---------------------------------------------------------------------------- one entry point
 
-def _upload_classes(spec: ModelSpec, uploads_dir: Path | None) -> list[str] | None:
-    """The class names of an uploaded class-names file named by ``spec.classes`` (or None)."""
+def upload_classes(spec: ModelSpec, uploads_dir: Path | None) -> list[str] | None:
+    """The class names of an uploaded class-names file named by ``spec.classes`` (or None).
+
+    Args:
+        spec: the model's spec; ``spec.classes`` is the stored upload's name ("" = none).
+        uploads_dir: the uploads store; None for the configured one.
+    """
     if not spec.classes:
         return None
     from analysis.core.store import read_upload
@@ -543,7 +555,7 @@ def _load_random(spec: ModelSpec, device: torch.device, uploads_dir: Path | None
 def _load_upload(spec: ModelSpec, device: torch.device, uploads_dir: Path | None) -> ModelBundle:
     from analysis.core.store import read_upload
     data, filename = read_upload(spec.weights, uploads_dir)
-    return user_weights_bundle(spec.arch, data, filename, _upload_classes(spec, uploads_dir), device=device)
+    return user_weights_bundle(spec.arch, data, filename, upload_classes(spec, uploads_dir), device=device)
 
 
 @register_source("trusted", "Server model (operator's folder)", lambda spec: f"{spec.weights} (trusted)",

@@ -19,10 +19,10 @@ from analysis.core.errors import ModelLoadError, ParameterError, WeightsError
 from analysis.core.models.bundle import MAX_INPUT, ModelBundle, Preprocessing
 from analysis.core.models.loaders import (
     OFFLINE_ALTERNATIVES,
-    _describe_mismatch,
-    _upload_classes,
+    describe_mismatch,
     read_state_dict,
     select_device,
+    upload_classes,
 )
 from analysis.core.models.registry import ModelSpec, parse_overrides, register_source
 
@@ -208,7 +208,7 @@ def timm_bundle(name: str, *, seed: int = 0, weights: bytes | None = None, filen
             try:
                 _load_state(model, name, state)
             except RuntimeError:
-                raise WeightsError(f"'{filename}' does not match timm's {name}: {_describe_mismatch(model, state)}. "
+                raise WeightsError(f"'{filename}' does not match timm's {name}: {describe_mismatch(model, state)}. "
                                    "Pick the architecture (and input size, for ViT-like models) these weights "
                                    "were trained with.") from None
             digest = hashlib.sha256(weights).hexdigest()
@@ -239,4 +239,4 @@ def _load_timm(spec: ModelSpec, device: torch.device, uploads_dir: Path | None) 
         data, filename = read_upload(spec.weights, uploads_dir)
     size = parse_overrides(spec.preprocess).get("input_size")
     return timm_bundle(spec.arch, seed=spec.seed, weights=data, filename=filename, pretrained=spec.pretrained,
-                       class_names=_upload_classes(spec, uploads_dir), img_size=size, device=device)
+                       class_names=upload_classes(spec, uploads_dir), img_size=size, device=device)
