@@ -92,6 +92,17 @@ def _progress(quiet: bool):
 
 
 def cmd_audit(args) -> int:
+    """The ``audit`` command: run one data-set job, print its summary as JSON on stdout and
+    (unless ``--no-record``) record it in the audit trail.
+
+    Args:
+        args: the parsed ``argparse.Namespace`` of the ``audit`` sub-command (``model``,
+            ``dataset``, ``kind``, ``params``, ``batch_size``, ``indices``, ``engine``, ...).
+
+    Returns:
+        The exit status: 0 when the job is complete, 3 when it is incomplete or was stopped
+        with Ctrl-C (the chunks written so far are kept for a resume).
+    """
     from analysis.dataset.executor import JobSpec, run
     spec = JobSpec(kind=args.kind, model=_model(args.model), dataset=args.dataset,
                    params=_json_arg(args.params, "--params"), batch_size=args.batch_size,
@@ -125,6 +136,15 @@ def _login() -> str:
 
 
 def cmd_list(args) -> int:
+    """The ``list`` command: print the stored job results (key, complete, rows, model, data
+    set) as a JSON list on stdout.
+
+    Args:
+        args: the parsed ``argparse.Namespace`` of the ``list`` sub-command (it has no options).
+
+    Returns:
+        The exit status 0.
+    """
     from analysis.dataset.executor import jobs_dir
     root = jobs_dir()
     rows = []
@@ -139,6 +159,16 @@ def cmd_list(args) -> int:
 
 
 def main(argv=None) -> int:
+    """Command-line entry point of ``python -m analysis.dataset``.
+
+    Args:
+        argv: the command-line arguments without the program name (a list of str);
+            None (the default) reads ``sys.argv[1:]``.
+
+    Returns:
+        The exit status: 0 on success, 1 on a ConvlensError (printed as one ``error:`` line
+        on stderr, never a traceback), 3 for an incomplete or stopped job.
+    """
     args = _parser().parse_args(argv)
     try:
         return cmd_audit(args) if args.command == "audit" else cmd_list(args)

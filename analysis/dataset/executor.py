@@ -136,7 +136,16 @@ class JobSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "JobSpec":
-        """A spec from :meth:`to_dict` output."""
+        """A spec from :meth:`to_dict` output.
+
+        Args:
+            d: a dict with some of the keys ``kind``, ``model``, ``dataset``, ``params``,
+                ``batch_size``, ``indices`` (a list is turned into a tuple); missing keys
+                take the dataclass defaults.
+
+        Raises:
+            ParameterError: ``d`` is not a dict or has an unknown key.
+        """
         if not isinstance(d, dict):
             raise ParameterError("A job spec must be a JSON object.")
         bad = set(d) - {"kind", "model", "dataset", "params", "batch_size", "indices"}
@@ -222,11 +231,21 @@ class JobResult:
         return column_array(t.column(column), self.meta.get("arrays", {}).get(column))
 
     def warnings(self) -> list[str]:
+        """The job's warnings (skipped images, constant saliency maps) as a new list of
+        sentences, from ``meta.json``; empty when there are none. No arguments."""
         return list(self.meta.get("warnings", []))
 
 
 def column_array(col, shape: Sequence[int] | None) -> np.ndarray:
-    """A pyarrow (chunked) column -> numpy; fixed-size lists are reshaped to ``(n, *shape)``."""
+    """A pyarrow (chunked) column -> numpy; fixed-size lists are reshaped to ``(n, *shape)``.
+
+    Args:
+        col: a ``pyarrow.Array`` or ``pyarrow.ChunkedArray`` (possibly with no chunks) of n
+            rows; scalar columns come back as an (n,) array, fixed-size-list columns as an
+            (n, *shape) array.
+        shape: the per-row shape of a fixed-size-list column (from ``meta["arrays"]``);
+            None or empty keeps it flat, ``(n, list_size)``. Ignored for scalar columns.
+    """
     import pyarrow as pa
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks() if col.num_chunks else pa.array([], type=col.type)
@@ -287,6 +306,10 @@ class JobPlan:
         return [(c, s, min(self.n, s + self.chunk_size)) for c, s in enumerate(range(0, self.n, self.chunk_size))]
 
     def meta(self) -> dict:
+        """The job's description for ``meta.json``: format, key, kind, spec, model (id, name,
+        classes, preprocessing, input size), data set (hash, name, label, size, class names),
+        normalised params, batch / chunk size and number of images. No arguments; the
+        result fields (rows, columns, warnings, ...) are added by :func:`finalize`."""
         b = self.bundle
         return {"format": FORMAT, "key": self.key, "kind": self.spec.kind, "spec": self.spec.to_dict(),
                 "model_id": b.model_id, "model_name": b.name, "model_classes": list(b.categories),
@@ -417,7 +440,19 @@ def _partial_result(p: JobPlan, engine: str, seconds: float) -> JobResult:
 
 def finalize(p: JobPlan, engine: str, seconds: float, extra: dict | None = None) -> JobResult:
     """Check every chunk is present, write ``meta.json`` (complete) and commit the folder.
-    JobError if a chunk is missing (never a silent hole)."""
+    JobError if a chunk is missing (never a silent hole).
+
+    Args:
+        p: the job's plan; its partial folder holds the chunks' part files and is renamed to
+            its final folder (if another process committed the same job first, theirs is kept).
+        engine: the engine that computed the chunks, ``"local"`` or ``"ray"`` (recorded).
+        seconds: the wall-clock time of the run in seconds (recorded).
+        extra: further fields merged into ``meta.json`` last (e.g. the Ray run's info); None
+            (the default) adds nothing.
+
+    Returns:
+        The complete :class:`JobResult`.
+    """
     d = p.partial_dir
     rows, skipped, shapes, columns = 0, list(_dataset_skipped(p)), {}, []
     missing = []

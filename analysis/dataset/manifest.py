@@ -99,7 +99,12 @@ class DatasetRef:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DatasetRef":
-        """A ref from :meth:`to_dict` output; unknown keys are a ParameterError."""
+        """A ref from :meth:`to_dict` output; unknown keys are a ParameterError.
+
+        Args:
+            d: a dict of the ref's fields (``kind``, ``path``, ``classes`` as a list, ...);
+                a DatasetRef is returned as it is.
+        """
         if isinstance(d, DatasetRef):
             return d
         if not isinstance(d, dict):
@@ -116,7 +121,13 @@ class DatasetRef:
     @classmethod
     def parse(cls, text: str) -> "DatasetRef":
         """From the command line: ``digits``, a JSON object, a .csv / .parquet manifest, a
-        .zip file or a folder."""
+        .zip file or a folder.
+
+        Args:
+            text: the ``--dataset`` argument: ``digits``, a JSON object (see
+                :meth:`from_dict`), or a path (``~`` expanded, made absolute) whose suffix
+                picks the kind: .csv / .parquet / .pq manifest, .zip, anything else a folder.
+        """
         text = str(text).strip()
         if text == "digits":
             return cls("digits")
@@ -133,6 +144,8 @@ class DatasetRef:
         return cls("folder", str(Path(text).expanduser().resolve()))
 
     def label(self) -> str:
+        """A short human label of the data set: ``digits``, else the kind and the file or
+        folder name (e.g. ``folder cats``). No arguments."""
         return "digits" if self.kind == "digits" else f"{self.kind} {Path(self.path).name}"
 
 
@@ -430,7 +443,22 @@ def input_rows(ds: Dataset, indices: Sequence[int] | np.ndarray | None = None) -
 
 
 def read_file_image(path: str, digest: str, limits: Limits) -> np.ndarray:
-    """Read and decode one image file, checking ``digest`` (sha256 hex or ``stat:size:mtime``)."""
+    """Read and decode one image file, checking ``digest`` (sha256 hex or ``stat:size:mtime``).
+
+    Args:
+        path: the image file's path.
+        digest: the file's digest when the data set was indexed: sha256 hex of its bytes,
+            ``stat:<size>:<mtime_ns>``, or empty (no check).
+        limits: the size limits; at most ``limits.max_upload_bytes`` (+1) bytes are read,
+            and decoding follows the pixel / side limits of :func:`load_image`.
+
+    Returns:
+        The decoded image as an RGB uint8 array of shape (H, W, 3).
+
+    Raises:
+        DatasetError: the file is gone, unreadable, or changed since it was indexed
+            (decoding errors are those of :func:`load_image`).
+    """
     from analysis.core.images import load_image
 
     try:

@@ -12,7 +12,13 @@ PAGE = "dataset"
 
 
 def job_metrics(result: JobResult) -> dict:
-    """Headline numbers of a job's rows (read from only the columns they need)."""
+    """Headline numbers of a job's rows (read from only the columns they need).
+
+    Args:
+        result: a job result; counts are always given (images, rows, skipped), means
+            (confidence, mass in the centre / mask, deletion / insertion AUC, share that beats
+            every random map) only for the columns its kind has and when it has rows.
+    """
     m = {"n_images": result.n_images, "n_rows": result.n_rows, "n_skipped": len(result.skipped)}
     cols = set(result.meta.get("columns", []))
     if not result.n_rows:

@@ -71,14 +71,29 @@ def to_arrow(columns: dict, skipped: list | None = None):
 
 
 def concat_columns(outs: list[dict]) -> dict:
-    """Concatenate worker outputs batch by batch."""
+    """Concatenate worker outputs batch by batch.
+
+    Args:
+        outs: the column dicts of a chunk's batches, in order (each maps a column name to an
+            array whose first axis is the batch); all have the keys of the first. An empty
+            list gives an empty dict.
+    """
     if not outs:
         return {}
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
 def write_part(job_dir: Path, chunk: int, table) -> Path:
-    """Write one chunk's table as ``part-<chunk>.parquet`` atomically."""
+    """Write one chunk's table as ``part-<chunk>.parquet`` atomically.
+
+    Args:
+        job_dir: the job's (partial) folder the part file goes in.
+        chunk: the chunk number (zero-padded to 6 digits in the file name).
+        table: the chunk's ``pyarrow.Table`` (written without dictionary encoding).
+
+    Returns:
+        The path of the written file.
+    """
     import pyarrow.parquet as pq
     target = job_dir / f"part-{chunk:06d}.parquet"
     with atomic_open(target) as f:
@@ -88,7 +103,13 @@ def write_part(job_dir: Path, chunk: int, table) -> Path:
 
 
 def part_info(path: Path) -> tuple[int, list, dict, list[str]]:
-    """(rows, skipped, array shapes, column names) of a part file, from its footer only."""
+    """(rows, skipped, array shapes, column names) of a part file, from its footer only.
+
+    Args:
+        path: a ``part-<chunk>.parquet`` file written by :func:`write_part`; skipped images
+            and array shapes come from its ``convlens.skipped`` / ``convlens.arrays`` schema
+            metadata.
+    """
     import pyarrow.parquet as pq
     pf = pq.ParquetFile(path)
     md = pf.schema_arrow.metadata or {}

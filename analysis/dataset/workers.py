@@ -53,7 +53,14 @@ __all__ = ["Worker", "PredictWorker", "FeaturesWorker", "SaliencyWorker", "Trust
 
 def model_spec_from(spec) -> ModelSpec:
     """A ModelSpec from a ModelSpec, its dict, or a short name (``digits``, ``default``,
-    ``resnet18`` = torchvision pretrained, ``random:resnet18`` = random weights)."""
+    ``resnet18`` = torchvision pretrained, ``random:resnet18`` = random weights).
+
+    Args:
+        spec: a ModelSpec (returned as it is), a dict of its fields, or a short name (str).
+
+    Raises:
+        ParameterError: ``spec`` has an unknown field or is none of these.
+    """
     if isinstance(spec, ModelSpec):
         return spec
     if isinstance(spec, dict):
@@ -184,6 +191,13 @@ class Worker:
 
     @staticmethod
     def base_columns(batch: dict) -> dict:
+        """The columns every kind writes: ``index`` (int64 data-set positions), ``path``
+        (object array of str) and ``label`` (int64 true class).
+
+        Args:
+            batch: the batch (see the module docstring); its ``index``, ``path`` and
+                ``label`` lists are used.
+        """
         return {"index": np.asarray(batch["index"], np.int64), "path": np.asarray(batch["path"], dtype=object),
                 "label": np.asarray(batch["label"], np.int64)}
 
@@ -204,6 +218,13 @@ class PredictWorker(Worker):
 
     @classmethod
     def normalize(cls, params, bundle):
+        """Predict parameters completed and checked: ``top_k`` an int in [1, 1000], capped at
+        the model's number of classes; ``logits`` a bool.
+
+        Args:
+            params: the job's parameters (dict; missing keys take :attr:`defaults`).
+            bundle: the loaded model, for its number of classes.
+        """
         p = super().normalize(params, bundle)
         p["top_k"] = min(_int(p, "top_k", 1, 1000), bundle.num_classes)
         p["logits"] = bool(p["logits"])
@@ -238,6 +259,13 @@ class FeaturesWorker(Worker):
 
     @classmethod
     def normalize(cls, params, bundle):
+        """Features parameters completed and checked: an empty ``layer`` becomes the model's
+        penultimate layer, and the layer must exist.
+
+        Args:
+            params: the job's parameters (dict; missing keys take :attr:`defaults`).
+            bundle: the loaded model, whose layers are checked.
+        """
         from analysis.embeddings.features import penultimate_layer
         p = super().normalize(params, bundle)
         p["layer"] = str(p["layer"] or penultimate_layer(bundle))
@@ -288,6 +316,18 @@ class SaliencyWorker(Worker):
 
     @classmethod
     def normalize(cls, params, bundle):
+        """Saliency parameters completed and checked: ``method`` a registered method,
+        ``target`` ``"pred"`` or ``"label"``, ``centre`` a fraction in (0, 1], ``method_params``
+        a dict; for Grad-CAM methods ``layer`` (default: the last conv block) must have a
+        spatial output, for other methods it is cleared.
+
+        Args:
+            params: the job's parameters (dict; missing keys take :attr:`defaults`).
+            bundle: the loaded model, whose layers are checked.
+
+        Raises:
+            ParameterError: a value is out of range or unknown.
+        """
         from analysis.core.layers import check_layer, last_conv_block
         from analysis.saliency import registry
         p = super().normalize(params, bundle)
@@ -385,6 +425,15 @@ class SaliencyWorker(Worker):
         return out
 
     def scalars(self, batch: dict, maps: np.ndarray) -> dict:
+        """Per-image numbers of the saliency maps: ``map_sum``, ``map_max``, ``mass_centre``
+        (share of the positive mass in the central ``centre`` fraction of the crop),
+        ``mass_mask`` (share inside the image's mask; NaN without a mask or positive mass)
+        and ``flat`` (the map is constant).
+
+        Args:
+            batch: the batch (see the module docstring); its optional ``mask`` list is used.
+            maps: the batch's maps, an (n, h, w) float array in model-input pixels.
+        """
         n, h, w = maps.shape
         pos = np.clip(maps.astype(np.float64), 0, None)
         total = pos.reshape(n, -1).sum(1)
@@ -441,6 +490,15 @@ class TrustWorker(SaliencyWorker):
 
     @classmethod
     def normalize(cls, params, bundle):
+        """Trust parameters completed and checked: ``steps`` in [1, 1000], ``n_random`` in
+        [0, 100], ``seed`` in [0, 2**31 - 1], ``substrate`` a known substrate (default
+        :data:`DEFAULT_SUBSTRATE`), ``patch`` in pixels up to the input size (0: the default
+        patch for that size).
+
+        Args:
+            params: the job's parameters (dict; missing keys take :attr:`defaults`).
+            bundle: the loaded model, for its input size.
+        """
         from analysis.saliency.trust import DEFAULT_SUBSTRATE, SUBSTRATES, default_patch
         p = super().normalize(params, bundle)
         p["steps"] = _int(p, "steps", 1, 1000)
