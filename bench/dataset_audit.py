@@ -34,7 +34,7 @@ import torch
 
 from analysis.core.hooks import capture
 from analysis.core.models.loaders import ModelSpec, load_bundle, select_device
-from analysis.dataset.executor import BatchRunner, JobSpec, _slice, plan, run, to_arrow
+from analysis.dataset.executor import BatchRunner, JobSpec, plan, run, slice_rows, to_arrow
 from analysis.dataset.manifest import CropCache, DatasetRef
 from analysis.dataset.runner import decode_threads
 from analysis.dataset.workers import WORKERS
@@ -120,7 +120,7 @@ def executor_vs_floor(spec_model: ModelSpec, dataset, n: int, batch: int, device
         cache = CropCache.open(p.dataset, bundle.preprocess)
         # warm-up: one batch through the worker (oneDNN picks kernels per shape)
         w = WORKERS[kind](spec_model, p.params, bundle=bundle)
-        BatchRunner(w, p.source, batch).run_batch(_slice(p.rows, 0, batch))
+        BatchRunner(w, p.source, batch).run_batch(slice_rows(p.rows, 0, batch))
         ds = p.dataset
         xs = [bundle.inputs([ds.get(i) for i in range(a, min(n, a + batch))]) for a in range(0, n, batch)]
         layer = p.params.get("layer") or None
@@ -166,7 +166,7 @@ def per_batch_costs(spec_model: ModelSpec, dataset, n: int, batch: int, device, 
 
 def _costs(p, runner, bundle, n: int, batch: int, t: dict) -> None:
     for a in range(0, n, batch):
-        rows = _slice(p.rows, a, min(n, a + batch))
+        rows = slice_rows(p.rows, a, min(n, a + batch))
         t0 = time.perf_counter()
         images, _, _ = runner.reader.read(rows)
         t1 = time.perf_counter()

@@ -60,9 +60,9 @@ from analysis.dataset.manifest import DatasetRef, input_rows, open_dataset
 from analysis.dataset.runner import (  # noqa: F401 - re-exported
     BatchRunner,
     JobError,
-    _slice,
     concat_columns,
     part_info,
+    slice_rows,
     to_arrow,
     write_part,
 )
@@ -522,7 +522,7 @@ def _run_local(p: JobPlan, progress: Progress | None, should_stop: ShouldStop | 
         if progress:
             progress(done, p.n)
 
-    todo = [(c, _slice(p.rows, a, b)) for c, a, b in chunks if c not in done_chunks]
+    todo = [(c, slice_rows(p.rows, a, b)) for c, a, b in chunks if c not in done_chunks]
     try:
         with heavy_job(p.bundle.device):
             finished = runner.run_chunks(todo, lambda c, table: write_part(p.partial_dir, c, table), should_stop,

@@ -118,7 +118,14 @@ def part_info(path: Path) -> tuple[int, list, dict, list[str]]:
     return pf.metadata.num_rows, skipped, shapes, pf.schema_arrow.names
 
 
-def _slice(rows: dict, a: int, b: int) -> dict:
+def slice_rows(rows: dict, a: int, b: int) -> dict:
+    """Rows ``a`` to ``b - 1`` of a column dict (name -> array or list): a batch or a chunk.
+
+    Args:
+        rows: the columns, all of the same length.
+        a: first row.
+        b: one past the last row.
+    """
     return {k: v[a:b] for k, v in rows.items()}
 
 
@@ -414,7 +421,7 @@ class BatchRunner:
             n = len(rows["index"])
             if n == 0:
                 plan.append((c, None))
-            plan.extend((c, _slice(rows, a, min(n, a + self.batch_size))) for a in range(0, n, self.batch_size))
+            plan.extend((c, slice_rows(rows, a, min(n, a + self.batch_size))) for a in range(0, n, self.batch_size))
         if not plan:
             return True
         if self.threads == 0:

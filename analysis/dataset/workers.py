@@ -202,7 +202,13 @@ class Worker:
                 "label": np.asarray(batch["label"], np.int64)}
 
 
-def _logits(out) -> torch.Tensor:
+def logits_of(out) -> torch.Tensor:
+    """A model's output as float (batch, classes) logits: the first element of a tuple / list
+    output; ParameterError for anything else.
+
+    Args:
+        out: what the model's forward returned.
+    """
     if isinstance(out, (tuple, list)):
         out = out[0]
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
@@ -238,7 +244,7 @@ class PredictWorker(Worker):
         """
         x = self.inputs(batch)
         with self.bundle.lock, torch.inference_mode():
-            logits = _logits(self.bundle.model(x))
+            logits = logits_of(self.bundle.model(x))
         probs = logits.softmax(dim=1)
         top_p, top_i = probs.topk(self.params["top_k"], dim=1)
         out = self.base_columns(batch)
@@ -282,7 +288,7 @@ class FeaturesWorker(Worker):
         layer = self.params["layer"]
         x = self.inputs(batch)
         with self.bundle.lock, torch.inference_mode(), capture(self.bundle.model, layer) as acts:
-            logits = _logits(self.bundle.model(x))
+            logits = logits_of(self.bundle.model(x))
         a = acts[layer]
         if a.dim() == 4:
             feats = a.float().mean(dim=(2, 3))
@@ -375,7 +381,7 @@ class SaliencyWorker(Worker):
         layer, model = self.params["layer"], self.bundle.model
         x = x.detach().clone().requires_grad_(True)     # parameters are frozen: the graph starts here
         with self.bundle.lock, torch.enable_grad(), capture(model, layer, detach=False) as acts:
-            logits = _logits(model(x))
+            logits = logits_of(model(x))
             pred = logits.detach().argmax(dim=1)
             target = self._targets(batch, pred)
             score = logits.gather(1, target[:, None]).sum()
@@ -392,7 +398,7 @@ class SaliencyWorker(Worker):
         model = self.bundle.model
         x = x.detach().clone().requires_grad_(True)
         with self.bundle.lock, torch.enable_grad():
-            logits = _logits(model(x))
+            logits = logits_of(model(x))
             pred = logits.detach().argmax(dim=1)
             target = self._targets(batch, pred)
             (g,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), x)
@@ -402,7 +408,7 @@ class SaliencyWorker(Worker):
     def _per_image(self, batch, x):
         from analysis.saliency.methods import attribute
         with self.bundle.lock, torch.inference_mode():
-            logits = _logits(self.bundle.model(x))
+            logits = logits_of(self.bundle.model(x))
         conf, pred = logits.softmax(dim=1).max(dim=1)
         target = self._targets(batch, pred)
         params = dict(self.params["method_params"])

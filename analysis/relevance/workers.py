@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from analysis.core.errors import ParameterError
-from analysis.dataset.workers import Worker, _logits
+from analysis.dataset.workers import Worker, logits_of
 from analysis.relevance.crp import layer_condition
 from analysis.relevance.lrp import COMPOSITES, lrp_batch, lrp_plan
 
@@ -72,7 +72,7 @@ class CRPWorker(Worker):
         """
         x = self.inputs(batch)
         with torch.inference_mode():
-            logits = _logits(self.model(x))
+            logits = logits_of(self.model(x))
         pred = logits.argmax(1)
         if self.params["target"] == "label":
             targets = torch.as_tensor(np.asarray(batch["label"], np.int64), device=x.device)

@@ -12,7 +12,7 @@ from analysis.core.models.bundle import Preprocessing
 from analysis.core.models.loaders import ModelSpec
 from analysis.dataset.executor import JobSpec, plan, run
 from analysis.dataset.manifest import CropCache, DatasetRef, crop_cache_budget, open_dataset
-from analysis.dataset.runner import BatchRunner, _slice
+from analysis.dataset.runner import BatchRunner, slice_rows
 from analysis.dataset.workers import WORKERS
 from tests.dataset.conftest import write_digits_manifest
 
@@ -124,7 +124,7 @@ def test_writer_error_stops_the_job_and_stop_keeps_finished_chunks(digits, tmp_p
     spec = JobSpec("predict", ModelSpec("digits"), "digits", batch_size=16, indices=tuple(range(96)))
     p = plan(spec, bundle=digits, data_dir=tmp_path)
     runner = BatchRunner(WORKERS["predict"](spec.model, p.params, bundle=digits), p.source, 16)
-    chunks = [(c, _slice(p.rows, a, a + 32)) for c, a in enumerate(range(0, 96, 32))]
+    chunks = [(c, slice_rows(p.rows, a, a + 32)) for c, a in enumerate(range(0, 96, 32))]
 
     def failing(c, table):
         raise OSError("disk full")
@@ -208,7 +208,7 @@ def test_prepare_or_model_errors_reach_the_caller_and_leave_no_thread(digits, tm
     spec = JobSpec("predict", ModelSpec("digits"), "digits", batch_size=16, indices=tuple(range(64)))
     p = plan(spec, bundle=digits, data_dir=tmp_path)
     worker = WORKERS["predict"](spec.model, p.params, bundle=digits)
-    chunks = [(0, _slice(p.rows, 0, 32)), (1, _slice(p.rows, 32, 64))]
+    chunks = [(0, slice_rows(p.rows, 0, 32)), (1, slice_rows(p.rows, 32, 64))]
     before = set(threading.enumerate())
     runner = BatchRunner(worker, p.source, 16)
     calls = {"n": 0}
