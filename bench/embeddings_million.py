@@ -87,7 +87,7 @@ def sklearn_only(real_n: int, write: bool) -> None:
     _, (feats, labels) = timed(lambda: real_features(real_n))
     threads = os.environ.get("OMP_NUM_THREADS", str(os.cpu_count()))
     row = sklearn_row(feats, labels)
-    row = row.replace("(1000 iterations)", f"(1000 iterations; run alone later, {threads} OpenMP thread(s), nice 10)")
+    row = row.replace("(1000 iterations)", f"(1000 iterations; run later with --only-sklearn-full, {threads} OpenMP thread(s))")
     print(row, flush=True)
     if not write:
         return
