@@ -278,7 +278,7 @@ not the absolute figures:
 
 Where the start-up goes: `ray.init` {rv['ray_init_s']:.1f} s (GCS, raylet and agents start; once per
 process); in each actor, importing torch {rv['import_torch_s']:.1f} s, importing convlens' model loaders
-{rv['import_convlens_s']:.1f} s (torchvision.models pulls in torch._dynamo), building the model from its spec
+{rv['import_convlens_s']:.1f} s (torchvision, which pulls in torch._dynamo, is imported only where a function needs it), building the model from its spec
 {rv['build_model_s']:.1f} s; the first chunk finished {rv['data_first_chunk_s']:.1f} s (Ray Data, first job) and
 {rv['ray_first_chunk_s']:.1f} s (pool, first job) after the job started (so about {max(0.0, other):.1f} s of process
 spawn, scheduling and the chunk itself in the pool). Ray Data pays this start-up in every job; the warm pool
