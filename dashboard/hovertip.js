@@ -1,9 +1,14 @@
 // The hover box of the embedding map and the point map: the point's image cut from a sprite
 // sheet (written by dashboard/pointmap.py's write_sheets) above the point's text.
-// convlensTip(tip).show(i, thumbs, html) fills and shows it; tip.dataset.index is the point and
-// tip.dataset.thumbLoaded turns "1" once the sheet has loaded (the browser tests wait on it).
-window.convlensTip = function (tip) {
+// convlensTip() adds the box (<div id="tip">, styled by hovertip.css) to the page;
+// .show(i, thumbs, html) fills and shows it; .el is the element: el.dataset.index is the point
+// and el.dataset.thumbLoaded turns "1" once the sheet has loaded (the browser tests wait on it).
+window.convlensTip = function () {
   "use strict";
+  var tip = document.createElement("div");
+  tip.id = "tip";
+  tip.innerHTML = '<div class="thumb"></div><div class="text"></div>';
+  document.body.appendChild(tip);
   var thumb = tip.querySelector(".thumb"), text = tip.querySelector(".text"), loaded = {};
   function setThumb(i, th) {
     tip.dataset.index = String(i);
@@ -29,6 +34,7 @@ window.convlensTip = function (tip) {
     }
   }
   return {
+    el: tip,
     show: function (i, th, html) { setThumb(i, th); text.innerHTML = html; tip.style.display = "block"; },
     hide: function () { tip.style.display = "none"; }
   };
