@@ -36,7 +36,7 @@ from analysis.core.hooks import capture
 from analysis.core.models.loaders import ModelSpec, load_bundle, select_device
 from analysis.dataset.executor import BatchRunner, JobSpec, plan, run, slice_rows, to_arrow
 from analysis.dataset.manifest import CropCache, DatasetRef
-from analysis.dataset.runner import decode_threads
+from analysis.dataset.runner import DECODE_THREADS_ENV, decode_threads
 from analysis.dataset.workers import WORKERS
 from bench._report import machine, write_section
 
@@ -87,17 +87,27 @@ def _floor(bundle, xs: list[torch.Tensor], layer: str | None) -> float:
     return time.perf_counter() - t0
 
 
-def _timed_run(spec: JobSpec, p, bundle, data_dir: Path, cold: CropCache | None) -> tuple[float, float]:
+def _timed_run(spec: JobSpec, p, bundle, data_dir: Path, cold: CropCache | None,
+               helper_threads: int | None = None) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) of one in-process job from nothing stored (the
     previous result is removed before the clock starts; ``cold``: the crop cache is emptied
-    first too)."""
+    first too; ``helper_threads``: ``CONVLENS_DECODE_THREADS`` for this run, None = the
+    executor's default)."""
     shutil.rmtree(p.final_dir, ignore_errors=True)
     shutil.rmtree(p.partial_dir, ignore_errors=True)
     if cold is not None:
         shutil.rmtree(cold.dir, ignore_errors=True)
-    t0, c0 = time.perf_counter(), time.process_time()
-    r = run(spec, engine="local", bundle=bundle, data_dir=data_dir)
-    t, c = time.perf_counter() - t0, time.process_time() - c0
+    old = os.environ.pop(DECODE_THREADS_ENV, None)
+    if helper_threads is not None:
+        os.environ[DECODE_THREADS_ENV] = str(helper_threads)
+    try:
+        t0, c0 = time.perf_counter(), time.process_time()
+        r = run(spec, engine="local", bundle=bundle, data_dir=data_dir)
+        t, c = time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        os.environ.pop(DECODE_THREADS_ENV, None)
+        if old is not None:
+            os.environ[DECODE_THREADS_ENV] = old
     assert r.complete and r.n_rows == len(spec.indices)
     return t, c
 
@@ -125,11 +135,13 @@ def executor_vs_floor(spec_model: ModelSpec, dataset, n: int, batch: int, device
         xs = [bundle.inputs([ds.get(i) for i in range(a, min(n, a + batch))]) for a in range(0, n, batch)]
         layer = p.params.get("layer") or None
         floor(bundle, xs[:1], layer)                                     # warm-up
-        runs = {k: [] for k in ("cold", "floor", "warm")}
+        runs = {k: [] for k in ("cold", "floor", "warm", "helpers")}
         for _ in range(repeats):          # interleaved: each job run next to a floor run
             runs["cold"].append(_timed_run(spec, p, bundle, data_dir, cache))
             runs["floor"].append(_timed_floor(bundle, xs, layer))
             runs["warm"].append(_timed_run(spec, p, bundle, data_dir, None))
+            # the same first pass with a prepare thread and a writer thread beside the model
+            runs["helpers"].append(_timed_run(spec, p, bundle, data_dir, cache, helper_threads=1))
         if cache is not None:
             shutil.rmtree(cache.dir, ignore_errors=True)
             cache.close()
@@ -137,7 +149,7 @@ def executor_vs_floor(spec_model: ModelSpec, dataset, n: int, batch: int, device
                "n": n, "batch": batch, "cached": cache is not None, "repeats": repeats}
         fl = runs["floor"]
         row["floor"] = n / float(np.median([t for t, _ in fl]))
-        for k in ("cold", "warm"):
+        for k in ("cold", "warm", "helpers"):
             # the median over the pairs of (floor run, job run next to it): robust to the load's drift
             row[k] = n / float(np.median([t for t, _ in runs[k]]))
             row[k + "_ratio"] = float(np.median([f[0] / j[0] for f, j in zip(fl, runs[k])]))
@@ -145,7 +157,8 @@ def executor_vs_floor(spec_model: ModelSpec, dataset, n: int, batch: int, device
         rows.append(row)
         print(f"{row['model']:>20} {row['kind']:>9}: floor {row['floor']:8.1f} img/s, first pass "
               f"{row['cold']:8.1f} ({row['cold_ratio']:.2f}x, CPU {row['cold_cpu']:.2f}x), "
-              f"crops cached {row['warm']:8.1f} ({row['warm_ratio']:.2f}x, CPU {row['warm_cpu']:.2f}x)", flush=True)
+              f"crops cached {row['warm']:8.1f} ({row['warm_ratio']:.2f}x, CPU {row['warm_cpu']:.2f}x), "
+              f"first pass with helper threads {row['helpers_ratio']:.2f}x", flush=True)
     return rows
 
 
@@ -357,7 +370,7 @@ def main() -> None:
     table = "\n".join(f"| {r['model']} | {r['kind']} | {r['n']} | {r['batch']} | {r['floor']:.1f} | "
                       f"{r['cold']:.1f} | **{ratio(r, 'cold'):.2f}×** | "
                       + (f"{r['warm']:.1f} | **{ratio(r, 'warm'):.2f}×** |" if r["cached"] else "— | — |")
-                      + f" {r['cold_cpu']:.2f}× / {r['warm_cpu']:.2f}× |"
+                      + f" {r['cold_cpu']:.2f}× / {r['warm_cpu']:.2f}× | {ratio(r, 'helpers'):.2f}× |"
                       for r in rows)
     lc, dc = costs["lite"], costs["digits"]
     below = [r for r in rows if ratio(r, "cold") < 0.8]
@@ -370,19 +383,20 @@ def main() -> None:
                                                               for r in below_warm) + ".")
     side_d = (dc['preprocess'] + dc['post']) / (dc['preprocess'] + dc['post'] + dc['model'])
     side_l = (lc['read'] + lc['preprocess'] + lc['post']) / (lc['read'] + lc['preprocess'] + lc['post'] + lc['model'])
+    helpers_worse = [r for r in rows if ratio(r, "helpers") < ratio(r, "cold")]
     verdict += (" Besides the model, a job converts every batch (uint8 crops → normalised float), post-processes "
                 "it (softmax, top-k or the maps' statistics, Arrow, Parquet) and, on a first pass, reads, decodes "
                 f"and resizes every image: {side_d:.0%} of a digits batch's CPU time and {side_l:.0%} of an "
-                "EfficientNet-Lite0 batch's here (per-batch costs below, one stage after the other). The "
-                "pipeline runs that work on helper threads while the model runs, so it costs no wall-clock time "
-                "where a core is free for it: the wall-clock ratio can then exceed the CPU-time ratio (last "
-                "column). When other jobs load every core, it falls towards the CPU-time ratio or below it (each "
-                "hand-over between threads waits for the scheduler). The tiny digits CNN (about "
-                f"{dc['model'] / 64 * 1000:.2f} ms per image here) is where that shows most.")
-    gain = np.mean([ratio(r, k) - r[k + "_cpu"] for r in rows for k in ("cold", "warm")])
-    verdict += (f" In this run (load average {load:.1f} on {os.cpu_count()} cores) the wall-clock ratios are on "
-                f"average {abs(gain):.2f} {'above' if gain >= 0 else 'below'} the CPU-time ratios. On this "
-                "shared machine, runs a few minutes apart differed by up to about 0.1 in these ratios.")
+                "EfficientNet-Lite0 batch's here (per-batch costs below, one stage after the other). With "
+                "torch's thread pool on every core, the executor does that work in the model's own thread, "
+                "several batches at a time for small inputs; helper threads would have to share the model's "
+                "cores, and each of the model's parallel loops then waits for its slowest thread. The last column "
+                "runs the same first pass with a prepare thread and a writer thread beside the model "
+                f"(`CONVLENS_DECODE_THREADS=1`): slower than the default for {len(helpers_worse)} of {len(rows)} "
+                "jobs in this run. Helper threads are the default where they do not compete with the model: on "
+                "a GPU, or when torch is given fewer threads than the cores (`decode_threads`, docs/dataset.md).")
+    verdict += (f" Measured under load average {load:.1f} on {os.cpu_count()} cores; on this shared machine, runs "
+                "a few minutes apart differed by up to about 0.1 in these ratios.")
     if any(r["cold_cpu"] > 1.1 or r["warm_cpu"] > 1.1 for r in rows):
         verdict += (" Ratios above 1, in CPU time too (" + ", ".join(f"{r['model']} {r['kind']}" for r in rows
                                                                    if r["cold_cpu"] > 1.1 or r["warm_cpu"] > 1.1)
@@ -403,9 +417,8 @@ Machine: {machine()}; device `{device}`; load average {load:.1f} during the run
 (a shared machine loaded by other engineers' jobs: absolute figures vary from run to run, the
 ratios to the floor measured in the same run hold). Total {total:.0f} s.
 Threads: torch {torch.get_num_threads()} (`--threads {args.threads or torch.get_num_threads()}`) for the model, in the executor and in the
-floor alike. The executor adds a prepare thread that reads, decodes, crops and normalises
-the next batches ({decode_threads()} decoding thread(s) in all, `CONVLENS_DECODE_THREADS`, default:
-cores − 1) and a writer thread that post-processes and writes the Parquet parts.
+floor alike. Helper threads of the executor by default: {decode_threads(device)} (`decode_threads`: the
+cores torch leaves free on the CPU, cores − 1 on a GPU; `CONVLENS_DECODE_THREADS` overrides).
 OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}.
 
 ### Executor against the model's floor, in-process
@@ -420,12 +433,11 @@ the same data set and preprocessing reads the model's view of each image from th
 instead of decoding it (`CropCache`, docs/dataset.md). Each job run is interleaved with a
 floor run ({rows[0]['repeats']} pairs for the digits, {rows[-1]['repeats']} for EfficientNet-Lite0); images/s are medians, ratios
 the median over the pairs of floor time / job time (robust to the load drifting during the
-run). Goal ≥ 0.8× (wall clock). The last column compares CPU time (all threads of the
-process) the same way: the ratio the executor would reach if no core were free for its helper
-threads.
+run). Goal ≥ 0.8× (wall clock). The next column compares CPU time (all threads of the
+process) the same way; the last one is the first pass again with helper threads forced on.
 
-| model | job | images | batch | floor images/s | first pass images/s | first pass / floor | crops cached images/s | cached / floor | CPU time: floor / job (first pass / cached) |
-|---|---|---|---|---|---|---|---|---|---|
+| model | job | images | batch | floor images/s | first pass images/s | first pass / floor | crops cached images/s | cached / floor | CPU time: floor / job (first pass / cached) | first pass with helper threads / floor |
+|---|---|---|---|---|---|---|---|---|---|---|
 {table}
 
 {verdict}

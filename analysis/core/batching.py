@@ -2,6 +2,7 @@
 is retried (Captum's perturbations_per_eval idea, made automatic)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -99,3 +100,12 @@ def run_batched(n: int, batch: int, fn: Callable[[int, int], None], progress: Pr
         if progress:
             progress(stop, n)
     return chunks.batch
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; ``os.cpu_count()`` where the
+    platform has none). Takes no arguments."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -320,14 +320,22 @@ class JobPlan:
                 "batch_size": self.spec.batch_size, "chunk_size": self.chunk_size, "n_images": self.n}
 
 
-def _default_chunk(n: int, batch: int) -> int:
+LOCAL_MIN_CHUNK = 1024          # images: in-process, a part file per chunk costs a few ms whatever its size
+
+
+def _default_chunk(n: int, batch: int, engine: str = "ray") -> int:
     batches = max(1, -(-n // batch))
     per_chunk = min(64, max(1, -(-batches // 8)))       # at least ~8 chunks, at most 64 batches each
+    if engine == "local":
+        # one process runs every chunk in turn: more chunks only add part files; resuming a
+        # stopped job still keeps every finished chunk (at most 64 batches each)
+        per_chunk = min(64, max(per_chunk, -(-LOCAL_MIN_CHUNK // batch)))
     return batch * per_chunk
 
 
 def plan(spec: JobSpec, *, dataset: Dataset | None = None, bundle: ModelBundle | None = None,
-         data_dir: str | os.PathLike | None = None, chunk_size: int | None = None) -> JobPlan:
+         data_dir: str | os.PathLike | None = None, chunk_size: int | None = None,
+         engine: str = "ray") -> JobPlan:
     """Resolve a spec: open the data set, build the model (to know its weights hash and
     resolve default parameters), compute the job key.
 
@@ -338,7 +346,10 @@ def plan(spec: JobSpec, *, dataset: Dataset | None = None, bundle: ModelBundle |
         bundle: an already built bundle of ``spec.model`` (its weights hash is used).
         data_dir: root of the outputs (default: the configured data directory).
         chunk_size: images per part file (a multiple of the batch size; default: about an
-            eighth of the job, at most 64 batches).
+            eighth of the job, at most 64 batches; for ``engine="local"`` at least
+            :data:`LOCAL_MIN_CHUNK` images, as far as 64 batches allow).
+        engine: the engine the default chunk size is for: ``"ray"`` (chunks are the units
+            spread over the workers) or ``"local"`` (one process: fewer, larger part files).
     """
     ds = dataset if dataset is not None else open_dataset(spec.dataset)
     b = bundle if bundle is not None else _bundle(spec.model, select_device())
@@ -357,7 +368,7 @@ def plan(spec: JobSpec, *, dataset: Dataset | None = None, bundle: ModelBundle |
     key = f"{spec.kind}-{b.model_id[:12]}-{ds.content_hash[:12]}-{h[:16]}"
     root = jobs_dir(data_dir)
     n = len(rows["index"])
-    cs = chunk_size or _default_chunk(n, spec.batch_size)
+    cs = chunk_size or _default_chunk(n, spec.batch_size, engine)
     cs = max(spec.batch_size, -(-int(cs) // spec.batch_size) * spec.batch_size)
     return JobPlan(spec=spec, bundle=b, dataset=ds, params=params, rows=rows, source=source, key=key,
                    final_dir=root / key, partial_dir=root / f"{key}.partial", chunk_size=cs)
@@ -438,6 +449,23 @@ def _partial_result(p: JobPlan, engine: str, seconds: float) -> JobResult:
     return _result_from(p.spec, p.partial_dir, meta, False)
 
 
+def _true_count(path: Path, column: str) -> int:
+    """How many rows of a part file's bool ``column`` are True; the row groups whose
+    statistics say "all False" (the usual case) are not read."""
+    import pyarrow.parquet as pq
+    pf = pq.ParquetFile(path)
+    md = pf.metadata
+    j = pf.schema_arrow.get_field_index(column)
+    n = 0
+    for g in range(md.num_row_groups):
+        rg = md.row_group(g)
+        st = rg.column(j).statistics if rg.num_rows else None
+        if not rg.num_rows or (st is not None and st.has_min_max and not st.max):
+            continue
+        n += int(np.sum(pf.read_row_group(g, columns=[column]).column(column).to_numpy()))
+    return n
+
+
 def finalize(p: JobPlan, engine: str, seconds: float, extra: dict | None = None) -> JobResult:
     """Check every chunk is present, write ``meta.json`` (complete) and commit the folder.
     JobError if a chunk is missing (never a silent hole).
@@ -475,9 +503,7 @@ def finalize(p: JobPlan, engine: str, seconds: float, extra: dict | None = None)
     if skipped:
         warnings.append(f"{len(skipped)} image(s) could not be used; see the skipped list.")
     if "flat" in columns:
-        import pyarrow.parquet as pq
-        nflat = sum(int(np.sum(pq.read_table(f, columns=["flat"]).column("flat").to_numpy()))
-                    for f in d.glob("part-*.parquet") if pq.ParquetFile(f).metadata.num_rows)
+        nflat = sum(_true_count(f, "flat") for f in d.glob("part-*.parquet"))
         if nflat:
             warnings.append(f"{nflat} of {rows} saliency maps are constant (all values equal): "
                             "the method found nothing for those images.")
@@ -571,7 +597,7 @@ def run(spec: JobSpec, engine: str | None = None, progress: Progress | None = No
     engine = (engine or get_config().engine).lower()
     if engine not in ENGINES:
         raise ParameterError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    p = plan(spec, dataset=dataset, bundle=bundle, data_dir=data_dir, chunk_size=chunk_size)
+    p = plan(spec, dataset=dataset, bundle=bundle, data_dir=data_dir, chunk_size=chunk_size, engine=engine)
     meta = _read_json(p.final_dir / "meta.json")
     if meta and meta.get("complete"):
         if not force:

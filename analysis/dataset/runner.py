@@ -27,10 +27,11 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from analysis.core.batching import usable_cores
 from analysis.core.datasets import Dataset
 from analysis.core.errors import ConvlensError
 from analysis.core.fsio import atomic_open
@@ -132,21 +133,33 @@ def slice_rows(rows: dict, a: int, b: int) -> dict:
 DECODE_THREADS_ENV = "CONVLENS_DECODE_THREADS"
 LOOKAHEAD = 2                       # batches decoded ahead of the model
 MAX_PENDING_WRITES = 2              # chunks waiting for the writer before the model waits
+GROUP_BYTES = 16 << 20              # model input prepared in one go (consecutive batches of a chunk)
 
 
-def decode_threads() -> int:
-    """Threads that read, decode and crop images for one job: ``CONVLENS_DECODE_THREADS``
-    (0 = no helper threads at all: every stage in the model's thread, one batch after the
-    other), else the usable cores minus one (the model's), at least 1 and at most 8. Takes
-    no arguments."""
+def decode_threads(device=None) -> int:
+    """Helper threads that read, decode and crop images (and a writer thread) for one job,
+    0 for none: every stage in the model's thread, one batch after the other.
+
+    ``CONVLENS_DECODE_THREADS`` decides when set. Otherwise: on an accelerator (the model's
+    thread mostly waits for the device) the usable cores minus one; on the CPU, the cores
+    torch's own thread pool leaves free (``usable cores - torch.get_num_threads()``), and 0
+    when it uses them all, torch's default. Measured on 2 cores (docs/benchmarks.md):
+    helper threads that share the model's cores slow every job down, because each
+    ``parallel_for`` of the model waits for its slowest thread, while the work they take off
+    the model is a few percent of it.
+
+    Args:
+        device: the model's device (``torch.device`` or its name); None counts as the CPU.
+    """
     raw = os.environ.get(DECODE_THREADS_ENV, "").strip()
     if raw.isdigit():
         return min(64, int(raw))
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores - 1))
+    cores = usable_cores()
+    kind = getattr(device, "type", None) or str(device or "cpu").split(":")[0]
+    if kind != "cpu":
+        return max(1, min(8, cores - 1))
+    import torch
+    return max(0, min(8, cores - torch.get_num_threads()))
 
 
 class BatchGeometry:
@@ -268,8 +281,8 @@ class BatchRunner:
         crops: a :class:`CropCache` of the data set for the worker's preprocessing, or None.
             Not used when the worker needs the decoded images themselves
             (``worker.raw_images``).
-        threads: decode threads (default :func:`decode_threads`; 0 runs every stage in the
-            calling thread).
+        threads: decode threads (default :func:`decode_threads` for the worker's device; 0
+            runs every stage in the calling thread).
     """
 
     def __init__(self, worker: Worker, source: dict, batch_size: int, dataset: Dataset | None = None, *,
@@ -279,7 +292,7 @@ class BatchRunner:
         self.dataset = dataset
         self.raw = bool(getattr(worker, "raw_images", True))
         self.crops = None if self.raw else crops
-        self.threads = decode_threads() if threads is None else max(0, int(threads))
+        self.threads = decode_threads(worker.bundle.device) if threads is None else max(0, int(threads))
         self.pre = worker.bundle.preprocess
         self.cropper = BatchGeometry(self.pre)
         self.check = source.get("kind") == "files"
@@ -334,10 +347,16 @@ class BatchRunner:
             crops = crops[use]
         return hit, crops
 
-    def _prepare(self, rows: dict, pool: ThreadPoolExecutor | None = None) -> tuple[dict | None, list]:
-        """One batch, in the prepare thread: cached crops, then the other images decoded and
-        cropped here and (when ``pool`` is given) on the decode pool, then the batch."""
+    def _prepare(self, rows: dict, pool: ThreadPoolExecutor | None = None,
+                 bounds: Sequence[tuple[int, int]] | None = None) -> list[tuple[dict | None, list]]:
+        """Batches ``bounds`` (``(a, b)`` row ranges of ``rows``; default: all rows as one
+        batch), prepared together: cached crops, then the other images decoded and cropped
+        here and (when ``pool`` is given) on the decode pool, then uint8 -> normalised float
+        once for all of them. One ``(batch or None, skipped entries)`` per range, each batch
+        holding exactly the readable images of its range, so the model sees the same batches
+        as when each is prepared alone (and the conversion is per element: the same bits)."""
         n = len(rows["index"])
+        bounds = list(bounds) if bounds is not None else [(0, n)]
         s = self.pre.input_size
         hit, hit_crops = self._cached(rows)
         crops = np.empty((n, s, s, 3), np.uint8)
@@ -366,19 +385,27 @@ class BatchRunner:
                     if m is not None:
                         masks = masks if masks is not None else np.empty(n, dtype=object)
                         masks[k_] = m
-        skipped = [[int(rows["index"][k]), str(rows["path"][k]), errors[k]] for k in sorted(errors)]
-        if not ok.any():
-            return None, skipped
-        if not ok.all():
-            crops = crops[ok]
-        m_ok = int(ok.sum())
-        batch = {"index": rows["index"][ok], "path": rows["path"][ok], "label": rows["label"][ok],
-                 "image": images[ok] if images is not None else np.empty(m_ok, dtype=object),
-                 "mask": masks[ok] if masks is not None else np.empty(m_ok, dtype=object),
-                 "crop": crops}
-        # uint8 -> normalised float once per batch; the same operations as bundle.inputs(images)
-        batch["x"] = self.pre.normalize(self.pre.to_unit(crops)).to(self.worker.bundle.device)
-        return batch, skipped
+        # uint8 -> normalised float once for every readable image; the same operations as
+        # bundle.inputs(images), element by element
+        x = self.pre.normalize(self.pre.to_unit(crops[ok] if not ok.all() else crops)).to(self.worker.bundle.device) \
+            if ok.any() else None
+        first = np.concatenate([[0], np.cumsum(ok)])            # row -> its position in x
+        out = []
+        for a, b in bounds:
+            skipped = [[int(rows["index"][k]), str(rows["path"][k]), errors[k]] for k in sorted(errors) if a <= k < b]
+            sel = ok[a:b]
+            m_ok = int(sel.sum())
+            if not m_ok:
+                out.append((None, skipped))
+                continue
+            part = slice(a, b)
+            batch = {"index": rows["index"][part][sel], "path": rows["path"][part][sel],
+                     "label": rows["label"][part][sel],
+                     "image": images[part][sel] if images is not None else np.empty(m_ok, dtype=object),
+                     "mask": masks[part][sel] if masks is not None else np.empty(m_ok, dtype=object),
+                     "crop": crops[part][sel], "x": x[int(first[a]):int(first[b])]}
+            out.append((batch, skipped))
+        return out
 
     def prepare(self, rows: dict) -> tuple[dict | None, list]:
         """Read, decode and preprocess one batch in this thread: (worker batch with the crops
@@ -388,7 +415,7 @@ class BatchRunner:
         Args:
             rows: the batch's input rows.
         """
-        return self._prepare(rows)
+        return self._prepare(rows)[0]
 
     def run_batch(self, rows: dict) -> tuple[dict | None, list]:
         """One batch: (worker output for the readable images or None, skipped entries).
@@ -416,12 +443,12 @@ class BatchRunner:
         Returns:
             True when every chunk was computed and written, False when stopped.
         """
-        plan = []                                         # (chunk, batch rows or None for an empty chunk)
+        plan = []                    # per batch: (chunk, the chunk's rows, a, b); rows None for an empty chunk
         for c, rows in chunks:
             n = len(rows["index"])
             if n == 0:
-                plan.append((c, None))
-            plan.extend((c, slice_rows(rows, a, min(n, a + self.batch_size))) for a in range(0, n, self.batch_size))
+                plan.append((c, None, 0, 0))
+            plan.extend((c, rows, a, min(n, a + self.batch_size)) for a in range(0, n, self.batch_size))
         if not plan:
             return True
         if self.threads == 0:
@@ -434,11 +461,12 @@ class BatchRunner:
         quit_ = threading.Event()
 
         def produce() -> None:                            # the prepare thread: batches in order, ahead
-            for _c, rows in plan:
-                if quit_.is_set():
-                    return
+            items = self._prepared(plan, decode)
+            while not quit_.is_set():
                 try:
-                    item = (self._prepare(rows, decode) if rows is not None else None, None)
+                    item = (next(items), None)
+                except StopIteration:
+                    return
                 except BaseException as e:  # noqa: BLE001 - handed to the model thread, raised there
                     item = (None, e)
                 while not quit_.is_set():
@@ -456,7 +484,7 @@ class BatchRunner:
         stopped = False
         try:
             staged, skipped = [], []
-            for j, (c, rows) in enumerate(plan):
+            for j, (c, rows, a, b) in enumerate(plan):
                 if rows is not None and should_stop is not None and should_stop():
                     stopped = True
                     break
@@ -469,7 +497,7 @@ class BatchRunner:
                         staged.append(self.worker.compute(batch))    # the model; the rest on the writer
                     skipped.extend(sk)
                     if on_batch is not None:
-                        on_batch(len(rows["index"]))
+                        on_batch(b - a)
                 if j + 1 == len(plan) or plan[j + 1][0] != c:      # the chunk's last batch
                     while len(writes) >= MAX_PENDING_WRITES:
                         writes.popleft().result()
@@ -489,19 +517,45 @@ class BatchRunner:
             writer.shutdown(wait=True)          # chunks already finished are still written
         return not stopped
 
+    def _prepared(self, plan: list, pool: ThreadPoolExecutor | None = None) -> Iterator:
+        """``(batch or None, skipped)`` for every batch of ``plan`` in order (None for an empty
+        chunk). Consecutive batches of one chunk are prepared together, up to
+        :data:`GROUP_BYTES` of model input: for small inputs (the 32 x 32 digits) the fixed
+        cost of each step per call is what a batch costs, so one call per group instead of
+        per batch takes most of the preparation's time off the model's way."""
+        pre = self.pre
+        per_batch = pre.input_size * pre.input_size * (1 if pre.grayscale else 3) * 4 * self.batch_size
+        limit = max(1, GROUP_BYTES // max(1, per_batch))
+        j = 0
+        while j < len(plan):
+            c, rows, a0, _ = plan[j]
+            if rows is None:
+                yield None
+                j += 1
+                continue
+            e = j + 1
+            while e < len(plan) and e - j < limit and plan[e][0] == c and plan[e][1] is rows:
+                e += 1
+            b0 = plan[e - 1][3]
+            yield from self._prepare(slice_rows(rows, a0, b0), pool, [(a - a0, b - a0) for _, _, a, b in plan[j:e]])
+            j = e
+
     def _run_serial(self, plan: list, write, should_stop, on_batch) -> bool:
         """``threads=0``: every stage in the calling thread, one batch after the other."""
         staged, skipped = [], []
-        for j, (c, rows) in enumerate(plan):
+        items = self._prepared(plan)
+        for j, (c, rows, a, b) in enumerate(plan):
             if rows is not None:
                 if should_stop is not None and should_stop():
                     return False
-                batch, sk = self._prepare(rows)
+                batch, sk = next(items)
                 if batch is not None:
                     staged.append(self.worker.compute(batch))
                 skipped.extend(sk)
                 if on_batch is not None:
-                    on_batch(len(rows["index"]))
+                    on_batch(b - a)
+            else:
+                next(items)
             if j + 1 == len(plan) or plan[j + 1][0] != c:
                 _write_chunk(self.worker.finish, write, c, staged, skipped)
                 staged, skipped = [], []

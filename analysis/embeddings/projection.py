@@ -70,6 +70,7 @@ from typing import Any, Callable
 import numpy as np
 
 import analysis.core.diskcache as diskcache
+from analysis.core.batching import usable_cores
 from analysis.core.config import get_config
 from analysis.core.errors import LimitError, ParameterError
 from analysis.core.lru import LockedLRU
@@ -108,10 +109,7 @@ class Projection:
 # --------------------------------------------------------------------------- helpers
 
 def _threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    return max(1, usable_cores())
 
 
 _PREPARED = LockedLRU(2)    # (features digest, prep params) -> (prepared data, its digest)

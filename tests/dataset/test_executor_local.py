@@ -13,6 +13,7 @@ from analysis.core.models.loaders import ModelSpec
 from analysis.core.predict import logits as bundle_logits
 from analysis.dataset.executor import JobSpec, load_result, run
 from analysis.dataset.manifest import open_dataset
+from analysis.dataset.workers import WORKERS, SaliencyWorker
 
 N = 200
 
@@ -102,3 +103,31 @@ def test_engine_and_ray_address_configuration(tmp_path):
         load_config(tmp_path / "none.toml", env={"CONVLENS_ENGINE": "spark"})
     with pytest.raises(ParameterError, match="engine must be one of"):
         run(_spec(), engine="spark")
+
+
+class FlatEveryThirdSaliency(SaliencyWorker):
+    """Grad-CAM whose maps of data-set positions below 40 and divisible by 3 are all zero."""
+    kind = "test_flat_every_third"
+
+    def maps(self, batch):
+        r = super().maps(batch)
+        idx = torch.as_tensor(np.asarray(batch["index"], np.int64))
+        r["map"] = torch.where(((idx % 3 == 0) & (idx < 40))[:, None, None], torch.zeros_like(r["map"]), r["map"])
+        return r
+
+
+def test_constant_maps_are_counted_over_every_part(digits, tmp_path):
+    """finalize counts the constant maps of every part (it skips the row groups whose
+    statistics say none is constant) and says how many in the result's warnings."""
+    WORKERS["test_flat_every_third"] = FlatEveryThirdSaliency
+    try:
+        idx = tuple(range(1, 101))                  # 13 flat maps, all in the first two of four parts
+        r = run(JobSpec("test_flat_every_third", ModelSpec("digits"), "digits", params={"method": "gradcam"},
+                        batch_size=16, indices=idx), data_dir=tmp_path, chunk_size=32)
+        assert len(r.parts) == 4
+        assert r.array("flat").sum() == 13
+        assert any(w.startswith("13 of 100 saliency maps are constant") for w in r.warnings())
+        plain = run(_spec("saliency", params={"method": "gradcam"}, batch_size=16), data_dir=tmp_path, chunk_size=32)
+        assert plain.array("flat").sum() == 0 and not any("constant" in w for w in plain.warnings())
+    finally:
+        del WORKERS["test_flat_every_third"]

@@ -120,6 +120,40 @@ def test_threads_and_cache_keep_skips_and_changed_files(digits, tmp_path, cache_
     assert sorted(reasons) == [5, 9, 17] and "changed on disk" in reasons[9]
 
 
+@pytest.mark.parametrize("threads", [0, 1])
+def test_batches_prepared_together_are_the_batches_prepared_alone(digits, tmp_path, monkeypatch, threads):
+    """Consecutive batches of a chunk are prepared in one go (GROUP_BYTES); the model must
+    still get exactly the batches it gets one at a time, the same images (unreadable ones
+    left out of their own batch) and the same input bits as ``bundle.inputs``."""
+    import torch
+
+    import analysis.dataset.runner as runner_mod
+    folder = tmp_path / "set"
+    manifest = write_digits_manifest(folder, 40, corrupt={5: b"not a png", 17: b""})
+    spec = JobSpec("predict", ModelSpec("digits"), DatasetRef("manifest", str(manifest)), batch_size=8)
+    p = plan(spec, bundle=digits, data_dir=tmp_path / "x")
+    seen = {}
+    for group_bytes in (runner_mod.GROUP_BYTES, 1):          # 1 byte: one batch per group
+        monkeypatch.setattr(runner_mod, "GROUP_BYTES", group_bytes)
+        worker = WORKERS["predict"](spec.model, p.params, bundle=digits)
+        batches = []
+        orig = worker.compute
+        monkeypatch.setattr(worker, "compute", lambda b, orig=orig, out=batches: (out.append(b), orig(b))[1])
+        runner = BatchRunner(worker, p.source, 8, threads=threads)
+        chunks = [(0, slice_rows(p.rows, 0, 24)), (1, slice_rows(p.rows, 24, 40))]
+        written = {}
+        assert runner.run_chunks(chunks, lambda c, t: written.__setitem__(c, t))
+        seen[group_bytes] = batches
+        assert [len(b["index"]) for b in batches] == [7, 8, 7, 8, 8]
+        for b in batches:
+            assert b["x"].is_contiguous()
+            want = digits.inputs([p.dataset.get(int(i)) for i in b["index"]])
+            assert torch.equal(b["x"], want)
+    grouped, alone = seen.values()
+    assert [b["index"].tolist() for b in grouped] == [b["index"].tolist() for b in alone]
+    assert 5 not in grouped[0]["index"] and 17 not in grouped[2]["index"]
+
+
 def test_writer_error_stops_the_job_and_stop_keeps_finished_chunks(digits, tmp_path):
     spec = JobSpec("predict", ModelSpec("digits"), "digits", batch_size=16, indices=tuple(range(96)))
     p = plan(spec, bundle=digits, data_dir=tmp_path)
@@ -203,28 +237,29 @@ def test_folder_file_rewritten_after_caching_is_reported(digits, tmp_path, cache
 
 
 
-def test_prepare_or_model_errors_reach_the_caller_and_leave_no_thread(digits, tmp_path, monkeypatch):
+@pytest.mark.parametrize("threads", [0, 1, 2])
+def test_prepare_or_model_errors_reach_the_caller_and_leave_no_thread(digits, tmp_path, monkeypatch, threads):
     import threading
     spec = JobSpec("predict", ModelSpec("digits"), "digits", batch_size=16, indices=tuple(range(64)))
     p = plan(spec, bundle=digits, data_dir=tmp_path)
     worker = WORKERS["predict"](spec.model, p.params, bundle=digits)
     chunks = [(0, slice_rows(p.rows, 0, 32)), (1, slice_rows(p.rows, 32, 64))]
     before = set(threading.enumerate())
-    runner = BatchRunner(worker, p.source, 16)
+    runner = BatchRunner(worker, p.source, 16, threads=threads)
     calls = {"n": 0}
     orig = runner._prepare
 
-    def failing_prepare(rows, pool=None):
+    def failing_prepare(rows, pool=None, bounds=None):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 2:                        # chunk 1 (its two batches are prepared together)
             raise RuntimeError("decoder crashed")
-        return orig(rows, pool)
+        return orig(rows, pool, bounds)
     monkeypatch.setattr(runner, "_prepare", failing_prepare)
     written = []
     with pytest.raises(RuntimeError, match="decoder crashed"):
         runner.run_chunks(chunks, lambda c, t: written.append(c))
     assert written == [0]                          # the chunk finished before the error is still written
-    runner = BatchRunner(worker, p.source, 16)
+    runner = BatchRunner(worker, p.source, 16, threads=threads)
     monkeypatch.setattr(worker, "compute", lambda batch: (_ for _ in ()).throw(ValueError("model failed")))
     with pytest.raises(ValueError, match="model failed"):
         runner.run_chunks(chunks, lambda c, t: None)
