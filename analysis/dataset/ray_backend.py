@@ -718,9 +718,10 @@ def run_ray(p, done_chunks: set[int], *, progress=None, should_stop=None, addres
     on Ray, through Ray Data or the model's warm actor pool; the executor prepares the job
     folder before and commits it after. Returns ``{"stopped": bool, "ray_pipeline": name,
     "ray_actors": n, "ray_gpus_per_actor": g, "ray_warm": bool}`` (``ray_warm``: a warm
-    pool's actors were already running when the job started; for Ray Data: no model was
-    built for this job), and for Ray Data also ``"ray_processes"`` (the worker pids that
-    ran its chunks) and ``"ray_models_built"`` (models built for it).
+    pool's actors were already running when the job started; always False for Ray Data),
+    and for Ray Data also ``"ray_processes"`` (the worker pids that ran its chunks) and
+    ``"ray_models_built"`` (models built for it: 0 when every chunk found its model cached
+    in its worker process).
 
     Args:
         p: the JobPlan.
@@ -776,8 +777,8 @@ def run_ray(p, done_chunks: set[int], *, progress=None, should_stop=None, addres
 
 def _run_data(j: _Job) -> tuple[bool, bool, dict]:
     """Ray Data: ``map_batches`` with tasks on CPUs (models cached per worker process) or
-    with an actor pool for this job on GPUs. Returns (stopped, warm: no model was built
-    for this job, {"ray_processes": worker pids, "ray_models_built": n})."""
+    with an actor pool for this job on GPUs. Returns (stopped, warm=False,
+    {"ray_processes": worker pids, "ray_models_built": n})."""
     import warnings
 
     import numpy as np
@@ -823,7 +824,7 @@ def _run_data(j: _Job) -> tuple[bool, bool, dict]:
         close = getattr(it, "close", None)
         if close is not None:
             close()                     # ends the dataset's execution (and its actors)
-    return stopped, built == 0, {"ray_processes": sorted(pids), "ray_models_built": built}
+    return stopped, False, {"ray_processes": sorted(pids), "ray_models_built": built}
 
 
 def _run_pool(j: _Job) -> tuple[bool, bool, dict]:

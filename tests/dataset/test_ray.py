@@ -173,7 +173,7 @@ def test_ray_data_jobs_reuse_the_worker_processes_and_their_models(ray_cluster, 
                  engine="ray", data_dir=tmp_path, chunk_size=32, ray_pipeline="data")
     assert first.complete and second.complete
     assert set(second.meta["ray_processes"]) <= set(first.meta["ray_processes"])
-    assert second.meta["ray_models_built"] == 0 and second.meta["ray_warm"]
+    assert second.meta["ray_models_built"] == 0 and not second.meta["ray_warm"]     # (a warm pool's flag)
     # what the processes hold, read by a plain task (Ray runs it in one of them)
     import ray
     info = ray.get(ray.remote(num_cpus=1)(ray_backend.process_models).remote())
@@ -234,6 +234,18 @@ def test_ray_worker_that_always_dies_is_reported(ray_cluster, digits, tmp_path, 
     assert "part-000001.parquet" not in written and not (partial / "meta.json").exists()
     if pipeline == "pool":       # chunk 0 was written before chunk 1 killed the only actor
         assert written == ["part-000000.parquet"]
+
+
+def test_ray_data_prestart_builds_the_model_in_the_worker_processes(ray_cluster, digits, tmp_path, monkeypatch):
+    import ray
+    # what an embedded Ray does at start: import torch in the idle workers (here waited for)
+    assert all(not w["error"] for w in ray.get(ray_backend.warm_workers(n=2)))
+    # settings no job used before (a CONVLENS_* variable): a model the processes do not hold
+    monkeypatch.setenv("CONVLENS_TEST_MARK", "prestart")
+    assert ray_backend.prestart(ModelSpec("digits"), concurrency=2, pipeline="data") == 2   # 2 tasks, not waited for
+    res = run(JobSpec("predict", ModelSpec("digits"), "digits", batch_size=32, indices=tuple(range(128))),
+              engine="ray", data_dir=tmp_path, chunk_size=32, ray_pipeline="data")
+    assert res.complete and res.meta["ray_models_built"] == 0        # the prestarted models served it
 
 
 def test_job_kinds_resolve_by_module_path_in_a_fresh_process():
