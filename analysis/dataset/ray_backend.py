@@ -359,6 +359,7 @@ def _sweep_models() -> None:
     """Free this process's models idle for longer than their ``keep_warm_s``; ends when
     none is left (:func:`process_model` starts it again)."""
     import gc
+    global _SWEEPER
     while True:
         now = time.monotonic()
         with _MODELS_LOCK:
@@ -367,7 +368,6 @@ def _sweep_models() -> None:
                 del _MODELS[k]
             waits = [e.keep_warm_s - (now - e.last_used) for e in _MODELS.values()]
             if not _MODELS:
-                global _SWEEPER
                 _SWEEPER = None
         if old:
             gc.collect()

@@ -248,6 +248,38 @@ def test_ray_data_prestart_builds_the_model_in_the_worker_processes(ray_cluster,
     assert res.complete and res.meta["ray_models_built"] == 0        # the prestarted models served it
 
 
+def test_a_worker_process_keeps_at_most_two_models_and_frees_idle_ones(digits, tmp_path):
+    # the per-process model cache of Ray Data's tasks, run in this process (no Ray needed)
+    import time
+
+    from analysis.core.config import get_config, set_config
+    base = get_config()
+
+    def ctor(name: str) -> dict:
+        return {"model_spec": model_spec_dict(ModelSpec("digits")), "model_id": "", "device": "cpu", "threads": 0,
+                "env": {}, "data_dir": str(tmp_path / name), "cache_dir": ""}
+
+    try:
+        a, built = ray_backend.process_model(ctor("a"), keep_warm_s=60)
+        assert built and get_config().data_dir == tmp_path / "a"
+        assert ray_backend.process_model(ctor("a"), keep_warm_s=60) == (a, False)
+        ray_backend.process_model(ctor("b"), keep_warm_s=60)
+        assert get_config().data_dir == tmp_path / "b"          # the settings of the model in use
+        assert ray_backend.process_model(ctor("a"), keep_warm_s=60)[1] is False
+        assert get_config().data_dir == tmp_path / "a"
+        ray_backend.process_model(ctor("c"), keep_warm_s=0.3)    # b, the least recently used, goes
+        held = [m["data_dir"] for m in ray_backend.process_models()["models"]]
+        assert held == [str(tmp_path / "a"), str(tmp_path / "c")]
+        assert ray_backend.process_model(ctor("b"), keep_warm_s=0.3)[1] is True
+        ray_backend.process_model(ctor("a"), keep_warm_s=0.3)
+        deadline = time.monotonic() + 20
+        while ray_backend.process_models()["models"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ray_backend.process_models()["models"] == []     # freed after keep_warm_s idle
+    finally:
+        set_config(base)
+
+
 def test_job_kinds_resolve_by_module_path_in_a_fresh_process():
     # what a Ray actor sees: only analysis.dataset imported, yet "crp" is known and loads lazily
     import subprocess
