@@ -122,7 +122,7 @@ def mapping_key(m: ClassMapping) -> str:
 # ====================================================================== jobs
 
 ENGINES = {"local": "In this process", "ray": "On Ray (the cluster at ray_address, else an embedded single-node Ray)"}
-PIPELINES = {"data": "Ray Data, a new actor pool per job (default)",
+PIPELINES = {"data": "Ray Data: Ray's worker processes keep the model between jobs (default)",
              "pool": "Keep Ray workers warm between jobs (faster repeated jobs on one model)"}
 _ENGINE, _PIPELINE, _PRESTARTED = "_ds_engine", "_ds_ray_pipeline", "_ds_prestarted"   # not in share links
 
@@ -136,27 +136,28 @@ def engine_choice() -> None:
     with st.expander("Where data-set jobs run", icon=":material/dns:"):
         engine = st.radio("Engine", list(ENGINES), index=list(ENGINES).index(cfg.engine), key=_ENGINE,
                           format_func=ENGINES.get)
-        if engine == "ray" and st.radio("Ray", list(PIPELINES), index=list(PIPELINES).index(cfg.ray_pipeline),
-                                        key=_PIPELINE, format_func=PIPELINES.get) == "pool":
-            _prestart(state.model_spec())
+        if engine == "ray":
+            _prestart(state.model_spec(), st.radio("Ray", list(PIPELINES), index=list(PIPELINES).index(cfg.ray_pipeline),
+                                                   key=_PIPELINE, format_func=PIPELINES.get))
 
 
-def _prestart(spec) -> None:
-    """Start the model's warm Ray pool in a background thread, once per model and session."""
+def _prestart(spec, pipeline: str) -> None:
+    """Get the model ready on Ray in a background thread (its warm pool, or with Ray Data
+    the model built in Ray's idle worker processes), once per model, pipeline and session."""
     import threading
 
     from analysis.dataset import ray_backend
-    if st.session_state.get(_PRESTARTED) == spec:
+    if st.session_state.get(_PRESTARTED) == (spec, pipeline):
         return
-    st.session_state[_PRESTARTED] = spec
+    st.session_state[_PRESTARTED] = (spec, pipeline)
 
     def start() -> None:
         try:
-            ray_backend.prestart(spec)
+            ray_backend.prestart(spec, pipeline=pipeline)
         except Exception:  # noqa: BLE001 - the first job then starts the actors and reports any error
             log.warning("Ray warm pool: prestart failed", exc_info=True)
     threading.Thread(target=start, name="convlens-ray-prestart", daemon=True).start()
-    st.caption("Starting the Ray workers of this model in the background; they stay up between jobs.")
+    st.caption("Getting this model ready on the Ray workers in the background; they keep it between jobs.")
 
 
 def dataset_job(kind: str, bundle: ModelBundle, ds: Dataset, indices: Sequence[int] | None, params: dict,

@@ -1,6 +1,7 @@
-"""Test-only data-set job kind that kills its own worker process: the fault is injected from
-the test side (no test hook in analysis/). Ray actors import this module by its
-``"tests.dataset.ray_faults:KillingPredictWorker"`` path (the session's Ray cluster puts
+"""Test-only data-set job kinds: one that kills its own worker process (the fault is injected
+from the test side, no test hook in analysis/) and one that reports the settings its worker
+process ran with. Ray workers import this module by its
+``"tests.dataset.ray_faults:<Class>"`` paths (the session's Ray cluster puts
 the repository on the workers' PYTHONPATH: tests/dataset/conftest.py)."""
 from __future__ import annotations
 
@@ -29,3 +30,26 @@ class KillingPredictWorker(PredictWorker):
                 os.unlink(marker)
                 os._exit(1)
         return super().compute(batch)
+
+
+SETTINGS_KIND = "test_settings"
+SETTINGS_PATH = "tests.dataset.ray_faults:SettingsPredictWorker"
+MARK_ENV = "CONVLENS_TEST_MARK"
+
+
+class SettingsPredictWorker(PredictWorker):
+    """``predict`` plus two columns that show the settings the worker process ran the batch
+    with: ``data_dir`` (the configuration's) and ``mark`` (the ``CONVLENS_TEST_MARK``
+    environment variable, "" when unset)."""
+
+    kind = SETTINGS_KIND
+
+    def compute(self, batch: dict):
+        import numpy as np
+
+        from analysis.core.config import get_config
+        out = super().compute(batch)
+        n = len(out["index"])
+        out["data_dir"] = np.asarray([str(get_config().data_dir)] * n, dtype=object)
+        out["mark"] = np.asarray([os.environ.get(MARK_ENV, "")] * n, dtype=object)
+        return out

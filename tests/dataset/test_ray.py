@@ -17,7 +17,7 @@ from analysis.dataset import ray_backend
 from analysis.dataset.__main__ import main
 from analysis.dataset.executor import JobError, JobSpec, load_result, run
 from analysis.dataset.manifest import DatasetRef
-from analysis.dataset.workers import WORKERS
+from analysis.dataset.workers import WORKERS, model_spec_dict
 from tests.dataset import ray_faults
 from tests.dataset.conftest import write_digits_manifest
 
@@ -84,7 +84,7 @@ def test_ray_crp_job_equals_in_process_and_reuses_the_warm_actors(ray_cluster, d
                  "--no-record"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["complete"] and out["engine"] == "ray" and out["ray_pipeline"] == "pool"
-    assert ray_backend.prestart(ModelSpec("digits"), concurrency=2) == 0      # the pool is running
+    assert ray_backend.prestart(ModelSpec("digits"), concurrency=2, pipeline="pool") == 0   # the pool is running
     pids = _actor_pids()
     spec = JobSpec("crp", ModelSpec("digits"), "digits", params={"layer": "features.relu3"}, batch_size=16,
                    indices=tuple(range(64)))
@@ -117,7 +117,7 @@ def test_ray_stop_resume_and_a_killed_worker(ray_cluster, digits, tmp_path, kill
     spec = JobSpec(killing_kind, ModelSpec("digits"), DatasetRef("manifest", str(manifest)), batch_size=25,
                    params={"kill_index": 160, "marker": str(marker)})
     if pipeline == "data":       # a warm pool is up (the pool's run of this test): Ray Data must free its CPUs
-        ray_backend.prestart(ModelSpec("digits"), concurrency=2)
+        ray_backend.prestart(ModelSpec("digits"), concurrency=2, pipeline="pool")
         assert ray_backend.pool_info()
     # Stop once the first chunk is done (one actor): nothing is complete
     seen = []
@@ -157,9 +157,68 @@ def test_ray_stop_resume_and_a_killed_worker(ray_cluster, digits, tmp_path, kill
 
 
 def test_ray_data_features_and_predictions_equal_in_process(ray_cluster, digits, tmp_path):
-    # after the pool's tests: Ray Data (the default pipeline) starts its own actors for this job
+    # after the pool's tests: Ray Data (the default pipeline) runs tasks in Ray's worker
+    # processes, which build the model once each, and shut the idle pool down
     remote = _features_equal(tmp_path, "data")
-    assert not remote.meta["ray_warm"] and ray_backend.pool_info() == []
+    assert ray_backend.pool_info() == []
+    assert 1 <= len(remote.meta["ray_processes"]) <= 2 and remote.meta["ray_models_built"] <= 2
+
+
+def test_ray_data_jobs_reuse_the_worker_processes_and_their_models(ray_cluster, digits, tmp_path):
+    # CPU Ray Data runs tasks; Ray reuses its idle worker processes, and each keeps the
+    # model it built: a second job on the model runs in the same processes without a build
+    first = run(JobSpec("predict", ModelSpec("digits"), "digits", batch_size=32, indices=tuple(range(128))),
+                engine="ray", data_dir=tmp_path, chunk_size=32, ray_pipeline="data")
+    second = run(JobSpec("features", ModelSpec("digits"), "digits", batch_size=32, indices=tuple(range(128, 256))),
+                 engine="ray", data_dir=tmp_path, chunk_size=32, ray_pipeline="data")
+    assert first.complete and second.complete
+    assert set(second.meta["ray_processes"]) <= set(first.meta["ray_processes"])
+    assert second.meta["ray_models_built"] == 0 and not second.meta["ray_warm"]     # (a warm pool's flag)
+    # what the processes hold, read by a plain task (Ray runs it in one of them)
+    import ray
+    info = ray.get(ray.remote(num_cpus=1)(ray_backend.process_models).remote())
+    assert info["pid"] in first.meta["ray_processes"] and info["built"] >= 1
+    assert model_spec_dict(ModelSpec("digits")) in [m["model"] for m in info["models"]]
+    assert len(info["models"]) <= ray_backend.MODELS_PER_PROCESS
+
+
+@pytest.fixture
+def settings_kind():
+    WORKERS[ray_faults.SETTINGS_KIND] = ray_faults.SETTINGS_PATH
+    yield ray_faults.SETTINGS_KIND
+    del WORKERS[ray_faults.SETTINGS_KIND]
+
+
+def test_ray_data_cached_models_keep_their_own_settings(ray_cluster, digits, tmp_path, settings_kind, monkeypatch):
+    # two jobs on one model with other settings (data directory, a CONVLENS_* variable) get
+    # two cached models in the same worker processes; neither job sees the other's settings
+    import dataclasses
+
+    from analysis.core.config import get_config, set_config
+    base = get_config()
+
+    def job(folder: str, mark: str, indices: range):
+        set_config(dataclasses.replace(base, data_dir=tmp_path / folder))
+        if mark:
+            monkeypatch.setenv(ray_faults.MARK_ENV, mark)
+        else:
+            monkeypatch.delenv(ray_faults.MARK_ENV, raising=False)
+        res = run(JobSpec(settings_kind, ModelSpec("digits"), "digits", batch_size=32, indices=tuple(indices)),
+                  engine="ray", chunk_size=32, ray_pipeline="data")
+        assert res.complete and res.path.is_relative_to(tmp_path / folder)
+        assert set(res.array("data_dir").tolist()) == {str(tmp_path / folder)}
+        assert set(res.array("mark").tolist()) == {mark}
+        return res
+
+    try:
+        a = job("a", "a", range(0, 128))
+        b = job("b", "", range(128, 256))
+        assert set(a.meta["ray_processes"]) & set(b.meta["ray_processes"])    # a process held both
+        assert b.meta["ray_models_built"] >= 1                                 # other settings: own model
+        again = job("a", "a", range(256, 384))
+        assert again.meta["ray_models_built"] == 0                             # a's model, still cached
+    finally:
+        set_config(base)
 
 
 @pytest.mark.parametrize("pipeline", ["data", "pool"])
@@ -175,6 +234,50 @@ def test_ray_worker_that_always_dies_is_reported(ray_cluster, digits, tmp_path, 
     assert "part-000001.parquet" not in written and not (partial / "meta.json").exists()
     if pipeline == "pool":       # chunk 0 was written before chunk 1 killed the only actor
         assert written == ["part-000000.parquet"]
+
+
+def test_ray_data_prestart_builds_the_model_in_the_worker_processes(ray_cluster, digits, tmp_path, monkeypatch):
+    import ray
+    # what an embedded Ray does at start: import torch in the idle workers (here waited for)
+    assert all(not w["error"] for w in ray.get(ray_backend.warm_workers(n=2)))
+    # settings no job used before (a CONVLENS_* variable): a model the processes do not hold
+    monkeypatch.setenv("CONVLENS_TEST_MARK", "prestart")
+    assert ray_backend.prestart(ModelSpec("digits"), concurrency=2, pipeline="data") == 2   # 2 tasks, not waited for
+    res = run(JobSpec("predict", ModelSpec("digits"), "digits", batch_size=32, indices=tuple(range(128))),
+              engine="ray", data_dir=tmp_path, chunk_size=32, ray_pipeline="data")
+    assert res.complete and res.meta["ray_models_built"] == 0        # the prestarted models served it
+
+
+def test_a_worker_process_keeps_at_most_two_models_and_frees_idle_ones(digits, tmp_path):
+    # the per-process model cache of Ray Data's tasks, run in this process (no Ray needed)
+    import time
+
+    from analysis.core.config import get_config, set_config
+    base = get_config()
+
+    def ctor(name: str) -> dict:
+        return {"model_spec": model_spec_dict(ModelSpec("digits")), "model_id": "", "device": "cpu", "threads": 0,
+                "env": {}, "data_dir": str(tmp_path / name), "cache_dir": ""}
+
+    try:
+        a, built = ray_backend.process_model(ctor("a"), keep_warm_s=60)
+        assert built and get_config().data_dir == tmp_path / "a"
+        assert ray_backend.process_model(ctor("a"), keep_warm_s=60) == (a, False)
+        ray_backend.process_model(ctor("b"), keep_warm_s=60)
+        assert get_config().data_dir == tmp_path / "b"          # the settings of the model in use
+        assert ray_backend.process_model(ctor("a"), keep_warm_s=60)[1] is False
+        assert get_config().data_dir == tmp_path / "a"
+        ray_backend.process_model(ctor("c"), keep_warm_s=0.3)    # b, the least recently used, goes
+        held = [m["data_dir"] for m in ray_backend.process_models()["models"]]
+        assert held == [str(tmp_path / "a"), str(tmp_path / "c")]
+        assert ray_backend.process_model(ctor("b"), keep_warm_s=0.3)[1] is True
+        ray_backend.process_model(ctor("a"), keep_warm_s=0.3)
+        deadline = time.monotonic() + 20
+        while ray_backend.process_models()["models"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ray_backend.process_models()["models"] == []     # freed after keep_warm_s idle
+    finally:
+        set_config(base)
 
 
 def test_job_kinds_resolve_by_module_path_in_a_fresh_process():
@@ -213,7 +316,7 @@ def test_an_idle_pool_is_shut_down(ray_cluster, digits):
     import time
 
     import ray
-    assert ray_backend.prestart(ModelSpec("digits"), concurrency=1, keep_warm_s=1.0) in (0, 1)
+    assert ray_backend.prestart(ModelSpec("digits"), concurrency=1, keep_warm_s=1.0, pipeline="pool") in (0, 1)
     (pool,) = ray_backend._POOLS.values()
     actor = pool.actors[0]
     assert ray_backend.pool_info()[0]["actors"] == 1

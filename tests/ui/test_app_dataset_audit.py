@@ -184,28 +184,35 @@ def test_sidebar_data_set_image_is_the_subject_of_every_page():
     assert any(c.value.startswith(f"Predicted: **{ds.labels[1000]}**") for c in at.caption)
 
 
-def test_engine_choice_offers_both_ray_pipelines_and_prestarts_the_warm_pool(monkeypatch):
-    # "Keep Ray workers warm" starts the model's actors in the background (prestart is
-    # replaced here: no Ray in this test); Ray Data, the default, starts nothing ahead
+def test_engine_choice_offers_both_ray_pipelines_and_prestarts_the_model(monkeypatch):
+    # choosing Ray gets the model ready in the background for the chosen pipeline: Ray
+    # Data builds it in Ray's worker processes, "Keep Ray workers warm" starts its actors
+    # (prestart is replaced here: no Ray in this test)
     import analysis.dataset.ray_backend as ray_backend
     calls = []
-    monkeypatch.setattr(ray_backend, "prestart", lambda model, **kw: calls.append(model) or 2)
+    monkeypatch.setattr(ray_backend, "prestart", lambda model, **kw: calls.append((model.kind, kw["pipeline"])) or 2)
+
+    def wait_for(n: int) -> None:
+        deadline = time.time() + 30
+        while len(calls) < n and time.time() < deadline:
+            time.sleep(0.1)
+
     at = _start()
     assert at.radio(key="_ds_engine").value == "local"
     assert "_ds_ray_pipeline" not in [r.key for r in at.radio]
+    assert calls == []
     at.radio(key="_ds_engine").set_value("ray").run()
     _ok(at)
     pipeline = at.radio(key="_ds_ray_pipeline")
     assert pipeline.value == "data" and pipeline.options == [
-        "Ray Data, a new actor pool per job (default)",
+        "Ray Data: Ray's worker processes keep the model between jobs (default)",
         "Keep Ray workers warm between jobs (faster repeated jobs on one model)"]
-    assert calls == []
+    wait_for(1)
+    assert calls == [("digits", "data")]
     pipeline.set_value("pool").run()
     _ok(at)
-    deadline = time.time() + 30
-    while not calls and time.time() < deadline:
-        time.sleep(0.1)
-    assert [m.kind for m in calls] == ["digits"]
-    at.run()                                    # once per model and session
+    wait_for(2)
+    assert calls == [("digits", "data"), ("digits", "pool")]
+    at.run()                                    # once per model, pipeline and session
     time.sleep(0.5)
-    assert len(calls) == 1
+    assert len(calls) == 2
