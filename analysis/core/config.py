@@ -64,7 +64,8 @@ class Config:
     # ray_address / RAY_ADDRESS, else an embedded single-node Ray started on first use).
     engine: str = "local"                     # "local" | "ray"
     ray_address: str | None = None
-    # "data": Ray Data map_batches, a new actor pool per job; "pool": warm actors kept between jobs
+    # "data": Ray Data map_batches (CPUs: tasks in worker processes that keep the model between
+    # jobs; GPUs: an actor pool per job); "pool": warm actors kept between jobs
     ray_pipeline: str = "data"
 
     @property

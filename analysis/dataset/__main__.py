@@ -62,8 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--indices", help="image positions: 0-99,250,300-310 (default: all)")
     a.add_argument("--engine", choices=("local", "ray"), default=None, help="default: the configured engine")
     a.add_argument("--ray-pipeline", choices=("data", "pool"), default=None,
-                   help="Ray: data = Ray Data, a new actor pool per job; pool = warm actors kept between jobs "
+                   help="Ray: data = Ray Data map_batches (CPUs: tasks whose worker processes keep the model "
+                        "between jobs; GPUs: an actor pool per job); pool = warm actors kept between jobs "
                         "(default: the configured ray_pipeline, else data)")
+    a.add_argument("--ray-data-actors", action="store_true",
+                   help="Ray Data: run the chunks on an actor pool of the job on CPUs too (GPUs always do)")
     a.add_argument("--ray-address", default=None, help="Ray cluster (default: ray_address / RAY_ADDRESS, else "
                                                        "an embedded single-node Ray)")
     a.add_argument("--concurrency", type=int, default=None, help="Ray actors")
@@ -110,6 +113,7 @@ def cmd_audit(args) -> int:
     try:
         result = run(spec, engine=args.engine, progress=_progress(args.quiet), data_dir=args.data_dir, force=args.force, ray_address=args.ray_address,
                      concurrency=args.concurrency, num_gpus=args.num_gpus, ray_pipeline=args.ray_pipeline,
+                     ray_data_actors=True if args.ray_data_actors else None,
                      on_info=lambda s: print(s, file=sys.stderr))
     except KeyboardInterrupt:
         print("\nstopped: the chunks written so far are kept; run the same command again to resume.",

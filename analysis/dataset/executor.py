@@ -567,7 +567,7 @@ def run(spec: JobSpec, engine: str | None = None, progress: Progress | None = No
         force: bool = False, ray_address: str | None = None, concurrency: int | None = None,
         num_gpus: float | None = None, retries: int | None = None,
         on_info: Callable[[str], None] | None = None, ray_pipeline: str | None = None,
-        crop_cache: bool = True) -> JobResult:
+        crop_cache: bool = True, ray_data_actors: bool | None = None) -> JobResult:
     """Run a data-set job (or return its stored result) and return the :class:`JobResult`.
 
     Args:
@@ -585,10 +585,14 @@ def run(spec: JobSpec, engine: str | None = None, progress: Progress | None = No
         ray_address, concurrency, num_gpus, retries: Ray only (see
             :func:`analysis.dataset.ray_backend.run_ray`).
         on_info: receives one-line notices (e.g. "started an embedded single-node Ray").
-        ray_pipeline: Ray only: ``"data"`` (Ray Data, a new actor pool per job) or
-            ``"pool"`` (warm actors kept between jobs); default the configured one.
+        ray_pipeline: Ray only: ``"data"`` (Ray Data ``map_batches``: on CPUs tasks in
+            worker processes that keep the model between jobs, on GPUs an actor pool per
+            job) or ``"pool"`` (warm actors kept between jobs); default the configured one.
         crop_cache: in-process only: read and write the data set's decoded-crop cache
             (:class:`analysis.dataset.manifest.CropCache`; the same bits as decoding).
+        ray_data_actors: Ray Data only: True for an actor pool of the job on CPUs too,
+            None for the default (see :func:`analysis.dataset.ray_backend.run_ray`'s
+            ``data_actors``).
 
     Raises:
         ParameterError, DatasetError, ModelLoadError: bad spec, data set or model.
@@ -615,6 +619,7 @@ def run(spec: JobSpec, engine: str | None = None, progress: Progress | None = No
     done = _prepare_partial(p)
     info = run_ray(p, done, progress=progress, should_stop=should_stop, address=ray_address,
                    concurrency=concurrency, num_gpus=num_gpus, on_info=on_info, pipeline=ray_pipeline,
+                   data_actors=ray_data_actors,
                    **({} if retries is None else {"retries": int(retries)}))
     if info.pop("stopped"):
         return _partial_result(p, "ray", time.perf_counter() - t0)

@@ -705,6 +705,7 @@ class _Job:
     tick: Callable[[int], None]
     should_stop: Callable[[], bool] | None
     keep_warm_s: float
+    data_actors: bool = False
 
     def stop(self) -> bool:
         return self.should_stop is not None and bool(self.should_stop())
@@ -713,7 +714,7 @@ class _Job:
 def run_ray(p, done_chunks: set[int], *, progress=None, should_stop=None, address: str | None = None,
             concurrency: int | None = None, num_gpus: float | None = None,
             on_info: Callable[[str], None] | None = None, retries: int = RETRIES,
-            keep_warm_s: float = KEEP_WARM_S, pipeline: str | None = None):
+            keep_warm_s: float = KEEP_WARM_S, pipeline: str | None = None, data_actors: bool | None = None):
     """Run the missing chunks of a planned job (:func:`analysis.dataset.executor.plan`)
     on Ray, through Ray Data or the model's warm actor pool; the executor prepares the job
     folder before and commits it after. Returns ``{"stopped": bool, "ray_pipeline": name,
@@ -741,6 +742,10 @@ def run_ray(p, done_chunks: set[int], *, progress=None, should_stop=None, addres
         pipeline: ``"data"`` (Ray Data: tasks with models cached per worker process on
             CPUs, an actor pool per job on GPUs) or ``"pool"`` (warm actors kept between
             jobs); default the configured ``ray_pipeline``.
+        data_actors: Ray Data only: True runs the chunks on an actor pool of this job
+            (``ActorPoolStrategy``, what GPUs always get), False on tasks in worker
+            processes that keep the model; None (default): actors on GPUs, tasks on CPUs.
+            False with GPUs is a ParameterError.
     """
     from analysis.dataset.workers import WORKERS, model_spec_dict
 
@@ -753,6 +758,11 @@ def run_ray(p, done_chunks: set[int], *, progress=None, should_stop=None, addres
     if progress:
         progress(done, p.n)
     concurrency, num_gpus = _resources(concurrency, num_gpus, len(todo))
+    if data_actors is None:
+        data_actors = bool(num_gpus)
+    elif num_gpus and not data_actors:
+        raise ParameterError("Ray Data on GPUs runs an actor pool (a reused task process cannot switch its CUDA "
+                             "device safely): leave data_actors unset or True.")
     ctor, options = _actor_args(model_spec_dict(p.spec.model), p.bundle.model_id, num_gpus, retries)
     input_path = p.partial_dir / "input.parquet"
 
@@ -768,7 +778,7 @@ def run_ray(p, done_chunks: set[int], *, progress=None, should_stop=None, addres
                "source": p.source, "input_path": str(input_path), "out_dir": str(p.partial_dir)}
         run_pipeline = _run_pool if pipeline == "pool" else _run_data
         stopped, warm, extra = run_pipeline(_Job(p, job, todo, ctor, options, concurrency, tick, should_stop,
-                                                 keep_warm_s))
+                                                 keep_warm_s, bool(data_actors)))
     if not stopped:
         input_path.unlink(missing_ok=True)
     return {"stopped": stopped, "ray_pipeline": pipeline, "ray_actors": concurrency,
@@ -797,8 +807,8 @@ def _run_data(j: _Job) -> tuple[bool, bool, dict]:
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
         ds = ray.data.from_items([{"chunk": c} for c in j.todo], override_num_blocks=len(j.todo))
-        if j.options["num_gpus"]:
-            # a reused task worker cannot switch its CUDA device safely: one actor per GPU
+        if j.data_actors:
+            # GPUs: a reused task worker cannot switch its CUDA device safely, one actor per GPU
             out = ds.map_batches(DataChunkActor, batch_size=1, batch_format="numpy",
                                  compute=ray.data.ActorPoolStrategy(size=j.concurrency),
                                  fn_constructor_kwargs={"job": j.job, **j.ctor}, **j.options)

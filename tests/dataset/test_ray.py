@@ -34,11 +34,18 @@ def _same(a, b):
         assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), f"column {c} differs"
 
 
+def _kw(pipeline: str) -> dict:
+    """run()'s Ray arguments for a test's pipeline: "pool", "data" (Ray Data as configured:
+    tasks on CPUs) or "data-actors" (Ray Data on an actor pool of the job, what GPUs get)."""
+    return {"ray_pipeline": "pool" if pipeline == "pool" else "data",
+            "ray_data_actors": True if pipeline == "data-actors" else None}
+
+
 def _both(spec, tmp_path, pipeline="pool", **kw):
     local = run(spec, engine="local", data_dir=tmp_path / "local")
-    remote = run(spec, engine="ray", data_dir=tmp_path / "ray", chunk_size=64, ray_pipeline=pipeline, **kw)
+    remote = run(spec, engine="ray", data_dir=tmp_path / "ray", chunk_size=64, **_kw(pipeline), **kw)
     assert local.complete and remote.complete and remote.meta["engine"] == "ray"
-    assert remote.meta["ray_pipeline"] == pipeline
+    assert remote.meta["ray_pipeline"] == _kw(pipeline)["ray_pipeline"]
     assert local.key == remote.key                      # the engine is not part of the job
     return local, remote
 
@@ -57,9 +64,11 @@ def test_ray_features_and_predictions_equal_in_process_on_the_warm_pool(ray_clus
 
 
 def test_ray_gradcam_maps_equal_in_process(ray_cluster, digits, tmp_path):
+    # through Ray Data's actor pool: the path GPU clusters take, here on CPU actors
     spec = JobSpec("saliency", ModelSpec("digits"), "digits", batch_size=32, indices=tuple(range(N)),
                    params={"method": "gradcam"})
-    local, remote = _both(spec, tmp_path)
+    local, remote = _both(spec, tmp_path, "data-actors")
+    assert remote.meta["ray_processes"] and remote.meta["ray_models_built"] == len(remote.meta["ray_processes"])
     maps = remote.array("map")
     assert maps.shape == (N, 32, 32) and maps.max() > 0
     _same(local, remote)
@@ -108,7 +117,7 @@ def killing_kind():
     del WORKERS[ray_faults.KIND]
 
 
-@pytest.mark.parametrize("pipeline", ["pool", "data"])
+@pytest.mark.parametrize("pipeline", ["pool", "data", "data-actors"])
 def test_ray_stop_resume_and_a_killed_worker(ray_cluster, digits, tmp_path, killing_kind, pipeline):
     bad = {5: b"\x89PNG\r\n\x1a\n" + b"\0" * 40, 150: b"not an image at all"}
     manifest = write_digits_manifest(tmp_path / "set", 200, corrupt=bad)
@@ -116,16 +125,16 @@ def test_ray_stop_resume_and_a_killed_worker(ray_cluster, digits, tmp_path, kill
     # the worker process dies on the batch holding image 160 (chunk 3) while the marker exists
     spec = JobSpec(killing_kind, ModelSpec("digits"), DatasetRef("manifest", str(manifest)), batch_size=25,
                    params={"kill_index": 160, "marker": str(marker)})
-    if pipeline == "data":       # a warm pool is up (the pool's run of this test): Ray Data must free its CPUs
+    if pipeline != "pool":       # a warm pool is up (the pool's run of this test): Ray Data must free its CPUs
         ray_backend.prestart(ModelSpec("digits"), concurrency=2, pipeline="pool")
         assert ray_backend.pool_info()
     # Stop once the first chunk is done (one actor): nothing is complete
     seen = []
-    first = run(spec, engine="ray", data_dir=tmp_path / "ray", chunk_size=50, concurrency=1, ray_pipeline=pipeline,
+    first = run(spec, engine="ray", data_dir=tmp_path / "ray", chunk_size=50, concurrency=1, **_kw(pipeline),
                 progress=lambda d, n: seen.append(d), should_stop=lambda: bool(seen) and seen[-1] > 0)
     assert not first.complete and not (first.path / "meta.json").exists()
     assert load_result(spec, data_dir=tmp_path / "ray") is None
-    if pipeline == "data":
+    if pipeline != "pool":
         assert ray_backend.pool_info() == []             # the idle pool was shut down, not waited for
     parts = {int(f.stem.split("-")[1]) for f in first.path.glob("part-*.parquet")}
     done = first.n_rows + len(first.skipped)     # rows and skips of the parts the result counted
@@ -141,11 +150,11 @@ def test_ray_stop_resume_and_a_killed_worker(ray_cluster, digits, tmp_path, kill
     # Resume; the actor running chunk 3 dies once (os._exit) and Ray restarts it and retries the chunk
     marker.write_text("")
     seen = []
-    full = run(spec, engine="ray", data_dir=tmp_path / "ray", chunk_size=50, ray_pipeline=pipeline,
+    full = run(spec, engine="ray", data_dir=tmp_path / "ray", chunk_size=50, **_kw(pipeline),
                progress=lambda d, n: seen.append(d))
     assert seen[0] == 50 * len(parts)                    # resumed after the chunks already written
     assert not marker.exists()                           # the worker really was killed
-    assert full.complete and full.n_rows == 198 and full.meta["ray_pipeline"] == pipeline
+    assert full.complete and full.n_rows == 198 and full.meta["ray_pipeline"] == _kw(pipeline)["ray_pipeline"]
     assert sorted((i, p) for i, p, _ in full.skipped) == [(5, "img/0005.png"), (150, "img/0150.png")]
     assert all(reason for _, _, reason in full.skipped)
     # the same rows as the plain predict job in-process
@@ -221,12 +230,12 @@ def test_ray_data_cached_models_keep_their_own_settings(ray_cluster, digits, tmp
         set_config(base)
 
 
-@pytest.mark.parametrize("pipeline", ["data", "pool"])
+@pytest.mark.parametrize("pipeline", ["data", "data-actors", "pool"])
 def test_ray_worker_that_always_dies_is_reported(ray_cluster, digits, tmp_path, killing_kind, pipeline):
     spec = JobSpec(killing_kind, ModelSpec("digits"), "digits", batch_size=32, indices=tuple(range(128)),
                    params={"kill_index": 40, "marker": "always"})
     with pytest.raises(JobError, match="Ray job failed"):
-        run(spec, engine="ray", data_dir=tmp_path, chunk_size=32, retries=0, concurrency=1, ray_pipeline=pipeline)
+        run(spec, engine="ray", data_dir=tmp_path, chunk_size=32, retries=0, concurrency=1, **_kw(pipeline))
     assert load_result(spec, data_dir=tmp_path) is None
     # chunk 1 killed its worker; nothing is marked complete, and chunk 1 has no part
     (partial,) = tmp_path.glob("jobs/*.partial")
