@@ -6,12 +6,12 @@ and a scaling estimate for N GPU workers from the measured per-batch costs.
    the bare forward (predict) or forward + backward to the Grad-CAM layer (saliency).
    Goal: executor >= 0.8x the floor. Both models: the digits CNN (all 1,797 digits) and
    EfficientNet-Lite0 (224x224).
-2. The same ``predict`` job on Ray (embedded single-node Ray, one actor per core) against
-   in-process, end to end, through both pipelines in the same run: Ray Data
-   (``ray_pipeline="data"``, every job starts its own actors), the warm pool's first (cold)
-   job, which starts the actors, and its later (warm) jobs (``ray.init`` apart); with the
-   cold start-up broken down (ray.init, importing torch / convlens in the actor, building
-   the model). Goal: >= 0.7x in-process on 2 cores.
+2. The same ``predict`` job on Ray (embedded single-node Ray, one worker per core) against
+   in-process, end to end, every way the Ray backend runs, in the same run: Ray Data
+   (``ray_pipeline="data"``: tasks whose worker processes keep the model) first and later
+   jobs, the warm pool's first (cold) and later (warm) jobs, and Ray Data on an actor pool of
+   the job (the GPU path); ``ray.init`` apart, with the actors' start-up broken down
+   (importing torch / convlens, building the model). Goal: >= 0.7x in-process on 2 cores.
 3. Per-batch costs (read + decode, preprocess, model, post-process + Parquet) and the
    scaling estimate for N GPU workers.
 
@@ -203,10 +203,12 @@ def _costs(p, runner, bundle, n: int, batch: int, t: dict) -> None:
 
 
 def ray_vs_local(spec_model: ModelSpec, dataset, n: int, batch: int, chunk: int, device, data_dir: Path) -> dict:
-    """The same ``predict`` job in-process and on an embedded Ray through both pipelines of
-    analysis.dataset.ray_backend: Ray Data (every job starts its own actors), the warm
-    pool's first (cold) job, which starts the actors, and its later (warm) jobs, which
-    reuse them; ``ray.init`` is timed apart."""
+    """The same ``predict`` job in-process and on an embedded Ray through every way of
+    analysis.dataset.ray_backend, in this order: Ray Data's first job right after
+    ``ray.init`` (tasks; the worker processes import torch and build the model), a later
+    Ray Data job (the same processes, the model kept), the warm pool's first (cold) job and
+    its later jobs, and Ray Data on an actor pool of the job (the GPU path, actors started
+    per job). ``ray.init`` is timed apart."""
     import ray
 
     from analysis.dataset import ray_backend
@@ -215,7 +217,7 @@ def ray_vs_local(spec_model: ModelSpec, dataset, n: int, batch: int, chunk: int,
     run(JobSpec("predict", spec_model, dataset, batch_size=batch, indices=tuple(range(batch))),
         bundle=bundle, data_dir=data_dir, force=True)                     # warm-up
     threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)          # in-process gets every core, like Ray's actors together
+    torch.set_num_threads(os.cpu_count() or 1)          # in-process gets every core, like Ray's workers together
     try:
         t_local = float("inf")
         for _ in range(2):
@@ -225,42 +227,49 @@ def ray_vs_local(spec_model: ModelSpec, dataset, n: int, batch: int, chunk: int,
     finally:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray_backend.ensure_ray()            # as the app starts it: embedded, idle workers import torch
     t_init = time.perf_counter() - t0
 
-    def on_ray(pipeline: str, warm: bool) -> tuple[float, float, dict]:
+    def on_ray(pipeline: str, warm: bool, actors: bool | None = None) -> tuple[float, float, dict]:
         """(seconds, seconds to the first chunk, meta) of one job through ``pipeline``."""
         stamps = []
         t0 = time.perf_counter()
         r = run(spec, engine="ray", data_dir=data_dir, force=True, chunk_size=chunk, ray_pipeline=pipeline,
-                progress=lambda d, total: stamps.append(time.perf_counter()))
+                ray_data_actors=actors, progress=lambda d, total: stamps.append(time.perf_counter()))
         dt = time.perf_counter() - t0
         assert r.complete and r.n_rows == n and r.meta["ray_pipeline"] == pipeline and r.meta["ray_warm"] == warm
         return dt, stamps[1] - t0, r.meta
 
     try:
-        t_data, data_first, _ = on_ray("data", False)
+        t_data, data_first, m1 = on_ray("data", False)
+        data_later = [on_ray("data", False) for _ in range(2)]
+        t_data2 = min(t for t, _, _ in data_later)
         t_cold, cold_first, meta = on_ray("pool", False)
         (pool,) = ray_backend._POOLS.values()
         infos = ray.get([a.info.remote() for a in pool.actors])
         t_warm = min(on_ray("pool", True)[0] for _ in range(2))
-        t_data2 = on_ray("data", False)[0]          # Ray Data again: the driver's first use of it paid
+        t_actors, actors_first, _ = on_ray("data", False, actors=True)     # shuts the idle pool down first
     finally:
         ray_backend.shutdown_pools()
         ray.shutdown()
     startup = {k: float(np.mean([i[k] for i in infos])) for k in ("import_torch_s", "import_convlens_s",
                                                                  "build_model_s")}
-    out = {"n": n, "batch": batch, "chunk": chunk, "local": n / t_local, "ray_data": n / t_data, "ray_data2": n / t_data2,
-           "ray_cold": n / t_cold, "ray_warm": n / t_warm, "ray_init_s": t_init, "data_first_chunk_s": data_first,
-           "ray_first_chunk_s": cold_first, "data_s": t_data, "data2_s": t_data2, "cold_s": t_cold, "warm_s": t_warm,
-           "local_s": t_local, "actors": meta.get("ray_actors"), "load": os.getloadavg()[0], **startup}
+    out = {"n": n, "batch": batch, "chunk": chunk, "local": n / t_local, "ray_data": n / t_data,
+           "ray_data2": n / t_data2, "ray_actors": n / t_actors, "ray_cold": n / t_cold, "ray_warm": n / t_warm,
+           "ray_init_s": t_init, "data_first_chunk_s": data_first, "actors_first_chunk_s": actors_first,
+           "ray_first_chunk_s": cold_first, "data_s": t_data, "data2_s": t_data2, "actors_s": t_actors,
+           "cold_s": t_cold, "warm_s": t_warm, "local_s": t_local, "workers": meta.get("ray_actors"),
+           "data_built": (m1.get("ray_models_built"), max(m.get("ray_models_built", 0) for _, _, m in data_later)),
+           "data_same_processes": all(set(m.get("ray_processes", [])) <= set(m1.get("ray_processes", []))
+                                      for _, _, m in data_later),
+           "load": os.getloadavg()[0], **startup}
     print(f"Ray vs in-process ({n} images): in-process {out['local']:.1f} img/s ({t_local:.1f} s); Ray Data "
-          f"{out['ray_data']:.1f} img/s ({t_data:.1f} s, {out['ray_data'] / out['local']:.2f}x), again {t_data2:.1f} s "
-          f"({out['ray_data2'] / out['local']:.2f}x); pool cold "
-          f"{out['ray_cold']:.1f} img/s ({t_cold:.1f} s, {out['ray_cold'] / out['local']:.2f}x); pool warm "
-          f"{out['ray_warm']:.1f} img/s ({t_warm:.1f} s, {out['ray_warm'] / out['local']:.2f}x); ray.init "
-          f"{t_init:.1f} s; first chunk after {data_first:.1f} s (Ray Data) / {cold_first:.1f} s (pool); actor "
-          "start-up: " + ", ".join(f"{k} {v:.1f} s" for k, v in startup.items()), flush=True)
+          f"first {t_data:.1f} s ({out['ray_data'] / out['local']:.2f}x), later {t_data2:.1f} s "
+          f"({out['ray_data2'] / out['local']:.2f}x), models built {out['data_built']}; Ray Data actors "
+          f"{t_actors:.1f} s ({out['ray_actors'] / out['local']:.2f}x); pool cold {t_cold:.1f} s "
+          f"({out['ray_cold'] / out['local']:.2f}x), warm {t_warm:.1f} s ({out['ray_warm'] / out['local']:.2f}x); "
+          f"ray.init {t_init:.1f} s; actor start-up: " + ", ".join(f"{k} {v:.1f} s" for k, v in startup.items()),
+          flush=True)
     return out
 
 
@@ -269,36 +278,40 @@ def ray_markdown(rv: dict | None) -> str:
     if not rv:
         return "Ray was not measured in this run (--no-ray)."
     first_init = rv["n"] / (rv["data_s"] + rv["ray_init_s"])
-    faster = ("The warm pool beats in-process here because two single-threaded actor processes use the two loaded "
-              "cores better than one process with torch's two-thread pool. " if rv["ray_warm"] > rv["local"] else "")
     other = rv["ray_first_chunk_s"] - rv["import_torch_s"] - rv["import_convlens_s"] - rv["build_model_s"]
+    built_first, built_later = rv["data_built"]
     return f"""`predict` with EfficientNet-Lite0 over {rv['n']} JPEG photos (320×320, a manifest), batch {rv['batch']}, chunks of {rv['chunk']}
 images, end to end (`run(...)` called → result committed); in-process with torch's {os.cpu_count()} threads, Ray
-(embedded single-node) with {rv['actors']} actors of one core and one thread each, through both pipelines
-(`ray_pipeline`) in the same run, in this order: one Ray Data job, the warm pool's first job, two
-more pool jobs, a second Ray Data job (which shuts the idle pool down first). Best of two runs for in-process and the warm pool; the others run once. Measured under
-load (load average {rv['load']:.1f} on the shared machine at the end of this part), so compare the ratios,
-not the absolute figures:
+(embedded single-node, started as the app starts it: `ensure_ray`) with {rv['workers']} workers of one core and one
+thread each, through every way the Ray backend runs in the same run, in this order: Ray Data's first job
+right after `ray.init`, two more Ray Data jobs, the warm pool's first job, two more pool jobs, Ray Data
+on an actor pool of the job (`ray_data_actors=True`, the path GPUs take; it shuts the idle pool down
+first). Best of two runs for in-process, later Ray Data jobs and the warm pool; the others run once.
+Measured under load (load average {rv['load']:.1f} on the shared machine at the end of this part), so
+compare the ratios, not the absolute figures:
 
 | | seconds | images/s | vs in-process |
 |---|---|---|---|
 | in-process | {rv['local_s']:.1f} | {rv['local']:.1f} | 1.00× |
-| Ray Data (`"data"`, default: every job starts its actors), first job | {rv['data_s']:.1f} | {rv['ray_data']:.1f} | **{rv['ray_data'] / rv['local']:.2f}×** |
-| Ray Data, a later job (Ray Data already used in this process) | {rv['data2_s']:.1f} | {rv['ray_data2']:.1f} | **{rv['ray_data2'] / rv['local']:.2f}×** |
+| **Ray Data** (`"data"`, default), first job right after `ray.init`: tasks; the worker processes build the model | {rv['data_s']:.1f} | {rv['ray_data']:.1f} | **{rv['ray_data'] / rv['local']:.2f}×** |
+| **Ray Data**, later jobs: the same worker processes, the model kept | {rv['data2_s']:.1f} | {rv['ray_data2']:.1f} | **{rv['ray_data2'] / rv['local']:.2f}×** |
 | warm pool (`"pool"`), first job on the model: actors start | {rv['cold_s']:.1f} | {rv['ray_cold']:.1f} | {rv['ray_cold'] / rv['local']:.2f}× |
-| warm pool (`"pool"`), later jobs on the model: actors running | {rv['warm_s']:.1f} | {rv['ray_warm']:.1f} | **{rv['ray_warm'] / rv['local']:.2f}×** |
+| warm pool (`"pool"`), later jobs on the model: actors running | {rv['warm_s']:.1f} | {rv['ray_warm']:.1f} | {rv['ray_warm'] / rv['local']:.2f}× |
+| Ray Data on an actor pool of the job (GPU path; actors start in every job) | {rv['actors_s']:.1f} | {rv['ray_actors']:.1f} | {rv['ray_actors'] / rv['local']:.2f}× |
 | first Ray job of the process including `ray.init` (Ray Data) | {rv['data_s'] + rv['ray_init_s']:.1f} | {first_init:.1f} | {first_init / rv['local']:.2f}× |
 
-Where the start-up goes: `ray.init` {rv['ray_init_s']:.1f} s (GCS, raylet and agents start; once per
-process); in each actor, importing torch {rv['import_torch_s']:.1f} s, importing convlens' model loaders
-{rv['import_convlens_s']:.1f} s (torchvision, which pulls in torch._dynamo, is imported only where a function needs it), building the model from its spec
-{rv['build_model_s']:.1f} s; the first chunk finished {rv['data_first_chunk_s']:.1f} s (Ray Data, first job) and
-{rv['ray_first_chunk_s']:.1f} s (pool, first job) after the job started (so about {max(0.0, other):.1f} s of process
-spawn, scheduling and the chunk itself in the pool). Ray Data pays this start-up in every job; the warm pool
-pays it once per model: it stays up for `KEEP_WARM_S` = {ray_backend_keep_warm():.0f} s after its last job and
-serves every later job on the model (any kind, parameters or data set); `ray_backend.prestart(model)` (the
-audit page calls it when "Keep Ray workers warm" is chosen) starts it before the first job. {faster}Both
-pay off most for long jobs or more than one machine."""
+Ray Data on CPUs runs each chunk as a task, and Ray reuses its idle worker processes for tasks;
+each process keeps the model it built (`process_model`: at most two, freed after `KEEP_WARM_S` =
+{ray_backend_keep_warm():.0f} s idle). Models built: {built_first} in the first job, at most {built_later} in a later one; the
+later jobs ran {"in the same worker processes" if rv["data_same_processes"] else "partly in other worker processes"}. Ray
+does not reuse processes for actors, so an actor pool pays its start-up in every job: `ray.init`
+{rv['ray_init_s']:.1f} s (GCS, raylet and agents; once per process), then in each actor importing torch
+{rv['import_torch_s']:.1f} s, importing convlens' model loaders {rv['import_convlens_s']:.1f} s, building the model {rv['build_model_s']:.1f} s; the
+first chunk finished {rv['actors_first_chunk_s']:.1f} s (Ray Data actors) and {rv['ray_first_chunk_s']:.1f} s (pool, first job) after the job
+started (so about {max(0.0, other):.1f} s of process spawn, scheduling and the chunk itself in the pool), against
+{rv['data_first_chunk_s']:.1f} s for Ray Data's tasks, whose idle workers had imported torch since `ray.init`. Ray's
+workers can beat in-process here because two single-threaded processes use the two loaded cores
+better than one process with torch's two-thread pool."""
 
 
 def ray_backend_keep_warm() -> float:
@@ -328,7 +341,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--digits-images", type=int, default=1797)
     ap.add_argument("--lite-images", type=int, default=48)
-    ap.add_argument("--ray-images", type=int, default=128)
+    ap.add_argument("--ray-images", type=int, default=512)
     ap.add_argument("--device", default=None)
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--only-ray", action="store_true",

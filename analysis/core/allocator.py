@@ -10,7 +10,8 @@ without that.
 ``tune()`` keeps freed memory in the process instead (``mallopt``: no mmapped allocations,
 so every buffer comes from the heap and is reused; trim threshold 1 GiB; top pad 64 MiB).
 The memory goes back to the kernel when the process is idle: ``release()``
-(``malloc_trim``) runs whenever the last heavy job on a device ends (analysis/core/jobs.py),
+(``malloc_trim``) runs once a device has had no heavy job for ``RELEASE_AFTER_S`` = 2 s
+(analysis/core/jobs.py: back-to-back jobs reuse the buffers),
 and glibc trims by itself when more than 1 GiB is free at the heap's top. Effect:
 ``bench/allocator.py`` (docs/benchmarks.md). ``CONVLENS_MALLOC_TUNING=0`` keeps glibc's
 defaults; ``CONVLENS_MALLOC_NOMMAP=0`` keeps mmap for buffers above 32 MiB. A no-op on

@@ -159,8 +159,29 @@ def heavy_job(device=None, *, on_wait: Callable[[QueueState], None] | None = Non
         _held.depth = 0
         s.release()
         if s.running == 0 and s.waiting == 0:
-            import analysis.core.allocator as allocator
-            allocator.release()           # idle: give the reused buffers back (analysis/core/allocator.py)
+            _release_when_idle(s)
+
+
+RELEASE_AFTER_S = 2.0      # idle seconds after the last heavy job before memory goes back to the kernel
+
+
+def _release_when_idle(s: DeviceSlots) -> None:
+    """Give the reused allocator buffers back (analysis/core/allocator.py) once ``s`` has had
+    no heavy job for :data:`RELEASE_AFTER_S` seconds: a job that starts sooner (the next
+    job of an audit, the next batch of a session) reuses them instead of faulting every page
+    in again."""
+    import analysis.core.allocator as allocator
+
+    def later() -> None:
+        if s.running == 0 and s.waiting == 0:
+            allocator.release()
+    if RELEASE_AFTER_S <= 0:
+        later()
+        return
+    t = threading.Timer(RELEASE_AFTER_S, later)
+    t.daemon = True
+    t.name = "convlens-release-memory"
+    t.start()
 
 
 def reset() -> None:

@@ -181,14 +181,14 @@ class BatchGeometry:
 
     MAX_SIDE = 32000                    # pixels of a stacked image's long side
 
-    _checked: dict = {}                  # (geometry, h, w) -> bool, for the whole process
+    _checked: dict = {}                  # (geometry, h, w, grey) -> bool, for the whole process
     _checked_lock = threading.Lock()
 
     def __init__(self, preprocess):
         self.pre = preprocess
         self.geo = (preprocess.input_size, preprocess.resize_size, preprocess.interpolation, preprocess.crop_mode)
         with self._checked_lock:
-            self.verified: set[tuple[int, int]] = {(h, w) for (g, h, w), ok in self._checked.items()
+            self.verified: set[tuple] = {(h, w, grey) for (g, h, w, grey), ok in self._checked.items()
                                                    if g == self.geo and ok}
             self.enabled = all(ok for (g, *_), ok in self._checked.items() if g == self.geo)
         self._lock = threading.Lock()
@@ -218,18 +218,20 @@ class BatchGeometry:
             per = max(1, self.MAX_SIDE // max(h, w, self._target(h, w)[0]))
             for a in range(0, len(ks), per):
                 sub = ks[a:a + per]
-                crops = self._group(np.stack([images[k] for k in sub]))
+                stack = np.stack([images[k] for k in sub])
+                grey = _is_grey(stack)
+                crops = self._group(stack, grey)
                 with self._lock:
-                    check = (h, w) not in self.verified
+                    check = (h, w, grey) not in self.verified
                 if check:
                     ok = all(np.array_equal(crops[i], self.pre.geometry(images[k])) for i, k in enumerate(sub))
                     with self._lock:
                         if ok:
-                            self.verified.add((h, w))
+                            self.verified.add((h, w, grey))
                         else:
                             self.enabled = False
                     with self._checked_lock:
-                        BatchGeometry._checked[(self.geo, h, w)] = ok
+                        BatchGeometry._checked[(self.geo, h, w, grey)] = ok
                     if not ok:
                         crops = [self.pre.geometry(images[k]) for k in sub]
                 for i, k in enumerate(sub):
@@ -249,23 +251,36 @@ class BatchGeometry:
         s = pre.resize_size / min(w, h)
         return max(pre.input_size, round(w * s)), max(pre.input_size, round(h * s))
 
-    def _group(self, group: np.ndarray) -> np.ndarray:
+    def _group(self, group: np.ndarray, grey: bool = False) -> np.ndarray:
         from PIL import Image
 
         from analysis.core.models.bundle import PIL_INTERPOLATION
         n, h, w, _ = group.shape
         nw, nh = self._target(h, w)
         interp = PIL_INTERPOLATION[self.pre.interpolation]
-        out = group
+        # grey images (R == G == B: scans, digits) are resized as one channel: PIL resizes
+        # every band alike, so the three equal bands come out equal (checked like the rest)
+        out = group[..., :1] if grey else group
+        c = out.shape[3]
+
+        def image(a: np.ndarray):
+            return Image.fromarray(np.ascontiguousarray(a[..., 0] if grey else a))
         if nw != w:        # horizontal pass: all images stacked vertically
-            tall = Image.fromarray(np.ascontiguousarray(out.reshape(n * h, w, 3)))
-            out = np.asarray(tall.resize((nw, n * h), interp)).reshape(n, h, nw, 3)
+            tall = image(out.reshape(n * h, w, c))
+            out = np.asarray(tall.resize((nw, n * h), interp)).reshape(n, h, nw, c)
         if nh != h:        # vertical pass: all images side by side
-            wide = Image.fromarray(np.ascontiguousarray(out.transpose(1, 0, 2, 3).reshape(h, n * nw, 3)))
-            out = np.asarray(wide.resize((n * nw, nh), interp)).reshape(nh, n, nw, 3).transpose(1, 0, 2, 3)
+            wide = image(out.transpose(1, 0, 2, 3).reshape(h, n * nw, c))
+            out = np.asarray(wide.resize((n * nw, nh), interp)).reshape(nh, n, nw, c).transpose(1, 0, 2, 3)
         s = self.pre.input_size
         left, top = (nw - s) // 2, (nh - s) // 2
-        return np.ascontiguousarray(out[:, top:top + s, left:left + s])
+        crop = out[:, top:top + s, left:left + s]
+        return np.repeat(crop, 3, axis=3) if grey else np.ascontiguousarray(crop)
+
+
+def _is_grey(stack: np.ndarray) -> bool:
+    """Whether every pixel of a stack of RGB images has R == G == B."""
+    r = stack[..., 0]
+    return bool(np.array_equal(r, stack[..., 1]) and np.array_equal(r, stack[..., 2]))
 
 
 class BatchRunner:
@@ -281,8 +296,9 @@ class BatchRunner:
         crops: a :class:`CropCache` of the data set for the worker's preprocessing, or None.
             Not used when the worker needs the decoded images themselves
             (``worker.raw_images``).
-        threads: decode threads (default :func:`decode_threads` for the worker's device; 0
-            runs every stage in the calling thread).
+        threads: helper threads (default :func:`decode_threads` for the worker's device; when
+            that is 0, the images missing from the crop cache are still decoded on every
+            usable core while the model waits). 0 runs every stage in the calling thread.
     """
 
     def __init__(self, worker: Worker, source: dict, batch_size: int, dataset: Dataset | None = None, *,
@@ -295,6 +311,11 @@ class BatchRunner:
         self.threads = decode_threads(worker.bundle.device) if threads is None else max(0, int(threads))
         self.pre = worker.bundle.preprocess
         self.cropper = BatchGeometry(self.pre)
+        # no helper threads by default: images are still decoded on this many threads, while
+        # the model waits (1 when the caller or CONVLENS_DECODE_THREADS chose the threads)
+        chosen = threads is not None or os.environ.get(DECODE_THREADS_ENV, "").strip().isdigit()
+        self.decode_cores = 1 if chosen else min(8, usable_cores())
+        self._decoders = 1
         self.check = source.get("kind") == "files"
 
     # -- decode stage -----------------------------------------------------------------
@@ -367,7 +388,7 @@ class BatchRunner:
         errors: dict[int, str] = {}
         miss = np.flatnonzero(~hit).tolist()
         if miss:
-            k = max(1, min(self.threads if pool is not None else 1, len(miss)))
+            k = max(1, min(self._decoders if pool is not None else 1, len(miss)))
             step = -(-len(miss) // k)
             parts = [miss[a:a + step] for a in range(0, len(miss), step)]
             futs = [pool.submit(self._decode, rows, pos) for pos in parts[1:]] if pool is not None else []
@@ -387,7 +408,7 @@ class BatchRunner:
                         masks[k_] = m
         # uint8 -> normalised float once for every readable image; the same operations as
         # bundle.inputs(images), element by element
-        x = self.pre.normalize(self.pre.to_unit(crops[ok] if not ok.all() else crops)).to(self.worker.bundle.device) \
+        x = self.pre.model_input(crops[ok] if not ok.all() else crops).to(self.worker.bundle.device) \
             if ok.any() else None
         first = np.concatenate([[0], np.cumsum(ok)])            # row -> its position in x
         out = []
@@ -454,6 +475,7 @@ class BatchRunner:
         if self.threads == 0:
             return self._run_serial(plan, write, should_stop, on_batch)
         # the prepare thread decodes too; the pool holds the other threads - 1 decoders
+        self._decoders = self.threads
         decode = ThreadPoolExecutor(max_workers=self.threads - 1, thread_name_prefix="convlens-decode") \
             if self.threads > 1 else None
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convlens-write")
@@ -541,24 +563,34 @@ class BatchRunner:
             j = e
 
     def _run_serial(self, plan: list, write, should_stop, on_batch) -> bool:
-        """``threads=0``: every stage in the calling thread, one batch after the other."""
+        """``threads=0``: one stage after the other in the calling thread. Only reading and
+        decoding the images that are not in the crop cache is spread over the usable cores
+        (as many threads as :attr:`decode_cores`), while the model waits for them: they never
+        run beside it."""
+        self._decoders = max(1, int(self.decode_cores))
+        decode = ThreadPoolExecutor(max_workers=self._decoders - 1, thread_name_prefix="convlens-decode") \
+            if self._decoders > 1 else None
         staged, skipped = [], []
-        items = self._prepared(plan)
-        for j, (c, rows, a, b) in enumerate(plan):
-            if rows is not None:
-                if should_stop is not None and should_stop():
-                    return False
-                batch, sk = next(items)
-                if batch is not None:
-                    staged.append(self.worker.compute(batch))
-                skipped.extend(sk)
-                if on_batch is not None:
-                    on_batch(b - a)
-            else:
-                next(items)
-            if j + 1 == len(plan) or plan[j + 1][0] != c:
-                _write_chunk(self.worker.finish, write, c, staged, skipped)
-                staged, skipped = [], []
+        items = self._prepared(plan, decode)
+        try:
+            for j, (c, rows, a, b) in enumerate(plan):
+                if rows is not None:
+                    if should_stop is not None and should_stop():
+                        return False
+                    batch, sk = next(items)
+                    if batch is not None:
+                        staged.append(self.worker.compute(batch))
+                    skipped.extend(sk)
+                    if on_batch is not None:
+                        on_batch(b - a)
+                else:
+                    next(items)
+                if j + 1 == len(plan) or plan[j + 1][0] != c:
+                    _write_chunk(self.worker.finish, write, c, staged, skipped)
+                    staged, skipped = [], []
+        finally:
+            if decode is not None:
+                decode.shutdown(wait=True, cancel_futures=True)
         return True
 
     def run_chunk(self, rows: dict, should_stop: ShouldStop | None = None,

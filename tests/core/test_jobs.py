@@ -125,6 +125,24 @@ def test_queue_timeout_is_a_message():
     assert jobs.slots("cpu").waiting == 0 and jobs.slots("cpu").running == 0
 
 
+def test_memory_goes_back_only_after_the_device_was_idle_for_a_while(monkeypatch):
+    """Back-to-back heavy jobs reuse the allocator's buffers: malloc_trim runs once the device
+    has had no job for RELEASE_AFTER_S seconds, not at the end of every job."""
+    import analysis.core.allocator as allocator
+    calls = []
+    monkeypatch.setattr(allocator, "release", lambda: calls.append(time.monotonic()) or True)
+    monkeypatch.setattr(jobs, "RELEASE_AFTER_S", 0.3)
+    with jobs.heavy_job("cpu"):
+        pass
+    with jobs.heavy_job("cpu"):                 # the next job within the idle time
+        assert calls == []
+        time.sleep(0.5)                         # the first job's timer fires while this one runs
+        assert calls == []
+    assert calls == []
+    time.sleep(0.6)
+    assert len(calls) == 1                      # idle long enough: released once
+
+
 def test_config_limit_is_documented_default():
     assert Limits().max_concurrent_jobs == 2 and Limits().max_queue_seconds == 900
 

@@ -184,12 +184,14 @@ def test_batch_geometry_equals_geometry_image_by_image(interp, mode, monkeypatch
     rng = np.random.default_rng(1)
     sizes = [(30, 30), (17, 41), (30, 30), (8, 8), (30, 30), (17, 41), (60, 24), (24, 24), (24, 24)]
     images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    # grey images (R == G == B) of one size are resized as one band: the same bits
+    images += [np.repeat(rng.integers(0, 256, (12, 50, 1), dtype=np.uint8), 3, axis=2) for _ in range(3)]
     images.append(None)
     images.append(rng.integers(0, 256, (9, 9), dtype=np.uint8))      # not RGB: refused with geometry's message
     geo = BatchGeometry(pre)
     for _ in range(2):                                                # the first call verifies, the second trusts
         got = geo(images)
-        assert geo.enabled and {(30, 30), (17, 41), (24, 24)} <= geo.verified
+        assert geo.enabled and {(30, 30, False), (24, 24, False), (12, 50, True)} <= geo.verified
         for im, g in zip(images[:-2], got):
             assert np.array_equal(g, pre.geometry(im))
         assert got[-2] is None and isinstance(got[-1], str) and "RGB" in got[-1]
@@ -200,7 +202,7 @@ def test_batch_geometry_falls_back_when_pil_differs(monkeypatch):
     monkeypatch.setattr(runner.BatchGeometry, "_checked", {})        # the process-wide verdicts, restored after
     pre = Preprocessing(16, 16, (0.5,) * 3, (0.25,) * 3)
     geo = runner.BatchGeometry(pre)
-    monkeypatch.setattr(geo, "_group", lambda g: np.zeros((len(g), 16, 16, 3), np.uint8))   # a "different build"
+    monkeypatch.setattr(geo, "_group", lambda g, grey=False: np.zeros((len(g), 16, 16, 3), np.uint8))   # a "different build"
     images = [np.full((8, 8, 3), 200, np.uint8), np.full((8, 8, 3), 100, np.uint8)]
     got = geo(images)
     assert not geo.enabled

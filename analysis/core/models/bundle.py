@@ -136,24 +136,41 @@ class Preprocessing:
             images: one (H, W, 3) RGB uint8 crop, or a sequence / (N, H, W, 3) array of them, all of
                 the same size (grey models average the channels).
         """
-        arr = np.asarray(images)
+        arr = np.asarray(images, dtype=np.uint8)
         if arr.ndim == 3:
             arr = arr[None]
-        x = torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True)).permute(0, 3, 1, 2).float() / 255.0
+        if not arr.flags.writeable:                 # torch.from_numpy wants writable memory
+            arr = arr.copy()
+        # .float() makes a new tensor (nothing shares the caller's array); divided in place:
+        # the same operation as ``/ 255.0``, without another buffer
+        x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
         if self.grayscale:
             x = x.mean(dim=1, keepdim=True)
         return x
 
-    def normalize(self, x01: torch.Tensor) -> torch.Tensor:
+    def normalize(self, x01: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
         """[0, 1] RGB (or grey) tensor N,C,H,W -> model input (channel order and mean/std).
 
         Args:
             x01: (N, C, H, W) in [0, 1], RGB order (flipped to BGR here when the model wants it).
+            inplace: overwrite ``x01`` (when not flipped) instead of allocating the result:
+                the same operations and bits, for a tensor nobody else holds.
         """
         if self.flips_channels:
-            x01 = x01.flip(1)
+            x01, inplace = x01.flip(1), True          # flip made a new tensor
         mean, std = self._stats(x01)
+        if inplace:
+            return x01.sub_(mean).div_(std)
         return (x01 - mean) / std
+
+    def model_input(self, crops: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
+        """Already-cropped RGB uint8 crop(s) -> normalised model input (CPU float32):
+        ``normalize(to_unit(crops))`` with one buffer less.
+
+        Args:
+            crops: as for :meth:`to_unit`.
+        """
+        return self.normalize(self.to_unit(crops), inplace=True)
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Model space -> [0, 1] RGB space (not clipped).
@@ -176,7 +193,7 @@ class Preprocessing:
         """Raw RGB uint8 image(s) of any size -> normalised model input (CPU float32)."""
         if isinstance(images, np.ndarray) and images.ndim == 3:
             images = [images]
-        return self.normalize(self.to_unit(np.stack([self.geometry(im) for im in images])))
+        return self.model_input(np.stack([self.geometry(im) for im in images]))
 
     def to_display(self, x: torch.Tensor) -> np.ndarray:
         """Model-space tensor (C,H,W or N,C,H,W) -> RGB uint8 (H,W,3 or N,H,W,3), clipped.
