@@ -34,7 +34,7 @@ import torch
 
 from analysis.core.hooks import capture
 from analysis.core.models.loaders import ModelSpec, load_bundle, select_device
-from analysis.dataset.executor import BatchRunner, JobSpec, plan, run, slice_rows, to_arrow
+from analysis.dataset.executor import BatchRunner, JobSpec, _default_chunk, plan, run, slice_rows, to_arrow
 from analysis.dataset.manifest import CropCache, DatasetRef
 from analysis.dataset.runner import DECODE_THREADS_ENV, decode_threads
 from analysis.dataset.workers import WORKERS
@@ -202,7 +202,8 @@ def _costs(p, runner, bundle, n: int, batch: int, t: dict) -> None:
             t["post"] += t4 - t3
 
 
-def ray_vs_local(spec_model: ModelSpec, dataset, n: int, batch: int, chunk: int, device, data_dir: Path) -> dict:
+def ray_vs_local(spec_model: ModelSpec, dataset, n: int, batch: int, chunk: int | None, device,
+                 data_dir: Path) -> dict:
     """The same ``predict`` job in-process and on an embedded Ray through every way of
     analysis.dataset.ray_backend, in this order: Ray Data's first job right after
     ``ray.init`` (tasks; the worker processes import torch and build the model), a later
@@ -249,16 +250,28 @@ def ray_vs_local(spec_model: ModelSpec, dataset, n: int, batch: int, chunk: int,
         infos = ray.get([a.info.remote() for a in pool.actors])
         t_warm = min(on_ray("pool", True)[0] for _ in range(2))
         t_actors, actors_first, _ = on_ray("data", False, actors=True)     # shuts the idle pool down first
+        # a fresh Ray, its workers prepared first as the audit page does when Ray is chosen
+        ray_backend.shutdown_pools()
+        ray.shutdown()
+        ray_backend.ensure_ray()
+        t0 = time.perf_counter()
+        ray_backend.prestart(spec_model, pipeline="data", wait=True)
+        t_prestart = time.perf_counter() - t0
+        t_pre, _, m_pre = on_ray("data", False)
     finally:
         ray_backend.shutdown_pools()
         ray.shutdown()
     startup = {k: float(np.mean([i[k] for i in infos])) for k in ("import_torch_s", "import_convlens_s",
                                                                  "build_model_s")}
-    out = {"n": n, "batch": batch, "chunk": chunk, "local": n / t_local, "ray_data": n / t_data,
+    chunk_text = (f"{chunk} images" if chunk else
+                  f"the engines' defaults ({_default_chunk(n, batch, 'local')} images in-process, "
+                  f"{_default_chunk(n, batch, 'ray')} on Ray)")
+    out = {"n": n, "batch": batch, "chunk": chunk, "chunk_text": chunk_text, "local": n / t_local, "ray_data": n / t_data,
            "ray_data2": n / t_data2, "ray_actors": n / t_actors, "ray_cold": n / t_cold, "ray_warm": n / t_warm,
            "ray_init_s": t_init, "data_first_chunk_s": data_first, "actors_first_chunk_s": actors_first,
            "ray_first_chunk_s": cold_first, "data_s": t_data, "data2_s": t_data2, "actors_s": t_actors,
            "cold_s": t_cold, "warm_s": t_warm, "local_s": t_local, "workers": meta.get("ray_actors"),
+           "prestart_s": t_prestart, "pre_s": t_pre, "ray_pre": n / t_pre, "pre_built": m_pre.get("ray_models_built"),
            "data_built": (m1.get("ray_models_built"), max(m.get("ray_models_built", 0) for _, _, m in data_later)),
            "data_same_processes": all(set(m.get("ray_processes", [])) <= set(m1.get("ray_processes", []))
                                       for _, _, m in data_later),
@@ -280,13 +293,13 @@ def ray_markdown(rv: dict | None) -> str:
     first_init = rv["n"] / (rv["data_s"] + rv["ray_init_s"])
     other = rv["ray_first_chunk_s"] - rv["import_torch_s"] - rv["import_convlens_s"] - rv["build_model_s"]
     built_first, built_later = rv["data_built"]
-    return f"""`predict` with EfficientNet-Lite0 over {rv['n']} JPEG photos (320×320, a manifest), batch {rv['batch']}, chunks of {rv['chunk']}
-images, end to end (`run(...)` called → result committed); in-process with torch's {os.cpu_count()} threads, Ray
+    return f"""`predict` with EfficientNet-Lite0 over {rv['n']} JPEG photos (320×320, a manifest), batch {rv['batch']}, chunks of {rv['chunk_text']},
+end to end (`run(...)` called → result committed); in-process with torch's {os.cpu_count()} threads, Ray
 (embedded single-node, started as the app starts it: `ensure_ray`) with {rv['workers']} workers of one core and one
 thread each, through every way the Ray backend runs in the same run, in this order: Ray Data's first job
 right after `ray.init`, two more Ray Data jobs, the warm pool's first job, two more pool jobs, Ray Data
 on an actor pool of the job (`ray_data_actors=True`, the path GPUs take; it shuts the idle pool down
-first). Best of two runs for in-process, later Ray Data jobs and the warm pool; the others run once.
+first), then a new Ray whose workers are prepared before its first Ray Data job. Best of two runs for in-process, later Ray Data jobs and the warm pool; the others run once.
 Measured under load (load average {rv['load']:.1f} on the shared machine at the end of this part), so
 compare the ratios, not the absolute figures:
 
@@ -295,6 +308,7 @@ compare the ratios, not the absolute figures:
 | in-process | {rv['local_s']:.1f} | {rv['local']:.1f} | 1.00× |
 | **Ray Data** (`"data"`, default), first job right after `ray.init`: tasks; the worker processes build the model | {rv['data_s']:.1f} | {rv['ray_data']:.1f} | **{rv['ray_data'] / rv['local']:.2f}×** |
 | **Ray Data**, later jobs: the same worker processes, the model kept | {rv['data2_s']:.1f} | {rv['ray_data2']:.1f} | **{rv['ray_data2'] / rv['local']:.2f}×** |
+| **Ray Data**, first job on a fresh Ray whose workers were prepared first (`prestart(model, pipeline="data")`, {rv['prestart_s']:.1f} s, what the audit page starts when Ray is chosen) | {rv['pre_s']:.1f} | {rv['ray_pre']:.1f} | **{rv['ray_pre'] / rv['local']:.2f}×** |
 | warm pool (`"pool"`), first job on the model: actors start | {rv['cold_s']:.1f} | {rv['ray_cold']:.1f} | {rv['ray_cold'] / rv['local']:.2f}× |
 | warm pool (`"pool"`), later jobs on the model: actors running | {rv['warm_s']:.1f} | {rv['ray_warm']:.1f} | {rv['ray_warm'] / rv['local']:.2f}× |
 | Ray Data on an actor pool of the job (GPU path; actors start in every job) | {rv['actors_s']:.1f} | {rv['ray_actors']:.1f} | {rv['ray_actors'] / rv['local']:.2f}× |
@@ -302,7 +316,8 @@ compare the ratios, not the absolute figures:
 
 Ray Data on CPUs runs each chunk as a task, and Ray reuses its idle worker processes for tasks;
 each process keeps the model it built (`process_model`: at most two, freed after `KEEP_WARM_S` =
-{ray_backend_keep_warm():.0f} s idle). Models built: {built_first} in the first job, at most {built_later} in a later one; the
+{ray_backend_keep_warm():.0f} s idle). Models built: {built_first} in the first job, at most {built_later} in a later one, {rv['pre_built']} in the job after
+`prestart`; the
 later jobs ran {"in the same worker processes" if rv["data_same_processes"] else "partly in other worker processes"}. Ray
 does not reuse processes for actors, so an actor pool pays its start-up in every job: `ray.init`
 {rv['ray_init_s']:.1f} s (GCS, raylet and agents; once per process), then in each actor importing torch
@@ -342,6 +357,8 @@ def main() -> None:
     ap.add_argument("--digits-images", type=int, default=1797)
     ap.add_argument("--lite-images", type=int, default=48)
     ap.add_argument("--ray-images", type=int, default=512)
+    ap.add_argument("--ray-chunk", type=int, default=None,
+                    help="images per chunk in the Ray comparison (default: each engine's default chunk size)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--only-ray", action="store_true",
@@ -358,7 +375,7 @@ def main() -> None:
         photos = DatasetRef("manifest", str(photo_manifest(data_dir / "photos", max(args.lite_images,
                                                                                       args.ray_images))))
         if args.only_ray:
-            rv = ray_vs_local(ModelSpec("default"), photos, args.ray_images, 16, 16, device, data_dir)
+            rv = ray_vs_local(ModelSpec("default"), photos, args.ray_images, 16, args.ray_chunk, device, data_dir)
             print(ray_markdown(rv))
             return
         rows = executor_vs_floor(ModelSpec("digits"), "digits", args.digits_images, 64, device, data_dir, 7)
@@ -367,7 +384,7 @@ def main() -> None:
                  "lite": per_batch_costs(ModelSpec("default"), photos, args.lite_images, 16, device, data_dir)}
         for k, c in costs.items():
             print(k, {a: f"{v * 1000:.1f} ms" for a, v in c.items()}, flush=True)
-        rv = None if args.no_ray else ray_vs_local(ModelSpec("default"), photos, args.ray_images, 16, 16, device,
+        rv = None if args.no_ray else ray_vs_local(ModelSpec("default"), photos, args.ray_images, 16, args.ray_chunk, device,
                                                    data_dir)
     total = time.perf_counter() - t_start
     try:

@@ -619,7 +619,7 @@ def _actor_args(model_spec: dict, model_id: str, num_gpus: float, retries: int) 
 
 def prestart(model, *, address: str | None = None, concurrency: int | None = None, num_gpus: float | None = None,
              retries: int = RETRIES, keep_warm_s: float = KEEP_WARM_S, pipeline: str | None = None,
-             on_info: Callable[[str], None] | None = None) -> int:
+             on_info: Callable[[str], None] | None = None, wait: bool = False) -> int:
     """Get ``model`` ready on Ray now, without a job, so that the first job on it does not
     wait for the workers' start-up (call it when the Ray engine and the model are chosen,
     e.g. in a background thread). Returns how many actors or tasks were started now.
@@ -642,7 +642,11 @@ def prestart(model, *, address: str | None = None, concurrency: int | None = Non
         keep_warm_s: idle seconds before the pool is shut down (the model freed).
         pipeline: ``"data"`` or ``"pool"``; default the configured ``ray_pipeline``.
         on_info: receives one-line notices (e.g. that an embedded Ray was started).
+        wait: return only once the workers are ready (the actors constructed, the tasks'
+            models built); the default returns at once.
     """
+    import ray
+
     from analysis.core.models.loaders import load_bundle, select_device
     from analysis.dataset.workers import model_spec_dict, model_spec_from
     pipeline = _pipeline(pipeline)
@@ -654,9 +658,14 @@ def prestart(model, *, address: str | None = None, concurrency: int | None = Non
     if pipeline == "data":
         if num_gpus:
             return 0
-        return len(warm_workers(ctor, n=n, keep_warm_s=keep_warm_s))
+        refs = warm_workers(ctor, n=n, keep_warm_s=keep_warm_s)
+        if wait:
+            ray.get(refs)
+        return len(refs)
     pool, started = _acquire(ctor, options, n, keep_warm_s)
     _release(pool, False)
+    if wait:
+        ray.get([a.info.remote() for a in pool.actors])
     return started
 
 
@@ -806,6 +815,10 @@ def _run_data(j: _Job) -> tuple[bool, bool, dict]:
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
+        # One map operator whose outputs are tiny status rows (the workers write the parts):
+        # the per-operator reservation of CPUs only held tasks back, starting one at a time
+        # (8 chunks on 2 CPUs: 3.1 s instead of 2.1 s; docs/benchmarks.md).
+        ctx.op_resource_reservation_enabled = False
         ds = ray.data.from_items([{"chunk": c} for c in j.todo], override_num_blocks=len(j.todo))
         if j.data_actors:
             # GPUs: a reused task worker cannot switch its CUDA device safely, one actor per GPU
