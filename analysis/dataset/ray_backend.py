@@ -378,11 +378,13 @@ def _sweep_models() -> None:
 
 def process_models() -> dict:
     """This process's model cache: ``{"pid", "built": models built so far, "models":
-    [{"model", "data_dir", "idle_s"}, ...]}`` (what a Ray worker holds; call it as a Ray
+    [{"model", "data_dir", "env", "idle_s"}, ...]}`` (``env``: the job's ``CONVLENS_*``
+    settings) (what a Ray worker holds; call it as a Ray
     task). Takes no arguments."""
     now = time.monotonic()
     with _MODELS_LOCK:
         models = [{"model": json.loads(k)["model_spec"], "data_dir": e.actor.settings["data_dir"],
+                   "env": dict(json.loads(k).get("env") or {}),
                    "idle_s": 0.0 if e.busy else now - e.last_used} for k, e in _MODELS.items()]
         return {"pid": os.getpid(), "built": _MODELS_BUILT, "models": models}
 
@@ -731,7 +733,7 @@ def run_ray(p, done_chunks: set[int], *, progress=None, should_stop=None, addres
     pool's actors were already running when the job started; always False for Ray Data),
     and for Ray Data also ``"ray_processes"`` (the worker pids that ran its chunks) and
     ``"ray_models_built"`` (models built for it: 0 when every chunk found its model cached
-    in its worker process).
+    in its worker process) and ``"ray_built_in"`` (the pids of the processes that built one).
 
     Args:
         p: the JobPlan.
@@ -831,13 +833,15 @@ def _run_data(j: _Job) -> tuple[bool, bool, dict]:
                                  fn_kwargs={"job": j.job, "ctor": j.ctor, "keep_warm_s": float(j.keep_warm_s)},
                                  num_cpus=j.options["num_cpus"], max_retries=j.options["max_task_retries"])
     it = out.iter_batches(batch_size=None, batch_format="numpy")
-    stopped, pids, built = False, set(), 0
+    stopped, pids, built, built_in = False, set(), 0, set()
     try:
         for status in it:
             for c in np.asarray(status["chunk"]).tolist():
                 j.tick(c)
             pids.update(int(x) for x in np.asarray(status["pid"]).tolist())
-            built += int(np.asarray(status["built"]).sum())
+            b = np.asarray(status["built"]).astype(bool)
+            built += int(b.sum())
+            built_in.update(int(x) for x in np.asarray(status["pid"])[b].tolist())
             if j.stop():
                 stopped = True
                 break
@@ -847,7 +851,7 @@ def _run_data(j: _Job) -> tuple[bool, bool, dict]:
         close = getattr(it, "close", None)
         if close is not None:
             close()                     # ends the dataset's execution (and its actors)
-    return stopped, False, {"ray_processes": sorted(pids), "ray_models_built": built}
+    return stopped, False, {"ray_processes": sorted(pids), "ray_models_built": built, "ray_built_in": sorted(built_in)}
 
 
 def _run_pool(j: _Job) -> tuple[bool, bool, dict]:
