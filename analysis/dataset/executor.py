@@ -226,7 +226,16 @@ class JobResult:
         return self.table(columns).to_pandas()
 
     def array(self, column: str) -> np.ndarray:
-        """Column ``column`` as one numpy array: (n,) for scalars, (n, *shape) for arrays."""
+        """Column ``column`` as one numpy array: (n,) for scalars, (n, *shape) for arrays.
+        A column the job rebuilds when read (``meta["derived"]``, e.g. a Grad-CAM job's
+        ``map``, upsampled from the stored ``cam``) is rebuilt here."""
+        how = self.meta.get("derived", {}).get(column)
+        if how is not None and column not in self.meta.get("columns", []):
+            from analysis.dataset.workers import DERIVED
+            if how.get("op") not in DERIVED:
+                raise ParameterError(f"This result rebuilds {column!r} with {how.get('op')!r}, which this "
+                                     "version of convlens does not know.")
+            return DERIVED[how["op"]](self.array(how["from"]), tuple(how["size"]))
         t = self.table([column])
         return column_array(t.column(column), self.meta.get("arrays", {}).get(column))
 
@@ -440,12 +449,15 @@ def _dataset_skipped(p: JobPlan) -> list:
 
 
 def _partial_result(p: JobPlan, engine: str, seconds: float) -> JobResult:
-    rows, skipped = 0, list(_dataset_skipped(p))
+    rows, skipped, shapes, columns = 0, list(_dataset_skipped(p)), {}, []
     for f in sorted(p.partial_dir.glob("part-*.parquet")):
-        n, sk, _, _ = part_info(f)
+        n, sk, sh, cols = part_info(f)
         rows += n
         skipped.extend(sk)
-    meta = {**p.meta(), "complete": False, "n_rows": rows, "skipped": skipped, "engine": engine, "seconds": seconds}
+        shapes.update(sh)
+        columns = columns or cols
+    meta = {**p.meta(), "complete": False, "n_rows": rows, "skipped": skipped, "arrays": shapes, "columns": columns,
+            "derived": WORKERS[p.spec.kind].derived(p.params, p.bundle), "engine": engine, "seconds": seconds}
     return _result_from(p.spec, p.partial_dir, meta, False)
 
 
@@ -508,8 +520,8 @@ def finalize(p: JobPlan, engine: str, seconds: float, extra: dict | None = None)
             warnings.append(f"{nflat} of {rows} saliency maps are constant (all values equal): "
                             "the method found nothing for those images.")
     meta = {**p.meta(), "complete": True, "n_rows": rows, "skipped": skipped, "arrays": shapes,
-            "columns": columns, "engine": engine, "seconds": seconds, "created": time.time(),
-            "warnings": warnings, **(extra or {})}
+            "columns": columns, "derived": WORKERS[p.spec.kind].derived(p.params, p.bundle), "engine": engine,
+            "seconds": seconds, "created": time.time(), "warnings": warnings, **(extra or {})}
     tmp = d / ".meta.json.tmp"
     tmp.write_text(json.dumps(meta))
     os.replace(tmp, d / "meta.json")

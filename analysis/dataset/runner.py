@@ -523,7 +523,7 @@ class BatchRunner:
                 if j + 1 == len(plan) or plan[j + 1][0] != c:      # the chunk's last batch
                     while len(writes) >= MAX_PENDING_WRITES:
                         writes.popleft().result()
-                    writes.append(writer.submit(_write_chunk, self.worker.finish, write, c, staged, skipped))
+                    writes.append(writer.submit(_write_chunk, self.worker, write, c, staged, skipped))
                     staged, skipped = [], []
             while writes:
                 writes.popleft().result()
@@ -586,7 +586,7 @@ class BatchRunner:
                 else:
                     next(items)
                 if j + 1 == len(plan) or plan[j + 1][0] != c:
-                    _write_chunk(self.worker.finish, write, c, staged, skipped)
+                    _write_chunk(self.worker, write, c, staged, skipped)
                     staged, skipped = [], []
         finally:
             if decode is not None:
@@ -610,9 +610,9 @@ class BatchRunner:
         return table, json.loads((table.schema.metadata or {}).get(b"convlens.skipped", b"[]"))
 
 
-def _write_chunk(finish: Callable, write: Callable[[int, object], None], chunk: int, staged: list,
+def _write_chunk(worker: Worker, write: Callable[[int, object], None], chunk: int, staged: list,
                  skipped: list) -> None:
-    write(chunk, to_arrow(concat_columns([finish(st) for st in staged]), skipped))
+    write(chunk, to_arrow(concat_columns([worker.stored(worker.finish(st)) for st in staged]), skipped))
 
 
 def _unchanged(path: str, digest: str) -> bool:
