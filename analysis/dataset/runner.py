@@ -274,7 +274,8 @@ class BatchGeometry:
         s = self.pre.input_size
         left, top = (nw - s) // 2, (nh - s) // 2
         crop = out[:, top:top + s, left:left + s]
-        return np.repeat(crop, 3, axis=3) if grey else np.ascontiguousarray(crop)
+        # grey: a read-only view repeating the band (the runner copies each crop into the batch)
+        return np.broadcast_to(crop, crop.shape[:3] + (3,)) if grey else np.ascontiguousarray(crop)
 
 
 def _is_grey(stack: np.ndarray) -> bool:
