@@ -91,10 +91,13 @@ from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from analysis.core.config import RAY_PIPELINES, get_config, set_config
 from analysis.core.errors import ModelLoadError, ParameterError
 
 RETRIES = 3
+_WARMING: list = []            # the embedded Ray's import tasks (prestart lets them finish first)
 KEEP_WARM_S = 600.0            # an idle pool is shut down (a worker's cached model freed) after this many seconds
 _INIT_LOCK = threading.Lock()
 
@@ -132,9 +135,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None,
                            f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}") from e
         if embedded:
             try:                # torch imported in the idle workers while the first job is prepared
-                warm_workers(n=embedded)
+                _WARMING[:] = warm_workers(n=embedded)
             except Exception:  # noqa: BLE001 - best effort: the first job then imports it itself
-                pass
+                _WARMING.clear()
     if on_info:
         on_info(info)
     return info
@@ -427,30 +430,39 @@ def data_chunks(batch: dict, job: dict, ctor: dict, keep_warm_s: float = KEEP_WA
     return _status(rows, built)
 
 
-def warm_process(ctor: dict | None = None, keep_warm_s: float = KEEP_WARM_S) -> dict:
-    """Run in an idle Ray worker process (as a task): import torch and convlens's model
-    loaders and, with ``ctor``, build that model into the process's cache, so that a later
-    Ray Data task there starts computing at once. Never raises: returns ``{"pid",
-    "seconds", "error"}``.
+def warm_process(ctor: dict | None = None, keep_warm_s: float = KEEP_WARM_S, batch_size: int = 0) -> dict:
+    """Run in an idle Ray worker process (as a task): import torch, convlens's model
+    loaders, the batch loop and pyarrow and, with ``ctor``, build that model into the
+    process's cache (with ``batch_size``, also run one forward of that many blank images, so
+    that the kernels for the jobs' batch shape are ready), so that a later Ray Data task
+    there starts computing at once. Never raises: returns ``{"pid", "seconds", "error"}``.
 
     Args:
         ctor: :class:`ChunkActor`'s arguments, or None to import only.
         keep_warm_s: idle seconds before the model is freed again.
+        batch_size: images in the warm-up forward (0: none).
     """
     t0 = time.perf_counter()
     try:
         import importlib
-        for name in ("torch", "analysis.core.models.loaders", "analysis.dataset.runner"):
+        for name in ("torch", "analysis.core.models.loaders", "analysis.dataset.runner", "pyarrow.parquet"):
             importlib.import_module(name)
         if ctor is not None:
-            process_model(ctor, keep_warm_s)
+            entry, _ = process_model(ctor, keep_warm_s)
+            if batch_size > 0:
+                import torch
+                b = entry.actor.bundle
+                x = b.preprocess.model_input(np.zeros((int(batch_size), b.input_size, b.input_size, 3), np.uint8))
+                with b.lock, torch.inference_mode():
+                    b.model(x.to(b.device))
         error = ""
     except Exception as e:  # noqa: BLE001 - best effort: the job reports any real error
         error = f"{type(e).__name__}: {e}"
     return {"pid": os.getpid(), "seconds": time.perf_counter() - t0, "error": error}
 
 
-def warm_workers(ctor: dict | None = None, n: int | None = None, keep_warm_s: float = KEEP_WARM_S) -> list:
+def warm_workers(ctor: dict | None = None, n: int | None = None, keep_warm_s: float = KEEP_WARM_S,
+                 batch_size: int = 0) -> list:
     """Fire ``n`` one-CPU tasks (default: one per CPU of the cluster) that run
     :func:`warm_process` in Ray's idle worker processes, without waiting; returns their
     object refs (``ray.get`` them to wait). Ray reuses those processes for later tasks
@@ -460,12 +472,13 @@ def warm_workers(ctor: dict | None = None, n: int | None = None, keep_warm_s: fl
         ctor: :class:`ChunkActor`'s arguments to build, or None to import only.
         n: number of tasks.
         keep_warm_s: as in :func:`warm_process`.
+        batch_size: as in :func:`warm_process`.
     """
     import ray
     if n is None:
         n = max(1, int(ray.cluster_resources().get("CPU", 1)))
     task = ray.remote(num_cpus=1, max_retries=0)(warm_process)
-    return [task.remote(ctor, keep_warm_s) for _ in range(int(n))]
+    return [task.remote(ctor, keep_warm_s, int(batch_size)) for _ in range(int(n))]
 
 
 # --------------------------------------------------------------------------------------
@@ -621,7 +634,7 @@ def _actor_args(model_spec: dict, model_id: str, num_gpus: float, retries: int) 
 
 def prestart(model, *, address: str | None = None, concurrency: int | None = None, num_gpus: float | None = None,
              retries: int = RETRIES, keep_warm_s: float = KEEP_WARM_S, pipeline: str | None = None,
-             on_info: Callable[[str], None] | None = None, wait: bool = False) -> int:
+             on_info: Callable[[str], None] | None = None, wait: bool = False, batch_size: int = 64) -> int:
     """Get ``model`` ready on Ray now, without a job, so that the first job on it does not
     wait for the workers' start-up (call it when the Ray engine and the model are chosen,
     e.g. in a background thread). Returns how many actors or tasks were started now.
@@ -646,6 +659,9 @@ def prestart(model, *, address: str | None = None, concurrency: int | None = Non
         on_info: receives one-line notices (e.g. that an embedded Ray was started).
         wait: return only once the workers are ready (the actors constructed, the tasks'
             models built); the default returns at once.
+        batch_size: Ray Data: the jobs' batch size (default: :class:`JobSpec`'s); each
+            worker runs one forward of that shape, and Ray Data's own start-up (its
+            internal actors, once per Ray session) is done here too. 0 skips both.
     """
     import ray
 
@@ -660,7 +676,10 @@ def prestart(model, *, address: str | None = None, concurrency: int | None = Non
     if pipeline == "data":
         if num_gpus:
             return 0
-        refs = warm_workers(ctor, n=n, keep_warm_s=keep_warm_s)
+        _settle_warmup()
+        refs = warm_workers(ctor, n=n, keep_warm_s=keep_warm_s, batch_size=batch_size)
+        if batch_size > 0:
+            _warm_ray_data()
         if wait:
             ray.get(refs)
         return len(refs)
@@ -669,6 +688,45 @@ def prestart(model, *, address: str | None = None, concurrency: int | None = Non
     if wait:
         ray.get([a.info.remote() for a in pool.actors])
     return started
+
+
+_RAY_DATA_WARM: set = set()
+
+
+def _warm_ray_data() -> None:
+    """Run a two-row Ray Data pipeline once per Ray session: Ray Data starts its internal
+    actors (statistics, autoscaling) on its first execution, about 1.6 s on 2 CPUs, which
+    the first job would otherwise wait for."""
+    import warnings
+
+    import ray
+    session = _session()
+    if session in _RAY_DATA_WARM:
+        return
+    _RAY_DATA_WARM.add(session)
+    from ray.data import DataContext
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        try:
+            ray.data.range(2, override_num_blocks=1).materialize()
+        except Exception:  # noqa: BLE001 - best effort: the first job then starts them itself
+            pass
+
+
+def _settle_warmup(timeout: float = 60.0) -> None:
+    """Wait (at most ``timeout`` s) for the embedded Ray's import tasks, so that the model
+    is built in those same worker processes: a task fired while they still run would make
+    Ray start another process, and a job could then land on one without the model."""
+    import ray
+    refs, _WARMING[:] = list(_WARMING), []
+    if refs:
+        try:
+            ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        except Exception:  # noqa: BLE001 - best effort, as the warm-up itself
+            pass
 
 
 def _pipeline(pipeline: str | None) -> str:
