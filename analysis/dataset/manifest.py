@@ -685,30 +685,41 @@ class CropCache:
         except OSError:
             self.writable = False
 
-    def put_many(self, indices: Sequence[int], crops: Sequence[np.ndarray]) -> None:
+    def put_many(self, indices: Sequence[int], crops: Sequence[np.ndarray] | np.ndarray) -> None:
         """Store several crops; runs of consecutive positions are written with one call
         each (best effort, like :meth:`put`).
 
         Args:
             indices: the data-set positions.
-            crops: their (S, S, 3) uint8 crops, in the same order.
+            crops: their (S, S, 3) uint8 crops in the same order: an (n, S, S, 3) array or a
+                sequence of arrays (crops of another shape or type are left out).
         """
         import zlib
-        items = sorted((int(i), c) for i, c in zip(indices, crops)
-                       if c.shape == (self.side, self.side, 3) and c.dtype == np.uint8)
-        k = 0
-        while k < len(items) and self.writable:
-            e = k + 1
-            while e < len(items) and items[e][0] == items[e - 1][0] + 1:
-                e += 1
-            run = [np.ascontiguousarray(c).tobytes() for _, c in items[k:e]]
-            tags = np.array([(1 << 32) | zlib.crc32(b) for b in run], dtype="<u8")
+        idx = np.asarray(indices, np.int64)
+        shape = (self.side, self.side, 3)
+        if isinstance(crops, np.ndarray) and crops.dtype == np.uint8 and crops.shape[1:] == shape:
+            arr = crops
+        else:
+            keep = [k for k, c in enumerate(crops) if c.shape == shape and c.dtype == np.uint8]
+            if not keep:
+                return
+            idx, arr = idx[keep], np.stack([crops[k] for k in keep])
+        if not len(idx) or not self.writable:
+            return
+        order = np.argsort(idx, kind="stable")
+        idx, arr = idx[order], np.ascontiguousarray(arr[order])
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(idx) != 1) + 1, [len(idx)]])
+        mv = memoryview(arr).cast("B")
+        for a, b in zip(starts[:-1].tolist(), starts[1:].tolist()):
+            run = mv[a * self.slot:b * self.slot]
+            tags = np.array([(1 << 32) | zlib.crc32(run[j * self.slot:(j + 1) * self.slot]) for j in range(b - a)],
+                            dtype="<u8")
             try:
-                os.pwrite(self._fd_data, b"".join(run), items[k][0] * self.slot)
-                os.pwrite(self._fd_index, tags.tobytes(), items[k][0] * 8)   # after the data, as in put
+                os.pwrite(self._fd_data, run, int(idx[a]) * self.slot)
+                os.pwrite(self._fd_index, tags.tobytes(), int(idx[a]) * 8)   # after the data, as in put
             except OSError:
                 self.writable = False
-            k = e
+                return
 
     def close(self) -> None:
         """Close the files (the cache stays on disk). Takes no arguments."""

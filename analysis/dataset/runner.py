@@ -200,7 +200,30 @@ class BatchGeometry:
         Args:
             images: decoded RGB uint8 images (or None).
         """
-        out: list = [None] * len(images)
+        s = self.pre.input_size
+        dest = np.empty((len(images), s, s, 3), np.uint8)
+        filled, refused = self.into(images, dest)
+        return [dest[k] if filled[k] else refused.get(k) for k in range(len(images))]
+
+    def into(self, images: Sequence[np.ndarray | None], dest: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
+        """Write the crops of ``images`` into ``dest[k]`` (one copy per group of same-size
+        images): ``(filled, refused)``, a bool array of the rows written and ``{k: error
+        text}`` for the images the preprocessing refuses (None images are neither).
+
+        Args:
+            images: decoded RGB uint8 images (or None).
+            dest: an (len(images), S, S, 3) uint8 array.
+        """
+        filled = np.zeros(len(images), bool)
+        refused: dict[int, str] = {}
+
+        def one(k: int) -> None:
+            c = self._one(images[k])
+            if isinstance(c, str):
+                refused[k] = c
+            else:
+                dest[k] = c
+                filled[k] = True
         groups: dict[tuple[int, int], list[int]] = {}
         for k, im in enumerate(images):
             if im is None:
@@ -209,11 +232,11 @@ class BatchGeometry:
                     and im.dtype == np.uint8:
                 groups.setdefault(im.shape[:2], []).append(k)
             else:
-                out[k] = self._one(im)
+                one(k)
         for (h, w), ks in groups.items():
             if len(ks) == 1 or not self.enabled:
                 for k in ks:
-                    out[k] = self._one(images[k])
+                    one(k)
                 continue
             per = max(1, self.MAX_SIDE // max(h, w, self._target(h, w)[0]))
             for a in range(0, len(ks), per):
@@ -233,10 +256,13 @@ class BatchGeometry:
                     with self._checked_lock:
                         BatchGeometry._checked[(self.geo, h, w, grey)] = ok
                     if not ok:
-                        crops = [self.pre.geometry(images[k]) for k in sub]
-                for i, k in enumerate(sub):
-                    out[k] = crops[i]
-        return out
+                        for k in sub:
+                            one(k)
+                        continue
+                at = np.asarray(sub, np.int64)
+                dest[at] = crops
+                filled[at] = True
+        return filled, refused
 
     def _one(self, image):
         try:
@@ -274,8 +300,7 @@ class BatchGeometry:
         s = self.pre.input_size
         left, top = (nw - s) // 2, (nh - s) // 2
         crop = out[:, top:top + s, left:left + s]
-        # grey: a read-only view repeating the band (the runner copies each crop into the batch)
-        return np.broadcast_to(crop, crop.shape[:3] + (3,)) if grey else np.ascontiguousarray(crop)
+        return np.repeat(crop, 3, axis=3) if grey else np.ascontiguousarray(crop)
 
 
 def _is_grey(stack: np.ndarray) -> bool:
@@ -312,10 +337,13 @@ class BatchRunner:
         self.threads = decode_threads(worker.bundle.device) if threads is None else max(0, int(threads))
         self.pre = worker.bundle.preprocess
         self.cropper = BatchGeometry(self.pre)
-        # no helper threads by default: images are still decoded on this many threads, while
-        # the model waits (1 when the caller or CONVLENS_DECODE_THREADS chose the threads)
+        # no helper threads by default: image files are still decoded on this many threads,
+        # while the model waits (1 when the caller or CONVLENS_DECODE_THREADS chose the threads)
+        # (files only: decoding them releases the GIL; arrays already in memory, like the
+        # digits, are resized faster by one thread than by two taking turns)
         chosen = threads is not None or os.environ.get(DECODE_THREADS_ENV, "").strip().isdigit()
-        self.decode_cores = 1 if chosen else min(8, usable_cores())
+        files = self.reader is not None and source.get("kind") != "digits"
+        self.decode_cores = min(8, usable_cores()) if files and not chosen else 1
         self._decoders = 1
         self.check = source.get("kind") == "files"
 
@@ -330,25 +358,24 @@ class BatchRunner:
         except ConvlensError as e:
             return None, None, str(e)
 
-    def _decode(self, rows: dict, positions: Sequence[int]) -> list[tuple]:
-        """Rows ``positions`` -> ``(image, mask, crop, error)`` each (error "" when fine)."""
+    def _decode(self, rows: dict, positions: Sequence[int]) -> tuple[list[tuple], np.ndarray, np.ndarray]:
+        """Rows ``positions`` -> ``(image, mask, error)`` each (error "" when fine), their crops
+        (an (len(positions), S, S, 3) uint8 array) and which rows of it hold a crop."""
         if self.reader is not None and self.reader.source.get("kind") == "digits":   # one in-memory array
             from analysis.core.datasets import digits_images
             arr = digits_images()
             read = [(arr[int(rows["index"][k])], None, "") for k in positions]
         else:
             read = [self._read_one(rows, k) for k in positions]
-        crops = self.cropper([r[0] if not r[2] else None for r in read])
-        out, fresh = [], []
-        for k, (img, m, err), crop in zip(positions, read, crops):
-            if not err and isinstance(crop, str):          # the preprocessing refuses this image
-                img, m, err, crop = None, None, crop, None
-            elif not err:
-                fresh.append((int(rows["index"][k]), crop))
-            out.append((img if self.raw else None, m, crop if not err else None, err))
-        if self.crops is not None and fresh:
-            self.crops.put_many([i for i, _ in fresh], [c for _, c in fresh])
-        return out
+        s = self.pre.input_size
+        dense = np.empty((len(read), s, s, 3), np.uint8)
+        filled, refused = self.cropper.into([r[0] if not r[2] else None for r in read], dense)
+        out = []
+        for j, (img, m, err) in enumerate(read):
+            if not err and j in refused:                # the preprocessing refuses this image
+                img, m, err = None, None, refused[j]
+            out.append((img if self.raw else None, m, err))
+        return out, dense, filled
 
     def _cached(self, rows: dict) -> tuple[np.ndarray, np.ndarray]:
         n = len(rows["index"])
@@ -394,19 +421,25 @@ class BatchRunner:
             parts = [miss[a:a + step] for a in range(0, len(miss), step)]
             futs = [pool.submit(self._decode, rows, pos) for pos in parts[1:]] if pool is not None else []
             done = [(parts[0], self._decode(rows, parts[0]))] + [(pos, f.result()) for pos, f in zip(parts[1:], futs)]
-            for pos, res in done:
-                for k_, (img, m, crop, err) in zip(pos, res):
+            fresh = []
+            for pos, (res, dense, filled) in done:
+                for j, (img, m, err) in enumerate(res):
                     if err:
-                        errors[k_] = err
+                        errors[pos[j]] = err
                         continue
-                    crops[k_] = crop
-                    ok[k_] = True
                     if img is not None:
                         images = images if images is not None else np.empty(n, dtype=object)
-                        images[k_] = img
+                        images[pos[j]] = img
                     if m is not None:
                         masks = masks if masks is not None else np.empty(n, dtype=object)
-                        masks[k_] = m
+                        masks[pos[j]] = m
+                at = np.asarray(pos, np.int64)[filled]
+                crops[at] = dense[filled]               # one copy into the batch, not one per image
+                ok[at] = True
+                fresh.append(at)
+            at = np.concatenate(fresh)
+            if self.crops is not None and len(at):      # for the next job on this data set
+                self.crops.put_many(np.asarray(rows["index"])[at], crops[at])
         # uint8 -> normalised float once for every readable image; the same operations as
         # bundle.inputs(images), element by element
         x = self.pre.model_input(crops[ok] if not ok.all() else crops).to(self.worker.bundle.device) \
