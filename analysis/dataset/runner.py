@@ -646,7 +646,7 @@ class BatchRunner:
 
 def _write_chunk(worker: Worker, write: Callable[[int, object], None], chunk: int, staged: list,
                  skipped: list) -> None:
-    write(chunk, to_arrow(concat_columns([worker.stored(worker.finish(st)) for st in staged]), skipped))
+    write(chunk, to_arrow(worker.stored(worker.finish_many(staged)) if staged else {}, skipped))
 
 
 def _unchanged(path: str, digest: str) -> bool:

@@ -184,6 +184,16 @@ class Worker:
         """
         return staged
 
+    def finish_many(self, staged: list) -> dict:
+        """:meth:`finish` for every batch of a chunk, concatenated (the runner's writer calls
+        this); a kind may finish them all at once when that gives the same bits.
+
+        Args:
+            staged: what :meth:`compute` returned for each batch of the chunk, in order.
+        """
+        from analysis.dataset.runner import concat_columns
+        return concat_columns([self.finish(st) for st in staged])
+
     def stored(self, columns: dict) -> dict:
         """The columns of :meth:`finish` that are written; the others are rebuilt from
         them when read (:meth:`derived`). By default all of them.
@@ -268,9 +278,18 @@ class PredictWorker(Worker):
         x = self.inputs(batch)
         with self.bundle.lock, torch.inference_mode():
             logits = logits_of(self.bundle.model(x))
+        return {"batch": self.base_columns(batch), "logits": logits}
+
+    def finish(self, staged: dict) -> dict:
+        """Softmax and top-k of the batch's logits, as numpy columns.
+
+        Args:
+            staged: what :meth:`compute` returned.
+        """
+        logits = staged["logits"]
         probs = logits.softmax(dim=1)
         top_p, top_i = probs.topk(self.params["top_k"], dim=1)
-        out = self.base_columns(batch)
+        out = dict(staged["batch"])
         out["pred"] = top_i[:, 0].cpu().numpy().astype(np.int64)
         out["confidence"] = top_p[:, 0].cpu().numpy().astype(np.float32)
         out["top_ids"] = top_i.cpu().numpy().astype(np.int64)
@@ -278,6 +297,17 @@ class PredictWorker(Worker):
         if self.params["logits"]:
             out["logits"] = logits.cpu().numpy().astype(np.float32)
         return out
+
+    def finish_many(self, staged: list) -> dict:
+        """One softmax / top-k for the whole chunk (row by row: the same bits as per batch).
+
+        Args:
+            staged: what :meth:`compute` returned for each batch of the chunk, in order.
+        """
+        if len(staged) < 2:
+            return super().finish_many(staged)
+        base = {k: np.concatenate([st["batch"][k] for st in staged]) for k in staged[0]["batch"]}
+        return self.finish({"batch": base, "logits": torch.cat([st["logits"] for st in staged])})
 
 
 class FeaturesWorker(Worker):

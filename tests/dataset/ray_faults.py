@@ -49,7 +49,8 @@ class SettingsPredictWorker(PredictWorker):
 
         from analysis.core.config import get_config
         out = super().compute(batch)
-        n = len(out["index"])
-        out["data_dir"] = np.asarray([str(get_config().data_dir)] * n, dtype=object)
-        out["mark"] = np.asarray([os.environ.get(MARK_ENV, "")] * n, dtype=object)
+        cols = out["batch"]                       # the columns finish() passes through
+        n = len(cols["index"])
+        cols["data_dir"] = np.asarray([str(get_config().data_dir)] * n, dtype=object)
+        cols["mark"] = np.asarray([os.environ.get(MARK_ENV, "")] * n, dtype=object)
         return out
