@@ -563,6 +563,20 @@ class SaliencyWorker(Worker):
         out.update(self.scalars(batch, maps))
         return out
 
+    def finish_many(self, staged: list) -> dict:
+        """The maps and statistics of the whole chunk at once (every step is per map: the
+        same bits as per batch).
+
+        Args:
+            staged: what :meth:`compute` returned for each batch of the chunk, in order.
+        """
+        if len(staged) < 2:
+            return super().finish_many(staged)
+        batch = {k: np.concatenate([st["batch"][k] for st in staged])
+                 for k in staged[0]["batch"] if all(st["batch"].get(k) is not None for st in staged)}
+        r = {k: torch.cat([st["r"][k] for st in staged]) for k in staged[0]["r"]}
+        return self.finish({"batch": batch, "r": r})
+
     def stored(self, columns: dict) -> dict:
         """Grad-CAM's maps are stored at the layer's resolution (``cam``) and upsampled when
         read (:data:`DERIVED`): the same bits, 16x less to write for the digits and about
@@ -630,6 +644,14 @@ class TrustWorker(SaliencyWorker):
             staged: what :meth:`compute` returned.
         """
         return staged
+
+    def finish_many(self, staged: list) -> dict:
+        """The finished columns of every batch, concatenated.
+
+        Args:
+            staged: what :meth:`compute` returned for each batch of the chunk, in order.
+        """
+        return Worker.finish_many(self, staged)
 
     def compute(self, batch: dict) -> dict:
         """Maps, then deletion / insertion curves of the maps and of the random maps.

@@ -158,3 +158,23 @@ def test_gradcam_maps_are_stored_at_the_layer_resolution_and_rebuilt_bit_for_bit
     # gradient maps are stored as they are
     g = run(_spec("saliency", params={"method": "gradient"}, batch_size=32), data_dir=tmp_path)
     assert "map" in g.meta["columns"] and g.meta["derived"] == {} and g.array("map").shape == (N, 32, 32)
+
+
+@pytest.mark.parametrize("kind,params", [("predict", {"logits": True}), ("saliency", {"method": "gradcam"}),
+                                         ("saliency", {"method": "gradient"})])
+def test_a_chunk_finished_at_once_equals_its_batches_finished_one_by_one(digits, tmp_path, kind, params):
+    """The writer finishes a whole chunk at once (one softmax / top-k, one pass of map
+    statistics): every column equals finishing batch by batch, bit for bit."""
+    from analysis.dataset.executor import plan
+    from analysis.dataset.runner import BatchRunner, concat_columns, slice_rows
+    spec = _spec(kind, params=params, batch_size=24, indices=tuple(range(100)))
+    p = plan(spec, bundle=digits, data_dir=tmp_path)
+    w = WORKERS[kind](spec.model, p.params, bundle=digits)
+    runner = BatchRunner(w, p.source, 24, threads=0)
+    staged = [w.compute(runner.prepare(slice_rows(p.rows, a, min(100, a + 24)))[0]) for a in range(0, 100, 24)]
+    at_once = w.finish_many(staged)
+    one_by_one = concat_columns([w.finish(st) for st in staged])
+    assert at_once.keys() == one_by_one.keys()
+    for c in at_once:
+        a, b = np.asarray(at_once[c]), np.asarray(one_by_one[c])
+        assert a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), c
