@@ -60,7 +60,6 @@ from analysis.dataset.manifest import DatasetRef, input_rows, open_dataset
 from analysis.dataset.runner import (  # noqa: F401 - re-exported
     BatchRunner,
     JobError,
-    concat_columns,
     part_info,
     slice_rows,
     to_arrow,

@@ -71,19 +71,6 @@ def to_arrow(columns: dict, skipped: list | None = None):
     return t.replace_schema_metadata(meta)
 
 
-def concat_columns(outs: list[dict]) -> dict:
-    """Concatenate worker outputs batch by batch.
-
-    Args:
-        outs: the column dicts of a chunk's batches, in order (each maps a column name to an
-            array whose first axis is the batch); all have the keys of the first. An empty
-            list gives an empty dict.
-    """
-    if not outs:
-        return {}
-    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-
-
 def write_part(job_dir: Path, chunk: int, table) -> Path:
     """Write one chunk's table as ``part-<chunk>.parquet`` atomically.
 

@@ -115,6 +115,19 @@ def _int(params: dict, name: str, lo: int, hi: int) -> int:
     return int(v)
 
 
+def concat_columns(outs: list[dict]) -> dict:
+    """Concatenate worker outputs batch by batch.
+
+    Args:
+        outs: the column dicts of a chunk's batches, in order (each maps a column name to an
+            array whose first axis is the batch); all have the keys of the first. An empty
+            list gives an empty dict.
+    """
+    if not outs:
+        return {}
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+
 class Worker:
     """Base class: builds the bundle once; subclasses implement :meth:`__call__`.
 
@@ -191,7 +204,6 @@ class Worker:
         Args:
             staged: what :meth:`compute` returned for each batch of the chunk, in order.
         """
-        from analysis.dataset.runner import concat_columns
         return concat_columns([self.finish(st) for st in staged])
 
     def stored(self, columns: dict) -> dict:

@@ -166,7 +166,8 @@ def test_a_chunk_finished_at_once_equals_its_batches_finished_one_by_one(digits,
     """The writer finishes a whole chunk at once (one softmax / top-k, one pass of map
     statistics): every column equals finishing batch by batch, bit for bit."""
     from analysis.dataset.executor import plan
-    from analysis.dataset.runner import BatchRunner, concat_columns, slice_rows
+    from analysis.dataset.runner import BatchRunner, slice_rows
+    from analysis.dataset.workers import concat_columns
     spec = _spec(kind, params=params, batch_size=24, indices=tuple(range(100)))
     p = plan(spec, bundle=digits, data_dir=tmp_path)
     w = WORKERS[kind](spec.model, p.params, bundle=digits)
