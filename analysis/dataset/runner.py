@@ -198,7 +198,8 @@ class BatchGeometry:
         text}`` for the images the preprocessing refuses (None images are neither).
 
         Args:
-            images: decoded RGB uint8 images (or None).
+            images: decoded RGB uint8 images (or None), or one (n, h, w, 3) uint8 array of
+                same-size images.
             dest: an (len(images), S, S, 3) uint8 array.
         """
         filled = np.zeros(len(images), bool)
@@ -212,14 +213,18 @@ class BatchGeometry:
                 dest[k] = c
                 filled[k] = True
         groups: dict[tuple[int, int], list[int]] = {}
-        for k, im in enumerate(images):
-            if im is None:
-                continue
-            if self.enabled and isinstance(im, np.ndarray) and im.ndim == 3 and im.shape[2] == 3 \
-                    and im.dtype == np.uint8:
-                groups.setdefault(im.shape[:2], []).append(k)
-            else:
-                one(k)
+        if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[3] == 3 \
+                and images.dtype == np.uint8 and self.enabled:
+            groups[images.shape[1:3]] = list(range(len(images)))     # one stack of same-size images
+        else:
+            for k, im in enumerate(images):
+                if im is None:
+                    continue
+                if self.enabled and isinstance(im, np.ndarray) and im.ndim == 3 and im.shape[2] == 3 \
+                        and im.dtype == np.uint8:
+                    groups.setdefault(im.shape[:2], []).append(k)
+                else:
+                    one(k)
         for (h, w), ks in groups.items():
             if len(ks) == 1 or not self.enabled:
                 for k in ks:
@@ -228,7 +233,7 @@ class BatchGeometry:
             per = max(1, self.MAX_SIDE // max(h, w, self._target(h, w)[0]))
             for a in range(0, len(ks), per):
                 sub = ks[a:a + per]
-                stack = np.stack([images[k] for k in sub])
+                stack = images[a:a + per] if isinstance(images, np.ndarray) else np.stack([images[k] for k in sub])
                 grey = _is_grey(stack)
                 crops = self._group(stack, grey)
                 with self._lock:
@@ -348,15 +353,16 @@ class BatchRunner:
     def _decode(self, rows: dict, positions: Sequence[int]) -> tuple[list[tuple], np.ndarray, np.ndarray]:
         """Rows ``positions`` -> ``(image, mask, error)`` each (error "" when fine), their crops
         (an (len(positions), S, S, 3) uint8 array) and which rows of it hold a crop."""
+        s = self.pre.input_size
+        dense = np.empty((len(positions), s, s, 3), np.uint8)
         if self.reader is not None and self.reader.source.get("kind") == "digits":   # one in-memory array
             from analysis.core.datasets import digits_images
-            arr = digits_images()
-            read = [(arr[int(rows["index"][k])], None, "") for k in positions]
+            stack = digits_images()[np.asarray(rows["index"])[np.asarray(positions, np.int64)]]
+            filled, refused = self.cropper.into(stack, dense)
+            read = [(im, None, "") for im in stack] if self.raw else [(None, None, "")] * len(positions)
         else:
             read = [self._read_one(rows, k) for k in positions]
-        s = self.pre.input_size
-        dense = np.empty((len(read), s, s, 3), np.uint8)
-        filled, refused = self.cropper.into([r[0] if not r[2] else None for r in read], dense)
+            filled, refused = self.cropper.into([r[0] if not r[2] else None for r in read], dense)
         out = []
         for j, (img, m, err) in enumerate(read):
             if not err and j in refused:                # the preprocessing refuses this image

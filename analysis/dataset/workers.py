@@ -458,6 +458,12 @@ class SaliencyWorker(Worker):
 
     def maps(self, batch: dict) -> dict:
         """pred, confidence, target (n,) and map (n, H, W) for the batch."""
+        return self.complete(self._raw_maps(batch))
+
+    def _raw_maps(self, batch: dict) -> dict:
+        """What the model part must compute: pred, target and, per method, the maps or
+        Grad-CAM's layer-resolution ``cam`` and the ``logits`` (:meth:`complete` does the
+        rest, row by row)."""
         method = self.params["method"]
         x = self.inputs(batch)
         if method == "gradcam":
@@ -465,6 +471,22 @@ class SaliencyWorker(Worker):
         if method == "gradient":
             return self._gradient(batch, x)
         return self._per_image(batch, x)
+
+    def complete(self, r: dict) -> dict:
+        """Add what is computed per image from the model part's output: ``confidence`` (the
+        top softmax probability of ``logits``) and Grad-CAM's input-size ``map`` (upsampled
+        from ``cam``). Row by row, so a whole chunk at once gives the same bits as batch by
+        batch.
+
+        Args:
+            r: :meth:`_raw_maps`'s output for one batch or several concatenated.
+        """
+        r = dict(r)
+        if "confidence" not in r:
+            r["confidence"] = r.pop("logits").softmax(dim=1).max(dim=1).values
+        if "map" not in r:
+            r["map"] = upsample_cam(r["cam"], (self.bundle.input_size,) * 2)
+        return r
 
     def _gradcam(self, batch, x):
         layer, model = self.params["layer"], self.bundle.model
@@ -479,9 +501,9 @@ class SaliencyWorker(Worker):
         with torch.no_grad():
             w = g.mean(dim=(2, 3), keepdim=True)
             low = F.relu((w * a).sum(dim=1)).float()
-            cam = upsample_cam(low, tuple(x.shape[-2:]))
-        conf = logits.detach().softmax(dim=1).max(dim=1).values
-        return {"pred": pred, "confidence": conf, "target": target, "map": cam, "cam": low}
+        if tuple(x.shape[-2:]) != (self.bundle.input_size,) * 2:
+            raise ParameterError(f"Grad-CAM expected inputs of {self.bundle.input_size} pixels, got {tuple(x.shape)}")
+        return {"pred": pred, "logits": logits.detach(), "target": target, "cam": low}
 
     def _gradient(self, batch, x):
         model = self.bundle.model
@@ -555,7 +577,7 @@ class SaliencyWorker(Worker):
             batch: the batch (see the module docstring).
         """
         return {"batch": {k: batch[k] for k in ("index", "path", "label", "mask") if k in batch},
-                "r": self.maps(batch)}
+                "r": self._raw_maps(batch)}
 
     def finish(self, staged: dict) -> dict:
         """Maps to numpy and their mass statistics (no model needed).
@@ -563,7 +585,7 @@ class SaliencyWorker(Worker):
         Args:
             staged: what :meth:`compute` returned.
         """
-        batch, r = staged["batch"], staged["r"]
+        batch, r = staged["batch"], self.complete(staged["r"])
         maps = r["map"].detach().cpu().numpy().astype(np.float32)
         out = self.base_columns(batch)
         out["pred"] = r["pred"].cpu().numpy().astype(np.int64)
