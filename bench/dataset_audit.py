@@ -20,6 +20,7 @@ and a scaling estimate for N GPU workers from the measured per-batch costs.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -63,6 +64,13 @@ def photo_manifest(folder: Path, n: int) -> Path:
     return folder / "manifest.csv"
 
 
+def _sync(device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously: a clock read without
+    this would time the kernel launches, not the kernels)."""
+    if getattr(device, "type", str(device)) == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def floor(bundle, xs: list[torch.Tensor], layer: str | None) -> float:
     """Seconds for the bare forward (layer None) or forward + backward to ``layer``, under a
     heavy-job slot like the executor (same allocator regime: analysis/core/allocator.py)."""
@@ -86,9 +94,11 @@ def _floor(bundle, xs: list[torch.Tensor], layer: str | None) -> float:
             out = model(x)
             score = out.gather(1, out.detach().argmax(1)[:, None]).sum()
             torch.autograd.grad(score, acts[layer])
+    _sync(bundle.device)
     t0 = time.perf_counter()
     for x in xs:
         one(x)
+    _sync(bundle.device)
     return time.perf_counter() - t0
 
 
@@ -124,7 +134,7 @@ def _timed_floor(bundle, xs, layer) -> tuple[float, float]:
 
 
 def executor_vs_floor(spec_model: ModelSpec, dataset, n: int, batch: int, device, data_dir: Path,
-                      repeats: int) -> list[dict]:
+                      repeats: int, helper_threads: int = 1) -> list[dict]:
     """Executor images/s (first pass: empty crop cache; repeat: crops cached) against the
     floor, over ``repeats`` interleaved (floor, job) pairs: medians; wall clock and process CPU time."""
     bundle = load_bundle(spec_model, device=device)
@@ -145,8 +155,9 @@ def executor_vs_floor(spec_model: ModelSpec, dataset, n: int, batch: int, device
             runs["cold"].append(_timed_run(spec, p, bundle, data_dir, cache))
             runs["floor"].append(_timed_floor(bundle, xs, layer))
             runs["warm"].append(_timed_run(spec, p, bundle, data_dir, None))
-            # the same first pass with a prepare thread and a writer thread beside the model
-            runs["helpers"].append(_timed_run(spec, p, bundle, data_dir, cache, helper_threads=1))
+            # the same first pass with ``helper_threads`` prepare threads (and a writer thread;
+            # 0: none) instead of the default (decode_threads)
+            runs["helpers"].append(_timed_run(spec, p, bundle, data_dir, cache, helper_threads=helper_threads))
         if cache is not None:
             shutil.rmtree(cache.dir, ignore_errors=True)
             cache.close()
@@ -190,9 +201,10 @@ def _costs(p, runner, bundle, n: int, batch: int, t: dict) -> None:
         t1 = time.perf_counter()
         crops = np.stack(runner.cropper(images))           # the executor's batched geometry
         x = bundle.preprocess.normalize(bundle.preprocess.to_unit(crops)).to(bundle.device)
+        _sync(bundle.device)
         t2 = time.perf_counter()
         with torch.inference_mode():
-            logits = bundle.model(x).float()
+            logits = bundle.model(x).float().cpu()
         t3 = time.perf_counter()
         probs = logits.softmax(1)
         tp, ti = probs.topk(5, dim=1)
@@ -357,11 +369,64 @@ def _previous_ray_text() -> str:
     return body if body.startswith(note) else f"{note}\n\n{body}"
 
 
+def measure(args) -> dict:
+    """Run every part of the benchmark; returns its figures (JSON-serialisable). With
+    ``args.json`` the figures are saved there after the in-process part and again at the end."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = select_device(args.device)
+    t_start = time.perf_counter()
+    lb, db = args.lite_batch, args.digits_batch
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        photos = DatasetRef("manifest", str(photo_manifest(data_dir / "photos", max(args.lite_images,
+                                                                                      args.ray_images))))
+        rows, costs, rv = [], {}, None
+        if not args.only_ray:
+            rows = executor_vs_floor(ModelSpec("digits"), "digits", args.digits_images, db, device, data_dir,
+                                     args.digits_repeats, args.helper_threads)
+            rows += executor_vs_floor(ModelSpec("default"), photos, args.lite_images, lb, device, data_dir,
+                                      args.lite_repeats, args.helper_threads)
+            costs = {"digits": per_batch_costs(ModelSpec("digits"), "digits", min(args.digits_images, 10 * db), db,
+                                               device, data_dir),
+                     "lite": per_batch_costs(ModelSpec("default"), photos, args.lite_images, lb, device, data_dir)}
+            for k, c in costs.items():
+                print(k, {a: f"{v * 1000:.1f} ms" for a, v in c.items()}, flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(_figures(args, device, rows, costs, None, t_start), indent=1))
+        if not args.no_ray:
+            rv = ray_vs_local(ModelSpec("default"), photos, args.ray_images, lb, args.ray_chunk, device, data_dir)
+    data = _figures(args, device, rows, costs, rv, t_start)
+    print(f"total {data['total']:.0f} s (load average {data['load']:.1f})")
+    return data
+
+
+def _figures(args, device, rows, costs, rv, t_start) -> dict:
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = float("nan")
+    return {"rows": rows, "costs": costs, "rv": rv, "total": time.perf_counter() - t_start, "load": load,
+            "machine": machine(),
+            "device": str(device), "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                                                    else None),
+            "torch_threads": torch.get_num_threads(), "threads_arg": args.threads,
+            "decode_threads": decode_threads(device), "helper_threads": args.helper_threads,
+            "omp": os.environ.get("OMP_NUM_THREADS", "unset"), "cpu_count": os.cpu_count(),
+            "lite_batch": args.lite_batch, "digits_batch": args.digits_batch}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--digits-images", type=int, default=1797)
     ap.add_argument("--lite-images", type=int, default=48)
     ap.add_argument("--ray-images", type=int, default=512)
+    ap.add_argument("--digits-batch", type=int, default=64)
+    ap.add_argument("--lite-batch", type=int, default=16, help="EfficientNet-Lite0's batch (the Ray part's too)")
+    ap.add_argument("--digits-repeats", type=int, default=7)
+    ap.add_argument("--lite-repeats", type=int, default=3)
+    ap.add_argument("--helper-threads", type=int, default=1,
+                    help="CONVLENS_DECODE_THREADS of the last column's first pass (default 1)")
     ap.add_argument("--ray-chunk", type=int, default=None,
                     help="images per chunk in the Ray comparison (default: each engine's default chunk size)")
     ap.add_argument("--device", default=None)
@@ -370,36 +435,30 @@ def main() -> None:
                     help="measure only Ray against in-process and print its Markdown (docs are not written)")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads in-process (default: torch's)")
+    ap.add_argument("--json", default=None, help="also save the figures to this JSON file")
+    ap.add_argument("--render", default=None,
+                    help="measure nothing: write docs/benchmarks.md's section from a JSON file saved by --json "
+                         "(e.g. on a GPU machine)")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = select_device(args.device)
-    t_start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        data_dir = Path(tmp)
-        photos = DatasetRef("manifest", str(photo_manifest(data_dir / "photos", max(args.lite_images,
-                                                                                      args.ray_images))))
+    if args.render:
+        data = json.loads(Path(args.render).read_text())
+    else:
+        data = measure(args)
         if args.only_ray:
-            rv = ray_vs_local(ModelSpec("default"), photos, args.ray_images, 16, args.ray_chunk, device, data_dir)
-            print(ray_markdown(rv))
+            print(ray_markdown(data["rv"]) if data["device"] == "cpu" else gpu_ray_markdown(data))
             return
-        rows = executor_vs_floor(ModelSpec("digits"), "digits", args.digits_images, 64, device, data_dir, 7)
-        rows += executor_vs_floor(ModelSpec("default"), photos, args.lite_images, 16, device, data_dir, 3)
-        costs = {"digits": per_batch_costs(ModelSpec("digits"), "digits", 640, 64, device, data_dir),
-                 "lite": per_batch_costs(ModelSpec("default"), photos, args.lite_images, 16, device, data_dir)}
-        for k, c in costs.items():
-            print(k, {a: f"{v * 1000:.1f} ms" for a, v in c.items()}, flush=True)
-        rv = None if args.no_ray else ray_vs_local(ModelSpec("default"), photos, args.ray_images, 16, args.ray_chunk, device,
-                                                   data_dir)
-    total = time.perf_counter() - t_start
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = float("nan")
-    print(f"total {total:.0f} s (load average {load:.1f})")
-    if args.no_write:
-        return
+        if args.no_write:
+            return
+    if data["device"].startswith("cuda"):
+        write_section("dataset_audit_gpu", gpu_body(data))
+    else:
+        write_section("dataset_audit", cpu_body(data))
 
+
+def cpu_body(data: dict) -> str:
+    """docs/benchmarks.md's section for a CPU run."""
+    rows, costs, rv, load, total = data["rows"], data["costs"], data["rv"], data["load"], data["total"]
+    device = data["device"]
     def ratio(r, k):
         return r[k + "_ratio"]
     table = "\n".join(f"| {r['model']} | {r['kind']} | {r['n']} | {r['batch']} | {r['floor']:.1f} | "
@@ -430,7 +489,7 @@ def main() -> None:
                 f"(`CONVLENS_DECODE_THREADS=1`): slower than the default for {len(helpers_worse)} of {len(rows)} "
                 "jobs in this run. Helper threads are the default where they do not compete with the model: on "
                 "a GPU, or when torch is given fewer threads than the cores (`decode_threads`, docs/dataset.md).")
-    verdict += (f" Measured under load average {load:.1f} on {os.cpu_count()} cores; on this shared machine, runs "
+    verdict += (f" Measured under load average {load:.1f} on {data['cpu_count']} cores; on this shared machine, runs "
                 "a few minutes apart differed by up to about 0.1 in these ratios.")
     if any(r["cold_cpu"] > 1.1 or r["warm_cpu"] > 1.1 for r in rows):
         verdict += (" Ratios above 1, in CPU time too (" + ", ".join(f"{r['model']} {r['kind']}" for r in rows
@@ -443,17 +502,17 @@ def main() -> None:
         return (f"| {name} (batch {b}) | {c['read'] * 1000:.1f} | {c['preprocess'] * 1000:.1f} | "
                 f"{c['model'] * 1000:.1f} | {c['post'] * 1000:.1f} | {b / tot:.0f} | "
                 f"{b / (tot - c['model']):.0f} |")
-    cpu_side_lite = 16 / (sum(lc.values()) - lc["model"])
+    cpu_side_lite = data['lite_batch'] / (sum(lc.values()) - lc["model"])
     ray_text = ray_markdown(rv) if rv else (_previous_ray_text() or "Ray was not measured in this run (--no-ray).")
     body = f"""## Data-set jobs (bench/dataset_audit.py)
 
-Machine: {machine()}; device `{device}`; load average {load:.1f} during the run
+Machine: {data['machine']}; device `{device}`; load average {load:.1f} during the run
 (a shared machine loaded by other engineers' jobs: absolute figures vary from run to run, the
 ratios to the floor measured in the same run hold). Total {total:.0f} s.
-Threads: torch {torch.get_num_threads()} (`--threads {args.threads or torch.get_num_threads()}`) for the model, in the executor and in the
-floor alike. Helper threads of the executor by default: {decode_threads(device)} (`decode_threads`: the
+Threads: torch {data['torch_threads']} (`--threads {data['threads_arg'] or data['torch_threads']}`) for the model, in the executor and in the
+floor alike. Helper threads of the executor by default: {data['decode_threads']} (`decode_threads`: the
 cores torch leaves free on the CPU, cores − 1 on a GPU; `CONVLENS_DECODE_THREADS` overrides).
-OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}.
+OMP_NUM_THREADS={data['omp']}.
 
 ### Executor against the model's floor, in-process
 
@@ -488,8 +547,8 @@ float; post = softmax, top-k, Arrow):
 
 | model | read + decode | preprocess | model | post | images/s | images/s without the model |
 |---|---|---|---|---|---|---|
-{cost_row('EfficientNet-Lite0', lc, 16)}
-{cost_row('Digits CNN', dc, 64)}
+{cost_row('EfficientNet-Lite0', lc, data['lite_batch'])}
+{cost_row('Digits CNN', dc, data['digits_batch'])}
 
 Estimate for N GPU actors (`num_gpus=1` each): a GPU runs EfficientNet-Lite0 far faster than
 the CPU side of a batch, so each actor is bounded by its CPU side, about
@@ -499,8 +558,119 @@ chunk), until the shared file system's read bandwidth or the images' decode cost
 Giving each GPU actor more CPU cores (`num_cpus`) or pre-resized images raises the per-actor
 figure; the fixed start-up (above) is paid once per model (the warm actor pool), not per job.
 """
-    write_section("dataset_audit", body)
+    return body
 
+
+def gpu_ray_markdown(data: dict) -> str:
+    """The Ray subsection of a GPU run: Ray's GPU actors (``num_gpus=1``) against in-process
+    on the same GPU."""
+    rv = data["rv"]
+    if not rv:
+        return "Ray was not measured in this run."
+    loc = rv["local"]
+
+    def line(name: str, secs: float, rate: float) -> str:
+        return f"| {name} | {secs:.2f} | {rate:.0f} | **{rate / loc:.2f}×** |"
+    return f"""`predict` with EfficientNet-Lite0 over {rv['n']} JPEG photos (320×320, a manifest), batch {rv['batch']},
+chunks of {rv['chunk_text']}, end to end; embedded single-node Ray (`ensure_ray`: all
+{data['cpu_count']} CPUs and the GPU); each actor gets one GPU (`num_gpus=1`, one actor per GPU) and one CPU
+of Ray's accounting, and decodes with its own helper threads like in-process:
+
+| | seconds | images/s | vs in-process |
+|---|---|---|---|
+| in-process (best of two) | {rv['local_s']:.2f} | {loc:.0f} | 1.00× |
+{line("Ray Data (`data`, the default): an actor pool of the job, first job after `ray.init`", rv['data_s'], rv['ray_data'])}
+{line("Ray Data, later jobs (best of two; actors start in every job)", rv['data2_s'], rv['ray_data2'])}
+{line("Ray Data, first job on a fresh Ray after `prestart`", rv['pre_s'], rv['ray_pre'])}
+{line("warm pool (`pool`), first job on the model: the actor starts", rv['cold_s'], rv['ray_cold'])}
+{line("warm pool, later jobs (best of two): the actor and its model kept", rv['warm_s'], rv['ray_warm'])}
+
+`ray.init` {rv['ray_init_s']:.1f} s (once per process); a GPU actor's start-up: importing torch
+{rv['import_torch_s']:.1f} s, convlens' model loaders {rv['import_convlens_s']:.1f} s, building the model on the GPU
+{rv['build_model_s']:.1f} s. On a GPU the model's time per image is small, so a job that starts its actors
+pays that start-up against a few seconds of work; the warm pool (the page keeps it for
+`KEEP_WARM_S`) does not."""
+
+
+def gpu_body(data: dict) -> str:
+    """docs/benchmarks.md's section for a run on a CUDA device (``--render`` writes it from
+    the JSON saved there)."""
+    rows, costs = data["rows"], data["costs"]
+    h = data["helper_threads"]
+    table = "\n".join(
+        f"| {r['model']} | {r['kind']} | {r['n']} | {r['batch']} | {r['floor']:.0f} | {r['cold']:.0f} | "
+        f"**{r['cold_ratio']:.2f}×** | "
+        + (f"{r['warm']:.0f} | **{r['warm_ratio']:.2f}×** |" if r["cached"] else "— | — |")
+        + f" {r['helpers_ratio']:.2f}× |" for r in rows)
+    below = [r for r in rows if r["cold_ratio"] < 0.8]
+    below_warm = [r for r in rows if r["cached"] and r["warm_ratio"] < 0.8]
+    verdict = ("Every job meets the goal (≥ 0.8× the floor) on its first pass." if not below else
+               "First pass below the goal (≥ 0.8× the floor): " + ", ".join(
+                   f"{r['model']} {r['kind']} ({r['cold_ratio']:.2f}×)" for r in below) + ".")
+    verdict += (" With the crops cached every job meets it." if not below_warm else
+                " With the crops cached, below: " + ", ".join(f"{r['model']} {r['kind']} ({r['warm_ratio']:.2f}×)"
+                                                              for r in below_warm) + ".")
+    lc, dc = costs["lite"], costs["digits"]
+    lb, db = data["lite_batch"], data["digits_batch"]
+
+    def cost_row(name, c, b):
+        tot = sum(c.values())
+        return (f"| {name} (batch {b}) | {c['read'] * 1000:.2f} | {c['preprocess'] * 1000:.2f} | "
+                f"{c['model'] * 1000:.2f} | {c['post'] * 1000:.2f} | {b / c['model']:.0f} | "
+                f"{b / (tot - c['model']):.0f} |")
+    gpu_rate = lb / lc["model"]
+    cpu_rate = lb / (sum(lc.values()) - lc["model"])        # one core: read, decode, resize, post
+    scale = []
+    for cores in (1, 4, 8, 16):
+        per = min(gpu_rate, cores * cpu_rate)
+        scale.append(f"| {cores} | {per:.0f} | " + " | ".join(f"{n * per:,.0f}" for n in (1, 2, 4, 8, 32)) + " |")
+    scale_rows = "\n".join(scale)
+    cores_to_feed = gpu_rate / cpu_rate
+    return f"""## Data-set jobs on a GPU (bench/dataset_audit.py --device cuda)
+
+Device **{data['device_name']}** (`{data['device']}`); machine: {data['machine']}.
+Measured there (a device lent to this session for minutes; its figures written here by
+`bench/dataset_audit.py --render` from the JSON the run saved), {data['total']:.0f} s in all. The same
+measurement as the CPU section above: the executor's jobs, end to end, against the floor of the
+same batches of preprocessed tensors already on the GPU (forward, or forward + backward to the
+Grad-CAM layer; the clock waits for the GPU). Helper threads by default on a GPU:
+{data['decode_threads']} (`decode_threads`: cores − 1, at most 8); the last column runs the first pass with
+`CONVLENS_DECODE_THREADS={h}` instead. Medians over interleaved pairs.
+
+| model | job | images | batch | floor images/s | first pass images/s | first pass / floor | crops cached images/s | cached / floor | first pass with {h} helper threads / floor |
+|---|---|---|---|---|---|---|---|---|---|
+{table}
+
+{verdict}
+
+### Per-batch costs on the GPU machine and N GPU workers
+
+Mean milliseconds per batch, one stage after the other on one core (read + decode, the batched
+resize + crop and uint8 → float incl. the copy to the GPU, the model on the GPU, softmax / top-k /
+Arrow on the CPU):
+
+| model | read + decode | preprocess | model (GPU) | post | images/s of the GPU alone | images/s of one core without the model |
+|---|---|---|---|---|---|---|
+{cost_row('EfficientNet-Lite0', lc, lb)}
+{cost_row('Digits CNN', dc, db)}
+
+On this GPU EfficientNet-Lite0 takes {lc['model'] * 1000 / lb:.3f} ms per image and one CPU core's side of a batch
+{1000 / cpu_rate:.2f} ms per image: one GPU needs about **{cores_to_feed:.1f} cores** decoding JPEGs to keep busy. Estimate
+for N GPU workers (`num_gpus=1` each, each with its cores for decoding; images/s = N × min(GPU rate,
+cores × one core's rate); each actor reads and writes its own chunks and the driver receives one status
+row per chunk, so the workers do not share a bottleneck until the file system's read bandwidth):
+
+| cores per GPU worker | images/s per worker | N = 1 | 2 | 4 | 8 | 32 |
+|---|---|---|---|---|---|---|
+{scale_rows}
+
+With the crops cached (a later job on the same data set, or pre-resized images) the CPU side
+shrinks to reading the crop and converting it, and the GPU becomes the limit sooner.
+
+### Ray on the GPU
+
+{gpu_ray_markdown(data)}
+"""
 
 if __name__ == "__main__":
     main()

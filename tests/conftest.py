@@ -1,5 +1,7 @@
 """Shared fixtures. The whole suite runs offline on CPU; caches and uploads go to a
-temporary folder for the session (set before anything reads the configuration)."""
+temporary folder for the session (set before anything reads the configuration).
+``CONVLENS_TEST_DEVICE=cuda`` puts the shared models (``lite0``, ``digits``) on a GPU, to
+run the model tests there on a GPU machine (CI has none)."""
 from __future__ import annotations
 
 import os
@@ -21,6 +23,8 @@ import torch  # noqa: E402
 from analysis.core.config import set_config  # noqa: E402
 from tests.paths import OUTPUT_DIR, REPO  # noqa: E402,F401
 
+TEST_DEVICE = torch.device(os.environ.get("CONVLENS_TEST_DEVICE", "cpu"))
+
 
 @pytest.fixture(scope="session")
 def session_dir() -> Path:
@@ -31,14 +35,14 @@ def session_dir() -> Path:
 def lite0():
     """The embedded default model, on CPU (shared; tests must not mutate it)."""
     from analysis.core.models.loaders import default_bundle
-    return default_bundle(torch.device("cpu"))
+    return default_bundle(TEST_DEVICE)
 
 
 @pytest.fixture(scope="session")
 def digits():
     """The embedded digits CNN, trained once per session into the session cache."""
     from analysis.core.models.digits import digits_bundle
-    return digits_bundle(torch.device("cpu"))
+    return digits_bundle(TEST_DEVICE)
 
 
 @pytest.fixture(scope="session")
