@@ -35,6 +35,7 @@ from analysis.core.batching import usable_cores
 from analysis.core.datasets import Dataset
 from analysis.core.errors import ConvlensError
 from analysis.core.fsio import atomic_open
+from analysis.core.models.bundle import all_grey
 from analysis.dataset.manifest import CropCache, ImageReader
 from analysis.dataset.workers import Worker
 
@@ -192,7 +193,8 @@ class BatchGeometry:
         filled, refused = self.into(images, dest)
         return [dest[k] if filled[k] else refused.get(k) for k in range(len(images))]
 
-    def into(self, images: Sequence[np.ndarray | None], dest: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
+    def into(self, images: Sequence[np.ndarray | None], dest: np.ndarray,
+             grey_rows: np.ndarray | None = None) -> tuple[np.ndarray, dict[int, str]]:
         """Write the crops of ``images`` into ``dest[k]`` (one copy per group of same-size
         images): ``(filled, refused)``, a bool array of the rows written and ``{k: error
         text}`` for the images the preprocessing refuses (None images are neither).
@@ -201,7 +203,11 @@ class BatchGeometry:
             images: decoded RGB uint8 images (or None), or one (n, h, w, 3) uint8 array of
                 same-size images.
             dest: an (len(images), S, S, 3) uint8 array.
+            grey_rows: a bool array of len(images) or None: set True for the rows whose crop
+                is known to be grey (R == G == B; resized as one band), False for the others.
         """
+        if grey_rows is not None:
+            grey_rows[:] = False
         filled = np.zeros(len(images), bool)
         refused: dict[int, str] = {}
 
@@ -234,12 +240,13 @@ class BatchGeometry:
             for a in range(0, len(ks), per):
                 sub = ks[a:a + per]
                 stack = images[a:a + per] if isinstance(images, np.ndarray) else np.stack([images[k] for k in sub])
-                grey = _is_grey(stack)
-                crops = self._group(stack, grey)
+                grey = all_grey(stack)
+                crops = self._group(stack, grey)        # grey: (n, S, S), one band
                 with self._lock:
                     check = (h, w, grey) not in self.verified
                 if check:
-                    ok = all(np.array_equal(crops[i], self.pre.geometry(images[k])) for i, k in enumerate(sub))
+                    ok = all(np.array_equal(np.broadcast_to(crops[i][..., None], (*crops[i].shape, 3)) if grey
+                                            else crops[i], self.pre.geometry(images[k])) for i, k in enumerate(sub))
                     with self._lock:
                         if ok:
                             self.verified.add((h, w, grey))
@@ -252,7 +259,19 @@ class BatchGeometry:
                             one(k)
                         continue
                 at = np.asarray(sub, np.int64)
-                dest[at] = crops
+                if grey_rows is not None and grey:
+                    grey_rows[at] = True
+                if grey:
+                    # band by band: numpy copies a broadcast (n, S, S, 1) -> (n, S, S, 3) or a
+                    # repeated array several times slower than three strided copies
+                    rows = dest[at[0]:at[-1] + 1] if at[-1] - at[0] + 1 == len(at) else None
+                    if rows is not None:
+                        for c in range(3):
+                            rows[..., c] = crops
+                    else:
+                        dest[at] = np.repeat(crops[..., None], 3, axis=3)
+                else:
+                    dest[at] = crops
                 filled[at] = True
         return filled, refused
 
@@ -270,6 +289,8 @@ class BatchGeometry:
         return max(pre.input_size, round(w * s)), max(pre.input_size, round(h * s))
 
     def _group(self, group: np.ndarray, grey: bool = False) -> np.ndarray:
+        """The crops of a stack of same-size images: (n, S, S, 3), or (n, S, S) when ``grey``
+        (the one band every channel equals)."""
         from PIL import Image
 
         from analysis.core.models.bundle import PIL_INTERPOLATION
@@ -292,13 +313,7 @@ class BatchGeometry:
         s = self.pre.input_size
         left, top = (nw - s) // 2, (nh - s) // 2
         crop = out[:, top:top + s, left:left + s]
-        return np.repeat(crop, 3, axis=3) if grey else np.ascontiguousarray(crop)
-
-
-def _is_grey(stack: np.ndarray) -> bool:
-    """Whether every pixel of a stack of RGB images has R == G == B."""
-    r = stack[..., 0]
-    return bool(np.array_equal(r, stack[..., 1]) and np.array_equal(r, stack[..., 2]))
+        return crop[..., 0] if grey else np.ascontiguousarray(crop)
 
 
 class BatchRunner:
@@ -350,25 +365,27 @@ class BatchRunner:
         except ConvlensError as e:
             return None, None, str(e)
 
-    def _decode(self, rows: dict, positions: Sequence[int]) -> tuple[list[tuple], np.ndarray, np.ndarray]:
+    def _decode(self, rows: dict, positions: Sequence[int]) -> tuple[list[tuple], np.ndarray, np.ndarray, np.ndarray]:
         """Rows ``positions`` -> ``(image, mask, error)`` each (error "" when fine), their crops
-        (an (len(positions), S, S, 3) uint8 array) and which rows of it hold a crop."""
+        (an (len(positions), S, S, 3) uint8 array), which rows of it hold a crop and which
+        of those are known to be grey."""
         s = self.pre.input_size
         dense = np.empty((len(positions), s, s, 3), np.uint8)
+        grey = np.zeros(len(positions), bool)
         if self.reader is not None and self.reader.source.get("kind") == "digits":   # one in-memory array
             from analysis.core.datasets import digits_images
             stack = digits_images()[np.asarray(rows["index"])[np.asarray(positions, np.int64)]]
-            filled, refused = self.cropper.into(stack, dense)
+            filled, refused = self.cropper.into(stack, dense, grey)
             read = [(im, None, "") for im in stack] if self.raw else [(None, None, "")] * len(positions)
         else:
             read = [self._read_one(rows, k) for k in positions]
-            filled, refused = self.cropper.into([r[0] if not r[2] else None for r in read], dense)
+            filled, refused = self.cropper.into([r[0] if not r[2] else None for r in read], dense, grey)
         out = []
         for j, (img, m, err) in enumerate(read):
             if not err and j in refused:                # the preprocessing refuses this image
                 img, m, err = None, None, refused[j]
             out.append((img if self.raw else None, m, err))
-        return out, dense, filled
+        return out, dense, filled, grey
 
     def _cached(self, rows: dict) -> tuple[np.ndarray, np.ndarray]:
         n = len(rows["index"])
@@ -408,6 +425,7 @@ class BatchRunner:
         images = masks = None
         errors: dict[int, str] = {}
         miss = np.flatnonzero(~hit).tolist()
+        all_grey_rows = False
         if miss:
             k = max(1, min(self._decoders if pool is not None else 1, len(miss)))
             step = -(-len(miss) // k)
@@ -415,7 +433,9 @@ class BatchRunner:
             futs = [pool.submit(self._decode, rows, pos) for pos in parts[1:]] if pool is not None else []
             done = [(parts[0], self._decode(rows, parts[0]))] + [(pos, f.result()) for pos, f in zip(parts[1:], futs)]
             fresh = []
-            for pos, (res, dense, filled) in done:
+            all_grey_rows = True
+            for pos, (res, dense, filled, grey) in done:
+                all_grey_rows = all_grey_rows and bool(grey[filled].all())
                 for j, (img, m, err) in enumerate(res):
                     if err:
                         errors[pos[j]] = err
@@ -434,8 +454,10 @@ class BatchRunner:
             if self.crops is not None and len(at):      # for the next job on this data set
                 self.crops.put_many(np.asarray(rows["index"])[at], crops[at])
         # uint8 -> normalised float once for every readable image; the same operations as
-        # bundle.inputs(images), element by element
-        x = self.pre.model_input(crops[ok] if not ok.all() else crops).to(self.worker.bundle.device) \
+        # bundle.inputs(images), element by element (every crop decoded here grey, none from
+        # the cache: known grey, not checked again)
+        grey = True if miss and not hit.any() and all_grey_rows else None
+        x = self.pre.model_input(crops[ok] if not ok.all() else crops, grey=grey).to(self.worker.bundle.device) \
             if ok.any() else None
         first = np.concatenate([[0], np.cumsum(ok)])            # row -> its position in x
         out = []

@@ -552,23 +552,26 @@ class SaliencyWorker(Worker):
             maps: the batch's maps, an (n, h, w) float array in model-input pixels.
         """
         n, h, w = maps.shape
-        pos = np.clip(maps.astype(np.float64), 0, None)
-        total = pos.reshape(n, -1).sum(1)
+        rows = maps.reshape(n, -1)
+        hi, lo = rows.max(1), rows.min(1)
+        map_sum = rows.sum(1, dtype=np.float64)          # summed in float64, without a float64 copy
+        # the positive part (Grad-CAM's maps have no negative values: no copy); per row, the
+        # same bits whichever other maps share the array
+        pos = maps if (lo >= 0).all() else np.maximum(maps, 0)
+        total = map_sum if pos is maps else pos.reshape(n, -1).sum(1, dtype=np.float64)
         c = self.params["centre"]
         ch, cw = max(1, int(round(h * c))), max(1, int(round(w * c)))
         t, l = (h - ch) // 2, (w - cw) // 2
-        inside = pos[:, t:t + ch, l:l + cw].reshape(n, -1).sum(1)
+        inside = pos[:, t:t + ch, l:l + cw].sum((1, 2), dtype=np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             centre = np.where(total > 0, inside / total, np.nan)
         mask_share = np.full(n, np.nan)
         for k, m in enumerate(self._masks(batch, h)):
             if m is not None and total[k] > 0:
-                mask_share[k] = pos[k][m].sum() / total[k]
-        flat = maps.reshape(n, -1).max(1) == maps.reshape(n, -1).min(1)
-        return {"map_sum": maps.reshape(n, -1).sum(1).astype(np.float64),
-                "map_max": maps.reshape(n, -1).max(1).astype(np.float32),
+                mask_share[k] = pos[k][m].sum(dtype=np.float64) / total[k]
+        return {"map_sum": map_sum, "map_max": hi.astype(np.float32, copy=False),
                 "mass_centre": centre.astype(np.float64), "mass_mask": mask_share.astype(np.float64),
-                "flat": flat}
+                "flat": hi == lo}
 
     def compute(self, batch: dict) -> dict:
         """The maps of the batch (forward + backward for the batched methods), still as tensors.
@@ -586,14 +589,14 @@ class SaliencyWorker(Worker):
             staged: what :meth:`compute` returned.
         """
         batch, r = staged["batch"], self.complete(staged["r"])
-        maps = r["map"].detach().cpu().numpy().astype(np.float32)
+        maps = r["map"].detach().cpu().numpy().astype(np.float32, copy=False)
         out = self.base_columns(batch)
         out["pred"] = r["pred"].cpu().numpy().astype(np.int64)
         out["confidence"] = r["confidence"].detach().cpu().numpy().astype(np.float32)
         out["target"] = r["target"].cpu().numpy().astype(np.int64)
         out["map"] = maps
         if "cam" in r:
-            out["cam"] = r["cam"].detach().cpu().numpy().astype(np.float32)
+            out["cam"] = r["cam"].detach().cpu().numpy().astype(np.float32, copy=False)
         out.update(self.scalars(batch, maps))
         return out
 
@@ -695,7 +698,7 @@ class TrustWorker(SaliencyWorker):
         """
         from analysis.saliency.trust import deletion_insertion, random_map
         r = self.maps(batch)
-        maps = r["map"].detach().cpu().numpy().astype(np.float32)
+        maps = r["map"].detach().cpu().numpy().astype(np.float32, copy=False)
         targets = r["target"].cpu().numpy().astype(np.int64)
         geo = self.bundle.preprocess.geometry
         p = self.params

@@ -195,6 +195,42 @@ def test_batch_geometry_equals_geometry_image_by_image(interp, mode, monkeypatch
         for im, g in zip(images[:-2], got):
             assert np.array_equal(g, pre.geometry(im))
         assert got[-2] is None and isinstance(got[-1], str) and "RGB" in got[-1]
+    # which crops are known grey (resized as one band): the three grey images
+    dest = np.empty((len(images), 24, 24, 3), np.uint8)
+    grey = np.ones(len(images), bool)
+    filled, refused = geo.into(images, dest, grey)
+    assert np.flatnonzero(grey).tolist() == [9, 10, 11] and filled[:12].all() and list(refused) == [13]
+
+
+def test_grey_model_input_table_gives_the_computations_bits(monkeypatch):
+    import torch
+
+    from analysis.core.models import bundle as bm
+    monkeypatch.setattr(bm, "_GREY_CHECKED", {})                      # process-wide, restored after
+    monkeypatch.setattr(bm, "_GREY_TABLES", {})
+    pre = Preprocessing(8, 8, (0.3,), (0.2,), grayscale=True)
+    rng = np.random.default_rng(2)
+    crops = np.repeat(rng.integers(0, 256, (40, 8, 8, 1), dtype=np.uint8), 3, axis=3)
+    crops[0, 0, :2] = [[0] * 3, [255] * 3]
+
+    def computed(c):
+        return pre.normalize(pre.to_unit(c), inplace=True)
+    ref = computed(crops)
+    assert torch.equal(pre.model_input(crops), ref) and bm._GREY_CHECKED[pre] is True
+    assert torch.equal(pre.model_input(crops, grey=True), ref)
+    colour = crops.copy()
+    colour[3, 2, 2, 1] ^= 1                                           # one pixel not grey: computed
+    assert torch.equal(pre.model_input(colour), computed(colour))
+    assert torch.equal(pre.model_input(colour, grey=False), computed(colour))
+    # a table whose bits differ is caught on the first batch and not used again in the process
+    monkeypatch.setattr(bm, "_GREY_CHECKED", {})
+    bm._GREY_TABLES[pre] = bm._GREY_TABLES[pre] + np.float32(1e-3)
+    assert torch.equal(pre.model_input(crops), ref) and bm._GREY_CHECKED[pre] is False
+    assert bm._grey_table(pre) is None
+    # RGB models compute every channel (the mean of three channels is not per value there)
+    rgb = Preprocessing(8, 8, (0.3,) * 3, (0.2,) * 3)
+    assert torch.equal(rgb.model_input(crops), rgb.normalize(rgb.to_unit(crops), inplace=True))
+    assert rgb not in bm._GREY_TABLES
 
 
 def test_batch_geometry_falls_back_when_pil_differs(monkeypatch):
@@ -202,7 +238,8 @@ def test_batch_geometry_falls_back_when_pil_differs(monkeypatch):
     monkeypatch.setattr(runner.BatchGeometry, "_checked", {})        # the process-wide verdicts, restored after
     pre = Preprocessing(16, 16, (0.5,) * 3, (0.25,) * 3)
     geo = runner.BatchGeometry(pre)
-    monkeypatch.setattr(geo, "_group", lambda g, grey=False: np.zeros((len(g), 16, 16, 3), np.uint8))   # a "different build"
+    monkeypatch.setattr(geo, "_group", lambda g, grey=False: np.zeros((len(g), 16, 16, *(() if grey else (3,))),
+                                                                       np.uint8))          # a "different build"
     images = [np.full((8, 8, 3), 200, np.uint8), np.full((8, 8, 3), 100, np.uint8)]
     got = geo(images)
     assert not geo.enabled
