@@ -295,7 +295,8 @@ def ray_vs_local(spec_model: ModelSpec, dataset, n: int, batch: int, chunk: int 
            "load": os.getloadavg()[0], **startup}
     print(f"Ray vs in-process ({n} images): in-process {out['local']:.1f} img/s ({t_local:.1f} s); Ray Data "
           f"first {t_data:.1f} s ({out['ray_data'] / out['local']:.2f}x), later {t_data2:.1f} s "
-          f"({out['ray_data2'] / out['local']:.2f}x), models built {out['data_built']}; Ray Data actors "
+          f"({out['ray_data2'] / out['local']:.2f}x), models built {out['data_built']}, first after prestart "
+          f"{t_pre:.1f} s ({out['ray_pre'] / out['local']:.2f}x); Ray Data actors "
           f"{t_actors:.1f} s ({out['ray_actors'] / out['local']:.2f}x); pool cold {t_cold:.1f} s "
           f"({out['ray_cold'] / out['local']:.2f}x), warm {t_warm:.1f} s ({out['ray_warm'] / out['local']:.2f}x); "
           f"ray.init {t_init:.1f} s; actor start-up: " + ", ".join(f"{k} {v:.1f} s" for k, v in startup.items()),
@@ -397,6 +398,8 @@ def measure(args) -> dict:
         if not args.no_ray:
             rv = ray_vs_local(ModelSpec("default"), photos, args.ray_images, lb, args.ray_chunk, device, data_dir)
     data = _figures(args, device, rows, costs, rv, t_start)
+    if args.json:
+        Path(args.json).write_text(json.dumps(data, indent=1))
     print(f"total {data['total']:.0f} s (load average {data['load']:.1f})")
     return data
 
