@@ -103,3 +103,13 @@ def write_digits_manifest(folder: Path, n: int, *, corrupt: dict[int, bytes] | N
     else:
         df.to_parquet(path, index=False)
     return path
+
+
+def assert_same_result(a, b) -> None:
+    """Every column of two job results equal, bit for bit (NaN == NaN)."""
+    ta, tb = a.table(), b.table()
+    assert ta.column_names == tb.column_names
+    for c in ta.column_names:
+        x, y = a.array(c), b.array(c)
+        assert x.shape == y.shape, c
+        assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), f"column {c} differs"

@@ -14,6 +14,7 @@ import torch
 
 from analysis.core.models.loaders import ModelSpec, load_bundle
 from analysis.dataset.executor import JobSpec, run
+from tests.dataset.conftest import assert_same_result
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -27,15 +28,6 @@ def _job(kind: str, **params) -> JobSpec:
 def _hooks(model: torch.nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
                for m in model.modules())
-
-
-def _same(a, b) -> None:
-    ta, tb = a.table(), b.table()
-    assert ta.column_names == tb.column_names
-    for c in ta.column_names:
-        x, y = a.array(c), b.array(c)
-        assert x.shape == y.shape, c
-        assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), f"column {c} differs"
 
 
 def test_gpu_jobs_agree_with_the_cpu_and_leave_nothing_behind(digits, tmp_path):
@@ -67,7 +59,7 @@ def test_gpu_job_is_deterministic_across_runs(tmp_path):
     spec = _job("saliency", method="gradcam")
     a = run(spec, engine="local", bundle=gpu, data_dir=tmp_path / "a")
     b = run(spec, engine="local", bundle=gpu, data_dir=tmp_path / "b", crop_cache=False)
-    _same(a, b)                    # the crop cache (filled by a) and decoding give the same bits
+    assert_same_result(a, b)                    # the crop cache (filled by a) and decoding give the same bits
 
 
 @pytest.mark.parametrize("pipeline", ["data", "pool"])
@@ -82,4 +74,4 @@ def test_ray_gpu_actors_equal_in_process_on_the_gpu(ray_cluster, tmp_path, pipel
                      concurrency=1)
         assert remote.complete and remote.meta["ray_gpus_per_actor"] == 1.0
         assert remote.meta["ray_pipeline"] == pipeline
-        _same(local, remote)
+        assert_same_result(local, remote)

@@ -19,19 +19,9 @@ from analysis.dataset.executor import JobError, JobSpec, load_result, run
 from analysis.dataset.manifest import DatasetRef
 from analysis.dataset.workers import WORKERS, model_spec_dict
 from tests.dataset import ray_faults
-from tests.dataset.conftest import write_digits_manifest
+from tests.dataset.conftest import assert_same_result, write_digits_manifest
 
 N = 256
-
-
-def _same(a, b):
-    """Every column of two results equal, bit for bit (NaN == NaN)."""
-    ta, tb = a.table(), b.table()
-    assert ta.column_names == tb.column_names
-    for c in ta.column_names:
-        x, y = a.array(c), b.array(c)
-        assert x.shape == y.shape, c
-        assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), f"column {c} differs"
 
 
 def _kw(pipeline: str) -> dict:
@@ -54,7 +44,7 @@ def _features_equal(tmp_path, pipeline):
     spec = JobSpec("features", ModelSpec("digits"), "digits", batch_size=32, indices=tuple(range(N)))
     local, remote = _both(spec, tmp_path, pipeline)
     assert remote.n_rows == N and remote.array("features").shape == (N, 64)
-    _same(local, remote)
+    assert_same_result(local, remote)
     assert (remote.array("pred") == remote.array("label")).mean() > 0.9
     return remote
 
@@ -71,14 +61,14 @@ def test_ray_gradcam_maps_equal_in_process(ray_cluster, digits, tmp_path):
     assert remote.meta["ray_processes"] and remote.meta["ray_models_built"] == len(remote.meta["ray_processes"])
     maps = remote.array("map")
     assert maps.shape == (N, 32, 32) and maps.max() > 0
-    _same(local, remote)
+    assert_same_result(local, remote)
 
 
 def test_ray_deletion_auc_equals_in_process(ray_cluster, digits, tmp_path):
     spec = JobSpec("trust", ModelSpec("digits"), "digits", batch_size=16, indices=tuple(range(0, 1600, 25)),
                    params={"method": "gradcam", "steps": 8, "n_random": 1})
     local, remote = _both(spec, tmp_path)
-    _same(local, remote)
+    assert_same_result(local, remote)
     d = remote.array("deletion_auc")
     assert d.shape == (64,) and np.all((d >= 0) & (d <= 1))
 
@@ -98,7 +88,7 @@ def test_ray_crp_job_equals_in_process_and_reuses_the_warm_actors(ray_cluster, d
     spec = JobSpec("crp", ModelSpec("digits"), "digits", params={"layer": "features.relu3"}, batch_size=16,
                    indices=tuple(range(64)))
     local, remote = _both(spec, tmp_path)
-    _same(local, remote)
+    assert_same_result(local, remote)
     assert remote.meta["ray_warm"] and _actor_pids() == pids
     rel = remote.array("channel_relevance")
     assert rel.shape[0] == 64 and np.abs(rel).sum() > 0
@@ -161,7 +151,7 @@ def test_ray_stop_resume_and_a_killed_worker(ray_cluster, digits, tmp_path, kill
     plain = JobSpec("predict", ModelSpec("digits"), DatasetRef("manifest", str(manifest)), batch_size=25)
     local = run(plain, engine="local", data_dir=tmp_path / "local")
     assert sorted(local.skipped) == sorted(full.skipped)
-    _same(local, full)
+    assert_same_result(local, full)
     assert np.array_equal(full.array("index"), [i for i in range(200) if i not in bad])
 
 
