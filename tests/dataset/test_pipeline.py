@@ -89,11 +89,45 @@ def test_torn_cache_slot_is_recomputed_and_budget_switches_off(digits, monkeypat
     hit, got = cache.get(np.array([3, 7, 8, 9, 10, 12]))
     assert hit.tolist() == [True, True, True, True, False, True]
     assert np.array_equal(got, np.stack([crops[4], crops[1], crops[2], crops[0], crops[3]]))
+    assert (np.asarray(cache._index[[3, 7]]) >> np.uint64(32)).tolist() == [2, 2]      # the vectorised tag
+    # an entry written with a crc32 tag (an older cache) is still read and checked
+    import zlib
+    with open(cache.dir / "index.u64", "r+b") as f:
+        f.seek(7 * 8)
+        f.write(((1 << 32) | zlib.crc32(crops[1])).to_bytes(8, "little"))
+        f.seek(8 * 8)
+        f.write(((1 << 32) | (zlib.crc32(crops[2]) ^ 1)).to_bytes(8, "little"))   # a wrong crc: missing
+    hit, got = cache.get(np.array([7, 8, 9]))
+    assert hit.tolist() == [True, False, True] and np.array_equal(got, np.stack([crops[1], crops[0]]))
     cache.close()
     monkeypatch.setenv("CONVLENS_CROP_CACHE_MB", "0")
     assert crop_cache_budget() == 0 and CropCache.open(ds, digits.preprocess) is None
     monkeypatch.setenv("CONVLENS_CROP_CACHE_MB", "1")             # 1797 digits x 3 KiB do not fit in 1 MiB
     assert CropCache.open(ds, digits.preprocess) is None
+
+
+def test_slot_hashes_see_any_changed_word_and_odd_slots_use_crc32(tmp_path):
+    from analysis.core.models.bundle import Preprocessing
+    from analysis.dataset.manifest import slot_hashes
+    rng = np.random.default_rng(3)
+    crops = rng.integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
+    h = slot_hashes(crops)
+    assert h.dtype == np.uint64 and np.all(h < 2**32) and len(set(h.tolist())) == 50
+    assert np.array_equal(slot_hashes(crops[10:20]), h[10:20])          # per row: any run gives the same
+    for k in range(0, 192, 7):                                           # one changed byte anywhere
+        torn = crops[5].copy().reshape(-1)
+        torn[k] ^= 0x10
+        assert slot_hashes(torn.reshape(1, 8, 8, 3))[0] != h[5]
+    swapped = crops[5].copy().reshape(-1, 8)[::-1].reshape(1, 8, 8, 3)    # the same words, moved
+    assert slot_hashes(swapped)[0] != h[5]
+    # a 5 x 5 crop is 75 bytes: crc32 tags, read back the same
+    cache = CropCache("odd", 4, Preprocessing(5, 5, (0.5,) * 3, (0.25,) * 3), cache_dir=tmp_path)
+    small = rng.integers(0, 256, (3, 5, 5, 3), dtype=np.uint8)
+    cache.put_many([0, 1, 3], small)
+    assert (np.asarray(cache._index) >> np.uint64(32)).tolist() == [1, 1, 0, 1]
+    hit, got = cache.get(np.arange(4))
+    assert hit.tolist() == [True, True, False, True] and np.array_equal(got, small)
+    cache.close()
 
 
 def test_threads_and_cache_keep_skips_and_changed_files(digits, tmp_path, cache_dir):
