@@ -163,6 +163,20 @@ def test_gradcam_maps_are_stored_at_the_layer_resolution_and_rebuilt_bit_for_bit
     pos = np.clip(maps.astype(np.float64), 0, None)
     inside = pos[:, 8:24, 8:24].reshape(N, -1).sum(1) / pos.reshape(N, -1).sum(1)
     np.testing.assert_array_equal(inside, r.array("mass_centre"))
+    # a result written before the two 1-D passes names the 2-D kernel, and is rebuilt with it
+    import json
+
+    import torch
+    import torch.nn.functional as F
+
+    from analysis.dataset.executor import load_result
+    meta = json.loads((r.path / "meta.json").read_text())
+    assert meta["derived"]["map"]["op"] == "upsample_linear_hw"
+    meta["derived"]["map"]["op"] = "upsample_bilinear"
+    (r.path / "meta.json").write_text(json.dumps(meta))
+    old = load_result(spec, data_dir=tmp_path).array("map")
+    ref = F.interpolate(torch.from_numpy(cam)[:, None], size=(32, 32), mode="bilinear")[:, 0].numpy()
+    assert np.array_equal(old, ref) and 0 < np.abs(old - maps).max() < 1e-5
     # gradient maps are stored as they are
     g = run(_spec("saliency", params={"method": "gradient"}, batch_size=32), data_dir=tmp_path)
     assert "map" in g.meta["columns"] and g.meta["derived"] == {} and g.array("map").shape == (N, 32, 32)
