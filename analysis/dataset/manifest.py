@@ -740,8 +740,10 @@ class CropCache:
             idx, arr = idx[keep], np.stack([crops[k] for k in keep])
         if not len(idx) or not self.writable:
             return
-        order = np.argsort(idx, kind="stable")
-        idx, arr = idx[order], np.ascontiguousarray(arr[order])
+        if len(idx) > 1 and not bool(np.all(idx[1:] > idx[:-1])):    # not already in increasing order
+            order = np.argsort(idx, kind="stable")
+            idx, arr = idx[order], arr[order]
+        arr = np.ascontiguousarray(arr)
         starts = np.concatenate([[0], np.flatnonzero(np.diff(idx) != 1) + 1, [len(idx)]])
         mv = memoryview(arr).cast("B")
         all_tags = self._tags(arr)

@@ -447,12 +447,16 @@ class BatchRunner:
                         masks = masks if masks is not None else np.empty(n, dtype=object)
                         masks[pos[j]] = m
                 at = np.asarray(pos, np.int64)[filled]
-                crops[at] = dense[filled]               # one copy into the batch, not one per image
+                if len(done) == 1 and len(pos) == n and filled.all():
+                    crops = dense                       # every row decoded here, in order: no copy
+                else:
+                    crops[at] = dense[filled]           # one copy into the batch, not one per image
                 ok[at] = True
                 fresh.append(at)
             at = np.concatenate(fresh)
             if self.crops is not None and len(at):      # for the next job on this data set
-                self.crops.put_many(np.asarray(rows["index"])[at], crops[at])
+                whole = len(at) == n and (n < 2 or bool(np.all(np.diff(at) == 1)))
+                self.crops.put_many(np.asarray(rows["index"])[at], crops if whole else crops[at])
         # uint8 -> normalised float once for every readable image; the same operations as
         # bundle.inputs(images), element by element (every crop decoded here grey, none from
         # the cache: known grey, not checked again)
