@@ -512,7 +512,10 @@ class SaliencyWorker(Worker):
 
     def _gradcam(self, batch, x):
         layer, model = self.params["layer"], self.bundle.model
-        x = x.detach().clone().requires_grad_(True)     # parameters are frozen: the graph starts here
+        # parameters are frozen: the graph starts at the input. detach() is a new tensor on the
+        # same memory, so the batch's own tensor is not marked (no copy needed: a model that
+        # wrote into its input in place would fail on a leaf that requires grad either way)
+        x = x.detach().requires_grad_(True)
         with self.bundle.lock, torch.enable_grad(), capture(model, layer, detach=False) as acts:
             logits = logits_of(model(x))
             pred = logits.detach().argmax(dim=1)
@@ -529,7 +532,7 @@ class SaliencyWorker(Worker):
 
     def _gradient(self, batch, x):
         model = self.bundle.model
-        x = x.detach().clone().requires_grad_(True)
+        x = x.detach().requires_grad_(True)            # as in _gradcam: no copy
         with self.bundle.lock, torch.enable_grad():
             logits = logits_of(model(x))
             pred = logits.detach().argmax(dim=1)
