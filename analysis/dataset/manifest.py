@@ -614,9 +614,10 @@ class CropCache:
     ``i * S * S * 3`` (a sparse file of ``n`` slots) and ``index.u64`` holds, per image,
     0 (not cached) or a tag: ``2 * 2**32 | h`` with ``h`` the 32-bit :func:`slot_hashes`
     of the crop (slots whose size is a multiple of 8 bytes: one vectorised pass over a whole
-    run of crops) or ``2**32 | crc32(crop)`` (other sizes, and caches written before). The key is the data set's content hash, the
-    geometry (input size, resize size, interpolation, crop mode) and the versions of Pillow
-    and its codecs, so a changed file, label, preprocessing or decoder is another cache. A slot is written before its index entry, and
+    run of crops) or ``2**32 | crc32(crop)`` (other sizes, and caches written before). The
+    key is the data set's content hash, the geometry (input size, resize size,
+    interpolation, crop mode) and the versions of Pillow and its codecs, so a changed file,
+    label, preprocessing or decoder is another cache. A slot is written before its index entry, and
     a crop whose checksum does not match (a torn write) counts as missing; writers in
     several processes write the same bytes. Nothing is pickled.
 
@@ -690,9 +691,8 @@ class CropCache:
         want = tags[hit] & np.uint64(0xFFFFFFFF)
         ok = np.zeros(len(crops), bool)
         fast = kind[hit] == 2
-        if fast.any():
-            if self.slot % 8 == 0:
-                ok[fast] = slot_hashes(crops[fast]) == want[fast]
+        if fast.any() and self.slot % 8 == 0:
+            ok[fast] = slot_hashes(crops[fast]) == want[fast]
         if not fast.all():
             slow = np.flatnonzero(~fast)
             ok[slow] = [zlib.crc32(crops[k]) == int(want[k]) for k in slow]

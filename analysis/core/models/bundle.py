@@ -248,7 +248,6 @@ def weights_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-
 _GREY_LOCK = threading.Lock()
 _GREY_TABLES: dict = {}         # Preprocessing -> (256,) float32 table of a grey model's input
 _GREY_CHECKED: dict = {}        # Preprocessing -> whether the table gave the computation's bits
@@ -276,6 +275,7 @@ def all_grey(images: np.ndarray) -> bool:
     """
     r = images[..., 0]
     return bool(np.array_equal(r, images[..., 1]) and np.array_equal(r, images[..., 2]))
+
 
 @dataclass(eq=False)
 class ModelBundle:
