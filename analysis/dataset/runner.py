@@ -264,10 +264,9 @@ class BatchGeometry:
                 if grey:
                     # band by band: numpy copies a broadcast (n, S, S, 1) -> (n, S, S, 3) or a
                     # repeated array several times slower than three strided copies
-                    rows = dest[at[0]:at[-1] + 1] if at[-1] - at[0] + 1 == len(at) else None
-                    if rows is not None:
+                    if at[-1] - at[0] + 1 == len(at):       # consecutive rows
                         for c in range(3):
-                            rows[..., c] = crops
+                            dest[at[0]:at[-1] + 1, ..., c] = crops
                     else:
                         dest[at] = np.repeat(crops[..., None], 3, axis=3)
                 else:
@@ -455,8 +454,9 @@ class BatchRunner:
                 fresh.append(at)
             at = np.concatenate(fresh)
             if self.crops is not None and len(at):      # for the next job on this data set
-                whole = len(at) == n and (n < 2 or bool(np.all(np.diff(at) == 1)))
-                self.crops.put_many(np.asarray(rows["index"])[at], crops if whole else crops[at])
+                # every row decoded: at is 0..n-1 in order (the parts are consecutive slices of
+                # the sorted misses), so the whole array goes
+                self.crops.put_many(np.asarray(rows["index"])[at], crops if len(at) == n else crops[at])
         # uint8 -> normalised float once for every readable image; the same operations as
         # bundle.inputs(images), element by element (every crop decoded here grey, none from
         # the cache: known grey, not checked again)

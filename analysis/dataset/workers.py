@@ -120,12 +120,12 @@ def concat_columns(outs: list[dict]) -> dict:
 
     Args:
         outs: the column dicts of a chunk's batches, in order (each maps a column name to an
-            array whose first axis is the batch); all have the keys of the first. An empty
-            list gives an empty dict.
+            array whose first axis is the batch); all have the keys of the first. A column
+            that is None in any of them is left out. An empty list gives an empty dict.
     """
     if not outs:
         return {}
-    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0] if all(o.get(k) is not None for o in outs)}
 
 
 class Worker:
@@ -318,7 +318,7 @@ class PredictWorker(Worker):
         """
         if len(staged) < 2:
             return super().finish_many(staged)
-        base = {k: np.concatenate([st["batch"][k] for st in staged]) for k in staged[0]["batch"]}
+        base = concat_columns([st["batch"] for st in staged])
         return self.finish({"batch": base, "logits": torch.cat([st["logits"] for st in staged])})
 
 
@@ -512,6 +512,8 @@ class SaliencyWorker(Worker):
 
     def _gradcam(self, batch, x):
         layer, model = self.params["layer"], self.bundle.model
+        if tuple(x.shape[-2:]) != (self.bundle.input_size,) * 2:       # the maps are rebuilt at that size
+            raise ParameterError(f"Grad-CAM expected inputs of {self.bundle.input_size} pixels, got {tuple(x.shape)}")
         # parameters are frozen: the graph starts at the input. detach() is a new tensor on the
         # same memory, so the batch's own tensor is not marked (no copy needed: a model that
         # wrote into its input in place would fail on a leaf that requires grad either way)
@@ -526,8 +528,6 @@ class SaliencyWorker(Worker):
         with torch.no_grad():
             w = g.mean(dim=(2, 3), keepdim=True)
             low = F.relu((w * a).sum(dim=1)).float()
-        if tuple(x.shape[-2:]) != (self.bundle.input_size,) * 2:
-            raise ParameterError(f"Grad-CAM expected inputs of {self.bundle.input_size} pixels, got {tuple(x.shape)}")
         return {"pred": pred, "logits": logits.detach(), "target": target, "cam": low}
 
     def _gradient(self, batch, x):
@@ -634,8 +634,7 @@ class SaliencyWorker(Worker):
         """
         if len(staged) < 2:
             return super().finish_many(staged)
-        batch = {k: np.concatenate([st["batch"][k] for st in staged])
-                 for k in staged[0]["batch"] if all(st["batch"].get(k) is not None for st in staged)}
+        batch = concat_columns([st["batch"] for st in staged])
         r = {k: torch.cat([st["r"][k] for st in staged]) for k in staged[0]["r"]}
         return self.finish({"batch": batch, "r": r})
 
