@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 import torch
 
-from analysis.core.hooks import capture
+from analysis.core.hooks import capture, graph_from
 from analysis.core.models.loaders import ModelSpec, load_bundle, select_device
 from analysis.dataset.executor import BatchRunner, JobSpec, _default_chunk, plan, run, slice_rows, to_arrow
 from analysis.dataset.manifest import CropCache, DatasetRef
@@ -71,15 +71,18 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def floor(bundle, xs: list[torch.Tensor], layer: str | None) -> float:
+def floor(bundle, xs: list[torch.Tensor], layer: str | None, from_layer: bool = False) -> float:
     """Seconds for the bare forward (layer None) or forward + backward to ``layer``, under a
-    heavy-job slot like the executor (same allocator regime: analysis/core/allocator.py)."""
+    heavy-job slot like the executor (same allocator regime: analysis/core/allocator.py).
+    The forward + backward is the standard one (the input requires grad, the whole forward
+    records the graph: how Captum's LayerGradCam and pytorch-grad-cam run Grad-CAM) or, with
+    ``from_layer``, the one the executor runs (``graph_from``: the graph starts at the layer)."""
     from analysis.core.jobs import heavy_job
     with heavy_job(bundle.device):
-        return _floor(bundle, xs, layer)
+        return _floor(bundle, xs, layer, from_layer)
 
 
-def _floor(bundle, xs: list[torch.Tensor], layer: str | None) -> float:
+def _floor(bundle, xs: list[torch.Tensor], layer: str | None, from_layer: bool = False) -> float:
     model = bundle.model
 
     def one(x: torch.Tensor) -> None:
@@ -88,6 +91,12 @@ def _floor(bundle, xs: list[torch.Tensor], layer: str | None) -> float:
         if layer is None:
             with torch.inference_mode():
                 model(x)
+            return
+        if from_layer:
+            with graph_from(model, layer) as acts:
+                out = model(x)
+                score = out.gather(1, out.detach().argmax(1)[:, None]).sum()
+                torch.autograd.grad(score, acts[layer])
             return
         x = x.detach().requires_grad_(True)
         with torch.enable_grad(), capture(model, layer, detach=False) as acts:
@@ -127,10 +136,35 @@ def _timed_run(spec: JobSpec, p, bundle, data_dir: Path, cold: CropCache | None,
     return t, c
 
 
-def _timed_floor(bundle, xs, layer) -> tuple[float, float]:
+def _timed_floor(bundle, xs, layer, from_layer: bool = False) -> tuple[float, float]:
     c0 = time.process_time()
-    t = floor(bundle, xs, layer)
+    t = floor(bundle, xs, layer, from_layer)
     return t, time.process_time() - c0
+
+
+def saved_for_backward(bundle, x: torch.Tensor, layer: str, from_layer: bool) -> int:
+    """Bytes of the tensors autograd keeps for the backward of one Grad-CAM batch (the standard
+    forward from an input that requires grad, or ``graph_from``), each storage counted once:
+    the memory a batch holds beyond the forward's own."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+        return t
+    model = bundle.model
+    with bundle.lock, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        if from_layer:
+            with graph_from(model, layer) as acts:
+                out = model(x)
+                a = acts[layer]
+        else:
+            xg = x.detach().requires_grad_(True)
+            with torch.enable_grad(), capture(model, layer, detach=False) as acts:
+                out = model(xg)
+                a = acts[layer]
+        del out, a
+    return sum(seen.values())
 
 
 def executor_vs_floor(spec_model: ModelSpec, dataset, n: int, batch: int, device, data_dir: Path,
@@ -150,10 +184,12 @@ def executor_vs_floor(spec_model: ModelSpec, dataset, n: int, batch: int, device
         xs = [bundle.inputs([ds.get(i) for i in range(a, min(n, a + batch))]) for a in range(0, n, batch)]
         layer = p.params.get("layer") or None
         floor(bundle, xs[:1], layer)                                     # warm-up
-        runs = {k: [] for k in ("cold", "floor", "warm", "helpers")}
+        runs = {k: [] for k in ("cold", "floor", "floor_layer", "warm", "helpers")}
         for _ in range(repeats):          # interleaved: each job run next to a floor run
             runs["cold"].append(_timed_run(spec, p, bundle, data_dir, cache))
             runs["floor"].append(_timed_floor(bundle, xs, layer))
+            if layer is not None:         # the same work as the executor's Grad-CAM
+                runs["floor_layer"].append(_timed_floor(bundle, xs, layer, from_layer=True))
             runs["warm"].append(_timed_run(spec, p, bundle, data_dir, None))
             # the same first pass with ``helper_threads`` prepare threads (and a writer thread;
             # 0: none) instead of the default (decode_threads)
@@ -170,11 +206,25 @@ def executor_vs_floor(spec_model: ModelSpec, dataset, n: int, batch: int, device
             row[k] = n / float(np.median([t for t, _ in runs[k]]))
             row[k + "_ratio"] = float(np.median([f[0] / j[0] for f, j in zip(fl, runs[k])]))
             row[k + "_cpu"] = float(np.median([f[1] / j[1] for f, j in zip(fl, runs[k])]))
+        if runs["floor_layer"]:
+            fll = runs["floor_layer"]
+            row["floor_layer"] = n / float(np.median([t for t, _ in fll]))
+            row["floor_layer_speedup"] = float(np.median([f[0] / g[0] for f, g in zip(fl, fll)]))
+            for k in ("cold", "warm"):
+                row[k + "_ratio_layer"] = float(np.median([f[0] / j[0] for f, j in zip(fll, runs[k])]))
+            row["saved_bytes"] = saved_for_backward(bundle, xs[0], layer, False)
+            row["saved_bytes_layer"] = saved_for_backward(bundle, xs[0], layer, True)
         rows.append(row)
         print(f"{row['model']:>20} {row['kind']:>9}: floor {row['floor']:8.1f} img/s, first pass "
               f"{row['cold']:8.1f} ({row['cold_ratio']:.2f}x, CPU {row['cold_cpu']:.2f}x), "
               f"crops cached {row['warm']:8.1f} ({row['warm_ratio']:.2f}x, CPU {row['warm_cpu']:.2f}x), "
               f"first pass with helper threads {row['helpers_ratio']:.2f}x", flush=True)
+        if "floor_layer" in row:
+            print(f"{'':>31}graph from the layer: floor {row['floor_layer']:8.1f} img/s "
+                  f"({row['floor_layer_speedup']:.2f}x the standard floor), first pass / it "
+                  f"{row['cold_ratio_layer']:.2f}x, cached / it {row['warm_ratio_layer']:.2f}x; saved for "
+                  f"backward per batch {_mib(row['saved_bytes'])} -> {_mib(row['saved_bytes_layer'])} MiB",
+                  flush=True)
     return rows
 
 
@@ -458,6 +508,39 @@ def main() -> None:
         write_section("dataset_audit", cpu_body(data))
 
 
+def _mib(n: int) -> str:
+    """Bytes as MiB with the digits that show it (0.016, 0.25, 20.0)."""
+    m = n / 2**20
+    return f"{m:.1f}" if m >= 10 else f"{m:.2f}" if m >= 0.1 else f"{m:.3f}"
+
+
+def layer_markdown(rows: list[dict]) -> str:
+    """The Grad-CAM rows' second floor: the same forward + backward with the graph starting at
+    the layer (what the executor runs), and the memory the backward keeps."""
+    gc = [r for r in rows if "floor_layer" in r]
+    if not gc:
+        return ""
+    table = "\n".join(
+        f"| {r['model']} | {r['batch']} | {r['floor']:.1f} | {r['floor_layer']:.1f} | **{r['floor_layer_speedup']:.2f}×** | "
+        f"{_mib(r['saved_bytes'])} → {_mib(r['saved_bytes_layer'])} | {r['cold_ratio_layer']:.2f}× | "
+        + (f"{r['warm_ratio_layer']:.2f}× |" if r["cached"] else "— |") for r in gc)
+    return f"""**Grad-CAM's graph starts at the layer.** The floor above is the standard forward + backward:
+the input requires grad, so the whole forward records the autograd graph (how Captum's
+`LayerGradCam` and pytorch-grad-cam run it). The executor's Grad-CAM (and the Saliency page's,
+and CRAFT's importance) runs the network before the layer without a graph (`graph_from`,
+analysis/core/hooks.py: the layer's output becomes a leaf, grad mode goes on for the rest of
+the forward): the same values and gradients, bit for bit (tests/core/test_hooks.py), no tensors
+kept for a backward that never goes there, max-pooling without its indices. Floors measured
+in the same interleaved pairs; the last two columns compare the job with the floor that does
+the executor's own model work, so they show the cost of the executor's machinery alone
+(reading, decoding, converting, the maps' statistics, Parquet):
+
+| model | batch | standard floor images/s | floor from the layer images/s | speed-up | kept for the backward per batch, MiB | first pass / floor from the layer | cached / floor from the layer |
+|---|---|---|---|---|---|---|---|
+{table}
+"""
+
+
 def cpu_body(data: dict) -> str:
     """docs/benchmarks.md's section for a CPU run."""
     rows, costs, rv, load, total = data["rows"], data["costs"], data["rv"], data["load"], data["total"]
@@ -520,8 +603,8 @@ OMP_NUM_THREADS={data['omp']}.
 ### Executor against the model's floor, in-process
 
 The floor is the same batches of already preprocessed tensors through the bare forward
-(predict) or forward + backward to the Grad-CAM layer (Grad-CAM), in the same process and
-run. The executor plans the job, reads and decodes the images, crops and normalises them,
+(predict) or the standard forward + backward to the Grad-CAM layer (Grad-CAM; the graph from
+the input, below the table for the executor's own), in the same process and run. The executor plans the job, reads and decodes the images, crops and normalises them,
 runs the worker (top-k / the Grad-CAM maps and their mass statistics) and writes and commits
 the Parquet parts; the previous result is removed before its clock starts. **First pass**:
 the data set's crop cache is empty (the job fills it); **crops cached**: a later job on
@@ -538,6 +621,7 @@ process) the same way; the last one is the first pass again with helper threads 
 
 {verdict}
 
+{layer_markdown(rows)}
 ### Ray against in-process on this machine
 
 {ray_text}
@@ -646,6 +730,7 @@ Grad-CAM layer; the clock waits for the GPU). Helper threads by default on a GPU
 
 {verdict}
 
+{layer_markdown(rows)}
 ### Per-batch costs on the GPU machine and N GPU workers
 
 Mean milliseconds per batch, one stage after the other on one core (read + decode, the batched

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from analysis.core.errors import LayerError, ParameterError
-from analysis.core.hooks import capture
+from analysis.core.hooks import capture, graph_from
 from analysis.core.models.bundle import ModelBundle
 
 Progress = Callable[[int, int], None]
@@ -143,8 +143,10 @@ def _activations(bundle: ModelBundle, images: Sequence[np.ndarray], layer: str, 
 def _positions_and_grads(bundle: ModelBundle, images: Sequence[np.ndarray], layer: str, target: int):
     """Activations (n, h*w, C) at ``layer`` and the gradient of the target's logit w.r.t. them."""
     x = bundle.inputs(list(images))
-    with bundle.lock, torch.enable_grad(), capture(bundle.model, layer, detach=False) as acts:
-        out = bundle.model(x.requires_grad_(True))
+    with bundle.lock, graph_from(bundle.model, layer) as acts:    # the graph starts at the layer
+        out = bundle.model(x)
+        if layer not in acts:
+            raise LayerError(f"{layer} did not run in the forward pass.")
         a = acts[layer]
         (g,) = torch.autograd.grad(out[:, target].sum(), a)
     a, g = a.detach().float(), g.detach().float()

@@ -166,6 +166,50 @@ def capture(model: nn.Module, layers: Sequence[str] | str, *, grads: bool = Fals
         yield store
 
 
+@contextlib.contextmanager
+def graph_from(model: nn.Module, layer: str) -> Iterator[Captured]:
+    """Forwards inside the block record the autograd graph only from ``layer``'s output on,
+    for gradients at that layer (Grad-CAM, CRAFT's importance):
+
+    >>> with graph_from(model, "layer4") as acts:
+    ...     score = model(x)[:, target].sum()
+    ...     (g,) = torch.autograd.grad(score, acts["layer4"])
+
+    The network before the layer runs as under ``no_grad`` (no autograd nodes, no tensors
+    saved for a backward that never goes there, max-pooling without its indices); at the
+    layer, ``acts[layer]`` becomes the layer's output as a leaf that requires grad, grad mode
+    is switched on for the rest of the forward, and the forward continues on a copy (so an
+    in-place op after the layer rewrites neither the kept value nor the leaf). The values and
+    the gradient are those of a forward from an input that requires grad (the gradient at a
+    tensor depends only on what follows it; tested bit for bit on the embedded models),
+    for less time and memory: docs/benchmarks.md. Grad mode inside the block is off until
+    the layer has run and on after it; the previous mode is back on exit, hooks removed,
+    even on error. A model that also passed the layer's output on by a side way (kept in a
+    module attribute and read later) would lose that path's share of the gradient; no
+    torchvision or timm model does that.
+
+    Args:
+        model: the model (the hook acts on this thread's forwards only).
+        layer: the layer's qualified name.
+    """
+    module = get_module(model, layer)
+    store = Captured()
+
+    def hook(mod, inputs, output):
+        leaf = _first_tensor(output).detach().requires_grad_(True)
+        torch.set_grad_enabled(True)           # the rest of this forward records the graph
+        replacement = _replace_first(output, leaf.clone())
+        if replacement is None:
+            raise LayerError(f"{layer} returns a {type(output).__name__}, whose tensor cannot be "
+                             "followed through the rest of the forward.")
+        store[layer] = leaf
+        store.calls[layer] = store.calls.get(layer, 0) + 1
+        return replacement
+
+    with torch.no_grad(), forward_hooks([(module, hook)]):
+        yield store
+
+
 class _StopForward(Exception):
     pass
 

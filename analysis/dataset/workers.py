@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from analysis.core.errors import ModelLoadError, ParameterError
-from analysis.core.hooks import capture
+from analysis.core.hooks import capture, graph_from
 from analysis.core.models.bundle import ModelBundle
 from analysis.core.models.loaders import ModelSpec, load_bundle, select_device
 
@@ -514,15 +514,16 @@ class SaliencyWorker(Worker):
         layer, model = self.params["layer"], self.bundle.model
         if tuple(x.shape[-2:]) != (self.bundle.input_size,) * 2:       # the maps are rebuilt at that size
             raise ParameterError(f"Grad-CAM expected inputs of {self.bundle.input_size} pixels, got {tuple(x.shape)}")
-        # parameters are frozen: the graph starts at the input. detach() is a new tensor on the
-        # same memory, so the batch's own tensor is not marked (no copy needed: a model that
-        # wrote into its input in place would fail on a leaf that requires grad either way)
-        x = x.detach().requires_grad_(True)
-        with self.bundle.lock, torch.enable_grad(), capture(model, layer, detach=False) as acts:
+        # the graph starts at the layer (graph_from): the network before it runs without one
+        with self.bundle.lock, graph_from(model, layer) as acts:
             logits = logits_of(model(x))
+            if layer not in acts:
+                raise ParameterError(f"{layer} did not run in the forward pass.")
             pred = logits.detach().argmax(dim=1)
             target = self._targets(batch, pred)
             score = logits.gather(1, target[:, None]).sum()
+            if not score.requires_grad:
+                raise ParameterError(f"The class scores do not depend on {layer}.")
             a = acts[layer]
             (g,) = torch.autograd.grad(score, a)
         with torch.no_grad():
@@ -532,7 +533,9 @@ class SaliencyWorker(Worker):
 
     def _gradient(self, batch, x):
         model = self.bundle.model
-        x = x.detach().requires_grad_(True)            # as in _gradcam: no copy
+        # detach() is a new tensor on the same memory: the batch's own tensor is not marked (no
+        # copy needed: a model that wrote into its input in place fails on a grad leaf either way)
+        x = x.detach().requires_grad_(True)
         with self.bundle.lock, torch.enable_grad():
             logits = logits_of(model(x))
             pred = logits.detach().argmax(dim=1)

@@ -377,16 +377,16 @@ def gradcam(bundle, x, target, layer: str) -> torch.Tensor:
         target: class index.
         layer: the layer's qualified name; it must have a spatial or token layout.
     """
-    from analysis.core.hooks import capture
+    from analysis.core.hooks import graph_from
     from analysis.core.layers import layer_layout
     from analysis.core.layout import to_nchw
     layout = layer_layout(bundle, layer)
-    xg = x.detach().requires_grad_(True)          # the frozen model's layers then carry a graph
-    with bundle.lock, torch.enable_grad(), capture(bundle.model, [layer], detach=False) as acts:
-        score = bundle.model(xg)[:, target].sum()
+    # the graph starts at the layer: the network before it runs without one (graph_from)
+    with bundle.lock, graph_from(bundle.model, layer) as acts:
+        score = bundle.model(x)[:, target].sum()
         if layer not in acts:
             raise ParameterError(f"{layer} did not run in the forward pass.")
-        (grad,) = torch.autograd.grad(score, acts[layer], allow_unused=True)
+        grad = torch.autograd.grad(score, acts[layer], allow_unused=True)[0] if score.requires_grad else None
     if grad is None:
         raise ParameterError(f"The class score does not depend on {layer}.")
     try:
