@@ -432,7 +432,7 @@ def data_chunks(batch: dict, job: dict, ctor: dict, keep_warm_s: float = KEEP_WA
 
 def warm_process(ctor: dict | None = None, keep_warm_s: float = KEEP_WARM_S, batch_size: int = 0) -> dict:
     """Run in an idle Ray worker process (as a task): import torch, convlens's model
-    loaders, the batch loop and pyarrow and, with ``ctor``, build that model into the
+    loaders, the batch loop, pyarrow and Ray Data and, with ``ctor``, build that model into the
     process's cache (with ``batch_size``, also run one forward of that many blank images, so
     that the kernels for the jobs' batch shape are ready), so that a later Ray Data task
     there starts computing at once. Never raises: returns ``{"pid", "seconds", "error"}``.
@@ -445,7 +445,9 @@ def warm_process(ctor: dict | None = None, keep_warm_s: float = KEEP_WARM_S, bat
     t0 = time.perf_counter()
     try:
         import importlib
-        for name in ("torch", "analysis.core.models.loaders", "analysis.dataset.runner", "pyarrow.parquet"):
+        # ray.data too: its first map task in a process imports it (0.6 s here, pandas included)
+        for name in ("torch", "analysis.core.models.loaders", "analysis.dataset.runner", "pyarrow.parquet",
+                     "ray.data"):
             importlib.import_module(name)
         if ctor is not None:
             entry, _ = process_model(ctor, keep_warm_s)
