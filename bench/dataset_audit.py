@@ -368,6 +368,8 @@ thread each, through every way the Ray backend runs in the same run, in this ord
 right after `ray.init`, two more Ray Data jobs, the warm pool's first job, two more pool jobs, Ray Data
 on an actor pool of the job (`ray_data_actors=True`, the path GPUs take; it shuts the idle pool down
 first), then a new Ray whose workers are prepared before its first Ray Data job. Best of two runs for in-process, later Ray Data jobs and the warm pool; the others run once.
+Both engines read the photos' crops from the data set's crop cache (the first in-process run
+fills it; Ray's workers share it since 2026-11-30: before, they decoded every JPEG in every job).
 Measured under load (load average {rv['load']:.1f} on the shared machine at the end of this part), so
 compare the ratios, not the absolute figures:
 

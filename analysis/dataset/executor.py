@@ -599,8 +599,9 @@ def run(spec: JobSpec, engine: str | None = None, progress: Progress | None = No
         ray_pipeline: Ray only: ``"data"`` (Ray Data ``map_batches``: on CPUs tasks in
             worker processes that keep the model between jobs, on GPUs an actor pool per
             job) or ``"pool"`` (warm actors kept between jobs); default the configured one.
-        crop_cache: in-process only: read and write the data set's decoded-crop cache
-            (:class:`analysis.dataset.manifest.CropCache`; the same bits as decoding).
+        crop_cache: read and write the data set's decoded-crop cache
+            (:class:`analysis.dataset.manifest.CropCache`; the same bits as decoding), in
+            this process or in Ray's workers (the driver's ``cache_dir``).
         ray_data_actors: Ray Data only: True for an actor pool of the job on CPUs too,
             None for the default (see :func:`analysis.dataset.ray_backend.run_ray`'s
             ``data_actors``).
@@ -630,7 +631,7 @@ def run(spec: JobSpec, engine: str | None = None, progress: Progress | None = No
     done = _prepare_partial(p)
     info = run_ray(p, done, progress=progress, should_stop=should_stop, address=ray_address,
                    concurrency=concurrency, num_gpus=num_gpus, on_info=on_info, pipeline=ray_pipeline,
-                   data_actors=ray_data_actors,
+                   data_actors=ray_data_actors, crop_cache=crop_cache,
                    **({} if retries is None else {"retries": int(retries)}))
     if info.pop("stopped"):
         return _partial_result(p, "ray", time.perf_counter() - t0)

@@ -664,12 +664,25 @@ class CropCache:
             preprocess: the bundle's :class:`Preprocessing`.
             cache_dir: the cache root (default: the configured ``cache_dir``).
         """
-        n = len(dataset)
+        return cls.open_hash(dataset.content_hash, len(dataset), preprocess, cache_dir)
+
+    @classmethod
+    def open_hash(cls, dataset_hash: str, size: int, preprocess,
+                  cache_dir: str | os.PathLike | None = None) -> "CropCache | None":
+        """:meth:`open` by the data set's content hash and size (what a Ray worker gets).
+
+        Args:
+            dataset_hash: the data set's content hash.
+            size: its number of images.
+            preprocess: the bundle's :class:`Preprocessing`.
+            cache_dir: the cache root (default: the configured ``cache_dir``).
+        """
+        n = int(size)
         s = int(preprocess.input_size)
         if n == 0 or n * s * s * 3 > crop_cache_budget():
             return None
         try:
-            return cls(dataset.content_hash, n, preprocess, cache_dir)
+            return cls(dataset_hash, n, preprocess, cache_dir)
         except OSError:
             return None
 

@@ -243,9 +243,28 @@ class ChunkActor:
         """
         from analysis.dataset.runner import write_part
         self.apply_settings()
-        table, sk = self._runner(job).run_chunk(self._rows(job["input_path"], chunk))
+        runner = self._runner(job)
+        crops = self._crops(job, runner)
+        runner.crops = crops
+        try:
+            table, sk = runner.run_chunk(self._rows(job["input_path"], chunk))
+        finally:
+            runner.crops = None
+            if crops is not None:
+                crops.close()
         write_part(Path(job["out_dir"]), int(chunk), table)
         return int(chunk), int(table.num_rows), len(sk)
+
+    @staticmethod
+    def _crops(job: dict, runner):
+        """The data set's crop cache for this chunk (opened per chunk: a few file opens, and
+        no file held between jobs), or None: not asked for, a worker that needs the decoded
+        images, or a cache folder this machine cannot use."""
+        from analysis.dataset.manifest import CropCache
+        c = job.get("crops")
+        if not c or runner.raw:
+            return None
+        return CropCache.open_hash(str(c["dataset_hash"]), int(c["size"]), runner.pre)
 
 
 class DataChunkActor(ChunkActor):
@@ -785,7 +804,8 @@ class _Job:
 def run_ray(p, done_chunks: set[int], *, progress=None, should_stop=None, address: str | None = None,
             concurrency: int | None = None, num_gpus: float | None = None,
             on_info: Callable[[str], None] | None = None, retries: int = RETRIES,
-            keep_warm_s: float = KEEP_WARM_S, pipeline: str | None = None, data_actors: bool | None = None):
+            keep_warm_s: float = KEEP_WARM_S, pipeline: str | None = None, data_actors: bool | None = None,
+            crop_cache: bool = True):
     """Run the missing chunks of a planned job (:func:`analysis.dataset.executor.plan`)
     on Ray, through Ray Data or the model's warm actor pool; the executor prepares the job
     folder before and commits it after. Returns ``{"stopped": bool, "ray_pipeline": name,
@@ -817,6 +837,9 @@ def run_ray(p, done_chunks: set[int], *, progress=None, should_stop=None, addres
             (``ActorPoolStrategy``, what GPUs always get), False on tasks in worker
             processes that keep the model; None (default): actors on GPUs, tasks on CPUs.
             False with GPUs is a ParameterError.
+        crop_cache: the workers read and fill the data set's crop cache in the driver's
+            ``cache_dir`` (:class:`analysis.dataset.manifest.CropCache`; a worker that cannot
+            open it there decodes every image).
     """
     from analysis.dataset.workers import WORKERS, model_spec_dict
 
@@ -846,7 +869,8 @@ def run_ray(p, done_chunks: set[int], *, progress=None, should_stop=None, addres
     stopped, warm, extra = False, False, {}
     if todo:
         job = {"worker": WORKERS.path(p.spec.kind), "params": p.params, "batch_size": p.spec.batch_size,
-               "source": p.source, "input_path": str(input_path), "out_dir": str(p.partial_dir)}
+               "source": p.source, "input_path": str(input_path), "out_dir": str(p.partial_dir),
+               "crops": {"dataset_hash": p.dataset.content_hash, "size": len(p.dataset)} if crop_cache else None}
         run_pipeline = _run_pool if pipeline == "pool" else _run_data
         stopped, warm, extra = run_pipeline(_Job(p, job, todo, ctor, options, concurrency, tick, should_stop,
                                                  keep_warm_s, bool(data_actors)))

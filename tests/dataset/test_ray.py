@@ -181,6 +181,37 @@ def test_ray_data_jobs_reuse_the_worker_processes_and_their_models(ray_cluster, 
     assert len(info["models"]) <= ray_backend.MODELS_PER_PROCESS
 
 
+def test_ray_workers_fill_and_read_the_crop_cache(ray_cluster, digits, tmp_path):
+    # the workers open the data set's crop cache in the driver's cache_dir: a first job
+    # fills it, a later one reads it (shown by a planted crop with a valid checksum)
+    import shutil
+
+    from analysis.dataset.executor import plan
+    from analysis.dataset.manifest import CropCache
+    man = write_digits_manifest(tmp_path / "d", 96)
+    spec = JobSpec("predict", ModelSpec("digits"), DatasetRef("manifest", str(man)), batch_size=16)
+    ds = plan(spec, bundle=digits, data_dir=tmp_path / "plan").dataset
+    cache = CropCache.open(ds, digits.preprocess)
+    shutil.rmtree(cache.dir)
+    cache.close()
+    kw = {"engine": "ray", "chunk_size": 32, "ray_pipeline": "data"}
+    first = run(spec, data_dir=tmp_path / "ray", **kw)
+    cache = CropCache.open(ds, digits.preprocess)
+    hit, crops = cache.get(np.arange(96))
+    assert hit.all()                                         # filled by the workers
+    assert np.array_equal(crops, np.stack([digits.preprocess.geometry(ds.get(i)) for i in range(96)]))
+    local = run(spec, engine="local", data_dir=tmp_path / "local", bundle=digits, crop_cache=False)
+    assert_same_result(local, first)
+    cache.put_many([0, 1], crops[[50, 51]])                  # rows 0 and 1 now hold images 50 and 51
+    cache.close()
+    second = run(spec, data_dir=tmp_path / "ray2", **kw)
+    plain = run(spec, data_dir=tmp_path / "plain", crop_cache=False, **kw)
+    assert_same_result(local, plain)                         # crop_cache=False: decoded, as before
+    p1, p2 = first.array("top_probs"), second.array("top_probs")
+    assert np.array_equal(p2[[0, 1]], p1[[50, 51]]) and not np.array_equal(p2[[0, 1]], p1[[0, 1]])
+    assert np.array_equal(p2[2:], p1[2:])
+
+
 @pytest.fixture
 def settings_kind():
     WORKERS[ray_faults.SETTINGS_KIND] = ray_faults.SETTINGS_PATH
