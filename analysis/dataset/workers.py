@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from analysis.core.errors import ModelLoadError, ParameterError
+from analysis.core.fastops import fast_pooling
 from analysis.core.hooks import capture, graph_from
 from analysis.core.models.bundle import ModelBundle
 from analysis.core.models.loaders import ModelSpec, load_bundle, select_device
@@ -288,7 +289,7 @@ class PredictWorker(Worker):
             batch: the batch (see the module docstring).
         """
         x = self.inputs(batch)
-        with self.bundle.lock, torch.inference_mode():
+        with self.bundle.lock, fast_pooling(), torch.inference_mode():
             logits = logits_of(self.bundle.model(x))
         return {"batch": self.base_columns(batch), "logits": logits}
 
@@ -352,7 +353,7 @@ class FeaturesWorker(Worker):
         """
         layer = self.params["layer"]
         x = self.inputs(batch)
-        with self.bundle.lock, torch.inference_mode(), capture(self.bundle.model, layer) as acts:
+        with self.bundle.lock, fast_pooling(), torch.inference_mode(), capture(self.bundle.model, layer) as acts:
             logits = logits_of(self.bundle.model(x))
         a = acts[layer]
         if a.dim() == 4:
@@ -514,8 +515,9 @@ class SaliencyWorker(Worker):
         layer, model = self.params["layer"], self.bundle.model
         if tuple(x.shape[-2:]) != (self.bundle.input_size,) * 2:       # the maps are rebuilt at that size
             raise ParameterError(f"Grad-CAM expected inputs of {self.bundle.input_size} pixels, got {tuple(x.shape)}")
-        # the graph starts at the layer (graph_from): the network before it runs without one
-        with self.bundle.lock, graph_from(model, layer) as acts:
+        # the graph starts at the layer (graph_from): the network before it runs without one,
+        # its max pooling through the faster kernel (fast_pooling; the same values)
+        with self.bundle.lock, fast_pooling(), graph_from(model, layer) as acts:
             logits = logits_of(model(x))
             if layer not in acts:
                 raise ParameterError(f"{layer} did not run in the forward pass.")
@@ -546,7 +548,7 @@ class SaliencyWorker(Worker):
 
     def _per_image(self, batch, x):
         from analysis.saliency.methods import attribute
-        with self.bundle.lock, torch.inference_mode():
+        with self.bundle.lock, fast_pooling(), torch.inference_mode():
             logits = logits_of(self.bundle.model(x))
         conf, pred = logits.softmax(dim=1).max(dim=1)
         target = self._targets(batch, pred)
