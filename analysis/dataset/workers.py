@@ -289,7 +289,7 @@ class PredictWorker(Worker):
             batch: the batch (see the module docstring).
         """
         x = self.inputs(batch)
-        with self.bundle.lock, fast_pooling(), torch.inference_mode():
+        with self.bundle.lock, fast_pooling(self.bundle.model), torch.inference_mode():
             logits = logits_of(self.bundle.model(x))
         return {"batch": self.base_columns(batch), "logits": logits}
 
@@ -353,7 +353,8 @@ class FeaturesWorker(Worker):
         """
         layer = self.params["layer"]
         x = self.inputs(batch)
-        with self.bundle.lock, fast_pooling(), torch.inference_mode(), capture(self.bundle.model, layer) as acts:
+        with self.bundle.lock, fast_pooling(self.bundle.model), torch.inference_mode(), \
+                capture(self.bundle.model, layer) as acts:
             logits = logits_of(self.bundle.model(x))
         a = acts[layer]
         if a.dim() == 4:
@@ -517,7 +518,7 @@ class SaliencyWorker(Worker):
             raise ParameterError(f"Grad-CAM expected inputs of {self.bundle.input_size} pixels, got {tuple(x.shape)}")
         # the graph starts at the layer (graph_from): the network before it runs without one,
         # its max pooling through the faster kernel (fast_pooling; the same values)
-        with self.bundle.lock, fast_pooling(), graph_from(model, layer) as acts:
+        with self.bundle.lock, fast_pooling(model), graph_from(model, layer) as acts:
             logits = logits_of(model(x))
             if layer not in acts:
                 raise ParameterError(f"{layer} did not run in the forward pass.")
@@ -548,7 +549,7 @@ class SaliencyWorker(Worker):
 
     def _per_image(self, batch, x):
         from analysis.saliency.methods import attribute
-        with self.bundle.lock, fast_pooling(), torch.inference_mode():
+        with self.bundle.lock, fast_pooling(self.bundle.model), torch.inference_mode():
             logits = logits_of(self.bundle.model(x))
         conf, pred = logits.softmax(dim=1).max(dim=1)
         target = self._targets(batch, pred)

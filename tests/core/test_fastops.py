@@ -1,14 +1,15 @@
-"""fast_pooling: max pooling through channels-last gives the same tensors, bit for bit,
-and leaves alone what it must (gradients, indices, other layouts, other threads)."""
+"""fast_pooling: a model's max pooling through channels-last gives the same tensors, bit for
+bit, and leaves alone what it must (gradients, indices, other layouts, other threads); its
+hooks are gone after the block."""
 import itertools
 import threading
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from analysis.core.fastops import fast_pooling
+from analysis.core.hooks import capture, count_hooks
 
 
 def _maps(dtype=torch.float32):
@@ -21,28 +22,31 @@ def _maps(dtype=torch.float32):
     return x
 
 
+def _same(a, b):
+    return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_same_bits_as_the_plain_kernel_over_the_parameter_grid(dtype):
     x = _maps(dtype)
-    grid = itertools.product((2, 3, (2, 3)), (None, 1, 2), (0, 1), (1, 2), (False, True))
     n = 0
-    for k, stride, pad, dil, ceil in grid:
+    for k, stride, pad, dil, ceil in itertools.product((2, 3, (2, 3)), (None, 1, 2), (0, 1), (1, 2), (False, True)):
         kk = (k, k) if isinstance(k, int) else k
         if pad > min(kk) // 2:                               # torch's own limit
             continue
-        args = (k, stride, pad, dil, ceil)
+        pool = nn.Sequential(nn.MaxPool2d(k, stride, pad, dil, ceil_mode=ceil))
         with torch.inference_mode():
-            ref = F.max_pool2d(x, *args)
-            with fast_pooling() as fp:
-                got = F.max_pool2d(x, *args)
-        assert fp.routed == 1
-        assert got.is_contiguous() and got.shape == ref.shape
-        assert torch.equal(got.nan_to_num(7.0), ref.nan_to_num(7.0)) and torch.equal(got.isnan(), ref.isnan()), args
+            ref = pool(x)
+            with fast_pooling(pool) as st:
+                got = pool(x)
+        assert st.modules == 1 and st.routed == 1
+        assert got.is_contiguous() and got.shape == ref.shape and _same(got, ref), (k, stride, pad, dil, ceil)
+        assert count_hooks(pool) == 0
         n += 1
     assert n > 40
 
 
-def test_modules_and_models_give_the_same_logits(digits):
+def test_models_give_the_same_logits(digits):
     import torchvision
     torch.manual_seed(0)
     resnet = torchvision.models.resnet18(num_classes=7).eval()
@@ -50,44 +54,84 @@ def test_modules_and_models_give_the_same_logits(digits):
     xd = digits.inputs([torch.randint(0, 255, (8, 8, 3), dtype=torch.uint8).numpy() for _ in range(4)])
     # the digits CNN's maps are channels-last already (its one-channel input is both layouts,
     # and the convolutions keep channels-last): nothing to route, the same logits
-    for model, inp, pools in ((resnet, x, 1), (digits.model, xd, 0)):
+    for model, inp, pools, routed in ((resnet, x, 1, 1), (digits.model, xd, 2, 0)):
         with torch.inference_mode():
             ref = model(inp)
-            with fast_pooling() as fp:
+            with fast_pooling(model) as st:
                 got = model(inp)
-        assert fp.routed == pools and torch.equal(got, ref)
+        assert (st.modules, st.routed) == (pools, routed) and torch.equal(got, ref)
+        assert count_hooks(model) == 0
+
+
+def test_a_capture_of_the_pooling_sees_the_usual_layout():
+    m = nn.Sequential(nn.Conv2d(3, 6, 3), nn.MaxPool2d(2), nn.Flatten()).eval()
+    x = torch.randn(2, 3, 12, 12)
+    with torch.inference_mode(), capture(m, "1") as acts, fast_pooling(m) as st:
+        m(x)
+    assert st.routed == 1 and acts["1"].is_contiguous()
+    with torch.inference_mode():
+        assert torch.equal(acts["1"], m[1](m[0](x)))
 
 
 def test_what_it_leaves_alone():
     x = _maps()
     xg = x.clone().requires_grad_(True)
-    with fast_pooling() as fp:
-        y = F.max_pool2d(xg, 2)                              # gradient through the pooling: plain kernel
-        F.max_pool2d(x, 2, return_indices=True)              # indices
-        F.max_pool2d(x, 2, 2, 0, 1, False, True)             # indices, positionally
-        F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2)   # already channels-last
-        F.max_pool2d(x[:, :1], 2)                            # one channel: nothing to gain
-        F.max_pool2d(x.half(), 2)                            # other dtypes
-        F.avg_pool2d(x, 2)                                   # only the max is order-free
-    assert fp.routed == 0
+    pool = nn.Sequential(nn.MaxPool2d(2))
+    with fast_pooling(pool) as st:
+        pool(x)                                              # routed: the model is worth hooking
+        y = pool(xg)                                         # gradient through the pooling: plain kernel
+        pool(x.contiguous(memory_format=torch.channels_last))     # already channels-last
+        pool(x[:, :1])                                       # one channel: nothing to gain
+        pool(x.half())                                       # other dtypes
+    assert st.routed == 1
     (g,) = torch.autograd.grad(y.nan_to_num().sum(), xg)
-    (ref,) = torch.autograd.grad(F.max_pool2d(xg, 2).nan_to_num().sum(), xg)
+    (ref,) = torch.autograd.grad(pool(xg).nan_to_num().sum(), xg)
     assert torch.equal(g, ref)
-    with fast_pooling() as fp, torch.no_grad():
-        F.max_pool2d(xg, 2)                                  # no grad mode: routed
-        nn.MaxPool2d(3, 2, 1)(x)
-    assert fp.routed == 2
+    with fast_pooling(nn.Sequential(nn.MaxPool2d(2, return_indices=True), nn.AvgPool2d(2))) as st:
+        pass
+    assert st.modules == 0                                   # indices, and pooling that is not order-free
+    with fast_pooling(pool) as st, torch.no_grad():
+        pool(xg)                                             # no grad mode: routed
+    assert st.routed == 1 and count_hooks(pool) == 0
 
 
-def test_thread_local():
+def test_a_model_that_routed_nothing_is_not_hooked_again():
     x = _maps()
+    pool = nn.Sequential(nn.MaxPool2d(2))
+    with fast_pooling(pool) as st:
+        pool(x.contiguous(memory_format=torch.channels_last))     # its maps: channels-last already
+    assert (st.modules, st.routed) == (1, 0)
+    with fast_pooling(pool) as st:
+        assert count_hooks(pool) == 0
+        pool(x)
+    assert (st.modules, st.routed) == (0, 0)
+    other = nn.Sequential(nn.MaxPool2d(2))
+    with pytest.raises(RuntimeError):
+        with fast_pooling(other):
+            raise RuntimeError("before any pooling")
+    with fast_pooling(other) as st:                          # an error decides nothing
+        other(x)
+    assert st.routed == 1
+
+
+def test_thread_local_and_removed_on_error():
+    x = _maps()
+    pool = nn.Sequential(nn.MaxPool2d(2))
     seen = {}
 
     def other():
         with torch.inference_mode():
-            seen["y"] = F.max_pool2d(x, 2)
-    with fast_pooling() as fp:
+            seen["y"] = pool(x)
+    with fast_pooling(pool) as st:
         t = threading.Thread(target=other)
         t.start()
         t.join()
-    assert fp.routed == 0 and torch.equal(seen["y"].nan_to_num(), F.max_pool2d(x, 2).nan_to_num())
+        assert count_hooks(pool) == 2
+        with torch.inference_mode():
+            pool(x)
+    assert st.routed == 1                                    # this thread's call, not the other's
+    assert seen["y"].is_contiguous() and _same(seen["y"], nn.MaxPool2d(2)(x))
+    with pytest.raises(RuntimeError, match="boom"):
+        with fast_pooling(pool):
+            raise RuntimeError("boom")
+    assert count_hooks(pool) == 0
