@@ -14,9 +14,10 @@ pooling (``torch.inference_mode``, ``no_grad``, or an input that does not requir
 Left alone: index-returning pooling, tensors that require grad while grad mode is on (ties
 would route gradients by another kernel's choice), other devices, dtypes and layouts
 (maps that are channels-last already run the fast kernel anyway), functional
-``F.max_pool2d`` calls. A model whose first block routed nothing (no such module, or maps
-that are channels-last already, like the digits CNN's) is not hooked again: the hooks would
-cost it a few percent of a small forward for nothing.
+``F.max_pool2d`` calls. A model whose first block routed none of its poolings for their
+layout, device or type (maps that are channels-last already, like the digits CNN's), or that
+has no such module, is not hooked again: the hooks would cost it a few percent of a small
+forward for nothing.
 """
 from __future__ import annotations
 
@@ -32,16 +33,23 @@ from torch import nn
 _FLOATS = (torch.float32, torch.float64)
 
 
+def _needs_grad(x) -> bool:
+    return isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled()
+
+
 def _routable(x) -> bool:
     return (type(x) is torch.Tensor and x.dim() == 4 and x.device.type == "cpu" and x.dtype in _FLOATS
-            and x.shape[1] > 1 and x.is_contiguous() and not (x.requires_grad and torch.is_grad_enabled()))
+            and x.shape[1] > 1 and x.is_contiguous() and not _needs_grad(x))
 
 
 @dataclass
 class PoolingStats:
-    """What one :func:`fast_pooling` block did: ``modules`` hooked, ``routed`` calls."""
+    """What one :func:`fast_pooling` block did: ``modules`` hooked, ``calls`` of them seen,
+    ``routed`` through channels-last, ``grad`` left alone because they needed a gradient."""
     modules: int = 0
+    calls: int = 0
     routed: int = 0
+    grad: int = 0
 
 
 _POOLS: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()   # model -> pooling modules, [] = not worth hooking
@@ -79,7 +87,11 @@ def fast_pooling(model: nn.Module) -> Iterator[PoolingStats]:
     routed: dict[int, int] = {}
 
     def before(mod, args):
-        if threading.get_ident() != owner or not args or not _routable(args[0]):
+        if threading.get_ident() != owner or not args:
+            return None
+        stats.calls += 1
+        if not _routable(args[0]):
+            stats.grad += _needs_grad(args[0])
             return None
         routed[id(mod)] = routed.get(id(mod), 0) + 1
         return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
@@ -97,7 +109,10 @@ def fast_pooling(model: nn.Module) -> Iterator[PoolingStats]:
             handles.append(m.register_forward_pre_hook(before))
             handles.append(m.register_forward_hook(after, prepend=True))
         yield stats
-        if first:                          # the decision for later blocks (not after an error)
+        # the decision for later blocks: hooked while it routes; not hooked when its pooling ran
+        # and none of it could be routed for its layout, device or type (not after an error, nor
+        # when the poolings were skipped for a gradient: another block may need none)
+        if first and (stats.routed or (stats.calls and not stats.grad)):
             with _POOLS_LOCK:
                 _POOLS[model] = pools if stats.routed else []
     finally:

@@ -109,7 +109,12 @@ def test_a_model_that_routed_nothing_is_not_hooked_again():
     with pytest.raises(RuntimeError):
         with fast_pooling(other):
             raise RuntimeError("before any pooling")
-    with fast_pooling(other) as st:                          # an error decides nothing
+    with fast_pooling(other) as st:                          # an error decides nothing,
+        pass
+    with fast_pooling(other) as st:                          # nor a block without pooling,
+        other(x.clone().requires_grad_(True))                # nor poolings that needed a gradient
+    assert (st.calls, st.routed, st.grad) == (1, 0, 1)
+    with fast_pooling(other) as st, torch.inference_mode():
         other(x)
     assert st.routed == 1
 
