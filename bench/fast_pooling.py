@@ -84,7 +84,8 @@ nothing else in the forward touched): the maximum does not depend on the order i
 is searched in, so the values are the same bit for bit (the last column; also
 tests/core/test_fastops.py, NaN, infinities and ties included), and the rest of the network sees
 the layout it always saw. The data-set executor's inference workers (predictions, features,
-the forward before a Grad-CAM layer) run inside it. Medians of {pairs} interleaved pairs (the
+the forward before a Grad-CAM layer), the feature extraction of the embedding maps and the
+maximally-activating-patch scan run inside it. Medians of {pairs} interleaved pairs (the
 pooling rows: {pairs * 4}); models with random weights, inference mode:
 
 | what | batch | plain ms | fast_pooling ms | speed-up | same values |

@@ -3,7 +3,7 @@
 torch's CPU max pooling on contiguous (N, C, H, W) tensors runs one plane after the other
 and is several times slower than its channels-last kernel, which vectorises over the
 channels (torch 2.14, 2 cores, both layout copies included: 2.5–2.9× on a (64, 16, 32, 32) batch,
-4.2× on a ResNet's (16, 64, 112, 112) stem, 1.05–1.11× on whole ResNet-18 / ResNet-50 /
+4.2× on a ResNet's (16, 64, 112, 112) stem, 1.05–1.13× on whole ResNet-18 / ResNet-50 /
 VGG-11 forwards; docs/benchmarks.md, bench/fast_pooling.py). A maximum is the same number
 whatever the order it is searched in, so routing the pooling through a channels-last copy
 and back gives the same tensor, bit for bit, and every later op sees the layout it always

@@ -44,6 +44,7 @@ import analysis.core.diskcache as diskcache
 from analysis.core.batching import Chunks, JobProgress
 from analysis.core.datasets import Dataset, image_count
 from analysis.core.errors import LayerError, LimitError, ParameterError
+from analysis.core.fastops import fast_pooling
 from analysis.core.hooks import get_module, run_truncated, truncate_after
 from analysis.core.jobs import drive
 from analysis.core.layers import layer_layout
@@ -300,7 +301,7 @@ def load_index(bundle: ModelBundle, dataset: Dataset, layer: str, k: int = 9,
 def _layer_maxima(bundle: ModelBundle, layer: str, x: torch.Tensor):
     """Spatial max and its flat position per image and channel: (N, C) each, plus (H, W)."""
     model = bundle.model
-    with bundle.lock, torch.inference_mode():
+    with bundle.lock, fast_pooling(model), torch.inference_mode():   # same bits, faster pooling
         with truncate_after(model, layer) as acts:
             run_truncated(model, x)
     if layer not in acts:

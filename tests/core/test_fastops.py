@@ -46,8 +46,13 @@ def test_same_bits_as_the_plain_kernel_over_the_parameter_grid(dtype):
     assert n > 40
 
 
-def test_models_give_the_same_logits(digits):
+def test_models_give_the_same_logits(digits, monkeypatch):
+    import weakref
+
     import torchvision
+
+    import analysis.core.fastops as fastops
+    monkeypatch.setattr(fastops, "_POOLS", weakref.WeakKeyDictionary())    # the shared digits model: decide anew
     torch.manual_seed(0)
     resnet = torchvision.models.resnet18(num_classes=7).eval()
     x = torch.randn(2, 3, 64, 64)
@@ -61,6 +66,9 @@ def test_models_give_the_same_logits(digits):
                 got = model(inp)
         assert (st.modules, st.routed) == (pools, routed) and torch.equal(got, ref)
         assert count_hooks(model) == 0
+        with fast_pooling(model) as st:                      # the first block's decision
+            pass
+        assert st.modules == (pools if routed else 0)
 
 
 def test_a_capture_of_the_pooling_sees_the_usual_layout():
@@ -140,3 +148,39 @@ def test_thread_local_and_removed_on_error():
         with fast_pooling(pool):
             raise RuntimeError("boom")
     assert count_hooks(pool) == 0
+
+
+@pytest.mark.parametrize("layer", ["0", "1"])
+def test_feature_and_patch_scans_give_the_same_values(layer, monkeypatch):
+    # the embeddings' feature forward and the patch scan run inside fast_pooling: a capture at
+    # the pooling itself ("0") and after it ("1") give what they give without it. (The pooling
+    # comes first: torch's convolutions here may hand out channels-last maps, not routed.)
+    import contextlib
+
+    import analysis.embeddings.features as features
+    import analysis.inside.patches as patches
+    from analysis.core.models.bundle import ModelBundle, Preprocessing
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(3, 5, 3), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 4)).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    bundle = ModelBundle(model, Preprocessing(16, 16, (0.5,) * 3, (0.5,) * 3), [str(i) for i in range(4)],
+                         "toy", "Toy", "trusted")
+    x = torch.randn(3, 3, 16, 16)
+    x[0, 0, 4:8, 4:8] = 1.0                                  # ties
+    got = features._forward(bundle, layer, x), patches._layer_maxima(bundle, layer, x)
+
+    @contextlib.contextmanager
+    def plain(model):
+        yield None
+    monkeypatch.setattr(features, "fast_pooling", plain)
+    monkeypatch.setattr(patches, "fast_pooling", plain)
+    ref = features._forward(bundle, layer, x), patches._layer_maxima(bundle, layer, x)
+    flat = lambda t: [a for part in t for a in (part if isinstance(part, tuple) else (part,))]   # noqa: E731
+    for g, r in zip(flat(got), flat(ref)):
+        g, r = (torch.as_tensor(v) if not isinstance(v, torch.Tensor) else v for v in (g, r))
+        assert torch.equal(g, r)
+    with fast_pooling(model) as st, torch.inference_mode():
+        model(x)
+    assert st.routed == 1 and count_hooks(model) == 0       # the model is one whose pooling is routed
