@@ -20,6 +20,7 @@ and a scaling estimate for N GPU workers from the measured per-batch costs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -82,6 +83,22 @@ def floor(bundle, xs: list[torch.Tensor], layer: str | None, from_layer: bool = 
         return _floor(bundle, xs, layer, from_layer)
 
 
+@contextlib.contextmanager
+def _grad_forward(model, x: torch.Tensor, layer: str, from_layer: bool):
+    """The forward of a Grad-CAM batch, ``(logits, the layer's output)``, recording the graph
+    the standard way (from an input that requires grad) or from the layer (``graph_from``);
+    the backward goes inside the block."""
+    if from_layer:
+        with graph_from(model, layer) as acts:
+            out = model(x)
+            yield out, acts[layer]
+        return
+    xg = x.detach().requires_grad_(True)
+    with torch.enable_grad(), capture(model, layer, detach=False) as acts:
+        out = model(xg)
+        yield out, acts[layer]
+
+
 def _floor(bundle, xs: list[torch.Tensor], layer: str | None, from_layer: bool = False) -> float:
     model = bundle.model
 
@@ -92,17 +109,8 @@ def _floor(bundle, xs: list[torch.Tensor], layer: str | None, from_layer: bool =
             with torch.inference_mode():
                 model(x)
             return
-        if from_layer:
-            with graph_from(model, layer) as acts:
-                out = model(x)
-                score = out.gather(1, out.detach().argmax(1)[:, None]).sum()
-                torch.autograd.grad(score, acts[layer])
-            return
-        x = x.detach().requires_grad_(True)
-        with torch.enable_grad(), capture(model, layer, detach=False) as acts:
-            out = model(x)
-            score = out.gather(1, out.detach().argmax(1)[:, None]).sum()
-            torch.autograd.grad(score, acts[layer])
+        with _grad_forward(model, x, layer, from_layer) as (out, act):
+            torch.autograd.grad(out.gather(1, out.detach().argmax(1)[:, None]).sum(), act)
     _sync(bundle.device)
     t0 = time.perf_counter()
     for x in xs:
@@ -152,18 +160,9 @@ def saved_for_backward(bundle, x: torch.Tensor, layer: str, from_layer: bool) ->
         st = t.untyped_storage()
         seen[st.data_ptr()] = st.nbytes()
         return t
-    model = bundle.model
-    with bundle.lock, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        if from_layer:
-            with graph_from(model, layer) as acts:
-                out = model(x)
-                a = acts[layer]
-        else:
-            xg = x.detach().requires_grad_(True)
-            with torch.enable_grad(), capture(model, layer, detach=False) as acts:
-                out = model(xg)
-                a = acts[layer]
-        del out, a
+    with bundle.lock, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            _grad_forward(bundle.model, x, layer, from_layer):
+        pass
     return sum(seen.values())
 
 

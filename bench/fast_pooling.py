@@ -7,6 +7,7 @@ run. Models with random weights (torchvision's architectures; no download), infe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,12 @@ def _time(fn, pairs: int) -> tuple[float, float]:
     return float(np.median(a)), float(np.median(b))
 
 
+def _call(module, x: torch.Tensor, fast: bool) -> torch.Tensor:
+    """``module(x)`` in inference mode, inside ``fast_pooling`` or not."""
+    with torch.inference_mode(), (fast_pooling(module) if fast else contextlib.nullcontext()):
+        return module(x)
+
+
 def measure(pairs: int) -> list[dict]:
     import torchvision
     rows = []
@@ -44,11 +51,7 @@ def measure(pairs: int) -> list[dict]:
         module = torch.nn.Sequential(torch.nn.MaxPool2d(*args))
 
         def pool(fast, t=t, module=module):
-            with torch.inference_mode():
-                if fast:
-                    with fast_pooling(module):
-                        return module(t)
-                return module(t)
+            return _call(module, t, fast)
         plain, fast = _time(pool, pairs * 4)
         rows.append({"name": name, "batch": t.shape[0], "plain": plain, "fast": fast,
                      "equal": bool(torch.equal(pool(False), pool(True)))})
@@ -59,11 +62,7 @@ def measure(pairs: int) -> list[dict]:
         xb = torch.randn(batch, 3, 224, 224)
 
         def fwd(fast, model=model, xb=xb):
-            with torch.inference_mode():
-                if fast:
-                    with fast_pooling(model):
-                        return model(xb)
-                return model(xb)
+            return _call(model, xb, fast)
         plain, fast = _time(fwd, pairs)
         rows.append({"name": f"{name} forward, 224 px", "batch": batch, "plain": plain, "fast": fast,
                      "equal": bool(torch.equal(fwd(False), fwd(True)))})
